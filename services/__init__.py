@@ -1,0 +1,1 @@
+"""The product classification platform's services: gateway, preprocessing, results, and what they share."""

@@ -1,0 +1,1 @@
+"""Code the services share: contracts, settings, Kafka and gRPC plumbing, errors, logging."""

@@ -1,0 +1,178 @@
+"""Kafka plumbing shared by the services: clients built from settings, topic creation, and the consume loop.
+
+The consume loop holds the commit discipline: auto-commit off; a polled batch is handled, every output it sent is
+acknowledged by the broker, and only then are the batch's offsets committed. A retryable failure rewinds the batch
+and tries again after a backoff, so nothing is skipped; stop() lets the batch in hand finish and commit first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from services.common.errors import ClassificationError, KafkaOutcome
+from services.common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_TYPE_HEADER = "payload-type"
+
+
+def payload_headers(message) -> list[tuple[str, bytes]]:
+    """Record headers naming the payload's protobuf type, e.g. product_classification.v1.ListingSubmitted."""
+    return [(PAYLOAD_TYPE_HEADER, message.DESCRIPTOR.full_name.encode())]
+
+
+def create_topics(settings: KafkaSettings, partitions: int, replication_factor: int = 1) -> None:
+    """Creates the platform's topics (existing ones are left as they are)."""
+    admin = KafkaAdminClient(**settings.client_options(), client_id="product-classification-topic-setup")
+    try:
+        for name in settings.topics.model_dump().values():
+            try:
+                admin.create_topics([NewTopic(name, partitions, replication_factor)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def make_producer(settings: KafkaSettings, client_id: str) -> KafkaProducer:
+    return KafkaProducer(**settings.client_options(), client_id=client_id, acks="all", linger_ms=2,
+                         retries=5, max_in_flight_requests_per_connection=1, max_request_size=16 * 1024 * 1024)
+
+
+def make_consumer(settings: KafkaSettings, group_id: str, client_id: str, max_poll_records: int) -> KafkaConsumer:
+    return KafkaConsumer(
+        **settings.client_options(),
+        client_id=client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        # A new group starts from the beginning: nothing submitted before the first deploy is skipped.
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        max_poll_records=max_poll_records,
+        max_poll_interval_ms=300_000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter."""
+
+    initial_s: float = 0.2
+    maximum_s: float = 10.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        return random.uniform(0, min(self.maximum_s, self.initial_s * 2 ** (self.attempt - 1)))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+# A batch handler gets the polled records and returns the futures of every record it produced.
+BatchHandler = Callable[[Sequence], list]
+
+
+class ConsumeLoop:
+    """Polls a consumer group in its own thread and hands batches to a handler, with the commit discipline above."""
+
+    def __init__(self, name: str, consumer: KafkaConsumer, topics: Sequence[str], handler: BatchHandler,
+                 producer: KafkaProducer, send_timeout_s: float = 30.0):
+        self.name = name
+        self.consumer = consumer
+        self.topics = list(topics)
+        self.handler = handler
+        self.producer = producer
+        self.send_timeout_s = send_timeout_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.healthy = threading.Event()  # set while batches are being handled without retryable failures
+        self.batches_handled = 0
+
+    def start(self) -> None:
+        self.consumer.subscribe(self.topics)
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-consume-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finishes the batch in hand (handled, acknowledged, committed), then leaves the group."""
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(timeout_s)
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception:  # noqa: BLE001
+            log.exception("closing the consumer failed")
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        self.healthy.set()
+        while not self._stopping.is_set():
+            try:
+                polled = self.consumer.poll(timeout_ms=200)
+            except Exception:  # noqa: BLE001  (broker unreachable: kafka-python reconnects by itself)
+                log.exception("poll failed", extra={"loop": self.name})
+                self._stopping.wait(backoff.next_delay())
+                continue
+            records = [record for batch in polled.values() for record in batch]
+            if not records:
+                continue
+            while True:  # the same batch until it succeeds or the loop stops
+                try:
+                    self._handle(records)
+                    backoff.reset()
+                    self.healthy.set()
+                    break
+                except ClassificationError as error:
+                    if error.kind.kafka_outcome is not KafkaOutcome.RETRY:
+                        raise
+                    reason = error.reason
+                except Exception as error:  # noqa: BLE001  (unacknowledged sends, commit failures: retry)
+                    reason = repr(error)
+                self.healthy.clear()
+                delay = backoff.next_delay()
+                log.warning("batch failed, will retry", extra={"loop": self.name, "reason": reason,
+                                                                "retry_in_s": round(delay, 2)})
+                if self._stopping.is_set():
+                    self._rewind(records)  # not committed: the next owner of these partitions redoes the batch
+                    return
+                time.sleep(delay)
+        self.healthy.clear()
+
+    def _handle(self, records: Sequence) -> None:
+        futures = self.handler(records)
+        self.producer.flush(self.send_timeout_s)
+        for future in futures:
+            future.get(timeout=self.send_timeout_s)  # raises if the broker did not acknowledge
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            if partition not in offsets or offsets[partition].offset <= record.offset:
+                offsets[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
+        self.consumer.commit(offsets)
+        self.batches_handled += 1
+
+    def _rewind(self, records: Sequence) -> None:
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            first[partition] = min(first.get(partition, record.offset), record.offset)
+        for partition, offset in first.items():
+            try:
+                self.consumer.seek(partition, offset)
+            except Exception:  # noqa: BLE001  (partition revoked meanwhile)
+                pass

@@ -1,0 +1,42 @@
+"""Settings shared by the services, read from the environment once in each service's main and passed in."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseModel):
+    """Kafka topic names; each says what it carries and its payload version."""
+
+    listing_submitted: str = "product-classification.listing-submitted.v1"
+    prediction_made: str = "product-classification.prediction-made.v1"
+    listing_classified: str = "product-classification.listing-classified.v1"
+    processing_failed: str = "product-classification.processing-failed.v1"
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the Kafka cluster. Env prefix KAFKA_ (e.g. KAFKA_BOOTSTRAP_SERVERS)."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", env_nested_delimiter="__")
+
+    bootstrap_servers: str = Field(description="host:port[,host:port...] of the brokers; required")
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    session_timeout_ms: int = Field(6000, description="consumer group session timeout")
+    heartbeat_interval_ms: int = Field(1000, description="consumer group heartbeat interval")
+    topics: Topics = Topics()
+
+    def client_options(self) -> dict:
+        """Options every kafka-python client (producer, consumer, admin) takes."""
+        options = {"bootstrap_servers": self.bootstrap_servers.split(","), "security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.ssl_cafile:
+            options["ssl_cafile"] = self.ssl_cafile
+        return options

@@ -1,0 +1,1 @@
+"""Gateway: the gRPC front door for other systems (validate, route; no image work)."""

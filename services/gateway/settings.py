@@ -1,0 +1,22 @@
+"""Gateway settings. Env prefix GATEWAY_ (Kafka's come from KAFKA_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+
+    grpc_address: str = Field("0.0.0.0:50051", description="where the ListingClassifier gRPC API listens")
+    preprocessing_address: str = Field(description="the preprocessing service's gRPC address; required")
+    results_address: str = Field(description="the result service's gRPC address; required")
+    classify_timeout_s: float = Field(30.0, description="deadline of a synchronous classification when the caller "
+                                      "sets none (a shorter caller deadline wins)")
+    max_in_flight: int = Field(64, description="synchronous classifications at once; more get RESOURCE_EXHAUSTED")
+    max_listings_per_call: int = Field(100, description="listings in one ClassifyListings call")
+    max_image_bytes: int = Field(20 * 1024 * 1024, description="inline images larger than this are refused")
+    grpc_workers: int = Field(32, description="concurrent gRPC calls")
+    shutdown_grace_s: float = Field(20.0, description="time to finish calls in flight on SIGTERM")
+    log_level: str = "INFO"

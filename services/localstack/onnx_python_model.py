@@ -1,0 +1,40 @@
+"""Triton Python-backend model that runs a production ONNX file with onnxruntime on the CPU.
+
+The local Triton bundle has no onnxruntime backend, so each production model (platform onnxruntime_onnx) is served
+here under the same name, tensors, batch size and batcher by this file, copied as `<version>/model.py` beside a
+link to the same `model.onnx`. Requests the dynamic batcher groups are run as one onnxruntime call.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        options = onnxruntime.SessionOptions()
+        threads = int(os.environ.get("LOCAL_TRITON_ONNX_THREADS", "0"))
+        if threads:
+            options.intra_op_num_threads = threads
+        model_path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = onnxruntime.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        self.session_input = self.session.get_inputs()[0].name
+
+    def execute(self, requests):
+        batches = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        outputs = self.session.run(None, {self.session_input: np.concatenate(batches)})[0]
+        responses, start = [], 0
+        for batch in batches:
+            part = outputs[start:start + len(batch)]
+            start += len(batch)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part.astype(np.float32))]))
+        return responses
+
+    def finalize(self):
+        self.session = None

@@ -1,0 +1,125 @@
+"""The whole system on one machine: broker, Triton on CPU, result store, and the three services as processes.
+
+Used by `make demo`, the integration tests and the benchmarks. start() returns once every part reports ready (gRPC
+health SERVING, Triton models ready); stop() ends everything it started, services first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.kafka import create_topics
+from services.common.settings import KafkaSettings
+from services.localstack.broker import LocalBroker
+from services.localstack.processes import ChildProcess, free_port
+from services.localstack.triton_cpu import LocalTriton
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+
+
+def grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class ServiceProcess:
+    """One service (`python -m services.<name>`) with its environment; ready when its gRPC health says SERVING."""
+
+    def __init__(self, name: str, env: dict[str, str], grpc_port: int, log_path: Path):
+        self.name = name
+        self.grpc_port = grpc_port
+        self.address = f"127.0.0.1:{grpc_port}"
+        self.process = ChildProcess(name, [sys.executable, "-m", f"services.{name.split('-')[0]}"], log_path,
+                                    {**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.process.start()
+        self.wait_serving(timeout_s)
+
+    def wait_serving(self, timeout_s: float = 60.0) -> None:
+        self.process.wait_until(lambda: grpc_serving(self.address), timeout_s, "SERVING")
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        self.process.stop(grace_s)
+
+
+@dataclass
+class StackOptions:
+    work_dir: Path
+    database_url: str | None = None  # default: SQLite in work_dir
+    partitions: int = 4
+    model_repository: Path = REPOSITORY_ROOT / "triton_models"
+    onnx_threads: int = 0  # 0: onnxruntime decides
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions):
+        self.options = options
+        work = options.work_dir
+        work.mkdir(parents=True, exist_ok=True)
+        self.broker = LocalBroker(work)
+        self.triton = LocalTriton(options.model_repository, work / "triton", options.onnx_threads)
+        self.database_url = options.database_url or f"sqlite:///{work / 'results.sqlite3'}"
+        self.services: dict[str, ServiceProcess] = {}
+        self._started: list = []
+
+    @property
+    def kafka_settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers)
+
+    def service_env(self, name: str, grpc_port: int) -> dict[str, str]:
+        prefix = name.split("-")[0].upper()
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}"}
+        if prefix == "PREPROCESSING":
+            env["PREPROCESSING_TRITON_URL"] = self.triton.grpc_url
+        elif prefix == "RESULTS":
+            env["RESULTS_DATABASE_URL"] = self.database_url
+        elif prefix == "GATEWAY":
+            env["GATEWAY_PREPROCESSING_ADDRESS"] = self.services["preprocessing"].address
+            env["GATEWAY_RESULTS_ADDRESS"] = self.services["results"].address
+        return {**env, **self.options.extra_env}
+
+    def add_service(self, name: str) -> ServiceProcess:
+        """Starts another service process (e.g. a second preprocessing worker named 'preprocessing-2')."""
+        port = free_port()
+        service = ServiceProcess(name, self.service_env(name, port), port, self.options.work_dir / f"{name}.log")
+        self.services[name] = service
+        service.start()
+        self._started.append(service)
+        return service
+
+    def start(self) -> None:
+        try:
+            self.broker.start()
+            self._started.append(self.broker)
+            create_topics(self.kafka_settings, self.options.partitions)
+            self.triton.start()
+            self._started.append(self.triton)
+            for name in ("results", "preprocessing", "gateway"):
+                self.add_service(name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for part in reversed(self._started):
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001  (stop everything else regardless)
+                pass
+        self._started.clear()
+
+    def __enter__(self) -> "LocalStack":
+        self.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()

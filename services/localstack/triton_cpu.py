@@ -1,0 +1,133 @@
+"""Runs the real tritonserver binary from the nvidia-pytriton wheel on the CPU, serving triton_models/.
+
+The production configs (platform onnxruntime_onnx, KIND_GPU) are rewritten into a CPU repository where each model
+keeps its name, tensors, max batch size, batcher and labels, but runs as a Python-backend model that executes the
+same model.onnx with onnxruntime (the bundle lacks the onnxruntime backend).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+import uuid
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from services.localstack.processes import ChildProcess, StartupError, free_port
+
+_PYTHON_MODEL = Path(__file__).with_name("onnx_python_model.py")
+
+
+def _pytriton_root() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent
+
+
+def build_cpu_repository(production: Path, destination: Path) -> list[str]:
+    """Writes the CPU twin of the production repository; returns the model names."""
+    shutil.rmtree(destination, ignore_errors=True)
+    names = []
+    for config_path in sorted(production.glob("*/config.pbtxt")):
+        source = config_path.parent
+        config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+        if config.platform != "onnxruntime_onnx":
+            raise StartupError(f"{config_path}: only onnxruntime_onnx models can be served on CPU here")
+        versions = [p for p in source.iterdir() if p.is_dir() and p.name.isdigit() and (p / "model.onnx").exists()]
+        if not versions:
+            raise StartupError(f"{source} has no model version: run `make models` first")
+        config.platform = ""
+        config.backend = "python"
+        for group in config.instance_group:
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+        target = destination / config.name
+        target.mkdir(parents=True)
+        (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+        for extra in source.iterdir():
+            if extra.is_file() and extra.name != "config.pbtxt":
+                shutil.copy(extra, target / extra.name)
+        for version in versions:
+            (target / version.name).mkdir()
+            shutil.copy(_PYTHON_MODEL, target / version.name / "model.py")
+            (target / version.name / "model.onnx").symlink_to((version / "model.onnx").resolve())
+        names.append(config.name)
+    return names
+
+
+def _backend_directory(work_dir: Path) -> Path:
+    """A backend folder with the Python backend library, its utils and the stub for this interpreter."""
+    root = _pytriton_root() / "tritonserver"
+    backends = work_dir / "backends"
+    python_backend = backends / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy(root / "backends" / "python" / name, python_backend / name)
+    stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    shutil.copy(stub, python_backend / "triton_python_backend_stub")
+    return backends
+
+
+class LocalTriton:
+    """start() builds the CPU repository, launches tritonserver on free ports and waits until every model is ready."""
+
+    def __init__(self, production_repository: Path, work_dir: Path, onnx_threads: int = 0):
+        self.production_repository = production_repository
+        self.work_dir = work_dir
+        self.onnx_threads = onnx_threads
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.metrics_port = free_port()
+        self.model_names: list[str] = []
+        self._process: ChildProcess | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        repository = self.work_dir / "model_repository"
+        self.model_names = build_cpu_repository(self.production_repository, repository)
+        backends = _backend_directory(self.work_dir)
+        root = _pytriton_root()
+        env = dict(os.environ)
+        libs = [sysconfig.get_config_var("LIBDIR"), str(root.parent / "nvidia_pytriton.libs")]
+        env["LD_LIBRARY_PATH"] = ":".join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        env["LOCAL_TRITON_ONNX_THREADS"] = str(self.onnx_threads)
+        command = [
+            str(root / "tritonserver" / "bin" / "tritonserver"),
+            f"--model-repository={repository}",
+            f"--backend-directory={backends}",
+            f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", f"--metrics-port={self.metrics_port}",
+            "--grpc-address=127.0.0.1", "--http-address=127.0.0.1",
+            f"--backend-config=python,shm-region-prefix-name=pc{uuid.uuid4().hex[:10]}",
+            "--model-control-mode=poll", "--repository-poll-secs=5",
+            "--allow-metrics=true", "--log-verbose=0",
+        ]
+        self._process = ChildProcess("tritonserver", command, self.work_dir / "tritonserver.log", env)
+        self._process.start()
+
+        import tritonclient.grpc as triton_grpc
+
+        client = triton_grpc.InferenceServerClient(self.grpc_url)
+        try:
+            self._process.wait_until(
+                lambda: client.is_server_ready() and all(client.is_model_ready(n) for n in self.model_names),
+                timeout_s, "ready")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self._process:
+            self._process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, for fault tests."""
+        import signal
+
+        if self._process:
+            self._process.signal(signal.SIGKILL)

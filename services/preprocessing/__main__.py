@@ -1,0 +1,57 @@
+"""python -m services.preprocessing: the preprocessing service (Kafka consumer group and gRPC API)."""
+
+from __future__ import annotations
+
+from services.common.contracts.product_classification.v1 import preprocessing_pb2, preprocessing_pb2_grpc
+from services.common.grpc_server import GrpcServer
+from services.common.kafka import ConsumeLoop, make_consumer, make_producer
+from services.common.lifecycle import run_until_signalled
+from services.common.logs import configure_logging
+from services.common.settings import KafkaSettings
+from services.preprocessing.core import ListingPredictor
+from services.preprocessing.grpc_api import ImagePredictorServicer
+from services.preprocessing.images import ImageLimits
+from services.preprocessing.kafka_worker import SubmittedListingHandler
+from services.preprocessing.settings import PreprocessingSettings
+from services.preprocessing.sources import FetchSettings
+from services.preprocessing.triton_models import TritonClassifier
+
+
+def main() -> None:
+    settings = PreprocessingSettings()
+    kafka = KafkaSettings()
+    configure_logging("preprocessing", settings.log_level)
+
+    classifier = TritonClassifier(settings.triton_url, settings.model_names.split(","), settings.triton_timeout_s)
+    predictor = ListingPredictor(classifier, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+                                 FetchSettings(timeout_s=settings.fetch_timeout_s,
+                                               max_bytes=settings.max_image_bytes),
+                                 settings.decode_threads)
+    producer = make_producer(kafka, "preprocessing")
+    consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
+    loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],
+                       SubmittedListingHandler(predictor, producer, kafka.topics), producer)
+    server = GrpcServer(settings.grpc_address,
+                        [(preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server, ImagePredictorServicer(predictor),
+                          preprocessing_pb2.DESCRIPTOR.services_by_name["ImagePredictor"].full_name)],
+                        max_workers=settings.grpc_workers)
+
+    def start() -> None:
+        classifier.start()
+        server.start()
+        loop.start()
+
+    def stop() -> None:
+        loop.stop(settings.shutdown_grace_s)  # finish the batch in hand, commit, leave the group
+        server.stop(settings.shutdown_grace_s)
+        producer.flush()
+        producer.close()
+        predictor.stop()
+        classifier.stop()
+
+    run_until_signalled(start, stop, ready=lambda: classifier.ready() and loop.healthy.is_set(),
+                        set_serving=server.set_serving)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Listings in, both models' predictions out: the preprocessing service's core, shared by its Kafka and gRPC edges."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
+from services.common.errors import ClassificationError, ErrorKind
+from services.preprocessing.images import ImageLimits, PreparedImage, prepare_image
+from services.preprocessing.sources import FetchSettings, image_bytes
+from services.preprocessing.triton_models import TritonClassifier
+
+
+@dataclass(frozen=True)
+class ListingRequest:
+    submission_id: str
+    listing: common_pb2.Listing
+    submitted_at: Timestamp | None = None
+
+
+def validate_listing(listing: common_pb2.Listing) -> None:
+    if not listing.listing_id:
+        raise ClassificationError(ErrorKind.INVALID_REQUEST, "listing_id is required")
+    if not listing.marketplace:
+        raise ClassificationError(ErrorKind.INVALID_REQUEST, "marketplace is required")
+
+
+class ListingPredictor:
+    """Prepares each listing's image and runs the whole batch through both models in one call per model.
+
+    A listing whose image is bad gets its own ClassificationError in the result list; the others go on. A Triton
+    failure raises (retryable) for the whole batch, so the caller retries rather than dead-letters good input.
+    """
+
+    def __init__(self, classifier: TritonClassifier, limits: ImageLimits, fetch: FetchSettings, decode_threads: int = 2):
+        self.classifier = classifier
+        self.limits = limits
+        self.fetch = fetch
+        self._decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+
+    def stop(self) -> None:
+        self._decoders.shutdown(wait=True)
+
+    def _prepare(self, request: ListingRequest, sizes: list[int]) -> PreparedImage | ClassificationError:
+        try:
+            validate_listing(request.listing)
+            return prepare_image(image_bytes(request.listing, self.fetch), sizes, self.limits)
+        except ClassificationError as error:
+            return error
+        except Exception as error:  # noqa: BLE001  (a decoder bug must not take the batch down)
+            return ClassificationError(ErrorKind.INTERNAL, f"preprocessing failed: {error!r}")
+
+    def predict(self, requests: list[ListingRequest]) -> list[events_pb2.PredictionMade | ClassificationError]:
+        sizes = self.classifier.input_sizes()
+        prepared = list(self._decoders.map(lambda r: self._prepare(r, sizes), requests))
+        good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
+        if not good:
+            return prepared  # type: ignore[return-value]
+        batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
+        probabilities = self.classifier.classify(batches)
+        specs = self.classifier.specs
+        now = Timestamp()
+        now.GetCurrentTime()
+        results: list = list(prepared)
+        for row, index in enumerate(good):
+            request, image = requests[index], prepared[index]
+            event = events_pb2.PredictionMade(
+                submission_id=request.submission_id, listing_id=request.listing.listing_id,
+                marketplace=request.listing.marketplace, locale=request.listing.locale, image_digest=image.digest,
+                predictions=[common_pb2.ModelPrediction(model_name=s.name, model_version=s.version, labels=s.labels,
+                                                        probabilities=probabilities[s.name][row].tolist())
+                             for s in specs],
+                predicted_at=now)
+            if request.submitted_at is not None:
+                event.submitted_at.CopyFrom(request.submitted_at)
+            results[index] = event
+        return results

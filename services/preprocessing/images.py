@@ -1,0 +1,127 @@
+"""Image bytes to model input tensors: decode, segment the product from its background, crop, resize.
+
+Pure functions, no I/O. The trainer calls the same code so the models see at serving time the pixels they saw in
+training. Tensors are uint8 HWC; each model normalises inside its own graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from services.common.errors import ClassificationError, ErrorKind
+
+# Pillow's own bomb check is replaced by ours (a clear error, and a limit that is a setting).
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    digest: str  # sha256 of the original bytes, hex
+    tensors: dict[int, np.ndarray]  # input size -> uint8 (size, size, 3)
+    crop_box: tuple[int, int, int, int]  # left, upper, right, lower in the decoded image
+
+
+def image_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> Image.Image:
+    """Decodes the first frame as RGB, EXIF orientation applied; JPEGs decode at the smallest sufficient DCT scale."""
+    if not data:
+        raise ClassificationError(ErrorKind.INVALID_IMAGE, "the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ClassificationError(ErrorKind.IMAGE_TOO_LARGE,
+                                  f"the image is {len(data)} bytes, over the limit of {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise ClassificationError(ErrorKind.IMAGE_TOO_LARGE, f"the image is {width}x{height} pixels, over the "
+                                          f"limit of {limits.max_pixels} pixels")
+            if image.format == "JPEG":
+                # Draft keeps both sides at least the requested size, so the crop still has enough pixels.
+                image.draft("RGB", (smallest_side_needed, smallest_side_needed))
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ClassificationError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as error:
+        raise ClassificationError(ErrorKind.INVALID_IMAGE, f"the image cannot be decoded: {error}") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode to RGB; transparency is composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float32)
+        image = Image.fromarray((pixels * (255.0 / max(float(pixels.max()), 1.0))).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def product_box(image: Image.Image, margin: float = 0.06, threshold: int = 40,
+                analysis_side: int = 128) -> tuple[int, int, int, int]:
+    """Box around what differs from the border's colour (the plain background); the whole image if none stands out."""
+    width, height = image.size
+    scale = min(1.0, analysis_side / max(width, height))
+    small = np.asarray(image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR),
+                       dtype=np.int16)
+    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    background = np.median(border, axis=0)
+    if np.abs(border - background).max(axis=1).mean() > threshold:  # busy border: no plain background to cut away
+        return 0, 0, width, height
+    foreground = np.abs(small - background).max(axis=2) > threshold
+    rows, columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
+    if rows.size == 0 or foreground.mean() < 0.002:
+        return 0, 0, width, height
+    top, bottom = rows[0] / scale, (rows[-1] + 1) / scale
+    left, right = columns[0] / scale, (columns[-1] + 1) / scale
+    pad = margin * max(right - left, bottom - top)
+    return (max(0, int(left - pad)), max(0, int(top - pad)), min(width, int(right + pad + 0.5)),
+            min(height, int(bottom + pad + 0.5)))
+
+
+def square_tensor(image: Image.Image, size: int) -> np.ndarray:
+    """Pads to a square with the edge colour (the aspect ratio is kept), resizes to size x size, uint8 HWC."""
+    width, height = image.size
+    scale = size / max(width, height)
+    resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR,
+                           reducing_gap=2.0)
+    pixels = np.asarray(resized)
+    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    tensor = np.empty((size, size, 3), np.uint8)
+    tensor[:] = np.median(edge, axis=0).astype(np.uint8)
+    top, left = (size - pixels.shape[0]) // 2, (size - pixels.shape[1]) // 2
+    tensor[top:top + pixels.shape[0], left:left + pixels.shape[1]] = pixels
+    return tensor
+
+
+def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits) -> PreparedImage:
+    """Bytes to one tensor per model input size, cropped to the product."""
+    image = decode_rgb(data, limits, max(input_sizes))
+    box = product_box(image)
+    product = image.crop(box) if box != (0, 0, *image.size) else image
+    return PreparedImage(image_digest(data), {size: square_tensor(product, size) for size in sorted(set(input_sizes))},
+                         box)

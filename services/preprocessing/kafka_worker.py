@@ -1,0 +1,54 @@
+"""Kafka edge of preprocessing: listing-submitted events in, prediction-made or processing-failed events out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from google.protobuf.message import DecodeError
+
+from services.common.contracts.product_classification.v1 import events_pb2
+from services.common.errors import ClassificationError, ErrorKind, KafkaOutcome
+from services.common.dead_letters import send_dead_letter
+from services.common.kafka import payload_headers
+from services.common.settings import Topics
+from services.preprocessing.core import ListingPredictor, ListingRequest
+
+
+class SubmittedListingHandler:
+    """Handles one polled batch; returns the send futures so the loop commits only after the broker acknowledged."""
+
+    def __init__(self, predictor: ListingPredictor, producer, topics: Topics):
+        self.predictor = predictor
+        self.producer = producer
+        self.topics = topics
+
+    def _send(self, topic: str, key: str, message) -> object:
+        return self.producer.send(topic, key=key.encode(), value=message.SerializeToString(),
+                                  headers=payload_headers(message))
+
+    def _dead_letter(self, record, kind: ErrorKind, reason: str, event: events_pb2.ListingSubmitted | None = None):
+        return send_dead_letter(self.producer, self.topics.processing_failed, record, kind, reason, "preprocessing",
+                                listing_id=event.listing.listing_id if event else "",
+                                submission_id=event.submission_id if event else "",
+                                marketplace=event.listing.marketplace if event else "")
+
+    def __call__(self, records: Sequence) -> list:
+        futures, parsed = [], []
+        for record in records:
+            try:
+                event = events_pb2.ListingSubmitted.FromString(record.value or b"")
+            except DecodeError as error:
+                futures.append(self._dead_letter(record, ErrorKind.INVALID_REQUEST, f"not a ListingSubmitted: {error}"))
+                continue
+            parsed.append((record, event))
+        requests = [ListingRequest(e.submission_id, e.listing, e.submitted_at if e.HasField("submitted_at") else None)
+                    for _, e in parsed]
+        outcomes = self.predictor.predict(requests) if requests else []
+        for (record, event), outcome in zip(parsed, outcomes):
+            if isinstance(outcome, ClassificationError):
+                if outcome.kind.kafka_outcome is KafkaOutcome.RETRY:
+                    raise outcome  # the whole batch is retried; nothing is committed
+                futures.append(self._dead_letter(record, outcome.kind, outcome.reason, event))
+            else:
+                futures.append(self._send(self.topics.prediction_made, outcome.listing_id, outcome))
+        return futures

@@ -1,0 +1,25 @@
+"""Preprocessing service settings. Env prefix PREPROCESSING_ (Kafka's come from KAFKA_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PreprocessingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PREPROCESSING_")
+
+    grpc_address: str = Field("0.0.0.0:50052", description="where the ImagePredictor gRPC API listens")
+    triton_url: str = Field(description="Triton's gRPC address, host:port; required")
+    model_names: str = Field("resnet50,inception_v3", description="the Triton models every image goes through")
+    triton_timeout_s: float = Field(30.0, description="per Triton call")
+    consumer_group: str = Field("product-classification.preprocessing",
+                                description="consumer group on the listing-submitted topic")
+    max_batch_listings: int = Field(16, description="listings polled and sent to Triton together")
+    max_image_bytes: int = Field(20 * 1024 * 1024, description="larger images are rejected")
+    max_image_pixels: int = Field(50_000_000, description="larger images are rejected before decoding")
+    fetch_timeout_s: float = Field(5.0, description="connect/read timeout for image URLs")
+    decode_threads: int = Field(2, description="images decoded in parallel")
+    grpc_workers: int = Field(16, description="concurrent gRPC calls")
+    shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
+    log_level: str = "INFO"

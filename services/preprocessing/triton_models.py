@@ -1,0 +1,131 @@
+"""The Triton side: what each model expects (read from the server, never hard-coded) and batched inference."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from services.common.errors import ClassificationError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model's input and output, as Triton's metadata and config describe them."""
+
+    name: str
+    version: str
+    input_name: str
+    input_size: int  # square inputs: height == width
+    max_batch_size: int
+    output_name: str
+    labels: tuple[str, ...]
+
+    @property
+    def versioned_name(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+def read_model_spec(client: triton_grpc.InferenceServerClient, name: str) -> ModelSpec:
+    """Reads input layout, size, batch limit and labels from the server. Only uint8 NHWC images are accepted."""
+    metadata = client.get_model_metadata(name, as_json=True)
+    config = client.get_model_config(name, as_json=True)["config"]
+    if len(metadata["inputs"]) != 1 or len(metadata["outputs"]) != 1:
+        raise ClassificationError(ErrorKind.INTERNAL, f"model {name} must have one input and one output")
+    model_input, model_output = metadata["inputs"][0], metadata["outputs"][0]
+    if model_input["datatype"] != "UINT8":
+        raise ClassificationError(ErrorKind.INTERNAL, f"model {name} input must be UINT8, is {model_input['datatype']}")
+    layout = config["input"][0].get("format", "FORMAT_NHWC")
+    shape = [int(d) for d in model_input["shape"]][1:]  # drop the batch dimension
+    if layout not in ("FORMAT_NHWC", "FORMAT_NONE") or len(shape) != 3 or shape[2] != 3 or shape[0] != shape[1]:
+        raise ClassificationError(ErrorKind.INTERNAL, f"model {name} input must be square NHWC RGB, is {layout} {shape}")
+    version = max(metadata["versions"], key=int)
+    class_count = int(model_output["shape"][-1])
+    return ModelSpec(name, version, model_input["name"], shape[0], int(config.get("max_batch_size", 1)) or 1,
+                     model_output["name"], _read_labels(client, name, version, model_input["name"], shape,
+                                                        model_output["name"], class_count))
+
+
+def _read_labels(client, name, version, input_name, shape, output_name, class_count) -> tuple[str, ...]:
+    """Asks Triton's classification extension for every class of one blank image: it answers 'score:index:label'."""
+    blank = triton_grpc.InferInput(input_name, [1, *shape], "UINT8")
+    blank.set_data_from_numpy(np.zeros((1, *shape), np.uint8))
+    result = client.infer(name, [blank], model_version=version,
+                          outputs=[triton_grpc.InferRequestedOutput(output_name, class_count=class_count)])
+    labels = [""] * class_count
+    for entry in result.as_numpy(output_name).reshape(-1):
+        _, index, *label = entry.decode().split(":", 2)
+        labels[int(index)] = label[0] if label else index
+    return tuple(labels)
+
+
+class TritonClassifier:
+    """Runs batches of images through every configured model, each model called once per batch, in parallel."""
+
+    def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0):
+        self.url = url
+        self.model_names = model_names
+        self.timeout_s = timeout_s
+        self._client: triton_grpc.InferenceServerClient | None = None
+        self._specs: dict[str, ModelSpec] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(2, len(model_names)), thread_name_prefix="triton")
+
+    def start(self) -> None:
+        self._client = triton_grpc.InferenceServerClient(self.url)
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._client:
+            self._client.close()
+
+    @property
+    def specs(self) -> list[ModelSpec]:
+        """The models' specs, read from the server on first use and after a failure (a reload may change them)."""
+        with self._lock:
+            if len(self._specs) != len(self.model_names):
+                try:
+                    self._specs = {n: read_model_spec(self._client, n) for n in self.model_names}
+                except InferenceServerException as error:
+                    raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton: {error.message()}") from None
+            return [self._specs[n] for n in self.model_names]
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready() and all(self._client.is_model_ready(n)
+                                                               for n in self.model_names)) and bool(self.specs)
+        except (InferenceServerException, ClassificationError):
+            return False
+
+    def input_sizes(self) -> list[int]:
+        return [spec.input_size for spec in self.specs]
+
+    def classify(self, tensors_by_size: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        """tensors_by_size: input size -> uint8 batch (N, size, size, 3). Returns model name -> (N, classes) float32."""
+        specs = self.specs
+        jobs = {spec.name: self._pool.submit(self._infer, spec, tensors_by_size[spec.input_size]) for spec in specs}
+        return {name: job.result() for name, job in jobs.items()}
+
+    def _infer(self, spec: ModelSpec, batch: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(batch), spec.max_batch_size):
+            chunk = np.ascontiguousarray(batch[start:start + spec.max_batch_size])
+            model_input = triton_grpc.InferInput(spec.input_name, list(chunk.shape), "UINT8")
+            model_input.set_data_from_numpy(chunk)
+            try:
+                result = self._client.infer(spec.name, [model_input], model_version=spec.version,
+                                            outputs=[triton_grpc.InferRequestedOutput(spec.output_name)],
+                                            client_timeout=self.timeout_s)
+            except InferenceServerException as error:
+                with self._lock:
+                    self._specs = {}  # the model may have been reloaded or replaced: read it again next time
+                raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton {spec.name}: {error.message()}") from None
+            outputs.append(result.as_numpy(spec.output_name))
+        return np.concatenate(outputs).astype(np.float32, copy=False)

@@ -1,0 +1,114 @@
+"""The result service's core: prediction -> fused, mapped classification -> stored once -> published once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
+from services.common.errors import ClassificationError, ErrorKind
+from services.results.fusion import fuse
+from services.results.store import ClassificationStore, StoredClassification
+from services.results.taxonomy import Taxonomies
+
+log = logging.getLogger(__name__)
+
+
+def model_versions(prediction: events_pb2.PredictionMade) -> str:
+    return ",".join(f"{p.model_name}:{p.model_version}" for p in sorted(prediction.predictions,
+                                                                        key=lambda p: p.model_name))
+
+
+def classify(prediction: events_pb2.PredictionMade, taxonomies: Taxonomies, weights: Mapping[str, float],
+             candidate_count: int = 3) -> common_pb2.Classification:
+    """Pure: fuses the models, picks the most probable label the marketplace's taxonomy knows, and maps it."""
+    if not prediction.listing_id:
+        raise ClassificationError(ErrorKind.INVALID_REQUEST, "the prediction has no listing_id")
+    taxonomy = taxonomies.for_marketplace(prediction.marketplace)
+    locale = prediction.locale or taxonomy.default_locale
+    fused = fuse(prediction.predictions, weights)
+    ranked = sorted(((p, label) for label, p in fused.items() if label in taxonomy.categories), reverse=True)
+    if not ranked:
+        raise ClassificationError(ErrorKind.INVALID_REQUEST, f"no model label maps to a category of "
+                                  f"{prediction.marketplace!r}")
+    candidates = [common_pb2.CategoryCandidate(category=taxonomy.category(label, locale), label=label,
+                                               confidence=probability)
+                  for probability, label in ranked[:candidate_count]]
+    best = candidates[0]
+    classified_at = Timestamp()
+    classified_at.GetCurrentTime()
+    classification = common_pb2.Classification(
+        listing_id=prediction.listing_id, submission_id=prediction.submission_id, marketplace=prediction.marketplace,
+        locale=locale, status=common_pb2.CLASSIFICATION_STATUS_CLASSIFIED, category=best.category, label=best.label,
+        confidence=best.confidence, candidates=candidates, image_digest=prediction.image_digest,
+        model_versions=model_versions(prediction), classified_at=classified_at)
+    if prediction.HasField("submitted_at"):
+        classification.submitted_at.CopyFrom(prediction.submitted_at)
+    return classification
+
+
+def failed_classification(failure: events_pb2.ProcessingFailed) -> common_pb2.Classification:
+    """What the store keeps of a dead-lettered listing, so a caller asking for it learns why it has no category."""
+    classification = common_pb2.Classification(
+        listing_id=failure.listing_id, submission_id=failure.submission_id, marketplace=failure.marketplace,
+        status=common_pb2.CLASSIFICATION_STATUS_FAILED, error_kind=failure.error_kind, error_reason=failure.reason)
+    classification.classified_at.CopyFrom(failure.failed_at)
+    return classification
+
+
+# Sends a ListingClassified event; returns a future whose .get(timeout) raises unless the broker acknowledged it.
+Publish = Callable[[events_pb2.ListingClassified], object]
+
+
+class ClassificationRecorder:
+    """Classifies, stores idempotently and publishes; the Kafka and gRPC edges both go through record_predictions."""
+
+    def __init__(self, store: ClassificationStore, taxonomies: Taxonomies, weights: Mapping[str, float],
+                 publish: Publish, candidate_count: int = 3, send_timeout_s: float = 30.0):
+        self.store = store
+        self.taxonomies = taxonomies
+        self.weights = weights
+        self.publish = publish
+        self.candidate_count = candidate_count
+        self.send_timeout_s = send_timeout_s
+        self.stored = threading.Condition()  # notified after every write, wakes the watch streams
+
+    def record_predictions(self, predictions: list[events_pb2.PredictionMade]
+                           ) -> list[StoredClassification | ClassificationError]:
+        """Stores each prediction's classification and publishes those not yet published, waiting for the acks.
+
+        Bad predictions come back as ClassificationError (not retryable); store or broker outages raise.
+        """
+        outcomes: list = []
+        for prediction in predictions:
+            try:
+                classification = classify(prediction, self.taxonomies, self.weights, self.candidate_count)
+            except ClassificationError as error:
+                if error.kind is ErrorKind.UNAVAILABLE:
+                    raise
+                outcomes.append(error)
+                continue
+            outcomes.append(self.store.record(classification))
+        pending = [(o, self.publish(events_pb2.ListingClassified(classification=o.classification)))
+                   for o in outcomes if isinstance(o, StoredClassification) and not o.published]
+        for _, future in pending:
+            try:
+                future.get(timeout=self.send_timeout_s)
+            except Exception as error:  # noqa: BLE001
+                raise ClassificationError(ErrorKind.UNAVAILABLE, f"publishing failed: {error!r}") from None
+        self.store.mark_published([o.classification.sequence for o, _ in pending])
+        self._notify_watchers()
+        return outcomes
+
+    def record_failure(self, failure: events_pb2.ProcessingFailed) -> StoredClassification:
+        stored = self.store.record(failed_classification(failure))
+        self.store.mark_published([stored.classification.sequence])  # failures are not published on the output topic
+        self._notify_watchers()
+        return stored
+
+    def _notify_watchers(self) -> None:
+        with self.stored:
+            self.stored.notify_all()

@@ -1,0 +1,29 @@
+"""Result service settings. Env prefix RESULTS_ (Kafka's come from KAFKA_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SAMPLE_TAXONOMY = Path(__file__).with_name("taxonomies") / "sample.json"
+
+
+class ResultsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RESULTS_")
+
+    grpc_address: str = Field("0.0.0.0:50053", description="where the ClassificationResults gRPC API listens")
+    database_url: str = Field("sqlite:///.run/results.sqlite3",
+                              description="sqlite:///PATH (embedded default) or postgresql://user@host/db")
+    fusion_weights: str = Field("resnet50=0.5,inception_v3=0.5",
+                                description="model=weight,...: weighted mean of the models' probabilities")
+    taxonomy_path: Path = Field(SAMPLE_TAXONOMY, description="JSON file of the marketplaces' taxonomies")
+    candidate_count: int = Field(3, description="candidates returned with each classification")
+    consumer_group: str = Field("product-classification.results",
+                                description="consumer group on the prediction-made and processing-failed topics")
+    max_batch_predictions: int = Field(64, description="events handled per batch")
+    watch_poll_s: float = Field(0.5, description="how often watch streams look for rows other replicas stored")
+    grpc_workers: int = Field(32, description="concurrent gRPC calls, watch streams included")
+    shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
+    log_level: str = "INFO"

@@ -1,0 +1,197 @@
+"""The result store: classifications keyed for idempotency, on SQLite (embedded default) or PostgreSQL.
+
+A row's idempotency key is listing id + image digest + model versions, so a redelivered prediction finds its row and
+changes nothing. `published` records whether the listing-classified event was acknowledged by the broker, so a
+crash between storing and publishing is repaired by the redelivery instead of being lost or published twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.contracts.product_classification.v1 import common_pb2
+from services.common.errors import ClassificationError, ErrorKind
+
+
+@dataclass(frozen=True)
+class StoredClassification:
+    classification: common_pb2.Classification  # sequence filled in
+    newly_stored: bool
+    published: bool
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS classifications (
+    sequence {id_type},
+    idempotency_key TEXT NOT NULL UNIQUE,
+    listing_id TEXT NOT NULL,
+    marketplace TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    payload {blob_type} NOT NULL,
+    published BOOLEAN NOT NULL DEFAULT FALSE,
+    stored_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS classifications_listing ON classifications (listing_id, sequence);
+CREATE INDEX IF NOT EXISTS classifications_marketplace ON classifications (marketplace, sequence)
+"""
+
+
+def idempotency_key(classification: common_pb2.Classification) -> str:
+    if classification.status == common_pb2.CLASSIFICATION_STATUS_FAILED:
+        return f"{classification.listing_id}|failed|{classification.submission_id}"
+    return f"{classification.listing_id}|{classification.image_digest}|{classification.model_versions}"
+
+
+class ClassificationStore:
+    """Thread-safe access to the classifications table through one connection (SQLite file or PostgreSQL DSN)."""
+
+    def __init__(self, database_url: str):
+        self.database_url = database_url
+        self._lock = threading.Lock()
+        self._connection = None
+        self._postgres = database_url.startswith(("postgresql://", "postgres://"))
+        self._placeholder = "%s" if self._postgres else "?"
+
+    def start(self) -> None:
+        if self._postgres:
+            import psycopg
+
+            self._connection = psycopg.connect(self.database_url, autocommit=False, connect_timeout=5)
+            statements = _SCHEMA.format(id_type="BIGSERIAL PRIMARY KEY", blob_type="BYTEA")
+        elif self.database_url.startswith("sqlite:///"):
+            path = self.database_url.removeprefix("sqlite:///")
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            statements = _SCHEMA.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT", blob_type="BLOB")
+        else:
+            raise ValueError(f"database_url must be sqlite:///PATH or postgresql://..., got {self.database_url!r}")
+        with self._transaction() as cursor:
+            for statement in statements.split(";"):
+                cursor.execute(statement)
+
+    def stop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def ready(self) -> bool:
+        try:
+            with self._transaction() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except ClassificationError:
+            return False
+
+    class _Transaction:
+        def __init__(self, store: "ClassificationStore"):
+            self.store = store
+
+        def __enter__(self):
+            self.store._lock.acquire()
+            try:
+                self.cursor = self.store._connection.cursor()
+                if not self.store._postgres:
+                    self.cursor.execute("BEGIN IMMEDIATE")
+            except Exception as error:
+                self.store._lock.release()
+                raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {error}") from None
+            return self.cursor
+
+        def __exit__(self, error_type, error, _traceback):
+            try:
+                if error_type is None:
+                    self.store._connection.commit() if self.store._postgres else self.cursor.execute("COMMIT")
+                else:
+                    self.store._connection.rollback() if self.store._postgres else self.cursor.execute("ROLLBACK")
+            except Exception as commit_error:  # noqa: BLE001
+                if error_type is None:
+                    raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {commit_error}") from None
+            finally:
+                self.store._lock.release()
+            if error_type is not None and not issubclass(error_type, ClassificationError):
+                raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {error}") from error
+            return False
+
+    def _transaction(self) -> "_Transaction":
+        if self._connection is None:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, "result store is not started")
+        return self._Transaction(self)
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self._placeholder)
+
+    def record(self, classification: common_pb2.Classification) -> StoredClassification:
+        """Stores the classification unless its idempotency key is already there; returns what the store holds."""
+        key = idempotency_key(classification)
+        with self._transaction() as cursor:
+            cursor.execute(self._sql("SELECT sequence, payload, published FROM classifications WHERE idempotency_key = ?"),
+                           (key,))
+            row = cursor.fetchone()
+            if row is not None:
+                stored = common_pb2.Classification.FromString(bytes(row[1]))
+                stored.sequence = row[0]
+                return StoredClassification(stored, newly_stored=False, published=bool(row[2]))
+            cursor.execute(self._sql(
+                "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, published, "
+                "stored_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
+                (key, classification.listing_id, classification.marketplace, classification.status,
+                 classification.SerializeToString(), False, time.time()))
+            sequence = cursor.fetchone()[0]
+        stored = common_pb2.Classification()
+        stored.CopyFrom(classification)
+        stored.sequence = sequence
+        return StoredClassification(stored, newly_stored=True, published=False)
+
+    def mark_published(self, sequences: list[int]) -> None:
+        if not sequences:
+            return
+        with self._transaction() as cursor:
+            marks = ", ".join([self._placeholder] * len(sequences))
+            cursor.execute(f"UPDATE classifications SET published = TRUE WHERE sequence IN ({marks})", sequences)
+
+    def _select(self, where: str, parameters: tuple, order: str, limit: int) -> list[common_pb2.Classification]:
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(f"SELECT sequence, payload FROM classifications WHERE {where} "
+                                     f"ORDER BY sequence {order} LIMIT {int(limit)}"), parameters)
+            rows = cursor.fetchall()
+        results = []
+        for sequence, payload in rows:
+            classification = common_pb2.Classification.FromString(bytes(payload))
+            classification.sequence = sequence
+            results.append(classification)
+        return results
+
+    def latest_for_listing(self, listing_id: str) -> common_pb2.Classification | None:
+        found = self._select("listing_id = ?", (listing_id,), "DESC", 1)
+        return found[0] if found else None
+
+    def recent(self, marketplace: str, limit: int, before_sequence: int = 0) -> list[common_pb2.Classification]:
+        where, parameters = ["sequence < ?"], [before_sequence or 2 ** 62]
+        if marketplace:
+            where.append("marketplace = ?")
+            parameters.append(marketplace)
+        return self._select(" AND ".join(where), tuple(parameters), "DESC", limit)
+
+    def after(self, after_sequence: int, marketplace: str, limit: int = 200) -> list[common_pb2.Classification]:
+        where, parameters = ["sequence > ?"], [after_sequence]
+        if marketplace:
+            where.append("marketplace = ?")
+            parameters.append(marketplace)
+        return self._select(" AND ".join(where), tuple(parameters), "ASC", limit)
+
+    def last_sequence(self) -> int:
+        with self._transaction() as cursor:
+            cursor.execute("SELECT COALESCE(MAX(sequence), 0) FROM classifications")
+            return int(cursor.fetchone()[0])
+
+    def count_for_listing(self, listing_id: str) -> int:
+        with self._transaction() as cursor:
+            cursor.execute(self._sql("SELECT COUNT(*) FROM classifications WHERE listing_id = ?"), (listing_id,))
+            return int(cursor.fetchone()[0])

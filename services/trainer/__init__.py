@@ -1,0 +1,1 @@
+"""Builds, trains and exports the classification models into triton_models/."""

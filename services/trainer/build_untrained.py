@@ -1,0 +1,51 @@
+"""Builds both models UNTRAINED (random weights, or ImageNet backbones from local files) and publishes them to Triton.
+
+This is the model build of the pipeline issue: real architectures, real ONNX, real Triton, but a category head that
+has never seen a product, so the categories it predicts are no better than chance. `make models` runs it once;
+an existing version is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from services.trainer.architectures import ARCHITECTURES, build_classifier
+from services.trainer.sample_catalogue import CATEGORIES
+from services.trainer.triton_export import publish_version
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
+
+
+def has_version(repository: Path, model_name: str) -> bool:
+    model_dir = repository / model_name
+    return any(p.is_dir() and p.name.isdigit() and (p / "model.onnx").exists() for p in model_dir.glob("*"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    parser.add_argument("--force", action="store_true", help="publish a new version even if one exists")
+    parser.add_argument("--resnet50-weights", type=Path, help="local ImageNet weights file (no-top) for ResNet50")
+    parser.add_argument("--inception-v3-weights", type=Path, help="local ImageNet weights file (no-top) for InceptionV3")
+    options = parser.parse_args()
+    weights = {"resnet50": options.resnet50_weights, "inception_v3": options.inception_v3_weights}
+    rng = np.random.default_rng(0)
+    for name, architecture in ARCHITECTURES.items():
+        if has_version(options.repository, name) and not options.force:
+            print(f"{name}: a version exists in {options.repository / name}, left alone")
+            continue
+        if weights[name] is None:
+            print(f"{name}: WARNING no ImageNet weights file given: random initialisation, UNTRAINED model")
+        model = build_classifier(architecture, len(CATEGORIES), weights_file=weights[name])
+        batch = rng.integers(0, 256, (2, architecture.input_size, architecture.input_size, 3), dtype=np.uint8)
+        exported = publish_version(model, model_name=name, input_size=architecture.input_size, labels=list(CATEGORIES),
+                                   repository=options.repository, verification_batch=batch)
+        print(f"{name}: published version {exported.version} at {exported.onnx_path} "
+              f"(ONNX vs Keras max difference {exported.max_abs_difference:.1e})")
+
+
+if __name__ == "__main__":
+    main()
