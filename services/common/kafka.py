@@ -91,8 +91,12 @@ class ConsumeLoop:
     """Polls a consumer group in its own thread and hands batches to a handler, with the commit discipline above."""
 
     def __init__(self, name: str, consumer: KafkaConsumer, topics: Sequence[str], handler: BatchHandler,
-                 producer: KafkaProducer, send_timeout_s: float = 30.0):
+                 producer: KafkaProducer, send_timeout_s: float = 30.0, max_batch: int = 500,
+                 batch_linger_s: float = 0.0):
         self.name = name
+        self.max_batch = max_batch
+        # How long to keep polling for more records once some arrived, so downstream calls get full batches.
+        self.batch_linger_s = batch_linger_s
         self.consumer = consumer
         self.topics = list(topics)
         self.handler = handler
@@ -123,12 +127,11 @@ class ConsumeLoop:
         self.healthy.set()
         while not self._stopping.is_set():
             try:
-                polled = self.consumer.poll(timeout_ms=200)
+                records = self._poll_batch()
             except Exception:  # noqa: BLE001  (broker unreachable: kafka-python reconnects by itself)
                 log.exception("poll failed", extra={"loop": self.name})
                 self._stopping.wait(backoff.next_delay())
                 continue
-            records = [record for batch in polled.values() for record in batch]
             if not records:
                 continue
             while True:  # the same batch until it succeeds or the loop stops
@@ -152,6 +155,17 @@ class ConsumeLoop:
                     return
                 time.sleep(delay)
         self.healthy.clear()
+
+    def _poll_batch(self) -> list:
+        """Up to max_batch records: what one poll returns, topped up for at most batch_linger_s."""
+        records = [r for batch in self.consumer.poll(timeout_ms=200, max_records=self.max_batch).values()
+                   for r in batch]
+        deadline = time.monotonic() + self.batch_linger_s
+        while records and len(records) < self.max_batch and time.monotonic() < deadline:
+            wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            more = self.consumer.poll(timeout_ms=wait_ms, max_records=self.max_batch - len(records))
+            records.extend(r for batch in more.values() for r in batch)
+        return records
 
     def _handle(self, records: Sequence) -> None:
         futures = self.handler(records)

@@ -80,6 +80,8 @@ class LocalStack:
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}"}
         if prefix == "PREPROCESSING":
             env["PREPROCESSING_TRITON_URL"] = self.triton.grpc_url
+            # CPU Triton shares this machine's few cores: one model at a time beats both at once (see `make bench`).
+            env["PREPROCESSING_PARALLEL_MODEL_CALLS"] = "false"
         elif prefix == "RESULTS":
             env["RESULTS_DATABASE_URL"] = self.database_url
         elif prefix == "GATEWAY":

@@ -22,7 +22,8 @@ def main() -> None:
     kafka = KafkaSettings()
     configure_logging("preprocessing", settings.log_level)
 
-    classifier = TritonClassifier(settings.triton_url, settings.model_names.split(","), settings.triton_timeout_s)
+    classifier = TritonClassifier(settings.triton_url, settings.model_names.split(","), settings.triton_timeout_s,
+                                  settings.parallel_model_calls)
     predictor = ListingPredictor(classifier, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
                                  FetchSettings(timeout_s=settings.fetch_timeout_s,
                                                max_bytes=settings.max_image_bytes),
@@ -30,7 +31,8 @@ def main() -> None:
     producer = make_producer(kafka, "preprocessing")
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],
-                       SubmittedListingHandler(predictor, producer, kafka.topics), producer)
+                       SubmittedListingHandler(predictor, producer, kafka.topics), producer,
+                       max_batch=settings.max_batch_listings, batch_linger_s=settings.batch_linger_s)
     server = GrpcServer(settings.grpc_address,
                         [(preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server, ImagePredictorServicer(predictor),
                           preprocessing_pb2.DESCRIPTOR.services_by_name["ImagePredictor"].full_name)],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -13,6 +15,8 @@ from services.common.errors import ClassificationError, ErrorKind
 from services.preprocessing.images import ImageLimits, PreparedImage, prepare_image
 from services.preprocessing.sources import FetchSettings, image_bytes
 from services.preprocessing.triton_models import TritonClassifier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,17 @@ class ListingPredictor:
 
     def predict(self, requests: list[ListingRequest]) -> list[events_pb2.PredictionMade | ClassificationError]:
         sizes = self.classifier.input_sizes()
+        began = time.perf_counter()
         prepared = list(self._decoders.map(lambda r: self._prepare(r, sizes), requests))
         good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
         if not good:
             return prepared  # type: ignore[return-value]
         batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
+        decoded = time.perf_counter()
         probabilities = self.classifier.classify(batches)
+        log.info("batch predicted", extra={"listings": len(requests), "images": len(good),
+                                           "preprocess_ms": round((decoded - began) * 1000, 1),
+                                           "triton_ms": round((time.perf_counter() - decoded) * 1000, 1)})
         specs = self.classifier.specs
         now = Timestamp()
         now.GetCurrentTime()

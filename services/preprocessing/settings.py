@@ -15,7 +15,10 @@ class PreprocessingSettings(BaseSettings):
     triton_timeout_s: float = Field(30.0, description="per Triton call")
     consumer_group: str = Field("product-classification.preprocessing",
                                 description="consumer group on the listing-submitted topic")
-    max_batch_listings: int = Field(16, description="listings polled and sent to Triton together")
+    max_batch_listings: int = Field(32, description="listings polled and sent to Triton together")
+    batch_linger_s: float = Field(0.05, description="once listings arrive, how long to wait for a fuller batch")
+    parallel_model_calls: bool = Field(True, description="call the models at once (GPU Triton); false runs them "
+                                       "one after the other, faster where Triton shares a few CPU cores")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="larger images are rejected")
     max_image_pixels: int = Field(50_000_000, description="larger images are rejected before decoding")
     fetch_timeout_s: float = Field(5.0, description="connect/read timeout for image URLs")

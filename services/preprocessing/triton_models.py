@@ -69,8 +69,9 @@ def _read_labels(client, name, version, input_name, shape, output_name, class_co
 class TritonClassifier:
     """Runs batches of images through every configured model, each model called once per batch, in parallel."""
 
-    def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0):
+    def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0, parallel: bool = True):
         self.url = url
+        self.parallel = parallel
         self.model_names = model_names
         self.timeout_s = timeout_s
         self._client: triton_grpc.InferenceServerClient | None = None
@@ -110,6 +111,8 @@ class TritonClassifier:
     def classify(self, tensors_by_size: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
         """tensors_by_size: input size -> uint8 batch (N, size, size, 3). Returns model name -> (N, classes) float32."""
         specs = self.specs
+        if not self.parallel:
+            return {spec.name: self._infer(spec, tensors_by_size[spec.input_size]) for spec in specs}
         jobs = {spec.name: self._pool.submit(self._infer, spec, tensors_by_size[spec.input_size]) for spec in specs}
         return {name: job.result() for name, job in jobs.items()}
 

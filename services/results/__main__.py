@@ -34,7 +34,8 @@ def main() -> None:
                                       parse_weights(settings.fusion_weights), publish, settings.candidate_count)
     consumer = make_consumer(kafka, settings.consumer_group, "results", settings.max_batch_predictions)
     loop = ConsumeLoop("results", consumer, [kafka.topics.prediction_made, kafka.topics.processing_failed],
-                       PredictionHandler(recorder, producer, kafka.topics), producer)
+                       PredictionHandler(recorder, producer, kafka.topics), producer,
+                       max_batch=settings.max_batch_predictions)
     server = GrpcServer(settings.grpc_address,
                         [(results_pb2_grpc.add_ClassificationResultsServicer_to_server,
                           ClassificationResultsServicer(recorder, settings.watch_poll_s),

@@ -48,6 +48,12 @@ def production_config(model_name: str, input_size: int, class_count: int, max_ba
             preferred_batch_size=[8, 16, max_batch_size], max_queue_delay_microseconds=2000),
         version_policy=model_config_pb2.ModelVersionPolicy(
             latest=model_config_pb2.ModelVersionPolicy.Latest(num_versions=1)),
+        # Run once at load at the smallest and largest batch, so the first real requests don't pay for allocation.
+        model_warmup=[model_config_pb2.ModelWarmup(
+            name=f"zeros_batch_{batch}", batch_size=batch, count=1,
+            inputs={INPUT_NAME: model_config_pb2.ModelWarmup.Input(
+                data_type=model_config_pb2.TYPE_UINT8, dims=[input_size, input_size, 3], zero_data=True)})
+            for batch in (1, max_batch_size)],
     )
     return text_format.MessageToString(config)
 

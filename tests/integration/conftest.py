@@ -1,0 +1,47 @@
+"""The real local stack for integration tests: tansu broker, tritonserver on CPU, PostgreSQL, three service processes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from services.common.contracts.product_classification.v1 import gateway_pb2_grpc, results_pb2_grpc
+from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
+from services.results.store import ClassificationStore
+
+
+@pytest.fixture(scope="session")
+def stack(postgres_url, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("stack")
+    with LocalStack(StackOptions(work_dir=work_dir, database_url=postgres_url)) as running:
+        yield running
+    print(f"local stack logs were in {work_dir}")
+
+
+@pytest.fixture(scope="session")
+def kafka(stack):
+    return stack.kafka_settings
+
+
+@pytest.fixture(scope="session")
+def gateway(stack):
+    with grpc.insecure_channel(stack.services["gateway"].address) as channel:
+        yield gateway_pb2_grpc.ListingClassifierStub(channel)
+
+
+@pytest.fixture(scope="session")
+def results(stack):
+    with grpc.insecure_channel(stack.services["results"].address) as channel:
+        yield results_pb2_grpc.ClassificationResultsStub(channel)
+
+
+@pytest.fixture(scope="session")
+def store(stack):
+    """Direct read access to the same PostgreSQL database the result service writes."""
+    direct = ClassificationStore(stack.database_url)
+    direct.start()
+    yield direct
+    direct.stop()
+
+
+__all__ = ["REPOSITORY_ROOT"]

@@ -1,0 +1,199 @@
+"""The pipeline end to end on the real broker, the real Triton (CPU) and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from services.common.contracts.product_classification.v1 import (
+    common_pb2,
+    events_pb2,
+    gateway_pb2,
+    results_pb2,
+)
+from services.localstack.traffic import (
+    TopicReader,
+    classified_by_listing,
+    produce_raw,
+    sample_listings,
+    submit_listings,
+)
+
+GARBAGE_IMAGE = b"\x89PNG\r\n\x1a\n this is not really a PNG"
+
+
+def read_classified(kafka, listing_ids: set[str], timeout_s: float = 120.0) -> dict[str, list]:
+    reader = TopicReader(kafka, kafka.topics.listing_classified)
+    try:
+        records = reader.read(lambda rs: listing_ids <= set(classified_by_listing(rs)), timeout_s)
+        # a little longer, so a duplicate published right after would be seen too
+        records += reader.read(lambda rs: False, 1.0)
+    finally:
+        reader.close()
+    found = classified_by_listing(records)
+    return {listing_id: found.get(listing_id, []) for listing_id in listing_ids}
+
+
+def read_failures(kafka, listing_ids: set[str], timeout_s: float = 60.0) -> dict[str, events_pb2.ProcessingFailed]:
+    reader = TopicReader(kafka, kafka.topics.processing_failed)
+
+    def failures(records):
+        return {f.listing_id: f for f in (events_pb2.ProcessingFailed.FromString(r.value) for r in records)}
+
+    try:
+        records = reader.read(lambda rs: listing_ids <= set(failures(rs)), timeout_s)
+    finally:
+        reader.close()
+    return {k: v for k, v in failures(records).items() if k in listing_ids}
+
+
+def test_fifty_listings_through_kafka_are_classified_published_and_stored_once(kafka, store):
+    listings = sample_listings(50, seed=11, prefix="kafka50")
+    ids = {s.listing.listing_id for s in listings}
+    submit_listings(kafka, [s.listing for s in listings])
+
+    published = read_classified(kafka, ids)
+
+    assert {i for i, events in published.items() if not events} == set(), "listings never classified"
+    assert {i: len(e) for i, e in published.items() if len(e) != 1} == {}, "published more than once"
+    for sample in listings:
+        event = published[sample.listing.listing_id][0].classification
+        assert event.status == common_pb2.CLASSIFICATION_STATUS_CLASSIFIED
+        assert event.marketplace == sample.listing.marketplace and event.category.id and event.label
+        assert 0.0 < event.confidence <= 1.0
+        assert {v.split(":")[0] for v in event.model_versions.split(",")} == {"inception_v3", "resnet50"}
+        assert store.count_for_listing(sample.listing.listing_id) == 1
+
+
+def test_synchronous_call_returns_a_category(gateway):
+    sample = sample_listings(1, seed=3, prefix="sync")[0]
+    classification = gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=sample.listing), timeout=60)
+    assert classification.listing_id == sample.listing.listing_id
+    assert classification.status == common_pb2.CLASSIFICATION_STATUS_CLASSIFIED
+    assert classification.category.id and list(classification.category.path)
+    assert classification.sequence > 0  # stored
+
+
+def test_classify_many_in_one_call_and_as_a_stream(gateway):
+    samples = sample_listings(4, seed=5, prefix="many")
+    bad = common_pb2.Listing(listing_id="many-bad", marketplace="eu-fashion", image_bytes=GARBAGE_IMAGE)
+    response = gateway.ClassifyListings(gateway_pb2.ClassifyListingsRequest(
+        listings=[s.listing for s in samples] + [bad]), timeout=120)
+    assert [o.listing_id for o in response.outcomes] == [s.listing.listing_id for s in samples] + ["many-bad"]
+    assert all(o.WhichOneof("outcome") == "classification" for o in response.outcomes[:4])
+    assert response.outcomes[4].error.kind == common_pb2.ERROR_KIND_INVALID_IMAGE
+
+    requests = [gateway_pb2.ClassifyListingRequest(listing=s.listing) for s in samples]
+    outcomes = list(gateway.ClassifyListingStream(iter(requests), timeout=120))
+    assert sorted(o.listing_id for o in outcomes) == sorted(s.listing.listing_id for s in samples)
+    assert all(o.classification.category.id for o in outcomes)
+
+
+def test_query_api_returns_what_was_stored(gateway, results, store):
+    samples = sample_listings(3, seed=13, prefix="query")
+    returned = [gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=s.listing), timeout=60)
+                for s in samples]
+    for classification in returned:
+        fetched = results.GetClassification(results_pb2.GetClassificationRequest(listing_id=classification.listing_id))
+        assert fetched == store.latest_for_listing(classification.listing_id)
+        assert fetched.category == classification.category and fetched.sequence == classification.sequence
+
+    page = results.ListClassifications(results_pb2.ListClassificationsRequest(page_size=2))
+    assert len(page.classifications) == 2 and page.next_before_sequence
+    assert page.classifications[0].sequence > page.classifications[1].sequence
+    next_page = results.ListClassifications(results_pb2.ListClassificationsRequest(
+        page_size=2, before_sequence=page.next_before_sequence))
+    assert next_page.classifications[0].sequence < page.classifications[1].sequence
+
+    with pytest.raises(grpc.RpcError) as raised:
+        results.GetClassification(results_pb2.GetClassificationRequest(listing_id="never-seen"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_asynchronous_submission_is_classified_later(gateway, results):
+    sample = sample_listings(1, seed=17, prefix="async")[0]
+    accepted = gateway.SubmitListing(gateway_pb2.SubmitListingRequest(listing=sample.listing), timeout=30)
+    assert accepted.submission_id and accepted.listing_id == sample.listing.listing_id
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            found = results.GetClassification(results_pb2.GetClassificationRequest(listing_id=accepted.listing_id))
+            break
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline
+            time.sleep(0.2)
+    assert found.submission_id == accepted.submission_id and found.category.id
+
+
+def test_watch_stream_sees_new_classifications(gateway, results):
+    seen: list = []
+    stream = results.WatchClassifications(results_pb2.WatchClassificationsRequest(marketplace="us-general"),
+                                          timeout=60)
+    subscribed = threading.Event()
+
+    def watch():
+        subscribed.set()
+        try:
+            for classification in stream:
+                seen.append(classification)
+                if len(seen) >= 2:
+                    stream.cancel()
+        except grpc.RpcError:
+            pass
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    subscribed.wait()
+    time.sleep(0.5)  # the stream's starting point is taken when the server receives the call
+    samples = [s for s in sample_listings(6, seed=19, prefix="watch") if s.listing.marketplace == "us-general"]
+    for sample in samples:
+        gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=sample.listing), timeout=60)
+    watcher.join(60)
+    assert [c.listing_id for c in seen] == [s.listing.listing_id for s in samples]
+    assert all(c.marketplace == "us-general" for c in seen)
+
+
+def test_undecodable_image_fails_clearly_and_the_pipeline_goes_on(kafka, gateway, results):
+    good = sample_listings(3, seed=23, prefix="poison")
+    bad = common_pb2.Listing(listing_id="poison-bad-image", marketplace="eu-fashion", image_bytes=GARBAGE_IMAGE)
+    submit_listings(kafka, [good[0].listing, bad, good[1].listing])
+
+    failures = read_failures(kafka, {"poison-bad-image"})
+    failure = failures["poison-bad-image"]
+    assert failure.error_kind == common_pb2.ERROR_KIND_INVALID_IMAGE
+    assert "cannot be decoded" in failure.reason and failure.stage == "preprocessing"
+    assert events_pb2.ListingSubmitted.FromString(failure.original_payload).listing.image_bytes == GARBAGE_IMAGE
+    published = read_classified(kafka, {good[0].listing.listing_id, good[1].listing.listing_id})
+    assert all(len(events) == 1 for events in published.values())
+
+    with pytest.raises(grpc.RpcError) as raised:
+        gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=bad), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cannot be decoded" in raised.value.details()
+    # the failed listing is queryable with its reason, and the next call works
+    stored = results.GetClassification(results_pb2.GetClassificationRequest(listing_id="poison-bad-image"))
+    assert stored.status == common_pb2.CLASSIFICATION_STATUS_FAILED and "cannot be decoded" in stored.error_reason
+    after = gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=good[2].listing), timeout=60)
+    assert after.category.id
+
+
+def test_garbage_event_is_dead_lettered_with_its_reason(kafka):
+    produce_raw(kafka, kafka.topics.listing_submitted, b"garbage-event", b"\xff\x00 not protobuf")
+    failure = read_failures(kafka, {"garbage-event"})["garbage-event"]
+    assert failure.error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST and failure.original_payload
+
+
+@pytest.mark.parametrize("listing, code", [
+    (common_pb2.Listing(marketplace="eu-fashion", image_bytes=b"x"), grpc.StatusCode.INVALID_ARGUMENT),
+    (common_pb2.Listing(listing_id="no-image", marketplace="eu-fashion"), grpc.StatusCode.INVALID_ARGUMENT),
+    (common_pb2.Listing(listing_id="m", marketplace="nowhere", image_bytes=b"x"), grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_invalid_requests_get_invalid_argument_with_a_reason(gateway, listing, code):
+    if listing.marketplace == "nowhere":
+        listing.image_bytes = sample_listings(1)[0].listing.image_bytes
+    with pytest.raises(grpc.RpcError) as raised:
+        gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=listing), timeout=30)
+    assert raised.value.code() == code and raised.value.details()

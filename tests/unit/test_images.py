@@ -1,0 +1,81 @@
+"""Image bytes to tensors: decoding, product crop, resize; bad bytes give a classified error."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.common.errors import ClassificationError, ErrorKind
+from services.preprocessing.images import ImageLimits, prepare_image, product_box, square_tensor
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def product_on_white(width=600, height=400, box=(250, 100, 400, 300), colour=(200, 30, 30)) -> Image.Image:
+    image = Image.new("RGB", (width, height), (250, 250, 250))
+    image.paste(colour, box)
+    return image
+
+
+def test_tensors_have_each_models_input_size_and_uint8_layout():
+    prepared = prepare_image(encode(product_on_white()), [224, 299], ImageLimits())
+    assert set(prepared.tensors) == {224, 299}
+    assert prepared.tensors[224].shape == (224, 224, 3) and prepared.tensors[224].dtype == np.uint8
+    assert prepared.tensors[299].shape == (299, 299, 3)
+    assert len(prepared.digest) == 64
+
+
+def test_crop_finds_the_product_on_a_plain_background():
+    left, top, right, bottom = product_box(product_on_white())
+    # the product spans x 250..400, y 100..300; the crop holds it with a small margin and drops the rest
+    assert 220 <= left <= 250 and 70 <= top <= 100 and 400 <= right <= 430 and 300 <= bottom <= 330
+
+
+def test_crop_falls_back_to_the_whole_image_on_a_busy_background():
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    assert product_box(noise) == (0, 0, 300, 300)
+
+
+def test_product_fills_the_tensor_after_crop():
+    tensor = prepare_image(encode(product_on_white(), "PNG"), [224], ImageLimits()).tensors[224]
+    red = (tensor[..., 0] > 150) & (tensor[..., 1] < 100)
+    assert red.mean() > 0.5  # the 150x200 product was 12% of the photo, now most of the tensor
+
+
+def test_square_tensor_keeps_aspect_ratio_by_padding():
+    wide = Image.new("RGB", (400, 100), (0, 0, 255))
+    tensor = square_tensor(wide, 100)
+    assert (tensor[50, :, 2] > 200).all()  # the middle row is the image
+
+
+def test_transparent_png_is_composited_on_white():
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    tensor = prepare_image(encode(image, "PNG"), [32], ImageLimits()).tensors[32]
+    assert tensor.min() >= 250
+
+
+@pytest.mark.parametrize("data, kind", [
+    (b"", ErrorKind.INVALID_IMAGE),
+    (b"definitely not an image", ErrorKind.INVALID_IMAGE),
+    (encode(product_on_white())[:300], ErrorKind.INVALID_IMAGE),
+])
+def test_bad_bytes_give_an_invalid_image_error(data, kind):
+    with pytest.raises(ClassificationError) as raised:
+        prepare_image(data, [224], ImageLimits())
+    assert raised.value.kind is kind and raised.value.reason
+
+
+def test_limits_reject_too_many_bytes_and_pixels():
+    data = encode(product_on_white(2000, 2000, (100, 100, 900, 900)))
+    with pytest.raises(ClassificationError) as raised:
+        prepare_image(data, [224], ImageLimits(max_bytes=len(data) - 1))
+    assert raised.value.kind is ErrorKind.IMAGE_TOO_LARGE
+    with pytest.raises(ClassificationError) as raised:
+        prepare_image(data, [224], ImageLimits(max_pixels=1_000_000))
+    assert raised.value.kind is ErrorKind.IMAGE_TOO_LARGE and "2000x2000" in raised.value.reason
