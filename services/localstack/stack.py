@@ -94,17 +94,17 @@ class LocalStack:
         port = free_port()
         service = ServiceProcess(name, self.service_env(name, port), port, self.options.work_dir / f"{name}.log")
         self.services[name] = service
+        self._started.append(service)  # before start(): one that never becomes ready is stopped too
         service.start()
-        self._started.append(service)
         return service
 
     def start(self) -> None:
         try:
-            self.broker.start()
             self._started.append(self.broker)
+            self.broker.start()
             create_topics(self.kafka_settings, self.options.partitions)
-            self.triton.start()
             self._started.append(self.triton)
+            self.triton.start()
             for name in ("results", "preprocessing", "gateway"):
                 self.add_service(name)
         except BaseException:

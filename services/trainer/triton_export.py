@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def _export_onnx(model, input_size: int, destination: Path) -> None:
 
     sample = np.zeros((1, input_size, input_size, 3), np.uint8)
     model(sample)  # Keras builds the torch graph on first call
-    model.export(str(destination), format="onnx", verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings are about Python constants Keras uses on purpose
+        model.export(str(destination), format="onnx", verbose=False)
     graph = onnx.load(str(destination))
     # Keras names the output after an internal node; Triton clients address it by a stable name.
     old_name = graph.graph.output[0].name
