@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models demo test bench lock clean
+.PHONY: install contracts contracts-check models train ablation demo test bench bench-preprocess lock clean
 
 install: $(INSTALLED)
 
@@ -23,9 +23,17 @@ contracts: install
 contracts-check: install
 	$(PY) -m services.common.contracts.generate --check
 
-## Build the model versions Triton serves (left alone if one exists).
+## Train both models on the synthetic sample catalogue and publish them to triton_models/ (once; cached).
 models: install
-	$(PY) -m services.trainer.build_untrained
+	$(PY) -m services.trainer.demo_models
+
+## Fine-tune on your own catalogue (one folder per category): make train CATALOGUE=path [TRAIN_ARGS=...]
+train: install
+	$(PY) -m services.trainer $(CATALOGUE) $(TRAIN_ARGS)
+
+## The research's comparison on a catalogue: make ablation CATALOGUE=path [TRAIN_ARGS=...]
+ablation: install
+	$(PY) -m services.trainer.ablation $(CATALOGUE) $(TRAIN_ARGS)
 
 ## The local stack on sample listings: ends with `classified N/N listings`.
 demo: models
@@ -35,9 +43,13 @@ demo: models
 test: models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Pipeline benchmark: prints one line of JSON last.
-bench: models
+## Pipeline benchmark (production-size models in .run/bench_models): prints one line of JSON last.
+bench: install
 	$(PY) -m services.localstack.bench_pipeline
+
+## Preprocessing against the straightforward Pillow path: prints one line of JSON last.
+bench-preprocess: install
+	$(PY) -m services.preprocessing.bench
 
 ## Re-pin requirements.lock from what is installed in .venv.
 lock:

@@ -69,9 +69,9 @@ def main() -> int:
         classified = sum(1 for s in listings if s.listing.listing_id in found)
         print(f"\nKafka in to classification published: {elapsed:.1f} s for {len(listings)} listings "
               f"({len(listings) / elapsed:.2f} listings/s on this machine)")
-        models = " + ".join(stack.triton.model_names)
-        print(f"sample accuracy: {correct / max(1, classified):.2f} (fused {models}; the models come from "
-              f"triton_models/, untrained unless `make train` has run)")
+        print(f"models: {' + '.join(stack.triton.model_names)} from triton_models/ (trained by `make models` on the "
+              "SYNTHETIC sample catalogue; the demo listings are new drawings, not training images)")
+        print(f"sample accuracy: {correct / max(1, classified):.2f} (fused)")
         print(f"classified {classified}/{len(listings)} listings")
         return 0 if classified == len(listings) else 1
     except KeyboardInterrupt:

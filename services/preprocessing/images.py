@@ -23,7 +23,8 @@ Image.MAX_IMAGE_PIXELS = None
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 50_000_000
+    max_pixels: int = 50_000_000  # checked from the header, before any pixel is decoded
+    decode_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class PreparedImage:
     digest: str  # sha256 of the original bytes, hex
     tensors: dict[int, np.ndarray]  # input size -> uint8 (size, size, 3)
     crop_box: tuple[int, int, int, int]  # left, upper, right, lower in the decoded image
+    decoded_size: tuple[int, int]  # width, height as decoded (JPEGs may decode reduced)
 
 
 def image_digest(data: bytes) -> str:
@@ -53,8 +55,11 @@ def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> I
                 raise ClassificationError(ErrorKind.IMAGE_TOO_LARGE, f"the image is {width}x{height} pixels, over the "
                                           f"limit of {limits.max_pixels} pixels")
             if image.format == "JPEG":
-                # Draft keeps both sides at least the requested size, so the crop still has enough pixels.
-                image.draft("RGB", (smallest_side_needed, smallest_side_needed))
+                # Decode at the smallest DCT scale (1/2, 1/4, 1/8) whose longer side still covers the input size:
+                # tensors are padded squares, so the longer side is the one that sets the resolution.
+                longer = max(width, height)
+                image.draft("RGB", (max(1, smallest_side_needed * width // longer),
+                                    max(1, smallest_side_needed * height // longer)))
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -124,4 +129,4 @@ def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits) -> P
     box = product_box(image)
     product = image.crop(box) if box != (0, 0, *image.size) else image
     return PreparedImage(image_digest(data), {size: square_tensor(product, size) for size in sorted(set(input_sizes))},
-                         box)
+                         box, image.size)

@@ -1,8 +1,8 @@
 """Builds both models UNTRAINED (random weights, or ImageNet backbones from local files) and publishes them to Triton.
 
 This is the model build of the pipeline issue: real architectures, real ONNX, real Triton, but a category head that
-has never seen a product, so the categories it predicts are no better than chance. `make models` runs it once;
-an existing version is left alone.
+has never seen a product, so the categories it predicts are no better than chance. `make bench` uses
+it for production-size models; an existing version is left alone.
 """
 
 from __future__ import annotations
@@ -24,6 +24,23 @@ def has_version(repository: Path, model_name: str) -> bool:
     return any(p.is_dir() and p.name.isdigit() and (p / "model.onnx").exists() for p in model_dir.glob("*"))
 
 
+def build_untrained_models(repository: Path, weights: dict[str, Path | None], force: bool = False) -> None:
+    """Publishes both architectures at their production input sizes unless a version exists (or force)."""
+    rng = np.random.default_rng(0)
+    for name, architecture in ARCHITECTURES.items():
+        if has_version(repository, name) and not force:
+            print(f"{name}: a version exists in {repository / name}, left alone")
+            continue
+        if weights[name] is None:
+            print(f"{name}: WARNING no ImageNet weights file given: random initialisation, UNTRAINED model")
+        model = build_classifier(architecture, len(CATEGORIES), weights_file=weights[name])
+        batch = rng.integers(0, 256, (2, architecture.input_size, architecture.input_size, 3), dtype=np.uint8)
+        exported = publish_version(model, model_name=name, input_size=architecture.input_size, labels=list(CATEGORIES),
+                                   repository=repository, verification_batch=batch)
+        print(f"{name}: published version {exported.version} at {exported.onnx_path} "
+              f"(ONNX vs Keras max difference {exported.max_abs_difference:.1e})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
@@ -31,20 +48,8 @@ def main() -> None:
     parser.add_argument("--resnet50-weights", type=Path, help="local ImageNet weights file (no-top) for ResNet50")
     parser.add_argument("--inception-v3-weights", type=Path, help="local ImageNet weights file (no-top) for InceptionV3")
     options = parser.parse_args()
-    weights = {"resnet50": options.resnet50_weights, "inception_v3": options.inception_v3_weights}
-    rng = np.random.default_rng(0)
-    for name, architecture in ARCHITECTURES.items():
-        if has_version(options.repository, name) and not options.force:
-            print(f"{name}: a version exists in {options.repository / name}, left alone")
-            continue
-        if weights[name] is None:
-            print(f"{name}: WARNING no ImageNet weights file given: random initialisation, UNTRAINED model")
-        model = build_classifier(architecture, len(CATEGORIES), weights_file=weights[name])
-        batch = rng.integers(0, 256, (2, architecture.input_size, architecture.input_size, 3), dtype=np.uint8)
-        exported = publish_version(model, model_name=name, input_size=architecture.input_size, labels=list(CATEGORIES),
-                                   repository=options.repository, verification_batch=batch)
-        print(f"{name}: published version {exported.version} at {exported.onnx_path} "
-              f"(ONNX vs Keras max difference {exported.max_abs_difference:.1e})")
+    build_untrained_models(options.repository, {"resnet50": options.resnet50_weights,
+                                                "inception_v3": options.inception_v3_weights}, options.force)
 
 
 if __name__ == "__main__":
