@@ -8,12 +8,10 @@ from services.common.kafka import ConsumeLoop, make_consumer, make_producer
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
 from services.common.settings import KafkaSettings
-from services.preprocessing.core import ListingPredictor
+from services.preprocessing.core import ListingPredictor, preprocessing_limits
 from services.preprocessing.grpc_api import ImagePredictorServicer
-from services.preprocessing.images import ImageLimits
 from services.preprocessing.kafka_worker import SubmittedListingHandler
 from services.preprocessing.settings import PreprocessingSettings
-from services.preprocessing.sources import FetchSettings
 from services.preprocessing.triton_models import TritonClassifier
 
 
@@ -24,10 +22,7 @@ def main() -> None:
 
     classifier = TritonClassifier(settings.triton_url, settings.model_names.split(","), settings.triton_timeout_s,
                                   settings.parallel_model_calls)
-    predictor = ListingPredictor(classifier, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
-                                 FetchSettings(timeout_s=settings.fetch_timeout_s,
-                                               max_bytes=settings.max_image_bytes),
-                                 settings.decode_threads)
+    predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads)
     producer = make_producer(kafka, "preprocessing")
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],

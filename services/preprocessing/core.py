@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
 from services.preprocessing.images import ImageLimits, PreparedImage, prepare_image
+from services.preprocessing.settings import PreprocessingSettings
 from services.preprocessing.sources import FetchSettings, image_bytes
 from services.preprocessing.triton_models import TritonClassifier
 
@@ -24,6 +26,14 @@ class ListingRequest:
     submission_id: str
     listing: common_pb2.Listing
     submitted_at: Timestamp | None = None
+
+
+def preprocessing_limits(settings: PreprocessingSettings) -> tuple[ImageLimits, FetchSettings]:
+    """The image limits and fetch settings, the same for the service and the operator's tool."""
+    allowed = frozenset(h.strip() for h in settings.fetch_allowed_hosts.split(",") if h.strip())
+    return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s),
+            FetchSettings(timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_image_bytes,
+                          attempts=settings.fetch_attempts, allowed_hosts=allowed))
 
 
 def validate_listing(listing: common_pb2.Listing) -> None:
@@ -58,10 +68,19 @@ class ListingPredictor:
         except Exception as error:  # noqa: BLE001  (a decoder bug must not take the batch down)
             return ClassificationError(ErrorKind.INTERNAL, f"preprocessing failed: {error!r}")
 
+    def _result_within_limit(self, job) -> PreparedImage | ClassificationError:
+        """The caller never waits past the decode limit; the pixel limit bounds what the thread still spends."""
+        try:
+            return job.result(timeout=self.limits.decode_timeout_s + self.fetch.timeout_s * self.fetch.attempts)
+        except FutureTimeout:
+            return ClassificationError(ErrorKind.INVALID_IMAGE, "fetching and decoding the image took longer than "
+                                       f"{self.limits.decode_timeout_s:.0f} s (+ the fetch timeouts)")
+
     def predict(self, requests: list[ListingRequest]) -> list[events_pb2.PredictionMade | ClassificationError]:
         sizes = self.classifier.input_sizes()
         began = time.perf_counter()
-        prepared = list(self._decoders.map(lambda r: self._prepare(r, sizes), requests))
+        jobs = [self._decoders.submit(self._prepare, r, sizes) for r in requests]
+        prepared = [self._result_within_limit(job) for job in jobs]
         good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
         if not good:
             return prepared  # type: ignore[return-value]

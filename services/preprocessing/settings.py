@@ -21,7 +21,11 @@ class PreprocessingSettings(BaseSettings):
                                        "one after the other, faster where Triton shares a few CPU cores")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="larger images are rejected")
     max_image_pixels: int = Field(50_000_000, description="larger images are rejected before decoding")
+    decode_timeout_s: float = Field(10.0, description="longest a caller waits for one image's decode")
     fetch_timeout_s: float = Field(5.0, description="connect/read timeout for image URLs")
+    fetch_attempts: int = Field(3, description="tries per image URL (connection errors, 5xx and 429 are retried)")
+    fetch_allowed_hosts: str = Field("", description="host[:port],... allowed to resolve to internal addresses "
+                                     "(all others are refused: the SSRF guard)")
     decode_threads: int = Field(2, description="images decoded in parallel")
     grpc_workers: int = Field(16, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")

@@ -1,42 +1,133 @@
-"""Where a listing's image bytes come from: inline in the event, or fetched from its URL."""
+"""Where a listing's image bytes come from: inline in the event, or fetched from its URL behind an SSRF guard.
+
+The guard checks the address each connection actually reached (after DNS and after every redirect), not the name
+in the URL, so neither a DNS answer pointing inside nor a redirect to 127.0.0.1 gets through. Private, loopback,
+link-local, multicast and reserved addresses are refused unless their host is allow-listed; only http(s) is fetched.
+"""
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
+import random
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
 from services.common.contracts.product_classification.v1 import common_pb2
 from services.common.errors import ClassificationError, ErrorKind
 
+ALLOWED_SCHEMES = ("http", "https")
+
 
 @dataclass(frozen=True)
 class FetchSettings:
-    timeout_s: float = 5.0
+    timeout_s: float = 5.0  # connect and each read
     max_bytes: int = 20 * 1024 * 1024
-    attempts: int = 3
+    attempts: int = 3  # transient failures (connection errors, 5xx, 429) are retried
+    allowed_hosts: frozenset[str] = frozenset()  # hosts (or host:port) that may resolve to internal addresses
+
+
+class ForbiddenAddress(urllib.error.URLError):
+    pass
+
+
+def _forbidden(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def _guarded(connection_class, allowed_hosts: frozenset[str]):
+    class GuardedConnection(connection_class):
+        def connect(self):
+            super().connect()
+            peer = self.sock.getpeername()[0]
+            if _forbidden(peer) and self.host not in allowed_hosts and f"{self.host}:{self.port}" not in allowed_hosts:
+                self.sock.close()
+                raise ForbiddenAddress(f"{self.host} resolves to {peer}, an internal address")
+
+    return GuardedConnection
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, allowed_hosts):
+        super().__init__()
+        self.connection = _guarded(http.client.HTTPConnection, allowed_hosts)
+
+    def http_open(self, request):
+        return self.do_open(self.connection, request)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, allowed_hosts):
+        super().__init__()
+        self.connection = _guarded(http.client.HTTPSConnection, allowed_hosts)
+
+    def https_open(self, request):
+        return self.do_open(self.connection, request, context=self._context)
+
+
+class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
+    max_redirections = 5
+
+    def redirect_request(self, request, fp, code, message, headers, new_url):
+        if urllib.parse.urlsplit(new_url).scheme.lower() not in ALLOWED_SCHEMES:
+            raise ForbiddenAddress(f"redirect to a non-http(s) URL: {new_url[:80]}")
+        return super().redirect_request(request, fp, code, message, headers, new_url)
+
+
+def _opener(settings: FetchSettings) -> urllib.request.OpenerDirector:
+    # ProxyHandler({}): environment proxies would fetch on our behalf and bypass the address check.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _GuardedHTTPHandler(settings.allowed_hosts),
+                                       _GuardedHTTPSHandler(settings.allowed_hosts), _SchemeCheckingRedirects())
 
 
 def fetch_url(url: str, settings: FetchSettings) -> bytes:
-    """GETs an http(s) URL with a timeout and a size cap; transient failures are retried."""
-    if not url.lower().startswith(("http://", "https://")):
-        raise ClassificationError(ErrorKind.INVALID_REQUEST, f"image_url must be http(s), got {url[:80]!r}")
+    """GETs an http(s) URL with timeouts and a size cap behind the SSRF guard; transient failures are retried."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ALLOWED_SCHEMES or not parts.hostname:
+        raise ClassificationError(ErrorKind.INVALID_REQUEST, f"image_url must be an http(s) URL, got {url[:80]!r}")
+    opener = _opener(settings)
     last_error = ""
-    for _ in range(settings.attempts):
+    for attempt in range(settings.attempts):
+        if attempt:
+            time.sleep(random.uniform(0, 0.2 * 2 ** attempt))
         try:
-            with urllib.request.urlopen(url, timeout=settings.timeout_s) as response:  # noqa: S310 (scheme checked)
+            with opener.open(urllib.request.Request(url, headers={"User-Agent": "product-classification/1"}),
+                             timeout=settings.timeout_s) as response:
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > settings.max_bytes:
+                    raise _too_large(settings)
                 data = response.read(settings.max_bytes + 1)
             if len(data) > settings.max_bytes:
-                raise ClassificationError(ErrorKind.IMAGE_TOO_LARGE,
-                                          f"the image at the URL is over the limit of {settings.max_bytes} bytes")
+                raise _too_large(settings)
             return data
+        except ForbiddenAddress as error:
+            raise ClassificationError(ErrorKind.INVALID_REQUEST, f"image_url refused: {error.reason}") from None
         except urllib.error.HTTPError as error:
-            if 400 <= error.code < 500:
-                raise ClassificationError(ErrorKind.SOURCE_UNREACHABLE, f"fetching the image failed: HTTP {error.code}")
+            if 300 <= error.code < 400:  # urllib refused to follow it: another scheme, or a redirect loop
+                raise ClassificationError(ErrorKind.INVALID_REQUEST, f"image_url refused: a redirect to a non-http(s) "
+                                          f"URL or too many redirects ({error.reason})") from None
+            if 400 <= error.code < 500 and error.code not in (408, 429):
+                raise ClassificationError(ErrorKind.SOURCE_UNREACHABLE,
+                                          f"fetching the image failed: HTTP {error.code}") from None
             last_error = f"HTTP {error.code}"
-        except (urllib.error.URLError, OSError) as error:
-            last_error = str(getattr(error, "reason", error))
-    raise ClassificationError(ErrorKind.SOURCE_UNREACHABLE, f"fetching the image failed: {last_error}")
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            if isinstance(getattr(error, "reason", None), ForbiddenAddress):
+                raise ClassificationError(ErrorKind.INVALID_REQUEST,
+                                          f"image_url refused: {error.reason.reason}") from None
+            last_error = str(getattr(error, "reason", error)) or type(error).__name__
+    raise ClassificationError(ErrorKind.SOURCE_UNREACHABLE,
+                              f"fetching the image failed after {settings.attempts} attempts: {last_error}")
+
+
+def _too_large(settings: FetchSettings) -> ClassificationError:
+    return ClassificationError(ErrorKind.IMAGE_TOO_LARGE,
+                               f"the image at the URL is over the limit of {settings.max_bytes} bytes")
 
 
 def image_bytes(listing: common_pb2.Listing, settings: FetchSettings) -> bytes:

@@ -1,0 +1,162 @@
+"""Images sellers really upload: real photographs in every format, and crafted bad inputs."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from services.common.errors import ClassificationError, ErrorKind
+from services.preprocessing.images import ImageLimits, decode_rgb, prepare_image
+
+PHOTOS = Path(skimage.__file__).parent / "data"  # real photographs shipped in the scikit-image wheel
+SIZES = [224, 299]
+
+
+def photo(name: str) -> Image.Image:
+    return Image.open(PHOTOS / name).convert("RGB")
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def assert_tensors(data: bytes) -> None:
+    prepared = prepare_image(data, SIZES, ImageLimits())
+    for size in SIZES:
+        tensor = prepared.tensors[size]
+        assert tensor.shape == (size, size, 3) and tensor.dtype == np.uint8
+        assert tensor.std() > 3, "the tensor should hold a picture, not a flat colour"
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                                  "retina.jpg", "hubble_deep_field.jpg"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_real_photographs_in_every_format(name, fmt):
+    assert_tensors(encode(photo(name), fmt))
+
+
+def test_avif_where_the_plugin_is_installed():
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow build has no AVIF plugin")  # the only skip: a codec, not infrastructure
+    assert_tensors(encode(photo("chelsea.png"), "AVIF"))
+
+
+def test_exif_orientation_is_applied():
+    image = photo("rocket.jpg")  # landscape: 640 x 427
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    decoded = decode_rgb(encode(image, "JPEG", exif=exif), ImageLimits(), 64)  # draft mode: decoded at 1/4 scale
+    assert decoded.width < decoded.height
+    assert decoded.height / decoded.width == pytest.approx(image.width / image.height, rel=0.02)
+
+
+def test_cmyk_jpeg_from_a_print_shop():
+    data = encode(photo("coffee.png").convert("CMYK"), "JPEG")
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    assert_tensors(data)
+
+
+def test_sixteen_bit_png():
+    grey = np.asarray(photo("camera.png" if (PHOTOS / "camera.png").exists() else "coffee.png").convert("L"))
+    data = encode(Image.fromarray(grey.astype(np.uint16) * 257), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    assert_tensors(data)
+
+
+def test_palette_and_grey_images():
+    assert_tensors(encode(photo("chelsea.png").convert("P"), "PNG"))
+    assert_tensors(encode(photo("chelsea.png").convert("L"), "JPEG"))
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [photo("chelsea.png"), Image.new("RGB", (451, 300), (0, 0, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert_tensors(data)
+
+
+def test_wrong_extension_is_decoded_by_content():
+    assert_tensors(encode(photo("coffee.png"), "PNG"))  # bytes are what count; a ".jpg" name changes nothing
+
+
+def test_one_pixel_and_a_panorama():
+    one = prepare_image(encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"), SIZES, ImageLimits())
+    assert one.tensors[224].shape == (224, 224, 3)
+    panorama = Image.new("RGB", (20000, 10), (240, 240, 240))
+    panorama.paste((200, 0, 0), (9000, 0, 11000, 10))
+    prepared = prepare_image(encode(panorama, "PNG"), SIZES, ImageLimits())
+    assert prepared.tensors[299].shape == (299, 299, 3)
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (the classic decompression bomb's first trick)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_rejected_before_decoding():
+    with pytest.raises(ClassificationError) as raised:
+        prepare_image(png_header_bomb(100_000, 100_000), SIZES, ImageLimits())
+    assert raised.value.kind is ErrorKind.IMAGE_TOO_LARGE and "100000x100000" in raised.value.reason
+
+
+def test_a_real_bomb_compressed_small_is_rejected_too():
+    data = encode(Image.new("L", (12_000, 10_000)), "PNG", optimize=True)  # 120 MP of black, well under a MB
+    assert len(data) < 1_000_000
+    with pytest.raises(ClassificationError) as raised:
+        prepare_image(data, SIZES, ImageLimits())
+    assert raised.value.kind is ErrorKind.IMAGE_TOO_LARGE
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    encode(Image.new("RGB", (50, 50)), "JPEG")[:120],
+    encode(photo("chelsea.png"), "JPEG")[:-2000],
+    encode(photo("chelsea.png"), "PNG")[:5000],
+    b"GIF89a" + b"\x00" * 20,
+    b"<html>not an image</html>",
+])
+def test_truncated_empty_and_fake_images_give_invalid_image(data):
+    with pytest.raises(ClassificationError) as raised:
+        prepare_image(data, SIZES, ImageLimits())
+    assert raised.value.kind is ErrorKind.INVALID_IMAGE and raised.value.reason
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_random_bytes_never_crash_or_hang_the_decoder(data):
+    try:
+        prepare_image(data, [64], ImageLimits())
+    except ClassificationError as error:
+        assert error.kind in (ErrorKind.INVALID_IMAGE, ErrorKind.IMAGE_TOO_LARGE)
+
+
+HEADERS = [encode(Image.new("RGB", (40, 30), (9, 9, 9)), fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP")]
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(HEADERS), st.integers(0, 200), st.binary(min_size=1, max_size=64))
+def test_mutated_real_images_never_crash_or_hang_the_decoder(original, position, patch):
+    position = min(position, len(original) - 1)
+    data = original[:position] + patch + original[position + len(patch):]
+    try:
+        prepare_image(data, [64], ImageLimits())
+    except ClassificationError as error:
+        assert error.kind in (ErrorKind.INVALID_IMAGE, ErrorKind.IMAGE_TOO_LARGE)
