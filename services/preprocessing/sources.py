@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import random
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -43,10 +44,23 @@ def _forbidden(address: str) -> bool:
 
 def _guarded(connection_class, allowed_hosts: frozenset[str]):
     class GuardedConnection(connection_class):
+        def _allowed(self) -> bool:
+            return self.host in allowed_hosts or f"{self.host}:{self.port}" in allowed_hosts
+
         def connect(self):
+            # Before connecting: refused or open, an internal port must look the same to the caller (no port scans).
+            if not self._allowed():
+                try:
+                    answers = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+                except OSError:
+                    answers = []
+                inside = [a[4][0] for a in answers if _forbidden(a[4][0])]
+                if inside:
+                    raise ForbiddenAddress(f"{self.host} resolves to {inside[0]}, an internal address")
             super().connect()
+            # After connecting: the address really reached, in case DNS answered differently the second time.
             peer = self.sock.getpeername()[0]
-            if _forbidden(peer) and self.host not in allowed_hosts and f"{self.host}:{self.port}" not in allowed_hosts:
+            if _forbidden(peer) and not self._allowed():
                 self.sock.close()
                 raise ForbiddenAddress(f"{self.host} resolves to {peer}, an internal address")
 
