@@ -8,7 +8,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ErrorKind
-from services.common.kafka import payload_headers
+from services.common.kafka import send_event
+from services.common.metrics import KAFKA_DEAD_LETTERED
 
 log = logging.getLogger(__name__)
 
@@ -26,5 +27,5 @@ def send_dead_letter(producer, topic: str, record, kind: ErrorKind, reason: str,
         source_offset=record.offset, original_payload=record.value or b"", failed_at=failed_at)
     log.warning("dead-lettered", extra={"listing_id": listing_id, "error_kind": kind.name, "reason": reason,
                                         "stage": stage, "source": f"{record.topic}/{record.partition}/{record.offset}"})
-    return producer.send(topic, key=listing_id.encode(), value=failure.SerializeToString(),
-                         headers=payload_headers(failure))
+    KAFKA_DEAD_LETTERED.labels(stage, kind.name).inc()
+    return send_event(producer, topic, listing_id, failure)

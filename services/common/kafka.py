@@ -20,6 +20,7 @@ from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from services.common.errors import ClassificationError, KafkaOutcome
+from services.common.metrics import KAFKA_BATCH_RETRIES, KAFKA_CONSUMED, KAFKA_PRODUCED
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,13 @@ PAYLOAD_TYPE_HEADER = "payload-type"
 def payload_headers(message) -> list[tuple[str, bytes]]:
     """Record headers naming the payload's protobuf type, e.g. product_classification.v1.ListingSubmitted."""
     return [(PAYLOAD_TYPE_HEADER, message.DESCRIPTOR.full_name.encode())]
+
+
+def send_event(producer: KafkaProducer, topic: str, key: str, message):
+    """Sends a protobuf event keyed by listing id with its payload-type header; counts it once acknowledged."""
+    future = producer.send(topic, key=key.encode(), value=message.SerializeToString(), headers=payload_headers(message))
+    future.add_callback(lambda metadata: KAFKA_PRODUCED.labels(metadata.topic).inc())
+    return future
 
 
 def create_topics(settings: KafkaSettings, partitions: int, replication_factor: int = 1) -> None:
@@ -134,6 +142,8 @@ class ConsumeLoop:
                 continue
             if not records:
                 continue
+            for record in records:
+                KAFKA_CONSUMED.labels(record.topic).inc()
             while True:  # the same batch until it succeeds or the loop stops
                 try:
                     self._handle(records)
@@ -147,6 +157,7 @@ class ConsumeLoop:
                 except Exception as error:  # noqa: BLE001  (unacknowledged sends, commit failures: retry)
                     reason = repr(error)
                 self.healthy.clear()
+                KAFKA_BATCH_RETRIES.labels(self.name).inc()
                 delay = backoff.next_delay()
                 log.warning("batch failed, will retry", extra={"loop": self.name, "reason": reason,
                                                                 "retry_in_s": round(delay, 2)})

@@ -7,9 +7,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common.grpc_server import MAX_MESSAGE_BYTES, GrpcServer
-from services.common.kafka import make_producer, payload_headers
+from services.common.kafka import make_producer, send_event
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
+from services.common.metrics import start_metrics_server
 from services.common.settings import KafkaSettings
 from services.gateway.core import ListingGateway
 from services.gateway.grpc_api import ListingClassifierServicer
@@ -27,6 +28,7 @@ def _serving(channel: grpc.Channel) -> bool:
 def main() -> None:
     settings = GatewaySettings()
     kafka = KafkaSettings()
+    start_metrics_server(settings.metrics_port)
     configure_logging("gateway", settings.log_level)
 
     preprocessing_channel = grpc.insecure_channel(settings.preprocessing_address, options=_CHANNEL_OPTIONS)
@@ -34,8 +36,7 @@ def main() -> None:
     producer = make_producer(kafka, "gateway")
 
     def send_submission(event):
-        return producer.send(kafka.topics.listing_submitted, key=event.listing.listing_id.encode(),
-                             value=event.SerializeToString(), headers=payload_headers(event))
+        return send_event(producer, kafka.topics.listing_submitted, event.listing.listing_id, event)
 
     gateway = ListingGateway(preprocessing_channel, results_channel, send_submission,
                              default_timeout_s=settings.classify_timeout_s, max_in_flight=settings.max_in_flight,

@@ -19,4 +19,5 @@ class GatewaySettings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, description="inline images larger than this are refused")
     grpc_workers: int = Field(32, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish calls in flight on SIGTERM")
+    metrics_port: int = Field(9101, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
     log_level: str = "INFO"

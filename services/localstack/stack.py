@@ -36,6 +36,8 @@ class ServiceProcess:
         self.name = name
         self.grpc_port = grpc_port
         self.address = f"127.0.0.1:{grpc_port}"
+        prefix = name.split("-")[0].upper()
+        self.metrics_url = f"http://127.0.0.1:{env[f'{prefix}_METRICS_PORT']}/metrics"
         self.process = ChildProcess(name, [sys.executable, "-m", f"services.{name.split('-')[0]}"], log_path,
                                     {**os.environ, **env, "PYTHONUNBUFFERED": "1"})
 
@@ -77,7 +79,8 @@ class LocalStack:
 
     def service_env(self, name: str, grpc_port: int) -> dict[str, str]:
         prefix = name.split("-")[0].upper()
-        env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}"}
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+               f"{prefix}_METRICS_PORT": str(free_port())}
         if prefix == "PREPROCESSING":
             env["PREPROCESSING_TRITON_URL"] = self.triton.grpc_url
             # CPU Triton shares this machine's few cores: one model at a time beats both at once (see `make bench`).

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
+from services.common.metrics import PREPROCESS_SECONDS
 from services.preprocessing.images import ImageLimits, PreparedImage, prepare_image
 from services.preprocessing.settings import PreprocessingSettings
 from services.preprocessing.sources import FetchSettings, image_bytes
@@ -62,7 +63,8 @@ class ListingPredictor:
     def _prepare(self, request: ListingRequest, sizes: list[int]) -> PreparedImage | ClassificationError:
         try:
             validate_listing(request.listing)
-            return prepare_image(image_bytes(request.listing, self.fetch), sizes, self.limits)
+            with PREPROCESS_SECONDS.time():
+                return prepare_image(image_bytes(request.listing, self.fetch), sizes, self.limits)
         except ClassificationError as error:
             return error
         except Exception as error:  # noqa: BLE001  (a decoder bug must not take the batch down)

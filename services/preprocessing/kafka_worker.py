@@ -9,7 +9,7 @@ from google.protobuf.message import DecodeError
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ClassificationError, ErrorKind, KafkaOutcome
 from services.common.dead_letters import send_dead_letter
-from services.common.kafka import payload_headers
+from services.common.kafka import send_event
 from services.common.settings import Topics
 from services.preprocessing.core import ListingPredictor, ListingRequest
 
@@ -21,10 +21,6 @@ class SubmittedListingHandler:
         self.predictor = predictor
         self.producer = producer
         self.topics = topics
-
-    def _send(self, topic: str, key: str, message) -> object:
-        return self.producer.send(topic, key=key.encode(), value=message.SerializeToString(),
-                                  headers=payload_headers(message))
 
     def _dead_letter(self, record, kind: ErrorKind, reason: str, event: events_pb2.ListingSubmitted | None = None):
         return send_dead_letter(self.producer, self.topics.processing_failed, record, kind, reason, "preprocessing",
@@ -50,5 +46,5 @@ class SubmittedListingHandler:
                     raise outcome  # the whole batch is retried; nothing is committed
                 futures.append(self._dead_letter(record, outcome.kind, outcome.reason, event))
             else:
-                futures.append(self._send(self.topics.prediction_made, outcome.listing_id, outcome))
+                futures.append(send_event(self.producer, self.topics.prediction_made, outcome.listing_id, outcome))
         return futures

@@ -29,4 +29,5 @@ class PreprocessingSettings(BaseSettings):
     decode_threads: int = Field(2, description="images decoded in parallel")
     grpc_workers: int = Field(16, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
+    metrics_port: int = Field(9102, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
     log_level: str = "INFO"

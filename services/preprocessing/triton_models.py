@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from services.common.errors import ClassificationError, ErrorKind
+from services.common.metrics import TRITON_BATCH_SIZE, TRITON_LATENCY
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,8 @@ class TritonClassifier:
             chunk = np.ascontiguousarray(batch[start:start + spec.max_batch_size])
             model_input = triton_grpc.InferInput(spec.input_name, list(chunk.shape), "UINT8")
             model_input.set_data_from_numpy(chunk)
+            TRITON_BATCH_SIZE.labels(spec.name).observe(len(chunk))
+            began = time.perf_counter()
             try:
                 result = self._client.infer(spec.name, [model_input], model_version=spec.version,
                                             outputs=[triton_grpc.InferRequestedOutput(spec.output_name)],
@@ -130,5 +134,6 @@ class TritonClassifier:
                 with self._lock:
                     self._specs = {}  # the model may have been reloaded or replaced: read it again next time
                 raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton {spec.name}: {error.message()}") from None
+            TRITON_LATENCY.labels(spec.name).observe(time.perf_counter() - began)
             outputs.append(result.as_numpy(spec.output_name))
         return np.concatenate(outputs).astype(np.float32, copy=False)

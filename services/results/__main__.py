@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
 from services.common.grpc_server import GrpcServer
-from services.common.kafka import ConsumeLoop, make_consumer, make_producer, payload_headers
+from services.common.kafka import ConsumeLoop, make_consumer, make_producer, send_event
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
+from services.common.metrics import start_metrics_server
 from services.common.settings import KafkaSettings
 from services.results.core import ClassificationRecorder
 from services.results.fusion import parse_weights
@@ -20,15 +21,14 @@ from services.results.taxonomy import Taxonomies
 def main() -> None:
     settings = ResultsSettings()
     kafka = KafkaSettings()
+    start_metrics_server(settings.metrics_port)
     configure_logging("results", settings.log_level)
 
     store = ClassificationStore(settings.database_url)
     producer = make_producer(kafka, "results")
 
     def publish(event):
-        key = event.classification.listing_id.encode()
-        return producer.send(kafka.topics.listing_classified, key=key, value=event.SerializeToString(),
-                             headers=payload_headers(event))
+        return send_event(producer, kafka.topics.listing_classified, event.classification.listing_id, event)
 
     recorder = ClassificationRecorder(store, Taxonomies.load(settings.taxonomy_path),
                                       parse_weights(settings.fusion_weights), publish, settings.candidate_count)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
+from services.common.metrics import CLASSIFICATIONS, END_TO_END_SECONDS
 from services.results.fusion import fuse
 from services.results.store import ClassificationStore, StoredClassification
 from services.results.taxonomy import Taxonomies
@@ -100,11 +102,18 @@ class ClassificationRecorder:
             except Exception as error:  # noqa: BLE001
                 raise ClassificationError(ErrorKind.UNAVAILABLE, f"publishing failed: {error!r}") from None
         self.store.mark_published([o.classification.sequence for o, _ in pending])
+        now = time.time()
+        for stored, _ in pending:
+            CLASSIFICATIONS.labels(stored.classification.marketplace, "classified").inc()
+            if stored.classification.HasField("submitted_at"):
+                END_TO_END_SECONDS.observe(max(0.0, now - stored.classification.submitted_at.ToMicroseconds() / 1e6))
         self._notify_watchers()
         return outcomes
 
     def record_failure(self, failure: events_pb2.ProcessingFailed) -> StoredClassification:
         stored = self.store.record(failed_classification(failure))
+        if stored.newly_stored:
+            CLASSIFICATIONS.labels(failure.marketplace or "unknown", "failed").inc()
         self.store.mark_published([stored.classification.sequence])  # failures are not published on the output topic
         self._notify_watchers()
         return stored

@@ -26,4 +26,5 @@ class ResultsSettings(BaseSettings):
     watch_poll_s: float = Field(0.5, description="how often watch streams look for rows other replicas stored")
     grpc_workers: int = Field(32, description="concurrent gRPC calls, watch streams included")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
+    metrics_port: int = Field(9103, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
     log_level: str = "INFO"

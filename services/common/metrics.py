@@ -1,0 +1,84 @@
+"""Prometheus metrics every service exposes on its metrics port (0 turns the endpoint off).
+
+Names say what they count; labels are bounded (method, status, topic, model, outcome), never listing ids.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from prometheus_client import Counter, Histogram, start_http_server
+
+GRPC_REQUESTS = Counter("product_classification_grpc_requests_total", "gRPC calls handled, by method and status code",
+                        ["method", "code"])
+GRPC_LATENCY = Histogram("product_classification_grpc_request_seconds", "gRPC call latency, by method", ["method"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+KAFKA_CONSUMED = Counter("product_classification_kafka_messages_consumed_total", "Kafka records consumed, by topic",
+                         ["topic"])
+KAFKA_PRODUCED = Counter("product_classification_kafka_messages_produced_total",
+                         "Kafka records produced and acknowledged, by topic", ["topic"])
+KAFKA_DEAD_LETTERED = Counter("product_classification_kafka_messages_dead_lettered_total",
+                              "records sent to the dead-letter topic, by stage and error kind", ["stage", "error_kind"])
+KAFKA_BATCH_RETRIES = Counter("product_classification_kafka_batch_retries_total",
+                              "polled batches retried after a retryable failure, by consumer loop", ["loop"])
+TRITON_BATCH_SIZE = Histogram("product_classification_triton_batch_images", "images per Triton call, by model",
+                              ["model"], buckets=(1, 2, 4, 8, 16, 32, 64))
+TRITON_LATENCY = Histogram("product_classification_triton_call_seconds", "Triton inference call latency, by model",
+                           ["model"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+PREPROCESS_SECONDS = Histogram("product_classification_preprocess_seconds",
+                               "fetch + decode + crop + resize time per image",
+                               buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+END_TO_END_SECONDS = Histogram("product_classification_end_to_end_seconds",
+                               "from a listing's submission to its classification being published",
+                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+CLASSIFICATIONS = Counter("product_classification_classifications_total",
+                          "classifications stored, by marketplace and outcome", ["marketplace", "outcome"])
+
+
+def start_metrics_server(port: int, address: str = "0.0.0.0") -> None:
+    if port:
+        start_http_server(port, addr=address)
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts every gRPC call by method and final status code, and times it."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def observe(began: float, context) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            GRPC_REQUESTS.labels(method, (code or grpc.StatusCode.OK).name).inc()
+            GRPC_LATENCY.labels(method).observe(time.perf_counter() - began)
+
+        def unary(behaviour):
+            def wrapper(request, context):
+                began = time.perf_counter()
+                try:
+                    return behaviour(request, context)
+                finally:
+                    observe(began, context)
+            return wrapper
+
+        def streaming(behaviour):
+            def wrapper(request, context):
+                began = time.perf_counter()
+                try:
+                    yield from behaviour(request, context)
+                finally:
+                    observe(began, context)
+            return wrapper
+
+        if handler.unary_unary:
+            return handler._replace(unary_unary=unary(handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=unary(handler.stream_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=streaming(handler.unary_stream))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=streaming(handler.stream_stream))
+        return handler

@@ -1,0 +1,50 @@
+"""Every service exposes Prometheus metrics that move with the traffic."""
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.common.contracts.product_classification.v1 import gateway_pb2
+from services.localstack.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
+
+
+def scrape(url: str) -> dict[str, float]:
+    """metric sample name + labels -> value"""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
+
+
+def total(values: dict[str, float], prefix: str, *label_parts: str) -> float:
+    return sum(v for k, v in values.items() if k.startswith(prefix + "{") and all(p in k for p in label_parts))
+
+
+def test_metrics_follow_the_traffic(stack, kafka, gateway):
+    samples = sample_listings(4, seed=41, prefix="metrics")
+    reader = TopicReader(kafka, kafka.topics.listing_classified)
+    submit_listings(kafka, [s.listing for s in samples])
+    wanted = {s.listing.listing_id for s in samples}
+    reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), 60)
+    reader.close()
+    gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=samples[0].listing), timeout=60)
+
+    gateway_metrics = scrape(stack.services["gateway"].metrics_url)
+    assert total(gateway_metrics, "product_classification_grpc_requests_total", "ClassifyListing", "code=OK") >= 1
+    assert total(gateway_metrics, "product_classification_grpc_request_seconds_count", "ClassifyListing") >= 1
+
+    preprocessing = scrape(stack.services["preprocessing"].metrics_url)
+    assert total(preprocessing, "product_classification_kafka_messages_consumed_total", "listing-submitted") >= 4
+    assert total(preprocessing, "product_classification_kafka_messages_produced_total", "prediction-made") >= 4
+    for model in ("resnet50", "inception_v3"):
+        assert total(preprocessing, "product_classification_triton_batch_images_count", f"model={model}") >= 1
+        assert total(preprocessing, "product_classification_triton_call_seconds_sum", f"model={model}") > 0
+    assert total(preprocessing, "product_classification_preprocess_seconds_count") >= 4
+
+    results = scrape(stack.services["results"].metrics_url)
+    assert total(results, "product_classification_kafka_messages_produced_total", "listing-classified") >= 4
+    assert total(results, "product_classification_end_to_end_seconds_count") >= 4
+    assert total(results, "product_classification_classifications_total", "outcome=classified") >= 4
