@@ -1,0 +1,109 @@
+"""docker-compose.yml and the Kubernetes manifests, checked by real validators and against the code's settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.common.settings import KafkaSettings, Topics
+from services.gateway.settings import GatewaySettings
+from services.preprocessing.settings import PreprocessingSettings
+from services.results.settings import ResultsSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SETTINGS = {"KAFKA_": KafkaSettings, "GATEWAY_": GatewaySettings, "PREPROCESSING_": PreprocessingSettings,
+            "RESULTS_": ResultsSettings}
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed (it comes with the test dependencies in requirements.lock)")
+    return found
+
+
+def assert_real_settings(names) -> None:
+    """Every variable our services are given must be a settings field of the service it is meant for."""
+    for name in names:
+        prefix = next((p for p in SETTINGS if name.startswith(p)), None)
+        if prefix is None:
+            continue  # not ours (e.g. a Kafka or PostgreSQL image's own variable)
+        field = name.removeprefix(prefix).lower()
+        assert field in SETTINGS[prefix].model_fields or (prefix == "KAFKA_" and field == "topic_partitions"), name
+
+
+def test_compose_file_follows_the_compose_specification():
+    result = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+                             str(ROOT / "docker-compose.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_builds_every_service_and_sets_only_real_settings():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in ("gateway", "preprocessing", "results"):
+        assert (ROOT / services[name]["build"]["dockerfile"]).exists()
+        assert "health_probe" in " ".join(services[name]["healthcheck"]["test"])
+        assert_real_settings(services[name]["environment"])
+    topics_created = services["kafka-topics"]["command"][0]
+    for topic in Topics().model_dump().values():
+        name = topic.removeprefix("product-classification.").removesuffix(".v1")
+        assert name in topics_created
+    assert services["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def rendered(overlay: str) -> list[dict]:
+    output = subprocess.run([tool("kubectl"), "kustomize", str(ROOT / "deploy" / overlay)], check=True,
+                            capture_output=True, text=True).stdout
+    return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/production"])
+def test_manifests_validate_against_the_kubernetes_schemas(overlay):
+    documents = rendered(overlay)
+    scaled_object_schema = json.loads((ROOT / "tests" / "schemas" / "keda-scaledobject.schema.json").read_text())
+    kinds = set()
+    for document in documents:
+        kinds.add(document["kind"])
+        if document["apiVersion"].startswith("keda.sh/"):
+            jsonschema.validate(document, scaled_object_schema)
+        else:
+            kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+    assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+            "ScaledObject", "Job"} <= kinds
+
+
+def test_manifests_are_consistent_with_the_services():
+    documents = rendered("overlays/production")
+    by_kind: dict[str, dict[str, dict]] = {}
+    for document in documents:
+        by_kind.setdefault(document["kind"], {})[document["metadata"]["name"]] = document
+    config = by_kind["ConfigMap"]["product-classification-config"]["data"]
+    assert_real_settings(config)
+    assert_real_settings(by_kind["Secret"]["product-classification-secrets"]["stringData"])
+    partitions = int(config["KAFKA_TOPIC_PARTITIONS"])
+    for name, scaled in by_kind["ScaledObject"].items():
+        assert scaled["spec"]["maxReplicaCount"] <= partitions, f"{name} would scale past the partitions"
+        assert scaled["spec"]["scaleTargetRef"]["name"] in by_kind["Deployment"]
+        trigger = scaled["spec"]["triggers"][0]["metadata"]
+        settings = {"preprocessing": PreprocessingSettings, "results": ResultsSettings}[name]
+        assert trigger["consumerGroup"] == settings.model_fields["consumer_group"].default
+        assert trigger["topic"] in Topics().model_dump().values()
+    for name in ("gateway", "preprocessing", "results"):
+        container = by_kind["Deployment"][name]["spec"]["template"]["spec"]["containers"][0]
+        port = container["ports"][0]["containerPort"]
+        assert container["readinessProbe"]["grpc"]["port"] == port
+        assert_real_settings(variable["name"] for variable in container["env"])
+        assert by_kind["PodDisruptionBudget"][name]
+    triton = by_kind["Deployment"]["triton"]["spec"]["template"]["spec"]["containers"][0]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert by_kind["HorizontalPodAutoscaler"]["gateway"]["spec"]["scaleTargetRef"]["name"] == "gateway"
