@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo test bench bench-preprocess lock clean
+.PHONY: install contracts contracts-check models train ablation demo test bench bench-preprocess bench-scale lock clean
 
 install: $(INSTALLED)
 
@@ -50,6 +50,10 @@ bench: install
 ## Preprocessing against the straightforward Pillow path: prints one line of JSON last.
 bench-preprocess: install
 	$(PY) -m services.preprocessing.bench
+
+## One and two preprocessing workers in one consumer group: prints one line of JSON last.
+bench-scale: models
+	$(PY) -m services.localstack.bench_scale
 
 ## Re-pin requirements.lock from what is installed in .venv.
 lock:

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.metrics import MetricsInterceptor
+from services.common.tracing import TracingServerInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class GrpcServer:
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                                  interceptors=[MetricsInterceptor()])
+                                  interceptors=[MetricsInterceptor(), TracingServerInterceptor()])
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [name for _, _, name in services]

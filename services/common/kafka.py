@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from services.common.errors import ClassificationError, KafkaOutcome
-from services.common.metrics import KAFKA_BATCH_RETRIES, KAFKA_CONSUMED, KAFKA_PRODUCED
+from services.common.metrics import KAFKA_ASSIGNED_PARTITIONS, KAFKA_BATCH_RETRIES, KAFKA_CONSUMED, KAFKA_PRODUCED
 from services.common.settings import KafkaSettings
+from services.common.tracing import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ def payload_headers(message) -> list[tuple[str, bytes]]:
 
 def send_event(producer: KafkaProducer, topic: str, key: str, message):
     """Sends a protobuf event keyed by listing id with its payload-type header; counts it once acknowledged."""
-    future = producer.send(topic, key=key.encode(), value=message.SerializeToString(), headers=payload_headers(message))
+    future = producer.send(topic, key=key.encode(), value=message.SerializeToString(),
+                           headers=inject_headers(payload_headers(message)))
     future.add_callback(lambda metadata: KAFKA_PRODUCED.labels(metadata.topic).inc())
     return future
 
@@ -91,6 +93,30 @@ class Backoff:
         self.attempt = 0
 
 
+class _AssignmentTracker(ConsumerRebalanceListener):
+    """Logs and exports which partitions this member holds. Revocation needs no draining here: batches are handled
+    inside the poll loop, so by the time a rebalance runs (inside poll) the previous batch is already committed."""
+
+    def __init__(self, loop_name: str, topics: Sequence[str]):
+        self.loop_name = loop_name
+        self.topics = topics
+        self.assigned: set[TopicPartition] = set()
+
+    def _export(self) -> None:
+        for topic in self.topics:
+            KAFKA_ASSIGNED_PARTITIONS.labels(topic).set(sum(1 for p in self.assigned if p.topic == topic))
+
+    def on_partitions_revoked(self, revoked):
+        self.assigned -= set(revoked)
+        self._export()
+
+    def on_partitions_assigned(self, assigned):
+        self.assigned |= set(assigned)
+        self._export()
+        log.info("partitions assigned", extra={"loop": self.loop_name,
+                                               "partitions": sorted(f"{p.topic}/{p.partition}" for p in assigned)})
+
+
 # A batch handler gets the polled records and returns the futures of every record it produced.
 BatchHandler = Callable[[Sequence], list]
 
@@ -116,7 +142,7 @@ class ConsumeLoop:
         self.batches_handled = 0
 
     def start(self) -> None:
-        self.consumer.subscribe(self.topics)
+        self.consumer.subscribe(self.topics, listener=_AssignmentTracker(self.name, self.topics))
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-consume-loop", daemon=True)
         self._thread.start()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import grpc
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 GRPC_REQUESTS = Counter("product_classification_grpc_requests_total", "gRPC calls handled, by method and status code",
                         ["method", "code"])
@@ -20,6 +20,8 @@ KAFKA_PRODUCED = Counter("product_classification_kafka_messages_produced_total",
                          "Kafka records produced and acknowledged, by topic", ["topic"])
 KAFKA_DEAD_LETTERED = Counter("product_classification_kafka_messages_dead_lettered_total",
                               "records sent to the dead-letter topic, by stage and error kind", ["stage", "error_kind"])
+KAFKA_ASSIGNED_PARTITIONS = Gauge("product_classification_kafka_assigned_partitions",
+                                  "partitions this replica's consumer group member holds, by topic", ["topic"])
 KAFKA_BATCH_RETRIES = Counter("product_classification_kafka_batch_retries_total",
                               "polled batches retried after a retryable failure, by consumer loop", ["loop"])
 TRITON_BATCH_SIZE = Histogram("product_classification_triton_batch_images", "images per Triton call, by model",

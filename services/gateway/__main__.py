@@ -11,6 +11,7 @@ from services.common.kafka import make_producer, send_event
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
+from services.common.tracing import TracingClientInterceptor, configure_tracing
 from services.common.settings import KafkaSettings
 from services.gateway.core import ListingGateway
 from services.gateway.grpc_api import ListingClassifierServicer
@@ -29,10 +30,13 @@ def main() -> None:
     settings = GatewaySettings()
     kafka = KafkaSettings()
     start_metrics_server(settings.metrics_port)
+    configure_tracing("gateway", settings.otlp_endpoint)
     configure_logging("gateway", settings.log_level)
 
-    preprocessing_channel = grpc.insecure_channel(settings.preprocessing_address, options=_CHANNEL_OPTIONS)
-    results_channel = grpc.insecure_channel(settings.results_address, options=_CHANNEL_OPTIONS)
+    preprocessing_channel = grpc.intercept_channel(
+        grpc.insecure_channel(settings.preprocessing_address, options=_CHANNEL_OPTIONS), TracingClientInterceptor())
+    results_channel = grpc.intercept_channel(
+        grpc.insecure_channel(settings.results_address, options=_CHANNEL_OPTIONS), TracingClientInterceptor())
     producer = make_producer(kafka, "gateway")
 
     def send_submission(event):

@@ -8,6 +8,7 @@ from services.common.kafka import ConsumeLoop, make_consumer, make_producer
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
+from services.common.tracing import configure_tracing
 from services.common.settings import KafkaSettings
 from services.preprocessing.core import ListingPredictor, preprocessing_limits
 from services.preprocessing.grpc_api import ImagePredictorServicer
@@ -20,6 +21,7 @@ def main() -> None:
     settings = PreprocessingSettings()
     kafka = KafkaSettings()
     start_metrics_server(settings.metrics_port)
+    configure_tracing("preprocessing", settings.otlp_endpoint)
     configure_logging("preprocessing", settings.log_level)
 
     classifier = TritonClassifier(settings.triton_url, settings.model_names.split(","), settings.triton_timeout_s,

@@ -11,6 +11,7 @@ from services.common.errors import ClassificationError, ErrorKind, KafkaOutcome
 from services.common.dead_letters import send_dead_letter
 from services.common.kafka import send_event
 from services.common.settings import Topics
+from services.common.tracing import consuming_span
 from services.preprocessing.core import ListingPredictor, ListingRequest
 
 
@@ -34,17 +35,22 @@ class SubmittedListingHandler:
             try:
                 event = events_pb2.ListingSubmitted.FromString(record.value or b"")
             except DecodeError as error:
-                futures.append(self._dead_letter(record, ErrorKind.INVALID_REQUEST, f"not a ListingSubmitted: {error}"))
+                with consuming_span(record, "preprocess listing"):
+                    futures.append(self._dead_letter(record, ErrorKind.INVALID_REQUEST,
+                                                     f"not a ListingSubmitted: {error}"))
                 continue
             parsed.append((record, event))
         requests = [ListingRequest(e.submission_id, e.listing, e.submitted_at if e.HasField("submitted_at") else None)
                     for _, e in parsed]
         outcomes = self.predictor.predict(requests) if requests else []
         for (record, event), outcome in zip(parsed, outcomes):
-            if isinstance(outcome, ClassificationError):
-                if outcome.kind.kafka_outcome is KafkaOutcome.RETRY:
-                    raise outcome  # the whole batch is retried; nothing is committed
-                futures.append(self._dead_letter(record, outcome.kind, outcome.reason, event))
-            else:
-                futures.append(send_event(self.producer, self.topics.prediction_made, outcome.listing_id, outcome))
+            if isinstance(outcome, ClassificationError) and outcome.kind.kafka_outcome is KafkaOutcome.RETRY:
+                raise outcome  # the whole batch is retried; nothing is committed
+        for (record, event), outcome in zip(parsed, outcomes):
+            with consuming_span(record, "preprocess listing") as span:  # each output continues its input's trace
+                span.set_attribute("listing.id", event.listing.listing_id)
+                if isinstance(outcome, ClassificationError):
+                    futures.append(self._dead_letter(record, outcome.kind, outcome.reason, event))
+                else:
+                    futures.append(send_event(self.producer, self.topics.prediction_made, outcome.listing_id, outcome))
         return futures

@@ -8,6 +8,7 @@ from services.common.kafka import ConsumeLoop, make_consumer, make_producer, sen
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
+from services.common.tracing import configure_tracing
 from services.common.settings import KafkaSettings
 from services.results.core import ClassificationRecorder
 from services.results.fusion import parse_weights
@@ -22,6 +23,7 @@ def main() -> None:
     settings = ResultsSettings()
     kafka = KafkaSettings()
     start_metrics_server(settings.metrics_port)
+    configure_tracing("results", settings.otlp_endpoint)
     configure_logging("results", settings.log_level)
 
     store = ClassificationStore(settings.database_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -78,7 +79,8 @@ class ClassificationRecorder:
         self.send_timeout_s = send_timeout_s
         self.stored = threading.Condition()  # notified after every write, wakes the watch streams
 
-    def record_predictions(self, predictions: list[events_pb2.PredictionMade]
+    def record_predictions(self, predictions: list[events_pb2.PredictionMade],
+                           span_for: Callable[[int], contextlib.AbstractContextManager] | None = None
                            ) -> list[StoredClassification | ClassificationError]:
         """Stores each prediction's classification and publishes those not yet published, waiting for the acks.
 
@@ -94,8 +96,12 @@ class ClassificationRecorder:
                 outcomes.append(error)
                 continue
             outcomes.append(self.store.record(classification))
-        pending = [(o, self.publish(events_pb2.ListingClassified(classification=o.classification)))
-                   for o in outcomes if isinstance(o, StoredClassification) and not o.published]
+        pending = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, StoredClassification) and not outcome.published:
+                with span_for(index) if span_for else contextlib.nullcontext():
+                    event = events_pb2.ListingClassified(classification=outcome.classification)
+                    pending.append((outcome, self.publish(event)))
         for _, future in pending:
             try:
                 future.get(timeout=self.send_timeout_s)

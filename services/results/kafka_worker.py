@@ -10,6 +10,7 @@ from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.dead_letters import send_dead_letter
 from services.common.settings import Topics
+from services.common.tracing import consuming_span
 from services.results.core import ClassificationRecorder
 
 
@@ -39,9 +40,14 @@ class PredictionHandler:
                 predictions.append(events_pb2.PredictionMade.FromString(record.value or b""))
                 prediction_records.append(record)
             except DecodeError as error:
-                futures.append(self._dead_letter(record, ErrorKind.INVALID_REQUEST, f"undecodable payload: {error}"))
-        outcomes = self.recorder.record_predictions(predictions)
+                with consuming_span(record, "record classification"):
+                    futures.append(self._dead_letter(record, ErrorKind.INVALID_REQUEST,
+                                                     f"undecodable payload: {error}"))
+        # Each classification is published inside its prediction's trace.
+        outcomes = self.recorder.record_predictions(
+            predictions, span_for=lambda index: consuming_span(prediction_records[index], "record classification"))
         for record, prediction, outcome in zip(prediction_records, predictions, outcomes):
             if isinstance(outcome, ClassificationError):
-                futures.append(self._dead_letter(record, outcome.kind, outcome.reason, prediction))
+                with consuming_span(record, "record classification"):
+                    futures.append(self._dead_letter(record, outcome.kind, outcome.reason, prediction))
         return futures

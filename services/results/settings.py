@@ -27,4 +27,6 @@ class ResultsSettings(BaseSettings):
     grpc_workers: int = Field(32, description="concurrent gRPC calls, watch streams included")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
     metrics_port: int = Field(9103, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
+    otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
+                                      "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"

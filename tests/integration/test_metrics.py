@@ -1,26 +1,8 @@
 """Every service exposes Prometheus metrics that move with the traffic."""
 
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
-
 from services.common.contracts.product_classification.v1 import gateway_pb2
+from services.localstack.metrics_reader import scrape, total
 from services.localstack.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
-
-
-def scrape(url: str) -> dict[str, float]:
-    """metric sample name + labels -> value"""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
-
-
-def total(values: dict[str, float], prefix: str, *label_parts: str) -> float:
-    return sum(v for k, v in values.items() if k.startswith(prefix + "{") and all(p in k for p in label_parts))
 
 
 def test_metrics_follow_the_traffic(stack, kafka, gateway):
