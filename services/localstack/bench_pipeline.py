@@ -85,7 +85,7 @@ def main() -> None:
 
         images = [s.listing.image_bytes for s in samples]
         direct = {}
-        for concurrency, batch in ((1, 1), (2, 1), (4, 1), (8, 1), (1, 16), (2, 16)):
+        for concurrency, batch in ((1, 1), (2, 1), (4, 1), (8, 1), (1, 16), (2, 16), (1, 32), (2, 32)):
             direct[f"concurrency {concurrency}, batch {batch}"] = rate = triton_direct(
                 stack.triton.grpc_url, images, concurrency, batch)
             print(f"triton direct, concurrency {concurrency}, batch {batch}: {rate:.2f} images/s", flush=True)

@@ -24,7 +24,8 @@ PARTITIONS = 4
 def triton_busy_s(stack: LocalStack) -> float:
     """Cumulative time Triton spent computing inferences, every model."""
     values = scrape(f"http://127.0.0.1:{stack.triton.metrics_port}/metrics")
-    return total(values, "nv_inference_compute_infer_duration_us") / 1e6
+    # Triton's cumulative compute time in microseconds (the parser adds _total to counter names).
+    return total(values, "nv_inference_compute_infer_duration_us_total") / 1e6
 
 
 def run_phase(stack: LocalStack, count: int, seed: int, prefix: str) -> tuple[float, float]:
@@ -56,13 +57,13 @@ def main() -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
     with LocalStack(StackOptions(work_dir=work_dir, partitions=PARTITIONS)) as stack:
         run_phase(stack, 32, 1, "warm1")
-        one, triton_share_one = run_phase(stack, 120, 2, "one")
+        one, triton_share_one = run_phase(stack, 400, 2, "one")
         print(f"1 worker: {one:.2f} listings/s, Triton busy {triton_share_one:.0%} of the time", flush=True)
         stack.add_service("preprocessing-2")
         split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
         print(f"partitions split between the two workers: {split}", flush=True)
         run_phase(stack, 16, 3, "warm2")
-        two, triton_share_two = run_phase(stack, 120, 4, "two")
+        two, triton_share_two = run_phase(stack, 400, 4, "two")
         print(f"2 workers: {two:.2f} listings/s, Triton busy {triton_share_two:.0%} of the time", flush=True)
         models = ", ".join(stack.triton.model_names)
     print(json.dumps({

@@ -15,10 +15,18 @@ class StartupError(RuntimeError):
     """A local server did not become ready; the message says which and ends with its log's tail."""
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free now and not handed out before by this process (the OS may offer a just-released port again)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

@@ -31,9 +31,9 @@ def build_untrained_models(repository: Path, weights: dict[str, Path | None], fo
         if has_version(repository, name) and not force:
             print(f"{name}: a version exists in {repository / name}, left alone")
             continue
-        if weights[name] is None:
+        if weights.get(name) is None:
             print(f"{name}: WARNING no ImageNet weights file given: random initialisation, UNTRAINED model")
-        model = build_classifier(architecture, len(CATEGORIES), weights_file=weights[name])
+        model = build_classifier(architecture, len(CATEGORIES), weights_file=weights.get(name))
         batch = rng.integers(0, 256, (2, architecture.input_size, architecture.input_size, 3), dtype=np.uint8)
         exported = publish_version(model, model_name=name, input_size=architecture.input_size, labels=list(CATEGORIES),
                                    repository=repository, verification_batch=batch)
