@@ -25,13 +25,14 @@ class GrpcServer:
     """Serves the given services plus health and reflection. Health says SERVING only while ready() holds."""
 
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, credentials: grpc.ServerCredentials | None = None,
+                 interceptors: Sequence[grpc.ServerInterceptor] = ()):
         self.address = address
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                                  interceptors=[MetricsInterceptor(), TracingServerInterceptor()])
+                                  interceptors=[MetricsInterceptor(), TracingServerInterceptor(), *interceptors])
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [name for _, _, name in services]
@@ -39,7 +40,8 @@ class GrpcServer:
             add(servicer, self.server)
         reflection.enable_server_reflection([*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
                                             self.server)
-        self.port = self.server.add_insecure_port(address)
+        self.port = (self.server.add_secure_port(address, credentials) if credentials
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {address}")
         self.set_serving(False)

@@ -170,28 +170,53 @@ class ConsumeLoop:
                 continue
             for record in records:
                 KAFKA_CONSUMED.labels(record.topic).inc()
-            while True:  # the same batch until it succeeds or the loop stops
+            self._handle_until_done(records, backoff)
+        self.healthy.clear()
+
+    def _handle_until_done(self, records: list, backoff: Backoff) -> None:
+        """Handles the batch; on a retryable failure pauses fetching and retries with backoff until it succeeds,
+        the loop stops (the batch stays uncommitted for whoever owns its partitions next), or its partitions are
+        revoked in a rebalance (their new owner redoes them)."""
+        paused = False
+        try:
+            while True:
                 try:
                     self._handle(records)
                     backoff.reset()
                     self.healthy.set()
-                    break
+                    return
                 except ClassificationError as error:
                     if error.kind.kafka_outcome is not KafkaOutcome.RETRY:
                         raise
                     reason = error.reason
                 except Exception as error:  # noqa: BLE001  (unacknowledged sends, commit failures: retry)
                     reason = repr(error)
-                self.healthy.clear()
+                self.healthy.clear()  # health says NOT_SERVING until the dependency answers again
                 KAFKA_BATCH_RETRIES.labels(self.name).inc()
                 delay = backoff.next_delay()
-                log.warning("batch failed, will retry", extra={"loop": self.name, "reason": reason,
-                                                                "retry_in_s": round(delay, 2)})
-                if self._stopping.is_set():
-                    self._rewind(records)  # not committed: the next owner of these partitions redoes the batch
+                log.warning("batch failed, fetching paused, will retry",
+                            extra={"loop": self.name, "reason": reason, "retry_in_s": round(delay, 2)})
+                paused = True
+                records = self._wait_paused(records, delay)
+                if self._stopping.is_set() or not records:
+                    self._rewind(records)
                     return
-                time.sleep(delay)
-        self.healthy.clear()
+        finally:
+            if paused:
+                self.consumer.resume(*self.consumer.assignment())
+
+    def _wait_paused(self, records: list, delay_s: float) -> list:
+        """Keeps polling (so the group keeps this member) with every partition paused; returns the records whose
+        partitions this member still holds."""
+        deadline = time.monotonic() + delay_s
+        while not self._stopping.is_set():
+            self.consumer.pause(*self.consumer.assignment())  # again after a rebalance: new partitions too
+            leaked = self.consumer.poll(timeout_ms=max(1, min(500, int((deadline - time.monotonic()) * 1000))))
+            self._rewind([r for batch in leaked.values() for r in batch])  # fetched before the pause took hold
+            if time.monotonic() >= deadline:
+                break
+        assigned = self.consumer.assignment()
+        return [r for r in records if TopicPartition(r.topic, r.partition) in assigned]
 
     def _poll_batch(self) -> list:
         """Up to max_batch records: what one poll returns, topped up for at most batch_linger_s."""

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.grpc_security import TlsFiles
 
 
 class GatewaySettings(BaseSettings):
@@ -12,6 +18,15 @@ class GatewaySettings(BaseSettings):
     grpc_address: str = Field("0.0.0.0:50051", description="where the ListingClassifier gRPC API listens")
     preprocessing_address: str = Field(description="the preprocessing service's gRPC address; required")
     results_address: str = Field(description="the result service's gRPC address; required")
+    auth_mode: Literal["api-key", "mtls", "none"] = Field(
+        "api-key", description="api-key: callers send 'authorization: Bearer <key>'; mtls: callers present a client "
+        "certificate signed by tls_client_ca_file; none: no authentication (a trusted network only)")
+    api_keys: SecretStr | None = Field(None, description="caller=key,... (keys of 16+ characters); required with "
+                                       "auth_mode api-key")
+    downstream_tls_ca_file: Path | None = Field(None, description="PEM CA of preprocessing's and results' TLS "
+                                                "certificates: call them over TLS")
+    downstream_tls_cert_file: Path | None = Field(None, description="client certificate for mTLS to them")
+    downstream_tls_key_file: Path | None = Field(None, description="key of downstream_tls_cert_file")
     classify_timeout_s: float = Field(30.0, description="deadline of a synchronous classification when the caller "
                                       "sets none (a shorter caller deadline wins)")
     max_in_flight: int = Field(64, description="synchronous classifications at once; more get RESOURCE_EXHAUSTED")
@@ -22,4 +37,22 @@ class GatewaySettings(BaseSettings):
     metrics_port: int = Field(9101, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate: serve gRPC over TLS")
+    tls_key_file: Path | None = Field(None, description="PEM key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA: require client certificates it signed (mTLS)")
     log_level: str = "INFO"
+
+    def server_tls(self) -> TlsFiles:
+        return TlsFiles(cert_file=self.tls_cert_file, key_file=self.tls_key_file, ca_file=self.tls_client_ca_file)
+
+    def downstream_tls(self) -> TlsFiles:
+        return TlsFiles(cert_file=self.downstream_tls_cert_file, key_file=self.downstream_tls_key_file,
+                        ca_file=self.downstream_tls_ca_file)
+
+    @model_validator(mode="after")
+    def _authentication_is_configured(self) -> "GatewaySettings":
+        if self.auth_mode == "api-key" and not self.api_keys:
+            raise ValueError("GATEWAY_API_KEYS is required with GATEWAY_AUTH_MODE=api-key (or choose mtls or none)")
+        if self.auth_mode == "mtls" and not (self.tls_cert_file and self.tls_client_ca_file):
+            raise ValueError("GATEWAY_AUTH_MODE=mtls needs GATEWAY_TLS_CERT_FILE, _KEY_FILE and _CLIENT_CA_FILE")
+        return self

@@ -92,7 +92,7 @@ def main() -> None:
         best = max(direct, key=direct.get)
 
         latencies = []
-        with grpc.insecure_channel(stack.services["gateway"].address) as channel:
+        with stack.gateway_channel() as channel:
             gateway = gateway_pb2_grpc.ListingClassifierStub(channel)
             for sample in sample_listings(options.sync_calls, seed=202, prefix="sync"):
                 began = time.perf_counter()

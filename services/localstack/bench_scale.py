@@ -15,7 +15,7 @@ import time
 
 from services.localstack.metrics_reader import scrape, total
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.localstack.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
+from services.localstack.traffic import sample_listings, submit_and_collect
 
 ASSIGNED = "product_classification_kafka_assigned_partitions"
 PARTITIONS = 4
@@ -31,15 +31,10 @@ def triton_busy_s(stack: LocalStack) -> float:
 def run_phase(stack: LocalStack, count: int, seed: int, prefix: str) -> tuple[float, float]:
     """Listings per second from Kafka in to classification published, and Triton's busy share of that time."""
     samples = sample_listings(count, seed=seed, prefix=prefix)
-    wanted = {s.listing.listing_id for s in samples}
-    reader = TopicReader(stack.kafka_settings, stack.kafka_settings.topics.listing_classified)
     busy_before = triton_busy_s(stack)
     began = time.perf_counter()
-    submit_listings(stack.kafka_settings, [s.listing for s in samples])
-    records = reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), 600)
+    done = len(submit_and_collect(stack.kafka_settings, [s.listing for s in samples], 600))
     elapsed = time.perf_counter() - began
-    reader.close()
-    done = len(wanted & set(classified_by_listing(records)))
     return done / elapsed, (triton_busy_s(stack) - busy_before) / elapsed
 
 

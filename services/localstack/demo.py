@@ -59,7 +59,7 @@ def main() -> int:
             shown = f"{c.category.id} {' > '.join(c.category.path)} ({c.locale})"
             print(f"{c.listing_id:<22} {c.marketplace:<11} {sample.true_label:<11} {shown:<42} {c.confidence:>10.3f}")
 
-        with grpc.insecure_channel(stack.services["gateway"].address) as channel:
+        with stack.gateway_channel() as channel:
             sync_listing = listings[0].listing
             reply = gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListing(
                 gateway_pb2.ClassifyListingRequest(listing=sync_listing), timeout=30)

@@ -7,6 +7,7 @@ health SERVING, Triton models ready); stop() ends everything it started, service
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,31 @@ from services.localstack.processes import ChildProcess, free_port
 from services.localstack.triton_cpu import LocalTriton
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+
+
+class _ApiKeyMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                      grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    def __init__(self, api_key: str):
+        self.metadata = ("authorization", f"Bearer {api_key}")
+
+    def _with_key(self, details):
+        return details._replace(metadata=list(details.metadata or []) + [self.metadata])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+
+def authenticated_channel(address: str, api_key: str) -> grpc.Channel:
+    return grpc.intercept_channel(grpc.insecure_channel(address), _ApiKeyMetadata(api_key))
 
 
 def grpc_serving(address: str) -> bool:
@@ -71,6 +97,7 @@ class LocalStack:
         self.triton = LocalTriton(options.model_repository, work / "triton", options.onnx_threads)
         self.database_url = options.database_url or f"sqlite:///{work / 'results.sqlite3'}"
         self.services: dict[str, ServiceProcess] = {}
+        self.gateway_api_key = secrets.token_urlsafe(24)  # callers use gateway_channel(), which sends it
         self._started: list = []
 
     @property
@@ -88,9 +115,14 @@ class LocalStack:
         elif prefix == "RESULTS":
             env["RESULTS_DATABASE_URL"] = self.database_url
         elif prefix == "GATEWAY":
+            env["GATEWAY_API_KEYS"] = f"localstack={self.gateway_api_key}"
             env["GATEWAY_PREPROCESSING_ADDRESS"] = self.services["preprocessing"].address
             env["GATEWAY_RESULTS_ADDRESS"] = self.services["results"].address
         return {**env, **self.options.extra_env}
+
+    def gateway_channel(self) -> grpc.Channel:
+        """A channel to the gateway that authenticates with the stack's API key."""
+        return authenticated_channel(self.services["gateway"].address, self.gateway_api_key)
 
     def add_service(self, name: str) -> ServiceProcess:
         """Starts another service process (e.g. a second preprocessing worker named 'preprocessing-2')."""

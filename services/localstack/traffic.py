@@ -100,3 +100,16 @@ def classified_by_listing(records: list) -> dict[str, list[events_pb2.ListingCla
         event = events_pb2.ListingClassified.FromString(record.value)
         found.setdefault(event.classification.listing_id, []).append(event)
     return found
+
+
+def submit_and_collect(settings: KafkaSettings, listings: list[common_pb2.Listing], timeout_s: float
+                       ) -> dict[str, list[events_pb2.ListingClassified]]:
+    """Submits the listings through Kafka and waits until each is published as classified (or the time is up)."""
+    wanted = {listing.listing_id for listing in listings}
+    reader = TopicReader(settings, settings.topics.listing_classified)
+    try:
+        submit_listings(settings, listings)
+        records = reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), timeout_s)
+    finally:
+        reader.close()
+    return {k: v for k, v in classified_by_listing(records).items() if k in wanted}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.common.contracts.product_classification.v1 import preprocessing_pb2, preprocessing_pb2_grpc
+from services.common.grpc_security import server_credentials
 from services.common.grpc_server import GrpcServer
 from services.common.kafka import ConsumeLoop, make_consumer, make_producer
 from services.common.lifecycle import run_until_signalled
@@ -35,7 +36,7 @@ def main() -> None:
     server = GrpcServer(settings.grpc_address,
                         [(preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server, ImagePredictorServicer(predictor),
                           preprocessing_pb2.DESCRIPTOR.services_by_name["ImagePredictor"].full_name)],
-                        max_workers=settings.grpc_workers)
+                        max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()))
 
     def start() -> None:
         classifier.start()

@@ -78,7 +78,8 @@ class ListingPredictor:
             return ClassificationError(ErrorKind.INVALID_IMAGE, "fetching and decoding the image took longer than "
                                        f"{self.limits.decode_timeout_s:.0f} s (+ the fetch timeouts)")
 
-    def predict(self, requests: list[ListingRequest]) -> list[events_pb2.PredictionMade | ClassificationError]:
+    def predict(self, requests: list[ListingRequest], deadline: float | None = None
+                ) -> list[events_pb2.PredictionMade | ClassificationError]:
         sizes = self.classifier.input_sizes()
         began = time.perf_counter()
         jobs = [self._decoders.submit(self._prepare, r, sizes) for r in requests]
@@ -88,7 +89,7 @@ class ListingPredictor:
             return prepared  # type: ignore[return-value]
         batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
         decoded = time.perf_counter()
-        probabilities = self.classifier.classify(batches)
+        probabilities = self.classifier.classify(batches, deadline)
         log.info("batch predicted", extra={"listings": len(requests), "images": len(good),
                                            "preprocess_ms": round((decoded - began) * 1000, 1),
                                            "triton_ms": round((time.perf_counter() - decoded) * 1000, 1)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import preprocessing_pb2_grpc
@@ -17,7 +19,10 @@ class ImagePredictorServicer(preprocessing_pb2_grpc.ImagePredictorServicer):
         submitted_at = Timestamp()
         submitted_at.GetCurrentTime()
         try:
-            [outcome] = self.predictor.predict([ListingRequest(request.submission_id, request.listing, submitted_at)])
+            remaining = context.time_remaining()  # None without a client deadline
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            [outcome] = self.predictor.predict([ListingRequest(request.submission_id, request.listing, submitted_at)],
+                                               deadline)
         except ClassificationError as error:
             abort_with(context, error)
         if isinstance(outcome, ClassificationError):

@@ -110,15 +110,27 @@ class TritonClassifier:
     def input_sizes(self) -> list[int]:
         return [spec.input_size for spec in self.specs]
 
-    def classify(self, tensors_by_size: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
-        """tensors_by_size: input size -> uint8 batch (N, size, size, 3). Returns model name -> (N, classes) float32."""
+    def classify(self, tensors_by_size: dict[int, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
+        """tensors_by_size: input size -> uint8 batch (N, size, size, 3). Returns model name -> (N, classes) float32.
+
+        deadline (time.monotonic()) bounds every Triton call, so a caller's gRPC deadline reaches Triton.
+        """
         specs = self.specs
         if not self.parallel:
-            return {spec.name: self._infer(spec, tensors_by_size[spec.input_size]) for spec in specs}
-        jobs = {spec.name: self._pool.submit(self._infer, spec, tensors_by_size[spec.input_size]) for spec in specs}
+            return {spec.name: self._infer(spec, tensors_by_size[spec.input_size], deadline) for spec in specs}
+        jobs = {spec.name: self._pool.submit(self._infer, spec, tensors_by_size[spec.input_size], deadline)
+                for spec in specs}
         return {name: job.result() for name, job in jobs.items()}
 
-    def _infer(self, spec: ModelSpec, batch: np.ndarray) -> np.ndarray:
+    def _timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.timeout_s
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, "the caller's deadline passed before Triton was called")
+        return min(self.timeout_s, remaining)
+
+    def _infer(self, spec: ModelSpec, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
         outputs = []
         for start in range(0, len(batch), spec.max_batch_size):
             chunk = np.ascontiguousarray(batch[start:start + spec.max_batch_size])
@@ -129,7 +141,7 @@ class TritonClassifier:
             try:
                 result = self._client.infer(spec.name, [model_input], model_version=spec.version,
                                             outputs=[triton_grpc.InferRequestedOutput(spec.output_name)],
-                                            client_timeout=self.timeout_s)
+                                            client_timeout=self._timeout(deadline))
             except InferenceServerException as error:
                 with self._lock:
                     self._specs = {}  # the model may have been reloaded or replaced: read it again next time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
+from services.common.grpc_security import server_credentials
 from services.common.grpc_server import GrpcServer
 from services.common.kafka import ConsumeLoop, make_consumer, make_producer, send_event
 from services.common.lifecycle import run_until_signalled
@@ -42,7 +43,7 @@ def main() -> None:
                         [(results_pb2_grpc.add_ClassificationResultsServicer_to_server,
                           ClassificationResultsServicer(recorder, settings.watch_poll_s),
                           results_pb2.DESCRIPTOR.services_by_name["ClassificationResults"].full_name)],
-                        max_workers=settings.grpc_workers)
+                        max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()))
 
     def start() -> None:
         store.start()

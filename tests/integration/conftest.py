@@ -25,7 +25,7 @@ def kafka(stack):
 
 @pytest.fixture(scope="session")
 def gateway(stack):
-    with grpc.insecure_channel(stack.services["gateway"].address) as channel:
+    with stack.gateway_channel() as channel:
         yield gateway_pb2_grpc.ListingClassifierStub(channel)
 
 
