@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from services.common.errors import ClassificationError, ErrorKind
+from services.localstack.poison import png_header_bomb
 from services.preprocessing.images import ImageLimits, decode_rgb, prepare_image
 
 PHOTOS = Path(skimage.__file__).parent / "data"  # real photographs shipped in the scikit-image wheel
@@ -99,16 +98,6 @@ def test_one_pixel_and_a_panorama():
     panorama.paste((200, 0, 0), (9000, 0, 11000, 10))
     prepared = prepare_image(encode(panorama, "PNG"), SIZES, ImageLimits())
     assert prepared.tensors[299].shape == (299, 299, 3)
-
-
-def png_header_bomb(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (the classic decompression bomb's first trick)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
-        chunk(b"IEND", b"")
 
 
 def test_decompression_bomb_is_rejected_before_decoding():

@@ -1,0 +1,27 @@
+"""Listings that can never be classified, for fault tests: a corrupt image and a decompression bomb."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from services.common.contracts.product_classification.v1 import common_pb2
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def corrupt_image_listing(listing_id: str) -> common_pb2.Listing:
+    return common_pb2.Listing(listing_id=listing_id, marketplace="eu-fashion", image_bytes=b"\xff\xd8\xff\xe0 broken")
+
+
+def oversized_image_listing(listing_id: str) -> common_pb2.Listing:
+    return common_pb2.Listing(listing_id=listing_id, marketplace="eu-fashion",
+                              image_bytes=png_header_bomb(100_000, 100_000))
