@@ -82,8 +82,9 @@ class Outcomes:
             store.stop()
         duplicated = {i for i, n in published.items() if n > 1} | stored_twice
         lost = ids - set(published) - dead
-        return ScenarioResult(scenario, events_in, len(published), len(dead), len(duplicated), len(lost),
-                              None if recovery_s is None else round(recovery_s, 2), notes)
+        return ScenarioResult(scenario=scenario, events_in=events_in, classified=len(published),
+                              dead_lettered=len(dead), duplicated=len(duplicated), lost=len(lost),
+                              recovery_s=None if recovery_s is None else round(recovery_s, 2), notes=notes)
 
     def close(self) -> None:
         self.classified_reader.close()
@@ -225,7 +226,42 @@ def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResul
         outcomes.close()
 
 
-SCENARIOS = (triton_killed_and_restarted, worker_killed, results_restarted, produced_twice, poison_interleaved)
+def model_reloaded(stack: LocalStack, count: int = 300, model: str = "resnet50") -> ScenarioResult:
+    """A new version of a model appears in the repository Triton polls while listings flow: Triton loads it and
+    unloads the old one (num_versions 1); preprocessing must follow without a restart and lose nothing."""
+    repository = stack.triton.work_dir / "model_repository" / model
+    current = max(int(p.name) for p in repository.iterdir() if p.name.isdigit())
+    samples = sample_listings(count, seed=107, prefix="chaos-reload")
+    ids = {s.listing.listing_id for s in samples}
+    outcomes = Outcomes(stack)
+    try:
+        sender = threading.Thread(target=lambda: [submit_listings(stack.kafka_settings, [s.listing for s in part])
+                                                  for part in (samples[i:i + 20] for i in range(0, count, 20))
+                                                  if not time.sleep(0.5)], daemon=True)
+        sender.start()
+        at_fault = _inject_when(outcomes, ids, 0.2)
+        new_version = repository / str(current + 1)
+        new_version.mkdir()
+        shutil.copy(repository / str(current) / "model.py", new_version / "model.py")
+        (new_version / "model.onnx").symlink_to((repository / str(current) / "model.onnx").resolve())
+        fault_at = time.monotonic()
+        sender.join()
+        outcomes.wait_for(ids, 300)
+        versions = Counter(e.classification.model_versions for _, e in outcomes.published
+                           if e.classification.listing_id in ids)
+        result = outcomes.result(f"{model} reloaded at version {current + 1} mid-stream", ids, count,
+                                 outcomes.first_published_after(fault_at, {
+                                     e.classification.listing_id for _, e in outcomes.published
+                                     if f"{model}:{current + 1}" in e.classification.model_versions}),
+                                 json.dumps({"model_versions": versions}))
+        result.published_at_fault = at_fault
+        return result
+    finally:
+        outcomes.close()
+
+
+SCENARIOS = (triton_killed_and_restarted, worker_killed, results_restarted, produced_twice, poison_interleaved,
+             model_reloaded)
 
 
 def main() -> None:

@@ -96,9 +96,12 @@ class ClassificationRecorder:
                 outcomes.append(error)
                 continue
             outcomes.append(self.store.record(classification))
-        pending = []
+        pending, in_this_batch = [], set()
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, StoredClassification) and not outcome.published:
+                if outcome.classification.sequence in in_this_batch:
+                    continue  # the same event twice in one batch: its row is published once
+                in_this_batch.add(outcome.classification.sequence)
                 with span_for(index) if span_for else contextlib.nullcontext():
                     event = events_pb2.ListingClassified(classification=outcome.classification)
                     pending.append((outcome, self.publish(event)))

@@ -51,12 +51,17 @@ class ClassificationStore:
 
     def __init__(self, database_url: str):
         self.database_url = database_url
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reconnecting creates the schema inside a transaction
         self._connection = None
         self._postgres = database_url.startswith(("postgresql://", "postgres://"))
         self._placeholder = "%s" if self._postgres else "?"
+        self._started = False
 
     def start(self) -> None:
+        self._started = True
+        self._connect()
+
+    def _connect(self) -> None:
         if self._postgres:
             import psycopg
 
@@ -76,7 +81,19 @@ class ClassificationStore:
             for statement in statements.split(";"):
                 cursor.execute(statement)
 
+    def _reconnect_if_broken(self) -> None:
+        """After a lost connection (a database restart, a failover), the next transaction opens a new one."""
+        if self._postgres and self._connection is not None and self._connection.closed:
+            self._connection = None
+        if self._connection is None:
+            try:
+                self._connect()
+            except Exception as error:  # noqa: BLE001
+                self._connection = None
+                raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {error}") from None
+
     def stop(self) -> None:
+        self._started = False
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -96,6 +113,8 @@ class ClassificationStore:
         def __enter__(self):
             self.store._lock.acquire()
             try:
+                if self.store._connection is None:
+                    raise RuntimeError("reconnecting")
                 self.cursor = self.store._connection.cursor()
                 if not self.store._postgres:
                     self.cursor.execute("BEGIN IMMEDIATE")
@@ -114,14 +133,18 @@ class ClassificationStore:
                 if error_type is None:
                     raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {commit_error}") from None
             finally:
+                if self.store._postgres and self.store._connection is not None and self.store._connection.closed:
+                    self.store._connection = None  # lost: the next transaction reconnects
                 self.store._lock.release()
             if error_type is not None and not issubclass(error_type, ClassificationError):
                 raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {error}") from error
             return False
 
     def _transaction(self) -> "_Transaction":
-        if self._connection is None:
+        if not self._started:
             raise ClassificationError(ErrorKind.UNAVAILABLE, "result store is not started")
+        with self._lock:
+            self._reconnect_if_broken()
         return self._Transaction(self)
 
     def _sql(self, statement: str) -> str:

@@ -62,3 +62,14 @@ def test_poison_is_dead_lettered_and_good_events_go_on_in_order(chaos_stack):
     assert "cannot be decoded" in notes["poison_reasons"]["chaos-poison-corrupt"]
     assert "100000x100000" in notes["poison_reasons"]["chaos-poison-bomb"]
     assert notes["poison_reasons"]["chaos-poison-garbage"].startswith("not a ListingSubmitted")
+
+
+def test_a_model_reloaded_at_a_new_version_is_picked_up_without_a_restart(chaos_stack):
+    result = chaos.model_reloaded(chaos_stack, 300)
+    assert_mid_stream(result)
+    assert_nothing_lost_or_doubled(result)
+    versions = json.loads(result.notes)["model_versions"]
+    old = [v for v in versions if "resnet50:1" in v]
+    new = [v for v in versions if "resnet50:2" in v]
+    assert old and new, versions  # served by version 1, then by version 2, in the same run
+    assert result.classified == 300 and result.recovery_s is not None

@@ -63,3 +63,22 @@ def test_unknown_marketplace_is_an_invalid_request():
     with pytest.raises(ClassificationError) as raised:
         classify(made(marketplace="nowhere"), Taxonomies.load(SAMPLE_TAXONOMY), {})
     assert raised.value.kind is ErrorKind.INVALID_REQUEST and "nowhere" in raised.value.reason
+
+
+def test_the_same_prediction_twice_in_one_batch_is_published_once(tmp_path):
+    from services.results.core import ClassificationRecorder
+    from services.results.store import ClassificationStore
+
+    class Acknowledged:
+        def get(self, timeout):
+            return None
+
+    published = []
+    store = ClassificationStore(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    store.start()
+    recorder = ClassificationRecorder(store, Taxonomies.load(SAMPLE_TAXONOMY), {},
+                                      lambda event: published.append(event) or Acknowledged())
+    recorder.record_predictions([made(), made()])
+    recorder.record_predictions([made()])  # redelivered later: already published
+    assert len(published) == 1 and store.count_for_listing("l-1") == 1
+    store.stop()

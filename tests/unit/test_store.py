@@ -47,3 +47,31 @@ def test_latest_recent_and_after(store):
     assert [c.sequence for c in recent][:2] == sorted(sequences, reverse=True)
     assert all(c.marketplace == "eu-fashion" for c in recent)
     assert [c.sequence for c in store.after(sequences[0], "")][:2] == [sequences[1], sequences[1] + 1]
+
+
+def test_postgres_store_reconnects_after_losing_its_connection(postgres_url):
+    """A database restart or failover drops the connection: the store says UNAVAILABLE, then carries on by itself."""
+    import psycopg
+
+    from services.common.errors import ClassificationError, ErrorKind
+
+    store = ClassificationStore(postgres_url)
+    store.start()
+    try:
+        store.record(classification("reconnect-before"))
+        backend = store._connection.info.backend_pid
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        outcomes = []
+        for _ in range(3):
+            try:
+                outcomes.append(store.record(classification("reconnect-after")).newly_stored)
+                break
+            except ClassificationError as error:
+                assert error.kind is ErrorKind.UNAVAILABLE  # retryable, never a crash
+                outcomes.append("unavailable")
+        assert outcomes[-1] is True and store.ready()
+        assert store._connection.info.backend_pid != backend
+        assert store.count_for_listing("reconnect-after") == 1
+    finally:
+        store.stop()
