@@ -1,0 +1,80 @@
+"""The gateway refuses work past its in-flight limit instead of queueing it, and passes deadlines on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+from services.common.contracts.product_classification.v1 import (
+    common_pb2,
+    events_pb2,
+    preprocessing_pb2_grpc,
+    results_pb2_grpc,
+)
+from services.common.errors import ClassificationError, ErrorKind
+from services.gateway.core import ListingGateway
+
+
+class SlowPredictor(preprocessing_pb2_grpc.ImagePredictorServicer):
+    """A stand-in for preprocessing (a unit-test seam): answers after a pause, or when released."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.deadlines: list[float | None] = []
+
+    def PredictListing(self, request, context):
+        self.deadlines.append(context.time_remaining())
+        self.release.wait(10)
+        return events_pb2.PredictionMade(listing_id=request.listing.listing_id)
+
+
+class EchoResults(results_pb2_grpc.ClassificationResultsServicer):
+    def RecordPrediction(self, request, context):
+        return common_pb2.Classification(listing_id=request.listing_id)
+
+
+@pytest.fixture
+def gateway():
+    predictor = SlowPredictor()
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server(predictor, server)
+    results_pb2_grpc.add_ClassificationResultsServicer_to_server(EchoResults(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield ListingGateway(channel, channel, lambda event: None, default_timeout_s=5, max_in_flight=2,
+                         max_image_bytes=1000), predictor
+    predictor.release.set()
+    channel.close()
+    server.stop(0)
+
+
+def listing(index: int) -> common_pb2.Listing:
+    return common_pb2.Listing(listing_id=f"l-{index}", marketplace="eu-fashion", image_bytes=b"x")
+
+
+def test_past_the_in_flight_limit_calls_are_refused_not_queued(gateway):
+    core, predictor = gateway
+    with futures.ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(core.classify, listing(i), None) for i in range(2)]
+        deadline = time.monotonic() + 5
+        while len(predictor.deadlines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(ClassificationError) as raised:
+            core.classify(listing(3), None)
+        assert raised.value.kind is ErrorKind.OVERLOADED
+        assert raised.value.kind.grpc_status == grpc.StatusCode.RESOURCE_EXHAUSTED
+        predictor.release.set()
+        assert [f.result(5).listing_id for f in held] == ["l-0", "l-1"]
+    assert core.classify(listing(4), None).listing_id == "l-4"  # capacity is back
+
+
+def test_the_callers_deadline_is_passed_on(gateway):
+    core, predictor = gateway
+    predictor.release.set()
+    core.classify(listing(1), time_remaining_s=1.5)
+    assert predictor.deadlines[-1] is not None and predictor.deadlines[-1] <= 1.5
