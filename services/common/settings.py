@@ -25,7 +25,9 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    ssl_cafile: str | None = None
+    ssl_cafile: str | None = Field(None, description="CA of the brokers' certificates (SSL, SASL_SSL)")
+    ssl_certfile: str | None = Field(None, description="client certificate, for brokers that require one")
+    ssl_keyfile: str | None = Field(None, description="key of ssl_certfile")
     session_timeout_ms: int = Field(6000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1000, description="consumer group heartbeat interval")
     topics: Topics = Topics()
@@ -37,6 +39,7 @@ class KafkaSettings(BaseSettings):
             options["sasl_mechanism"] = self.sasl_mechanism
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
-        if self.ssl_cafile:
-            options["ssl_cafile"] = self.ssl_cafile
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name):
+                options[name] = getattr(self, name)
         return options

@@ -82,3 +82,16 @@ def test_the_same_prediction_twice_in_one_batch_is_published_once(tmp_path):
     recorder.record_predictions([made()])  # redelivered later: already published
     assert len(published) == 1 and store.count_for_listing("l-1") == 1
     store.stop()
+
+
+def test_kafka_security_settings_reach_kafka_python_and_the_password_stays_secret():
+    from services.common.settings import KafkaSettings
+
+    settings = KafkaSettings(bootstrap_servers="a:9093,b:9093", security_protocol="SASL_SSL",
+                             sasl_mechanism="SCRAM-SHA-512", sasl_username="classifier",
+                             sasl_password="s3cret-password", ssl_cafile="/etc/kafka/ca.pem",
+                             ssl_certfile="/etc/kafka/client.pem", ssl_keyfile="/etc/kafka/client.key")
+    options = settings.client_options()
+    assert options["bootstrap_servers"] == ["a:9093", "b:9093"] and options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_plain_password"] == "s3cret-password" and options["ssl_certfile"] == "/etc/kafka/client.pem"
+    assert "s3cret-password" not in repr(settings) and "s3cret-password" not in str(settings.model_dump())
