@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.grpc_security import TlsFiles
 
 
 class Topics(BaseModel):
@@ -43,3 +47,14 @@ class KafkaSettings(BaseSettings):
             if getattr(self, name):
                 options[name] = getattr(self, name)
         return options
+
+
+class GrpcServiceSettings(BaseSettings):
+    """What every gRPC service has: TLS for its server. Each service's subclass sets the env prefix."""
+
+    tls_cert_file: Path | None = Field(None, description="PEM certificate: serve gRPC over TLS")
+    tls_key_file: Path | None = Field(None, description="PEM key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA: require client certificates it signed (mTLS)")
+
+    def server_tls(self) -> TlsFiles:
+        return TlsFiles(cert_file=self.tls_cert_file, key_file=self.tls_key_file, ca_file=self.tls_client_ca_file)

@@ -105,19 +105,31 @@ def _inject_when(outcomes: Outcomes, ids: set[str], fraction: float, timeout_s: 
     return published
 
 
+def _fault_mid_stream(stack: LocalStack, outcomes: Outcomes, samples, fault) -> tuple[int, float]:
+    """Streams the listings, runs fault() once a fifth of them is published, then waits for all of them.
+    Returns how many were published when the fault hit, and when it hit (time.monotonic())."""
+    ids = {s.listing.listing_id for s in samples}
+    threading.Thread(target=submit_listings, args=(stack.kafka_settings, [s.listing for s in samples]),
+                     daemon=True).start()
+    at_fault = _inject_when(outcomes, ids, 0.2)
+    fault_at = time.monotonic()
+    fault()
+    outcomes.wait_for(ids, 300)
+    return at_fault, fault_at
+
+
 def triton_killed_and_restarted(stack: LocalStack, count: int = 300) -> ScenarioResult:
     samples = sample_listings(count, seed=61, prefix="chaos-triton")
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
-    try:
-        threading.Thread(target=submit_listings, args=(stack.kafka_settings, [s.listing for s in samples]),
-                         daemon=True).start()
-        at_fault = _inject_when(outcomes, ids, 0.2)
+
+    def kill_and_restart() -> None:
         stack.triton.kill()
-        fault_at = time.monotonic()
         time.sleep(3)
         stack.triton.start()
-        outcomes.wait_for(ids, 300)
+
+    try:
+        at_fault, fault_at = _fault_mid_stream(stack, outcomes, samples, kill_and_restart)
         result = outcomes.result("triton killed mid-stream and restarted", ids, count,
                                  outcomes.first_published_after(fault_at + 3, ids),
                                  "Triton SIGKILLed for 3 s; recovery counted from its restart")
@@ -134,12 +146,8 @@ def worker_killed(stack: LocalStack, count: int = 200) -> ScenarioResult:
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
     try:
-        threading.Thread(target=submit_listings, args=(stack.kafka_settings, [s.listing for s in samples]),
-                         daemon=True).start()
-        at_fault = _inject_when(outcomes, ids, 0.2)
-        stack.services["preprocessing-2"].process.signal(signal.SIGKILL)
-        fault_at = time.monotonic()
-        outcomes.wait_for(ids, 300)
+        at_fault, fault_at = _fault_mid_stream(
+            stack, outcomes, samples, lambda: stack.services["preprocessing-2"].process.signal(signal.SIGKILL))
         stalled = [t for t, e in outcomes.published if t > fault_at and e.classification.listing_id in ids]
         result = outcomes.result("one of two preprocessing workers SIGKILLed", ids, count,
                                  (max(stalled) - fault_at) if stalled else None,
@@ -156,15 +164,13 @@ def results_restarted(stack: LocalStack, count: int = 200) -> ScenarioResult:
     samples = sample_listings(count, seed=71, prefix="chaos-results")
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
+
+    def restart() -> None:
+        stack.services["results"].stop()  # SIGTERM: drains, commits, exits
+        stack.services["results"].start()
+
     try:
-        threading.Thread(target=submit_listings, args=(stack.kafka_settings, [s.listing for s in samples]),
-                         daemon=True).start()
-        at_fault = _inject_when(outcomes, ids, 0.2)
-        results = stack.services["results"]
-        results.stop()  # SIGTERM: drains, commits, exits
-        fault_at = time.monotonic()
-        results.start()
-        outcomes.wait_for(ids, 300)
+        at_fault, fault_at = _fault_mid_stream(stack, outcomes, samples, restart)
         result = outcomes.result("result service restarted mid-stream (SIGTERM)", ids, count,
                                  outcomes.first_published_after(fault_at, ids))
         result.published_at_fault = at_fault

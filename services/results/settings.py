@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.common.grpc_security import TlsFiles
+from services.common.settings import GrpcServiceSettings
 
 SAMPLE_TAXONOMY = Path(__file__).with_name("taxonomies") / "sample.json"
 
 
-class ResultsSettings(BaseSettings):
+class ResultsSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RESULTS_")
 
     grpc_address: str = Field("0.0.0.0:50053", description="where the ClassificationResults gRPC API listens")
@@ -31,10 +31,4 @@ class ResultsSettings(BaseSettings):
     metrics_port: int = Field(9103, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
-    tls_cert_file: Path | None = Field(None, description="PEM certificate: serve gRPC over TLS")
-    tls_key_file: Path | None = Field(None, description="PEM key of tls_cert_file")
-    tls_client_ca_file: Path | None = Field(None, description="PEM CA: require client certificates it signed (mTLS)")
     log_level: str = "INFO"
-
-    def server_tls(self) -> TlsFiles:
-        return TlsFiles(cert_file=self.tls_cert_file, key_file=self.tls_key_file, ca_file=self.tls_client_ca_file)

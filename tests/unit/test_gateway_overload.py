@@ -76,5 +76,5 @@ def test_past_the_in_flight_limit_calls_are_refused_not_queued(gateway):
 def test_the_callers_deadline_is_passed_on(gateway):
     core, predictor = gateway
     predictor.release.set()
-    core.classify(listing(1), time_remaining_s=1.5)
-    assert predictor.deadlines[-1] is not None and predictor.deadlines[-1] <= 1.5
+    core.classify(listing(1), time_remaining_s=4.0)  # below the 5 s default: the caller's deadline must win
+    assert predictor.deadlines[-1] is not None and predictor.deadlines[-1] <= 4.0

@@ -128,7 +128,7 @@ def test_truncated_empty_and_fake_images_give_invalid_image(data):
     assert raised.value.kind is ErrorKind.INVALID_IMAGE and raised.value.reason
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096))
 def test_random_bytes_never_crash_or_hang_the_decoder(data):
     try:
@@ -140,7 +140,7 @@ def test_random_bytes_never_crash_or_hang_the_decoder(data):
 HEADERS = [encode(Image.new("RGB", (40, 30), (9, 9, 9)), fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP")]
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(HEADERS), st.integers(0, 200), st.binary(min_size=1, max_size=64))
 def test_mutated_real_images_never_crash_or_hang_the_decoder(original, position, patch):
     position = min(position, len(original) - 1)
