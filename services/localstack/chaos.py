@@ -234,35 +234,49 @@ def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResul
 
 def model_reloaded(stack: LocalStack, count: int = 300, model: str = "resnet50") -> ScenarioResult:
     """A new version of a model appears in the repository Triton polls while listings flow: Triton loads it and
-    unloads the old one (num_versions 1); preprocessing must follow without a restart and lose nothing."""
+    unloads the old one (num_versions 1); preprocessing must follow without a restart and lose nothing.
+
+    Half the listings go before the new version, half once Triton reports it ready, so both versions serve
+    whatever the machine's speed."""
+    import tritonclient.grpc as triton_grpc
+
     repository = stack.triton.work_dir / "model_repository" / model
     current = max(int(p.name) for p in repository.iterdir() if p.name.isdigit())
     samples = sample_listings(count, seed=107, prefix="chaos-reload")
     ids = {s.listing.listing_id for s in samples}
+    first, second = samples[:count // 2], samples[count // 2:]
     outcomes = Outcomes(stack)
+    client = triton_grpc.InferenceServerClient(stack.triton.grpc_url)
     try:
-        sender = threading.Thread(target=lambda: [submit_listings(stack.kafka_settings, [s.listing for s in part])
-                                                  for part in (samples[i:i + 20] for i in range(0, count, 20))
-                                                  if not time.sleep(0.5)], daemon=True)
-        sender.start()
+        threading.Thread(target=submit_listings, args=(stack.kafka_settings, [s.listing for s in first]),
+                         daemon=True).start()
         at_fault = _inject_when(outcomes, ids, 0.2)
         new_version = repository / str(current + 1)
         new_version.mkdir()
         shutil.copy(repository / str(current) / "model.py", new_version / "model.py")
         (new_version / "model.onnx").symlink_to((repository / str(current) / "model.onnx").resolve())
         fault_at = time.monotonic()
-        sender.join()
+        deadline = fault_at + 120
+        while time.monotonic() < deadline:  # Triton polls the repository every few seconds
+            try:
+                if client.is_model_ready(model, str(current + 1)):
+                    break
+            except Exception:  # noqa: BLE001  (busy loading)
+                pass
+            time.sleep(0.5)
+        submit_listings(stack.kafka_settings, [s.listing for s in second])
         outcomes.wait_for(ids, 300)
         versions = Counter(e.classification.model_versions for _, e in outcomes.published
                            if e.classification.listing_id in ids)
+        on_new = {e.classification.listing_id for _, e in outcomes.published
+                  if f"{model}:{current + 1}" in e.classification.model_versions}
         result = outcomes.result(f"{model} reloaded at version {current + 1} mid-stream", ids, count,
-                                 outcomes.first_published_after(fault_at, {
-                                     e.classification.listing_id for _, e in outcomes.published
-                                     if f"{model}:{current + 1}" in e.classification.model_versions}),
+                                 outcomes.first_published_after(fault_at, on_new),
                                  json.dumps({"model_versions": versions}))
         result.published_at_fault = at_fault
         return result
     finally:
+        client.close()
         outcomes.close()
 
 
