@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -61,13 +63,18 @@ class Results(results_pb2_grpc.ClassificationResultsServicer):
         return common_pb2.Classification(listing_id=request.listing_id)
 
 
-def serve(tls: TlsFiles, interceptors=()) -> GrpcServer:
+@contextlib.contextmanager
+def serving(tls: TlsFiles, interceptors=()) -> Iterator[str]:
+    """A real GrpcServer with the given TLS and interceptors; yields its address."""
     server = GrpcServer("localhost:0", [(results_pb2_grpc.add_ClassificationResultsServicer_to_server, Results(),
                                          "product_classification.v1.ClassificationResults")],
                         credentials=server_credentials(tls), interceptors=interceptors)
     server.set_serving(True)
     server.start()
-    return server
+    try:
+        yield f"localhost:{server.port}"
+    finally:
+        server.stop(1)
 
 
 def get(channel, metadata=()) -> str:
@@ -77,39 +84,34 @@ def get(channel, metadata=()) -> str:
 
 
 def test_tls_end_to_end(pki):
-    server = serve(TlsFiles(cert_file=pki["server_cert"], key_file=pki["server_key"]))
-    try:
-        with secure_channel(f"localhost:{server.port}", TlsFiles(ca_file=pki["ca"])) as channel:
+    with serving(TlsFiles(cert_file=pki["server_cert"], key_file=pki["server_key"])) as address:
+        with secure_channel(address, TlsFiles(ca_file=pki["ca"])) as channel:
             assert get(channel) == "tls-1"
-        with grpc.insecure_channel(f"localhost:{server.port}") as plaintext:
+        with grpc.insecure_channel(address) as plaintext:
             with pytest.raises(grpc.RpcError) as raised:
                 get(plaintext)
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.stop(1)
 
 
 def test_mutual_tls_requires_a_client_certificate(pki):
-    server = serve(TlsFiles(cert_file=pki["server_cert"], key_file=pki["server_key"], ca_file=pki["ca"]))
-    try:
+    server_tls = TlsFiles(cert_file=pki["server_cert"], key_file=pki["server_key"], ca_file=pki["ca"])
+    with serving(server_tls) as address:
         client = TlsFiles(ca_file=pki["ca"], cert_file=pki["client_cert"], key_file=pki["client_key"])
-        with secure_channel(f"localhost:{server.port}", client) as channel:
+        with secure_channel(address, client) as channel:
             assert get(channel) == "tls-1"
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
-        with secure_channel(f"localhost:{server.port}", TlsFiles(ca_file=pki["ca"])) as no_certificate:
+        with secure_channel(address, TlsFiles(ca_file=pki["ca"])) as no_certificate:
             with pytest.raises(grpc.RpcError) as raised:
                 get(no_certificate)
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.stop(1)
 
 
 def test_api_keys_over_tls(pki):
     keys = parse_api_keys(SecretStr("shop-a=aaaaaaaaaaaaaaaaaaaa,shop-b=bbbbbbbbbbbbbbbbbbbb"))
-    server = serve(TlsFiles(cert_file=pki["server_cert"], key_file=pki["server_key"]), [ApiKeyInterceptor(keys)])
-    try:
-        with secure_channel(f"localhost:{server.port}", TlsFiles(ca_file=pki["ca"])) as channel:
+    server_tls = TlsFiles(cert_file=pki["server_cert"], key_file=pki["server_key"])
+    with serving(server_tls, [ApiKeyInterceptor(keys)]) as address:
+        with secure_channel(address, TlsFiles(ca_file=pki["ca"])) as channel:
             assert get(channel, [("authorization", "Bearer bbbbbbbbbbbbbbbbbbbb")]) == "tls-1"
             assert get(channel, [("x-api-key", "aaaaaaaaaaaaaaaaaaaa")]) == "tls-1"
             for metadata, reason in (((), "required"), ((("authorization", "Bearer wrong-key-wrong-key"),), "not valid")):
@@ -118,8 +120,6 @@ def test_api_keys_over_tls(pki):
                 assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED and reason in raised.value.details()
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no key
-    finally:
-        server.stop(1)
 
 
 def test_short_or_malformed_keys_are_refused_at_start():
