@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo test bench bench-preprocess bench-scale chaos lock clean
+.PHONY: install contracts contracts-check models train ablation demo evaluate test bench bench-preprocess bench-scale chaos lock clean
 
 install: $(INSTALLED)
 
@@ -23,9 +23,9 @@ contracts: install
 contracts-check: install
 	$(PY) -m services.common.contracts.generate --check
 
-## Train both models on the synthetic sample catalogue and publish them to triton_models/ (once; cached).
+## Train the served models on the real clothing photos, fit their fusion, publish to triton_models/ (once; cached).
 models: install
-	$(PY) -m services.trainer.demo_models
+	$(PY) -m services.trainer.real_models $(MODELS_ARGS)
 
 ## Fine-tune on your own catalogue (one folder per category): make train CATALOGUE=path [TRAIN_ARGS=...]
 train: install
@@ -35,9 +35,13 @@ train: install
 ablation: install
 	$(PY) -m services.trainer.ablation $(CATALOGUE) $(TRAIN_ARGS)
 
-## The local stack on sample listings: ends with `classified N/N listings`.
+## The local stack on real validation photos: ends with `classified N/N listings`.
 demo: models
 	$(PY) -m services.localstack.demo
+
+## Every photo of DATA (folder per category; default the validation split) through the pipeline: JSON line last.
+evaluate: models
+	$(PY) -m services.localstack.evaluate $(if $(DATA),--data $(DATA))
 
 ## The whole test suite, on the real broker, the real Triton (CPU) and the real PostgreSQL.
 test: models

@@ -17,6 +17,24 @@ log = logging.getLogger(__name__)
 def send_dead_letter(producer, topic: str, record, kind: ErrorKind, reason: str, stage: str, *,
                      listing_id: str = "", submission_id: str = "", marketplace: str = ""):
     """Publishes a ProcessingFailed carrying the original payload and offset; returns the send future."""
+    failure = dead_letter(record, kind, reason, stage, listing_id=listing_id, submission_id=submission_id,
+                          marketplace=marketplace)
+    return publish_dead_letter(producer, topic, failure)
+
+
+def publish_dead_letter(producer, topic: str, failure: events_pb2.ProcessingFailed):
+    log.warning("dead-lettered", extra={"listing_id": failure.listing_id,
+                                        "error_kind": ErrorKind.from_proto(failure.error_kind).name,
+                                        "reason": failure.reason, "stage": failure.stage,
+                                        "source": f"{failure.source_topic}/{failure.source_partition}/"
+                                                  f"{failure.source_offset}"})
+    KAFKA_DEAD_LETTERED.labels(failure.stage, ErrorKind.from_proto(failure.error_kind).name).inc()
+    return send_event(producer, topic, failure.listing_id, failure)
+
+
+def dead_letter(record, kind: ErrorKind, reason: str, stage: str, *, listing_id: str = "", submission_id: str = "",
+                marketplace: str = "") -> events_pb2.ProcessingFailed:
+    """The ProcessingFailed for one record: its reason, where it came from, and the original payload."""
     failed_at = Timestamp()
     failed_at.GetCurrentTime()
     if not listing_id and record.key:
@@ -25,7 +43,4 @@ def send_dead_letter(producer, topic: str, record, kind: ErrorKind, reason: str,
         submission_id=submission_id, listing_id=listing_id, marketplace=marketplace, error_kind=kind.proto,
         reason=reason, stage=stage, source_topic=record.topic, source_partition=record.partition,
         source_offset=record.offset, original_payload=record.value or b"", failed_at=failed_at)
-    log.warning("dead-lettered", extra={"listing_id": listing_id, "error_kind": kind.name, "reason": reason,
-                                        "stage": stage, "source": f"{record.topic}/{record.partition}/{record.offset}"})
-    KAFKA_DEAD_LETTERED.labels(stage, kind.name).inc()
-    return send_event(producer, topic, listing_id, failure)
+    return failure

@@ -60,10 +60,10 @@ def parse_api_keys(secret: SecretStr | None) -> dict[str, str]:
     return keys
 
 
-def _denied(handler, details: str):
-    """The same kind of handler (unary or streaming) whose behaviour is to answer UNAUTHENTICATED."""
+def _denied(handler, details: str, code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED):
+    """The same kind of handler (unary or streaming) whose behaviour is to answer with the code."""
     def deny(_request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
+        context.abort(code, details)
 
     for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
         if getattr(handler, kind):
@@ -72,12 +72,17 @@ def _denied(handler, details: str):
 
 
 class ApiKeyInterceptor(grpc.ServerInterceptor):
-    """Requires 'authorization: Bearer <key>' (or 'x-api-key: <key>') on every call but health and reflection."""
+    """Requires 'authorization: Bearer <key>' (or 'x-api-key: <key>') on every call but health and reflection.
 
-    def __init__(self, keys: dict[str, str]):
+    method_callers: method name (the part after the last '/') -> the only callers allowed to call it; every other
+    caller gets PERMISSION_DENIED (e.g. results' RecordPrediction is the gateway's alone).
+    """
+
+    def __init__(self, keys: dict[str, str], method_callers: dict[str, frozenset[str]] | None = None):
         if not keys:
             raise ValueError("API-key authentication needs at least one key")
         self.keys = keys
+        self.method_callers = method_callers or {}
 
     def _caller(self, presented: str) -> str | None:
         found = None
@@ -90,14 +95,56 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(UNAUTHENTICATED_METHODS):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        presented = metadata.get("x-api-key") or ""
-        authorization = metadata.get("authorization") or ""
-        if authorization.lower().startswith("bearer "):
-            presented = authorization[7:].strip()
+        credentials = [(k.lower(), v) for k, v in handler_call_details.invocation_metadata or ()
+                       if k.lower() in ("authorization", "x-api-key")]
+        if len(credentials) > 1:  # which one would count is ambiguous: take none
+            return _denied(handler, "exactly one credential is allowed (one authorization or x-api-key value)")
+        name, value = credentials[0] if credentials else ("", "")
+        value = value.decode(errors="replace") if isinstance(value, bytes) else value
+        presented = value.strip() if name == "x-api-key" else ""
+        if name == "authorization" and value.lower().startswith("bearer "):
+            presented = value[7:].strip()
         if not presented:
             return _denied(handler, "an API key is required (authorization: Bearer <key>)")
-        if self._caller(presented) is None:
+        caller = self._caller(presented)
+        if caller is None:
             log.warning("rejected a call with an unknown API key", extra={"method": handler_call_details.method})
             return _denied(handler, "the API key is not valid")
+        allowed = self.method_callers.get(handler_call_details.method.rpartition("/")[2])
+        if allowed is not None and caller not in allowed:
+            log.warning("refused a caller a method that is not theirs",
+                        extra={"method": handler_call_details.method, "caller": caller})
+            return _denied(handler, f"{handler_call_details.method} is not open to caller {caller!r}",
+                           grpc.StatusCode.PERMISSION_DENIED)
         return handler
+
+
+class ApiKeyMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                     grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Client side: sends 'authorization: Bearer <key>' on every call of a channel."""
+
+    def __init__(self, api_key: str):
+        self.metadata = ("authorization", f"Bearer {api_key}")
+
+    def _with_key(self, details):
+        return details._replace(metadata=list(details.metadata or []) + [self.metadata])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+
+def with_api_key(channel: grpc.Channel, api_key: SecretStr | str | None) -> grpc.Channel:
+    """The channel, sending the key on every call when one is given."""
+    if api_key is None:
+        return channel
+    key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    return grpc.intercept_channel(channel, ApiKeyMetadata(key)) if key else channel

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from services.common.errors import ClassificationError, KafkaOutcome
@@ -117,6 +117,10 @@ class _AssignmentTracker(ConsumerRebalanceListener):
                                                "partitions": sorted(f"{p.topic}/{p.partition}" for p in assigned)})
 
 
+class HandlerBug(RuntimeError):
+    """A handler raised what no event can cause on its own (a bug): retrying would stall the partition for good."""
+
+
 # A batch handler gets the polled records and returns the futures of every record it produced.
 BatchHandler = Callable[[Sequence], list]
 
@@ -140,6 +144,9 @@ class ConsumeLoop:
         self._thread: threading.Thread | None = None
         self.healthy = threading.Event()  # set while batches are being handled without retryable failures
         self.batches_handled = 0
+        # Set when the loop died of an error it cannot handle: the process must exit so it is restarted.
+        self.fatal = threading.Event()
+        self.fatal_reason = ""
 
     def start(self) -> None:
         self.consumer.subscribe(self.topics, listener=_AssignmentTracker(self.name, self.topics))
@@ -170,7 +177,17 @@ class ConsumeLoop:
                 continue
             for record in records:
                 KAFKA_CONSUMED.labels(record.topic).inc()
-            self._handle_until_done(records, backoff)
+            try:
+                self._handle_until_done(records, backoff)
+            except Exception as error:  # noqa: BLE001  (a bug: every event's own fault is dead-lettered by handlers)
+                # Nothing was committed: the batch is redone by whoever holds its partitions next. Staying up would
+                # hold the partitions while never consuming again; exiting lets the orchestrator restart us.
+                self.fatal_reason = f"{type(error).__name__}: {error}"
+                log.critical("the consume loop cannot go on; the process exits so it is restarted",
+                             extra={"loop": self.name, "reason": self.fatal_reason}, exc_info=True)
+                self.healthy.clear()
+                self.fatal.set()
+                return
         self.healthy.clear()
 
     def _handle_until_done(self, records: list, backoff: Backoff) -> None:
@@ -185,6 +202,8 @@ class ConsumeLoop:
                     backoff.reset()
                     self.healthy.set()
                     return
+                except HandlerBug:
+                    raise
                 except ClassificationError as error:
                     if error.kind.kafka_outcome is not KafkaOutcome.RETRY:
                         raise
@@ -230,7 +249,12 @@ class ConsumeLoop:
         return records
 
     def _handle(self, records: Sequence) -> None:
-        futures = self.handler(records)
+        try:
+            futures = self.handler(records)
+        except (ClassificationError, KafkaError):
+            raise  # the handler's own verdict (retry or not), or the broker failing a send: retried
+        except Exception as error:  # noqa: BLE001
+            raise HandlerBug(f"the {self.name} handler failed: {type(error).__name__}: {error}") from error
         self.producer.flush(self.send_timeout_s)
         for future in futures:
             future.get(timeout=self.send_timeout_s)  # raises if the broker did not acknowledge

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.grpc_security import TlsFiles
+from services.common.grpc_security import ApiKeyInterceptor, TlsFiles, parse_api_keys
 
 
 class Topics(BaseModel):
@@ -50,11 +52,30 @@ class KafkaSettings(BaseSettings):
 
 
 class GrpcServiceSettings(BaseSettings):
-    """What every gRPC service has: TLS for its server. Each service's subclass sets the env prefix."""
+    """What every gRPC service has: TLS for its server, and who may call it. Each subclass sets the env prefix."""
 
     tls_cert_file: Path | None = Field(None, description="PEM certificate: serve gRPC over TLS")
     tls_key_file: Path | None = Field(None, description="PEM key of tls_cert_file")
     tls_client_ca_file: Path | None = Field(None, description="PEM CA: require client certificates it signed (mTLS)")
+    auth_mode: Literal["api-key", "mtls", "none"] = Field(
+        "api-key", description="api-key: callers send 'authorization: Bearer <key>'; mtls: callers present a client "
+        "certificate signed by tls_client_ca_file; none: no authentication (a trusted network only)")
+    api_keys: SecretStr | None = Field(None, description="caller=key,... (keys of 16+ characters); required with "
+                                       "auth_mode api-key. Internal services name their callers: 'gateway' is the "
+                                       "only one allowed the gateway's own methods")
 
     def server_tls(self) -> TlsFiles:
         return TlsFiles(cert_file=self.tls_cert_file, key_file=self.tls_key_file, ca_file=self.tls_client_ca_file)
+
+    def check_authentication(self, prefix: str) -> None:
+        if self.auth_mode == "api-key" and not self.api_keys:
+            raise ValueError(f"{prefix}_API_KEYS is required with {prefix}_AUTH_MODE=api-key (or choose mtls or none)")
+        if self.auth_mode == "mtls" and not (self.tls_cert_file and self.tls_client_ca_file):
+            raise ValueError(f"{prefix}_AUTH_MODE=mtls needs {prefix}_TLS_CERT_FILE, _KEY_FILE and _CLIENT_CA_FILE")
+
+    def authentication(self, method_callers: dict[str, frozenset[str]] | None = None
+                       ) -> list:
+        """api-key: an interceptor checks each call (and who may call what); mtls: the TLS handshake already did."""
+        if self.auth_mode != "api-key":
+            return []
+        return [ApiKeyInterceptor(parse_api_keys(self.api_keys), method_callers)]

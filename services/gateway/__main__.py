@@ -6,7 +6,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
-from services.common.grpc_security import ApiKeyInterceptor, parse_api_keys, secure_channel, server_credentials
+from services.common.grpc_security import secure_channel, server_credentials, with_api_key
 from services.common.grpc_server import MAX_MESSAGE_BYTES, GrpcServer
 from services.common.kafka import make_producer, send_event
 from services.common.lifecycle import run_until_signalled
@@ -27,11 +27,6 @@ def _serving(channel: grpc.Channel) -> bool:
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def gateway_authentication(settings: GatewaySettings) -> list[grpc.ServerInterceptor]:
-    """api-key: an interceptor checks each call; mtls: the TLS handshake already did; none: nothing."""
-    return [ApiKeyInterceptor(parse_api_keys(settings.api_keys))] if settings.auth_mode == "api-key" else []
-
-
 def main() -> None:
     settings = GatewaySettings()
     kafka = KafkaSettings()
@@ -39,12 +34,12 @@ def main() -> None:
     configure_tracing("gateway", settings.otlp_endpoint)
     configure_logging("gateway", settings.log_level)
 
-    preprocessing_channel = grpc.intercept_channel(
+    preprocessing_channel = grpc.intercept_channel(with_api_key(
         secure_channel(settings.preprocessing_address, settings.downstream_tls(), _CHANNEL_OPTIONS),
-        TracingClientInterceptor())
-    results_channel = grpc.intercept_channel(
+        settings.preprocessing_api_key), TracingClientInterceptor())
+    results_channel = grpc.intercept_channel(with_api_key(
         secure_channel(settings.results_address, settings.downstream_tls(), _CHANNEL_OPTIONS),
-        TracingClientInterceptor())
+        settings.results_api_key), TracingClientInterceptor())
     producer = make_producer(kafka, "gateway")
 
     def send_submission(event):
@@ -58,7 +53,7 @@ def main() -> None:
                           ListingClassifierServicer(gateway, settings.max_listings_per_call),
                           gateway_pb2.DESCRIPTOR.services_by_name["ListingClassifier"].full_name)],
                         max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()),
-                        interceptors=gateway_authentication(settings))
+                        interceptors=settings.authentication())
 
     def ready() -> bool:
         # The submission topic's metadata proves the broker answers (kafka-python closes its bootstrap connection).

@@ -18,16 +18,11 @@ from services.common.contracts.product_classification.v1 import (
     results_pb2_grpc,
 )
 from services.common.errors import ClassificationError, ErrorKind, from_rpc_error
-
-MAX_ID_LENGTH = 256
-
+from services.common.validation import check_listing
 
 def validate_listing(listing: common_pb2.Listing, max_image_bytes: int) -> None:
     """Refuses what no downstream service could use, before any work is spent on it."""
-    if not listing.listing_id or len(listing.listing_id) > MAX_ID_LENGTH:
-        raise ClassificationError(ErrorKind.INVALID_REQUEST, f"listing_id is required (at most {MAX_ID_LENGTH} chars)")
-    if not listing.marketplace:
-        raise ClassificationError(ErrorKind.INVALID_REQUEST, "marketplace is required")
+    check_listing(listing)
     which = listing.WhichOneof("image")
     if which is None:
         raise ClassificationError(ErrorKind.INVALID_REQUEST, "the listing needs image_bytes or image_url")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import Literal
-
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -19,11 +17,10 @@ class GatewaySettings(GrpcServiceSettings):
     grpc_address: str = Field("0.0.0.0:50051", description="where the ListingClassifier gRPC API listens")
     preprocessing_address: str = Field(description="the preprocessing service's gRPC address; required")
     results_address: str = Field(description="the result service's gRPC address; required")
-    auth_mode: Literal["api-key", "mtls", "none"] = Field(
-        "api-key", description="api-key: callers send 'authorization: Bearer <key>'; mtls: callers present a client "
-        "certificate signed by tls_client_ca_file; none: no authentication (a trusted network only)")
-    api_keys: SecretStr | None = Field(None, description="caller=key,... (keys of 16+ characters); required with "
-                                       "auth_mode api-key")
+    preprocessing_api_key: SecretStr | None = Field(None, description="the gateway's key at the preprocessing "
+                                                    "service (its PREPROCESSING_API_KEYS names it 'gateway')")
+    results_api_key: SecretStr | None = Field(None, description="the gateway's key at the result service (its "
+                                              "RESULTS_API_KEYS names it 'gateway')")
     downstream_tls_ca_file: Path | None = Field(None, description="PEM CA of preprocessing's and results' TLS "
                                                 "certificates: call them over TLS")
     downstream_tls_cert_file: Path | None = Field(None, description="client certificate for mTLS to them")
@@ -46,8 +43,5 @@ class GatewaySettings(GrpcServiceSettings):
 
     @model_validator(mode="after")
     def _authentication_is_configured(self) -> "GatewaySettings":
-        if self.auth_mode == "api-key" and not self.api_keys:
-            raise ValueError("GATEWAY_API_KEYS is required with GATEWAY_AUTH_MODE=api-key (or choose mtls or none)")
-        if self.auth_mode == "mtls" and not (self.tls_cert_file and self.tls_client_ca_file):
-            raise ValueError("GATEWAY_AUTH_MODE=mtls needs GATEWAY_TLS_CERT_FILE, _KEY_FILE and _CLIENT_CA_FILE")
+        self.check_authentication("GATEWAY")
         return self

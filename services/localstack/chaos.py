@@ -232,7 +232,7 @@ def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResul
         outcomes.close()
 
 
-def model_reloaded(stack: LocalStack, count: int = 300, model: str = "resnet50") -> ScenarioResult:
+def model_reloaded(stack: LocalStack, count: int = 300, model: str | None = None) -> ScenarioResult:
     """A new version of a model appears in the repository Triton polls while listings flow: Triton loads it and
     unloads the old one (num_versions 1); preprocessing must follow without a restart and lose nothing.
 
@@ -240,6 +240,7 @@ def model_reloaded(stack: LocalStack, count: int = 300, model: str = "resnet50")
     whatever the machine's speed."""
     import tritonclient.grpc as triton_grpc
 
+    model = model or stack.called_models[0]
     repository = stack.triton.work_dir / "model_repository" / model
     current = max(int(p.name) for p in repository.iterdir() if p.name.isdigit())
     samples = sample_listings(count, seed=107, prefix="chaos-reload")
@@ -274,6 +275,8 @@ def model_reloaded(stack: LocalStack, count: int = 300, model: str = "resnet50")
                                  outcomes.first_published_after(fault_at, on_new),
                                  json.dumps({"model_versions": versions}))
         result.published_at_fault = at_fault
+        result.notes = json.dumps({"model": model, "old": f"{model}:{current}", "new": f"{model}:{current + 1}",
+                                   "model_versions": versions})
         return result
     finally:
         client.close()

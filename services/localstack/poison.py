@@ -19,9 +19,9 @@ def png_header_bomb(width: int, height: int) -> bytes:
 
 
 def corrupt_image_listing(listing_id: str) -> common_pb2.Listing:
-    return common_pb2.Listing(listing_id=listing_id, marketplace="eu-fashion", image_bytes=b"\xff\xd8\xff\xe0 broken")
+    return common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus", image_bytes=b"\xff\xd8\xff\xe0 broken")
 
 
 def oversized_image_listing(listing_id: str) -> common_pb2.Listing:
-    return common_pb2.Listing(listing_id=listing_id, marketplace="eu-fashion",
+    return common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
                               image_bytes=png_header_bomb(100_000, 100_000))

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.grpc_security import with_api_key
 from services.common.kafka import create_topics
 from services.common.settings import KafkaSettings
 from services.localstack.broker import LocalBroker
@@ -24,29 +25,8 @@ from services.localstack.triton_cpu import LocalTriton
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
-class _ApiKeyMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                      grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    def __init__(self, api_key: str):
-        self.metadata = ("authorization", f"Bearer {api_key}")
-
-    def _with_key(self, details):
-        return details._replace(metadata=list(details.metadata or []) + [self.metadata])
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._with_key(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._with_key(details), request)
-
-    def intercept_stream_unary(self, continuation, details, requests):
-        return continuation(self._with_key(details), requests)
-
-    def intercept_stream_stream(self, continuation, details, requests):
-        return continuation(self._with_key(details), requests)
-
-
 def authenticated_channel(address: str, api_key: str) -> grpc.Channel:
-    return grpc.intercept_channel(grpc.insecure_channel(address), _ApiKeyMetadata(api_key))
+    return with_api_key(grpc.insecure_channel(address), api_key)
 
 
 def grpc_serving(address: str) -> bool:
@@ -97,7 +77,11 @@ class LocalStack:
         self.triton = LocalTriton(options.model_repository, work / "triton", options.onnx_threads)
         self.database_url = options.database_url or f"sqlite:///{work / 'results.sqlite3'}"
         self.services: dict[str, ServiceProcess] = {}
-        self.gateway_api_key = secrets.token_urlsafe(24)  # callers use gateway_channel(), which sends it
+        # Generated per run: callers use gateway_channel() (and results_channel()), which send them.
+        self.gateway_api_key = secrets.token_urlsafe(24)
+        # Each internal service knows its callers by key: the gateway, and this stack's own tools.
+        self.internal_keys = {service: {caller: secrets.token_urlsafe(24) for caller in ("gateway", "localstack")}
+                              for service in ("results", "preprocessing")}
         self._started: list = []
 
     @property
@@ -108,6 +92,9 @@ class LocalStack:
         prefix = name.split("-")[0].upper()
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
                f"{prefix}_METRICS_PORT": str(free_port())}
+        if prefix in ("PREPROCESSING", "RESULTS"):
+            keys = self.internal_keys[prefix.lower()]
+            env[f"{prefix}_API_KEYS"] = ",".join(f"{caller}={key}" for caller, key in keys.items())
         if prefix == "PREPROCESSING":
             env["PREPROCESSING_TRITON_URL"] = self.triton.grpc_url
             # CPU Triton shares this machine's few cores: one model at a time beats both at once (see `make bench`).
@@ -118,11 +105,25 @@ class LocalStack:
             env["GATEWAY_API_KEYS"] = f"localstack={self.gateway_api_key}"
             env["GATEWAY_PREPROCESSING_ADDRESS"] = self.services["preprocessing"].address
             env["GATEWAY_RESULTS_ADDRESS"] = self.services["results"].address
+            env["GATEWAY_RESULTS_API_KEY"] = self.internal_keys["results"]["gateway"]
+            env["GATEWAY_PREPROCESSING_API_KEY"] = self.internal_keys["preprocessing"]["gateway"]
         return {**env, **self.options.extra_env}
+
+    @property
+    def called_models(self) -> list[str]:
+        """The models preprocessing calls: those with a weight above zero in the published fusion."""
+        from services.common.fusion_file import FUSION_FILE, FusionConfig
+
+        return FusionConfig.load(self.options.model_repository / FUSION_FILE).called_models
 
     def gateway_channel(self) -> grpc.Channel:
         """A channel to the gateway that authenticates with the stack's API key."""
         return authenticated_channel(self.services["gateway"].address, self.gateway_api_key)
+
+    def internal_channel(self, service: str, caller: str = "localstack") -> grpc.Channel:
+        """A channel to results or preprocessing that authenticates as one of their callers."""
+        name = service.split("-")[0]
+        return authenticated_channel(self.services[service].address, self.internal_keys[name][caller])
 
     def add_service(self, name: str) -> ServiceProcess:
         """Starts another service process (e.g. a second preprocessing worker named 'preprocessing-2')."""

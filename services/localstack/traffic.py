@@ -1,11 +1,17 @@
-"""Sample traffic for the local stack: listings made from the sample catalogue, sent through Kafka, and read back."""
+"""Traffic for the local stack: listings made from real validation photos, sent through Kafka, and read back.
+
+The photos are the clothing dataset's validation split (never its training photos): the models were not trained on
+them, so what comes back is what a marketplace would get.
+"""
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -13,26 +19,51 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.kafka import payload_headers
 from services.common.settings import KafkaSettings
-from services.trainer.sample_catalogue import sample_images
+from services.trainer.dataset import IMAGE_SUFFIXES
+from services.trainer.real_models import clothing_dataset
 
-MARKETPLACES = (("eu-fashion", "de-DE"), ("us-general", "en-US"), ("jp-market", "ja-JP"))
+# The example marketplaces (services/results/config/marketplaces) and a locale each of their listings arrives in.
+MARKETPLACES = (("de-modehaus", "de-DE"), ("fr-boutique", "fr-FR"), ("jp-ichiba", "ja-JP"), ("br-loja", "pt-BR"))
 
 
 @dataclass(frozen=True)
 class SampleListing:
     listing: common_pb2.Listing
     true_label: str
+    path: Path | None = None
 
 
-def sample_listings(count: int, seed: int = 7, prefix: str = "demo") -> list[SampleListing]:
-    """count listings, each with a SYNTHETIC product photo inline, spread over the sample marketplaces."""
+def labelled_photos(folder: Path | None = None) -> list[tuple[Path, str]]:
+    """(photo, label) for every photo of a folder-per-category set; default: the clothing validation split."""
+    folder = folder or clothing_dataset() / "validation"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no photos (set CLOTHING_DATASET_DIR to the clothing dataset)")
+    return [(path, category.name) for category in sorted(p for p in folder.iterdir() if p.is_dir())
+            for path in sorted(category.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def sample_listings(count: int, seed: int = 7, prefix: str = "demo", folder: Path | None = None
+                    ) -> list[SampleListing]:
+    """count listings with a real photo inline each, drawn evenly over the categories (the seed picks which),
+    spread over the example marketplaces. Photos repeat once every photo has been used."""
+    photos = labelled_photos(folder)
+    rng = random.Random(seed)
+    by_label: dict[str, list[Path]] = {}
+    for path, label in photos:
+        by_label.setdefault(label, []).append(path)
+    for paths in by_label.values():
+        rng.shuffle(paths)
+    ordered = [by_label[label][i] for i in range(max(map(len, by_label.values())))
+               for label in sorted(by_label) if i < len(by_label[label])]
+    labels = {path: label for path, label in photos}
     run = uuid.uuid4().hex[:6]
     listings = []
-    for index, image in enumerate(sample_images(count, seed)):
+    for index in range(count):
+        path = ordered[index % len(ordered)]
         marketplace, locale = MARKETPLACES[index % len(MARKETPLACES)]
         listing = common_pb2.Listing(listing_id=f"{prefix}-{run}-{index:04d}", marketplace=marketplace, locale=locale,
-                                     image_bytes=image.jpeg, title=f"sample {image.category}")
-        listings.append(SampleListing(listing, image.category))
+                                     image_bytes=path.read_bytes(), title=f"photo {path.name}")
+        listings.append(SampleListing(listing, labels[path], path))
     return listings
 
 

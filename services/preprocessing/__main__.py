@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from services.common.contracts.product_classification.v1 import preprocessing_pb2, preprocessing_pb2_grpc
 from services.common.grpc_security import server_credentials
 from services.common.grpc_server import GrpcServer
@@ -25,7 +27,12 @@ def main() -> None:
     configure_tracing("preprocessing", settings.otlp_endpoint)
     configure_logging("preprocessing", settings.log_level)
 
-    classifier = TritonClassifier(settings.triton_url, settings.model_names.split(","), settings.triton_timeout_s,
+    try:
+        model_names = settings.called_models()
+    except ValueError as error:
+        print(f"preprocessing: refusing to start: {error}", file=sys.stderr)
+        sys.exit(2)
+    classifier = TritonClassifier(settings.triton_url, model_names, settings.triton_timeout_s,
                                   settings.parallel_model_calls)
     predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads)
     producer = make_producer(kafka, "preprocessing")
@@ -36,7 +43,8 @@ def main() -> None:
     server = GrpcServer(settings.grpc_address,
                         [(preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server, ImagePredictorServicer(predictor),
                           preprocessing_pb2.DESCRIPTOR.services_by_name["ImagePredictor"].full_name)],
-                        max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()))
+                        max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()),
+                        interceptors=settings.authentication())
 
     def start() -> None:
         classifier.start()
@@ -52,7 +60,7 @@ def main() -> None:
         classifier.stop()
 
     run_until_signalled(start, stop, ready=lambda: classifier.ready() and loop.healthy.is_set(),
-                        set_serving=server.set_serving)
+                        set_serving=server.set_serving, fatal=loop.fatal)
 
 
 if __name__ == "__main__":

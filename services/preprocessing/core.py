@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
+from services.common.validation import check_listing
 from services.common.metrics import PREPROCESS_SECONDS
 from services.preprocessing.images import ImageLimits, PreparedImage, prepare_image
 from services.preprocessing.settings import PreprocessingSettings
@@ -32,16 +33,14 @@ class ListingRequest:
 def preprocessing_limits(settings: PreprocessingSettings) -> tuple[ImageLimits, FetchSettings]:
     """The image limits and fetch settings, the same for the service and the operator's tool."""
     allowed = frozenset(h.strip() for h in settings.fetch_allowed_hosts.split(",") if h.strip())
-    return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s),
+    formats = tuple(f.strip().upper() for f in settings.image_formats.split(",") if f.strip())
+    return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s, formats),
             FetchSettings(timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_image_bytes,
                           attempts=settings.fetch_attempts, allowed_hosts=allowed))
 
 
 def validate_listing(listing: common_pb2.Listing) -> None:
-    if not listing.listing_id:
-        raise ClassificationError(ErrorKind.INVALID_REQUEST, "listing_id is required")
-    if not listing.marketplace:
-        raise ClassificationError(ErrorKind.INVALID_REQUEST, "marketplace is required")
+    check_listing(listing)
 
 
 class ListingPredictor:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import GrpcServiceSettings
@@ -13,7 +15,10 @@ class PreprocessingSettings(GrpcServiceSettings):
 
     grpc_address: str = Field("0.0.0.0:50052", description="where the ImagePredictor gRPC API listens")
     triton_url: str = Field(description="Triton's gRPC address, host:port; required")
-    model_names: str = Field("resnet50,inception_v3", description="the Triton models every image goes through")
+    model_names: str = Field("", description="the Triton models every image goes through, comma-separated; empty: "
+                             "the models whose weight in fusion_path is above zero")
+    fusion_path: Path = Field(Path("triton_models/fusion.json"),
+                              description="the fusion the trainer published beside the model versions")
     triton_timeout_s: float = Field(30.0, description="per Triton call")
     consumer_group: str = Field("product-classification.preprocessing",
                                 description="consumer group on the listing-submitted topic")
@@ -23,6 +28,8 @@ class PreprocessingSettings(GrpcServiceSettings):
                                        "one after the other, faster where Triton shares a few CPU cores")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="larger images are rejected")
     max_image_pixels: int = Field(50_000_000, description="larger images are rejected before decoding")
+    image_formats: str = Field("JPEG,PNG,WEBP,GIF,BMP,TIFF,AVIF", description="the only decoders a file reaches "
+                               "(Pillow format names); anything else is refused from its header as INVALID_IMAGE")
     decode_timeout_s: float = Field(10.0, description="longest a caller waits for one image's decode")
     fetch_timeout_s: float = Field(5.0, description="connect/read timeout for image URLs")
     fetch_attempts: int = Field(3, description="tries per image URL (connection errors, 5xx and 429 are retried)")
@@ -35,3 +42,16 @@ class PreprocessingSettings(GrpcServiceSettings):
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"
+
+    def called_models(self) -> list[str]:
+        """The models to call: model_names, or those the published fusion gives a weight above zero."""
+        if self.model_names.strip():
+            return [n.strip() for n in self.model_names.split(",") if n.strip()]
+        from services.common.fusion_file import FusionConfig  # the file format is the result service's
+
+        return FusionConfig.load(self.fusion_path).called_models
+
+    @model_validator(mode="after")
+    def _authentication_is_configured(self) -> "PreprocessingSettings":
+        self.check_authentication("PREPROCESSING")
+        return self

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
 from services.common.grpc_security import server_credentials
 from services.common.grpc_server import GrpcServer
@@ -12,12 +14,24 @@ from services.common.metrics import start_metrics_server
 from services.common.tracing import configure_tracing
 from services.common.settings import KafkaSettings
 from services.results.core import ClassificationRecorder
-from services.results.fusion import parse_weights
+from services.common.fusion_file import FusionConfig
 from services.results.grpc_api import ClassificationResultsServicer
 from services.results.kafka_worker import PredictionHandler
 from services.results.settings import ResultsSettings
 from services.results.store import ClassificationStore
-from services.results.taxonomy import Taxonomies
+from services.results.taxonomy import ConfigurationError, Taxonomies
+
+
+# The synchronous path's write: the gateway's alone (any other caller could store and publish a category of its choice).
+GATEWAY_ONLY = {"RecordPrediction": frozenset({"gateway"})}
+
+
+def load_configuration(settings: ResultsSettings) -> tuple[FusionConfig, Taxonomies]:
+    """The fusion the trainer published and the marketplaces' taxonomies, checked against each other."""
+    fusion = FusionConfig.from_settings(settings.fusion_path, settings.fusion_weights)
+    taxonomies = Taxonomies.load(settings.marketplaces_dir, settings.customs_path, settings.reference_data_dir,
+                                 list(fusion.labels) if fusion.labels else None, fusion.review_threshold or 0.0)
+    return fusion, taxonomies
 
 
 def main() -> None:
@@ -27,14 +41,18 @@ def main() -> None:
     configure_tracing("results", settings.otlp_endpoint)
     configure_logging("results", settings.log_level)
 
+    try:
+        fusion, taxonomies = load_configuration(settings)
+    except (ConfigurationError, ValueError) as error:
+        print(f"results: refusing to start: {error}", file=sys.stderr)
+        sys.exit(2)
     store = ClassificationStore(settings.database_url)
     producer = make_producer(kafka, "results")
 
     def publish(event):
         return send_event(producer, kafka.topics.listing_classified, event.classification.listing_id, event)
 
-    recorder = ClassificationRecorder(store, Taxonomies.load(settings.taxonomy_path),
-                                      parse_weights(settings.fusion_weights), publish, settings.candidate_count)
+    recorder = ClassificationRecorder(store, taxonomies, fusion.weights, publish, settings.candidate_count)
     consumer = make_consumer(kafka, settings.consumer_group, "results", settings.max_batch_predictions)
     loop = ConsumeLoop("results", consumer, [kafka.topics.prediction_made, kafka.topics.processing_failed],
                        PredictionHandler(recorder, producer, kafka.topics), producer,
@@ -43,7 +61,8 @@ def main() -> None:
                         [(results_pb2_grpc.add_ClassificationResultsServicer_to_server,
                           ClassificationResultsServicer(recorder, settings.watch_poll_s),
                           results_pb2.DESCRIPTOR.services_by_name["ClassificationResults"].full_name)],
-                        max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()))
+                        max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()),
+                        interceptors=settings.authentication(GATEWAY_ONLY))
 
     def start() -> None:
         store.start()
@@ -58,7 +77,7 @@ def main() -> None:
         store.stop()
 
     run_until_signalled(start, stop, ready=lambda: store.ready() and loop.healthy.is_set(),
-                        set_serving=server.set_serving)
+                        set_serving=server.set_serving, fatal=loop.fatal)
 
 
 if __name__ == "__main__":

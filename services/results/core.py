@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
+from services.common.validation import MAX_ID_LENGTH, check_identifiers, check_text
 from services.common.metrics import CLASSIFICATIONS, END_TO_END_SECONDS
 from services.results.fusion import fuse
 from services.results.store import ClassificationStore, StoredClassification
@@ -27,27 +28,32 @@ def model_versions(prediction: events_pb2.PredictionMade) -> str:
 
 def classify(prediction: events_pb2.PredictionMade, taxonomies: Taxonomies, weights: Mapping[str, float],
              candidate_count: int = 3) -> common_pb2.Classification:
-    """Pure: fuses the models, picks the most probable label the marketplace's taxonomy knows, and maps it."""
-    if not prediction.listing_id:
-        raise ClassificationError(ErrorKind.INVALID_REQUEST, "the prediction has no listing_id")
-    taxonomy = taxonomies.for_marketplace(prediction.marketplace)
-    locale = prediction.locale or taxonomy.default_locale
+    """Pure: fuses the models, picks the most probable label the marketplace maps, and maps it to its category.
+
+    Below the marketplace's review threshold the answer is stored and published as NEEDS_REVIEW, not CLASSIFIED.
+    """
+    check_identifiers(prediction.listing_id, prediction.marketplace, prediction.locale, prediction.submission_id)
+    marketplace = taxonomies.for_marketplace(prediction.marketplace)
+    requested_locale = prediction.locale or marketplace.default_locale
     fused = fuse(prediction.predictions, weights)
-    ranked = sorted(((p, label) for label, p in fused.items() if label in taxonomy.categories), reverse=True)
+    ranked = sorted(((p, label) for label, p in fused.items() if label in marketplace.labels), reverse=True)
     if not ranked:
         raise ClassificationError(ErrorKind.INVALID_REQUEST, f"no model label maps to a category of "
                                   f"{prediction.marketplace!r}")
-    candidates = [common_pb2.CategoryCandidate(category=taxonomy.category(label, locale), label=label,
-                                               confidence=probability)
+    candidates = [common_pb2.CategoryCandidate(category=taxonomies.category(marketplace, label, requested_locale),
+                                               label=label, confidence=probability)
                   for probability, label in ranked[:candidate_count]]
     best = candidates[0]
+    threshold = taxonomies.review_threshold(marketplace)
+    status = (common_pb2.CLASSIFICATION_STATUS_CLASSIFIED if best.confidence >= threshold
+              else common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW)
     classified_at = Timestamp()
     classified_at.GetCurrentTime()
     classification = common_pb2.Classification(
         listing_id=prediction.listing_id, submission_id=prediction.submission_id, marketplace=prediction.marketplace,
-        locale=locale, status=common_pb2.CLASSIFICATION_STATUS_CLASSIFIED, category=best.category, label=best.label,
+        locale=best.category.locale, status=status, category=best.category, label=best.label,
         confidence=best.confidence, candidates=candidates, image_digest=prediction.image_digest,
-        model_versions=model_versions(prediction), classified_at=classified_at)
+        model_versions=model_versions(prediction), classified_at=classified_at, review_threshold=threshold)
     if prediction.HasField("submitted_at"):
         classification.submitted_at.CopyFrom(prediction.submitted_at)
     return classification
@@ -90,12 +96,11 @@ class ClassificationRecorder:
         for prediction in predictions:
             try:
                 classification = classify(prediction, self.taxonomies, self.weights, self.candidate_count)
+                outcomes.append(self.store.record(classification))
             except ClassificationError as error:
                 if error.kind is ErrorKind.UNAVAILABLE:
                     raise
-                outcomes.append(error)
-                continue
-            outcomes.append(self.store.record(classification))
+                outcomes.append(error)  # this event's own fault: dead-lettered, the others go on
         pending, in_this_batch = [], set()
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, StoredClassification) and not outcome.published:
@@ -113,13 +118,21 @@ class ClassificationRecorder:
         self.store.mark_published([o.classification.sequence for o, _ in pending])
         now = time.time()
         for stored, _ in pending:
-            CLASSIFICATIONS.labels(stored.classification.marketplace, "classified").inc()
+            outcome = ("needs_review" if stored.classification.status == common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW
+                       else "classified")
+            CLASSIFICATIONS.labels(stored.classification.marketplace, outcome).inc()
             if stored.classification.HasField("submitted_at"):
                 END_TO_END_SECONDS.observe(max(0.0, now - stored.classification.submitted_at.ToMicroseconds() / 1e6))
         self._notify_watchers()
         return outcomes
 
-    def record_failure(self, failure: events_pb2.ProcessingFailed) -> StoredClassification:
+    def record_failure(self, failure: events_pb2.ProcessingFailed) -> StoredClassification | None:
+        """Stores a dead-lettered listing as FAILED with its reason; one whose id no store can hold is only logged."""
+        try:
+            check_text("listing_id", failure.listing_id, MAX_ID_LENGTH, required=True)
+        except ClassificationError as error:
+            log.warning("dead letter not stored", extra={"reason": error.reason})
+            return None
         stored = self.store.record(failed_classification(failure))
         if stored.newly_stored:
             CLASSIFICATIONS.labels(failure.marketplace or "unknown", "failed").inc()

@@ -8,7 +8,7 @@ from google.protobuf.message import DecodeError
 
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ClassificationError, ErrorKind
-from services.common.dead_letters import send_dead_letter
+from services.common.dead_letters import dead_letter, publish_dead_letter
 from services.common.settings import Topics
 from services.common.tracing import consuming_span
 from services.results.core import ClassificationRecorder
@@ -23,10 +23,14 @@ class PredictionHandler:
         self.topics = topics
 
     def _dead_letter(self, record, kind: ErrorKind, reason: str, prediction: events_pb2.PredictionMade | None = None):
-        return send_dead_letter(self.producer, self.topics.processing_failed, record, kind, reason, "results",
-                                listing_id=prediction.listing_id if prediction else "",
-                                submission_id=prediction.submission_id if prediction else "",
-                                marketplace=prediction.marketplace if prediction else "")
+        """Stores the listing as FAILED with its reason (so GetClassification tells why), then dead-letters it."""
+        failure = dead_letter(record, kind, reason, "results",
+                              listing_id=prediction.listing_id if prediction else "",
+                              submission_id=prediction.submission_id if prediction else "",
+                              marketplace=prediction.marketplace if prediction else "")
+        if failure.listing_id:
+            self.recorder.record_failure(failure)
+        return publish_dead_letter(self.producer, self.topics.processing_failed, failure)
 
     def __call__(self, records: Sequence) -> list:
         futures, predictions, prediction_records = [], [], []

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import GrpcServiceSettings
 
-SAMPLE_TAXONOMY = Path(__file__).with_name("taxonomies") / "sample.json"
+CONFIG = Path(__file__).with_name("config")
+REFERENCE_DATA = Path(__file__).with_name("reference_data")
 
 
 class ResultsSettings(GrpcServiceSettings):
@@ -18,9 +19,14 @@ class ResultsSettings(GrpcServiceSettings):
     grpc_address: str = Field("0.0.0.0:50053", description="where the ClassificationResults gRPC API listens")
     database_url: str = Field("sqlite:///.run/results.sqlite3",
                               description="sqlite:///PATH (embedded default) or postgresql://user@host/db")
-    fusion_weights: str = Field("resnet50=0.5,inception_v3=0.5",
-                                description="model=weight,...: weighted mean of the models' probabilities")
-    taxonomy_path: Path = Field(SAMPLE_TAXONOMY, description="JSON file of the marketplaces' taxonomies")
+    fusion_path: Path = Field(Path("triton_models/fusion.json"),
+                              description="the fusion weights, review threshold and labels the trainer published "
+                              "beside the model versions (in the model repository Triton serves)")
+    fusion_weights: str = Field("", description="model=weight,...: used only when fusion_path does not exist "
+                                "(then the models' labels are not checked)")
+    marketplaces_dir: Path = Field(CONFIG / "marketplaces", description="one *.toml file per marketplace")
+    customs_path: Path = Field(CONFIG / "customs.toml", description="Shopify category -> HS headings")
+    reference_data_dir: Path = Field(REFERENCE_DATA, description="Shopify taxonomy, Google mapping, HS 2022 files")
     candidate_count: int = Field(3, description="candidates returned with each classification")
     consumer_group: str = Field("product-classification.results",
                                 description="consumer group on the prediction-made and processing-failed topics")
@@ -32,3 +38,8 @@ class ResultsSettings(GrpcServiceSettings):
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _authentication_is_configured(self) -> "ResultsSettings":
+        self.check_authentication("RESULTS")
+        return self

@@ -40,6 +40,19 @@ CREATE INDEX IF NOT EXISTS classifications_marketplace ON classifications (marke
 """
 
 
+def _is_the_data(error: BaseException) -> bool:
+    """A store error caused by the row itself (bad text, a value too long, a violated check), not an outage."""
+    if isinstance(error, (ValueError, UnicodeError)):
+        return True  # e.g. psycopg refuses a NUL byte in text before sending anything
+    try:
+        import psycopg
+
+        return isinstance(error, (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)) and \
+            not isinstance(error, psycopg.errors.UndefinedTable)
+    except ImportError:  # pragma: no cover  (SQLite-only install)
+        return False
+
+
 def idempotency_key(classification: common_pb2.Classification) -> str:
     if classification.status == common_pb2.CLASSIFICATION_STATUS_FAILED:
         return f"{classification.listing_id}|failed|{classification.submission_id}"
@@ -137,6 +150,9 @@ class ClassificationStore:
                     self.store._connection = None  # lost: the next transaction reconnects
                 self.store._lock.release()
             if error_type is not None and not issubclass(error_type, ClassificationError):
+                if _is_the_data(error):  # retrying the same row cannot help: the event's fault, dead-lettered
+                    raise ClassificationError(ErrorKind.INVALID_REQUEST, f"the result store refuses the row: "
+                                              f"{error}"[:500]) from error
                 raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {error}") from error
             return False
 

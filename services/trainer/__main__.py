@@ -1,7 +1,9 @@
-"""python -m services.trainer CATALOGUE: fine-tune ResNet50 and InceptionV3 and publish them to triton_models/.
+"""python -m services.trainer CATALOGUE: train every served model on a catalogue, fit their fusion, publish.
 
-CATALOGUE holds one folder per category. Defaults follow the research (see TrainingSettings); ImageNet weights
-come from local files (--resnet50-weights, --inception-v3-weights), random initialisation otherwise.
+CATALOGUE holds train/ and validation/ (one folder per category in each), or one folder per category (then 20% of
+each category is held out). An ImageNet-pretrained EfficientNet-Lite is fine-tuned the research's way; ResNet50 and
+InceptionV3 start from ImageNet weights files when given (--resnet50-weights, --inception-v3-weights) and are
+otherwise distilled from the pretrained model. See catalogue_models.py.
 """
 
 from __future__ import annotations
@@ -10,48 +12,45 @@ import argparse
 import sys
 from pathlib import Path
 
-from services.trainer.dataset import DatasetError
-from services.trainer.job import DEFAULT_INPUT_SIZES, run_training_job, summary_table
-from services.trainer.training import TrainingSettings
+from services.trainer.catalogue_models import CatalogueBuild, DatasetError, build_catalogue_models, summary
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
-
-
-def settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainingSettings field, defaulting to the research's value."""
-    for name, field in TrainingSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=field.description)
-        else:
-            parser.add_argument(flag, type=field.annotation, default=field.default, help=field.description)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("catalogue", type=Path)
     parser.add_argument("--repository", type=Path, default=REPOSITORY, help="Triton model repository to publish to")
-    parser.add_argument("--models", default="resnet50,inception_v3")
-    parser.add_argument("--input-size", type=int, help="one input size for every model (default 224 / 299)")
-    parser.add_argument("--resnet50-weights", type=Path)
-    parser.add_argument("--inception-v3-weights", type=Path)
+    parser.add_argument("--pretrained", default="efficientnet_lite0",
+                        help="ImageNet-pretrained models to fine-tune (efficientnet_lite0, _lite1, _lite2), or ''")
+    parser.add_argument("--research-models", default="resnet50,inception_v3")
+    parser.add_argument("--resnet50-weights", type=Path, help="ImageNet weights file (Keras, no top)")
+    parser.add_argument("--inception-v3-weights", type=Path, help="ImageNet weights file (Keras, no top)")
+    parser.add_argument("--epochs", type=int, default=CatalogueBuild().fine_tune.epochs,
+                        help="fine-tuning epochs of the pretrained models")
+    parser.add_argument("--research-epochs", type=int, default=CatalogueBuild().research_epochs,
+                        help="epochs of ResNet50 and InceptionV3")
+    parser.add_argument("--research-input-size", type=int, default=CatalogueBuild().research_input_size,
+                        help="their input size without ImageNet weights (224 / 299 with them)")
     parser.add_argument("--min-per-category", type=int, default=5)
-    settings_arguments(parser)
+    parser.add_argument("--description", default="make train")
     options = parser.parse_args()
-    settings = TrainingSettings(**{k: getattr(options, k) for k in TrainingSettings.model_fields})
-    models = options.models.split(",")
-    sizes = {m: options.input_size or DEFAULT_INPUT_SIZES[m] for m in models}
+    build = CatalogueBuild(pretrained=[m for m in options.pretrained.split(",") if m],
+                           research_models=[m for m in options.research_models.split(",") if m],
+                           research_epochs=options.research_epochs, research_input_size=options.research_input_size,
+                           min_per_category=options.min_per_category)
+    build = build.model_copy(update={"fine_tune": build.fine_tune.model_copy(update={"epochs": options.epochs})})
+    weights = {"resnet50": options.resnet50_weights, "inception_v3": options.inception_v3_weights}
     try:
-        result = run_training_job(options.catalogue, options.repository, settings, sizes,
-                                  {"resnet50": options.resnet50_weights, "inception_v3": options.inception_v3_weights},
-                                  min_per_category=options.min_per_category)
+        result = build_catalogue_models(options.catalogue, options.repository, build, weights,
+                                        description=options.description, progress=sys.stderr.isatty())
     except DatasetError as error:
         print(f"cannot train: {error}", file=sys.stderr)
         return 2
-    print(summary_table(result))
+    print(summary(result))
     for name, exported in result.exported.items():
         print(f"{name}: version {exported.version} published, report in {exported.onnx_path.parent / 'report'}")
+    print(f"fusion: {result.fusion_path}")
     return 0
 
 

@@ -48,9 +48,10 @@ class TrainedModel:
 class AugmentedBatches(keras.utils.PyDataset):
     """Shuffled, augmented training batches, a fresh order and fresh augmentations each epoch."""
 
-    def __init__(self, data: Dataset, batch_size: int, augment: bool, seed: int):
+    def __init__(self, data: Dataset, batch_size: int, augment: bool, seed: int, targets: np.ndarray | None = None):
         super().__init__()
         self.data, self.batch_size, self.augment = data, batch_size, augment
+        self.targets = data.labels if targets is None else targets
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(data.labels))
 
@@ -60,7 +61,7 @@ class AugmentedBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         images = self.data.images[chosen]
-        return (augment_batch(images, self.rng) if self.augment else images), self.data.labels[chosen]
+        return (augment_batch(images, self.rng) if self.augment else images), self.targets[chosen]
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.data.labels))
@@ -73,7 +74,9 @@ def _set_batch_norm_momentum(model, momentum: float) -> None:
 
 
 def train_model(model_name: str, input_size: int, train: Dataset, validation: Dataset, settings: TrainingSettings,
-                weights_file: Path | None = None, verbose: int | None = None) -> TrainedModel:
+                weights_file: Path | None = None, verbose: int | None = None,
+                soft_targets: np.ndarray | None = None) -> TrainedModel:
+    """soft_targets: (N, classes) distributions to learn instead of the hard labels (distillation from a teacher)."""
     keras.utils.set_random_seed(settings.seed)
     architecture = ARCHITECTURES[model_name].with_input_size(input_size)
     if weights_file is None:
@@ -82,16 +85,23 @@ def train_model(model_name: str, input_size: int, train: Dataset, validation: Da
     model = build_classifier(architecture, len(train.categories), dropout=settings.dropout, weights_file=weights_file,
                              grey_stream=settings.grey_stream, trainable_fraction=settings.trainable_fraction)
     _set_batch_norm_momentum(model, settings.batch_norm_momentum)
+    soft = soft_targets is not None
     model.compile(optimizer=keras.optimizers.SGD(settings.learning_rate, momentum=settings.momentum),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    callbacks = [keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.5,
+                  loss="categorical_crossentropy" if soft else "sparse_categorical_crossentropy",
+                  metrics=["categorical_accuracy" if soft else "accuracy"])
+    monitor = "val_categorical_accuracy" if soft else "val_accuracy"
+    callbacks = [keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
                                                    patience=settings.plateau_patience, min_lr=1e-4)]
+    validation_targets = (np.eye(len(train.categories), dtype=np.float32)[validation.labels] if soft
+                          else validation.labels)
     began = time.perf_counter()
-    history = model.fit(AugmentedBatches(train, settings.batch_size, settings.augmentation, settings.seed),
-                        validation_data=(validation.images, validation.labels), epochs=settings.epochs,
+    history = model.fit(AugmentedBatches(train, settings.batch_size, settings.augmentation, settings.seed,
+                                         soft_targets),
+                        validation_data=(validation.images, validation_targets), epochs=settings.epochs,
                         callbacks=callbacks, verbose=verbose if verbose is not None else (1 if sys.stdout.isatty()
                                                                                           else 2))
     seconds = time.perf_counter() - began
-    curves = {key: [float(v) for v in values] for key, values in history.history.items()}
+    curves = {key.replace("categorical_accuracy", "accuracy"): [float(v) for v in values]
+              for key, values in history.history.items()}
     return TrainedModel(model_name, input_size, model, curves, seconds,
                         len(train.labels) * settings.epochs / seconds)

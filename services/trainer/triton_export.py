@@ -84,29 +84,44 @@ def _export_onnx(model, input_size: int, destination: Path) -> None:
     del torch
 
 
-def verify_against_framework(model, onnx_path: Path, batch: np.ndarray, tolerance: float = 1e-4) -> float:
-    """Runs the batch through Keras and ONNX Runtime; returns the largest difference or raises past tolerance."""
+def verify_against_framework(predict, onnx_path: Path, batch: np.ndarray, tolerance: float = 1e-4,
+                             framework: str = "the framework") -> float:
+    """Runs the batch through the framework and ONNX Runtime; returns the largest difference or raises past tolerance.
+
+    predict: a Keras model, or a callable from a uint8 batch to probabilities.
+    """
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     onnx_out = session.run([OUTPUT_NAME], {session.get_inputs()[0].name: batch})[0]
-    framework_out = np.asarray(model.predict(batch, verbose=0))
+    framework_out = np.asarray(predict.predict(batch, verbose=0) if hasattr(predict, "predict") else predict(batch))
     difference = float(np.abs(onnx_out - framework_out).max())
     if difference > tolerance:
-        raise ExportVerificationError(f"ONNX and Keras outputs differ by {difference:.2e} (tolerance {tolerance:.0e})")
+        raise ExportVerificationError(f"ONNX and {framework} outputs differ by {difference:.2e} "
+                                      f"(tolerance {tolerance:.0e})")
     return difference
 
 
 def publish_version(model, *, model_name: str, input_size: int, labels: list[str], repository: Path,
                     verification_batch: np.ndarray, max_batch_size: int = 32) -> ExportedVersion:
-    """Exports, verifies, then moves a new version directory into repository/model_name with labels and config."""
+    """A Keras model: exports, verifies against Keras, publishes (see publish_onnx)."""
+    return publish_onnx(model_name=model_name, input_size=input_size, labels=labels, repository=repository,
+                        verification_batch=verification_batch, export=lambda path: _export_onnx(model, input_size, path),
+                        predict=model, framework="Keras", max_batch_size=max_batch_size)
+
+
+def publish_onnx(*, model_name: str, input_size: int, labels: list[str], repository: Path,
+                 verification_batch: np.ndarray, export, predict, framework: str,
+                 max_batch_size: int = 32) -> ExportedVersion:
+    """Exports (export(path) writes the ONNX file), verifies against the framework, then moves a new version directory
+    into repository/model_name with labels and config."""
     model_dir = repository / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = _next_version(model_dir)
     with tempfile.TemporaryDirectory(dir=model_dir) as scratch:
         staged = Path(scratch) / "model.onnx"
-        _export_onnx(model, input_size, staged)
-        difference = verify_against_framework(model, staged, verification_batch)
+        export(staged)
+        difference = verify_against_framework(predict, staged, verification_batch, framework=framework)
         version_dir = model_dir / str(version)
         version_dir.mkdir()
         shutil.move(staged, version_dir / "model.onnx")

@@ -31,7 +31,7 @@ def gateway(stack):
 
 @pytest.fixture(scope="session")
 def results(stack):
-    with grpc.insecure_channel(stack.services["results"].address) as channel:
+    with stack.internal_channel("results") as channel:
         yield results_pb2_grpc.ClassificationResultsStub(channel)
 
 

@@ -68,8 +68,9 @@ def test_a_model_reloaded_at_a_new_version_is_picked_up_without_a_restart(chaos_
     result = chaos.model_reloaded(chaos_stack, 300)
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)
-    versions = json.loads(result.notes)["model_versions"]
-    old = [v for v in versions if "resnet50:1" in v]
-    new = [v for v in versions if "resnet50:2" in v]
+    notes = json.loads(result.notes)
+    versions = notes["model_versions"]
+    old = [v for v in versions if notes["old"] in v.split(",")]
+    new = [v for v in versions if notes["new"] in v.split(",")]
     assert old and new, versions  # served by version 1, then by version 2, in the same run
     assert result.classified == 300 and result.recovery_s is not None

@@ -24,7 +24,7 @@ VALID = {
     "/product_classification.v1.ImagePredictor/PredictListing":
         preprocessing_pb2.PredictListingRequest(listing=sample_listings(1, seed=101)[0].listing),
     "/product_classification.v1.ClassificationResults/RecordPrediction": events_pb2.PredictionMade(
-        listing_id="fuzz", marketplace="eu-fashion"),
+        listing_id="fuzz", marketplace="de-modehaus"),
     "/product_classification.v1.ClassificationResults/GetClassification":
         results_pb2.GetClassificationRequest(listing_id="fuzz"),
     "/product_classification.v1.ClassificationResults/ListClassifications":
@@ -51,8 +51,7 @@ def mutate(data: bytes, position: int, patch: bytes) -> bytes:
 def test_garbage_at_every_method_gets_an_error_not_a_crash(stack, method, random, position, patch, use_random):
     payload = random if use_random else mutate(VALID[method].SerializeToString(), position, patch)
     service = SERVICE_OF[method.split("/")[1].split(".")[-1]]
-    channel = stack.gateway_channel() if service == "gateway" else grpc.insecure_channel(
-        stack.services[service].address)
+    channel = stack.gateway_channel() if service == "gateway" else stack.internal_channel(service, "gateway")
     with channel:
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         try:

@@ -46,3 +46,54 @@ def test_gateway_rejects_unauthenticated_and_wrong_key_calls(stack):
         with pytest.raises(grpc.RpcError) as raised:
             gateway_pb2_grpc.ListingClassifierStub(channel).SubmitListing(request, timeout=5)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("service", ["results", "preprocessing"])
+def test_internal_services_refuse_callers_without_their_key(stack, service):
+    """Anyone who reaches an internal port could otherwise store and publish a category of their choosing."""
+    from services.common.contracts.product_classification.v1 import (events_pb2, preprocessing_pb2,
+                                                                     preprocessing_pb2_grpc, results_pb2_grpc)
+    from services.localstack.stack import authenticated_channel
+
+    def call(channel):
+        if service == "results":
+            return results_pb2_grpc.ClassificationResultsStub(channel).RecordPrediction(
+                events_pb2.PredictionMade(), timeout=5)
+        return preprocessing_pb2_grpc.ImagePredictorStub(channel).PredictListing(
+            preprocessing_pb2.PredictListingRequest(), timeout=5)
+
+    address = stack.services[service].address
+    for channel in (grpc.insecure_channel(address), authenticated_channel(address, "not-the-key-not-the-key"),
+                    stack.gateway_channel()):  # the gateway's *public* key is no key here
+        with channel, pytest.raises(grpc.RpcError) as raised:
+            call(channel)
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with stack.internal_channel(service, "gateway") as channel, pytest.raises(grpc.RpcError) as raised:
+        call(channel)  # the gateway's own key gets through to validation
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_record_prediction_is_the_gateways_alone(stack):
+    from services.common.contracts.product_classification.v1 import events_pb2, results_pb2, results_pb2_grpc
+
+    with stack.internal_channel("results", "localstack") as channel:
+        stub = results_pb2_grpc.ClassificationResultsStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.RecordPrediction(events_pb2.PredictionMade(), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as raised:  # reading stays open to the caller
+            stub.GetClassification(results_pb2.GetClassificationRequest(listing_id="never-seen"), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_two_credentials_on_one_call_are_refused(stack):
+    from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
+
+    with grpc.insecure_channel(stack.services["gateway"].address) as channel:
+        stub = gateway_pb2_grpc.ListingClassifierStub(channel)
+        for metadata in ((("authorization", "Bearer wrong-wrong-wrong-wrong"),
+                          ("authorization", f"Bearer {stack.gateway_api_key}")),
+                         (("x-api-key", "wrong-wrong-wrong-wrong"), ("authorization", f"Bearer {stack.gateway_api_key}"))):
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.SubmitListing(gateway_pb2.SubmitListingRequest(), timeout=5, metadata=metadata)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED and "exactly one" in raised.value.details()

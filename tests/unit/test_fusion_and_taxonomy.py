@@ -1,13 +1,24 @@
-"""Fusion of the two models and the mapping of a label to a marketplace's category: pure functions."""
+"""Fusion of the models and the mapping of a label to a marketplace's category: pure functions."""
 
+import json
+
+import numpy as np
 import pytest
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
+from services.common.fusion_file import FusionConfig
 from services.results.core import classify
-from services.results.fusion import fuse, parse_weights
-from services.results.settings import SAMPLE_TAXONOMY
+from services.results.fusion import fuse, fuse_arrays, parse_weights
 from services.results.taxonomy import Taxonomies
+
+
+LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
+
+
+@pytest.fixture(scope="module")
+def taxonomies():
+    return Taxonomies.load(model_labels=LABELS, default_review_threshold=0.6)
 
 
 def prediction(name, labels, probabilities, version="1"):
@@ -15,57 +26,104 @@ def prediction(name, labels, probabilities, version="1"):
                                       probabilities=probabilities)
 
 
-def test_fusion_is_a_weighted_mean_aligned_by_label():
+def test_fusion_is_log_linear_pooling_aligned_by_label():
     fused = fuse([prediction("a", ["x", "y"], [0.8, 0.2]), prediction("b", ["y", "x"], [0.6, 0.4])],
-                 {"a": 3, "b": 1})
-    assert fused["x"] == pytest.approx((3 * 0.8 + 0.4) / 4)
-    assert fused["y"] == pytest.approx((3 * 0.2 + 0.6) / 4)
+                 {"a": 2, "b": 1})
+    x, y = 0.8 ** 2 * 0.4, 0.2 ** 2 * 0.6
+    assert fused["x"] == pytest.approx(x / (x + y))
+    assert fused["y"] == pytest.approx(y / (x + y))
+    assert fuse_arrays([np.array([[0.8, 0.2]]), np.array([[0.4, 0.6]])], [2, 1])[0] == pytest.approx(
+        [fused["x"], fused["y"]])
 
 
-def test_fusion_rejects_mismatched_outputs():
+def test_a_zero_weight_model_does_not_count_and_all_zero_is_refused():
+    only_a = fuse([prediction("a", ["x", "y"], [0.8, 0.2]), prediction("b", ["x", "y"], [0.0, 1.0])], {"a": 1, "b": 0})
+    assert only_a["x"] == pytest.approx(0.8)
+    with pytest.raises(ClassificationError):
+        fuse([prediction("a", ["x", "y"], [0.8, 0.2])], {"a": 0})
+
+
+def test_fusion_rejects_mismatched_or_non_probability_outputs():
     with pytest.raises(ClassificationError) as raised:
         fuse([prediction("a", ["x", "y"], [1.0])], {})
     assert raised.value.kind is ErrorKind.INVALID_REQUEST
+    with pytest.raises(ClassificationError):
+        fuse([prediction("a", ["x", "y"], [float("nan"), 1.0])], {})
 
 
 def test_parse_weights():
     assert parse_weights("resnet50=0.7, inception_v3=0.3") == {"resnet50": 0.7, "inception_v3": 0.3}
 
 
-def made(marketplace="eu-fashion", locale="de-DE"):
+def test_fusion_file_names_the_models_worth_calling(tmp_path):
+    path = tmp_path / "fusion.json"
+    path.write_text(json.dumps({"models": {"efficientnet_lite0": {"version": 3, "weight": 1.4},
+                                           "resnet50": {"version": 2, "weight": 0.0}},
+                                "labels": LABELS, "review_threshold": 0.7}))
+    config = FusionConfig.load(path)
+    assert config.called_models == ["efficientnet_lite0"] and config.labels == tuple(LABELS)
+    assert config.review_threshold == 0.7 and config.versions["resnet50"] == "2"
+    path.write_text(json.dumps({"models": {"a": {"weight": 0}}}))
+    with pytest.raises(ValueError, match="not all zero"):
+        FusionConfig.load(path)
+
+
+def made(marketplace="de-modehaus", locale="de-DE", p_lite=(0.15, 0.8, 0.05)):
+    labels = ["dress", "shoes", "hat"]
     return events_pb2.PredictionMade(
         listing_id="l-1", marketplace=marketplace, locale=locale, image_digest="ab",
-        predictions=[prediction("resnet50", ["sneakers", "boots", "mug"], [0.2, 0.7, 0.1]),
-                     prediction("inception_v3", ["sneakers", "boots", "mug"], [0.6, 0.3, 0.1], version="2")])
+        predictions=[prediction("efficientnet_lite0", labels, list(p_lite)),
+                     prediction("resnet50", labels, [0.6, 0.3, 0.1], version="2")])
 
 
-def test_classify_maps_the_fused_best_label_to_the_localised_category():
-    classification = classify(made(), Taxonomies.load(SAMPLE_TAXONOMY), {"resnet50": 0.5, "inception_v3": 0.5})
-    assert classification.label == "boots"
-    assert classification.confidence == pytest.approx(0.5)
-    assert list(classification.category.path) == ["Mode", "Schuhe", "Stiefel"]
-    assert classification.category.id.startswith("EUF-")
-    assert [c.label for c in classification.candidates] == ["boots", "sneakers", "mug"]
-    assert classification.model_versions == "inception_v3:2,resnet50:1"
+def test_classify_maps_the_fused_best_label_to_the_shopify_category_in_the_locale(taxonomies):
+    classification = classify(made(), taxonomies, {"efficientnet_lite0": 1.0, "resnet50": 0.0})
+    assert classification.label == "shoes" and classification.confidence == pytest.approx(0.8)
+    assert classification.category.id == "gid://shopify/TaxonomyCategory/aa-8"
+    assert classification.category.name == "Schuhe" and classification.category.locale == "de"
+    assert classification.category.path[0] == "Bekleidung & Accessoires"
+    assert classification.category.google_category.id == "187"
+    assert {c.heading for c in classification.category.customs_codes} == {"6402", "6403", "6404", "6405"}
+    assert [c.label for c in classification.candidates] == ["shoes", "dress", "hat"]
+    assert classification.candidates[1].category.customs_codes  # candidates carry their codes too
+    assert classification.model_versions == "efficientnet_lite0:1,resnet50:2"
+    assert classification.status == common_pb2.CLASSIFICATION_STATUS_CLASSIFIED
+    assert classification.review_threshold == pytest.approx(0.6)
 
 
-def test_weights_change_the_decision():
-    classification = classify(made(), Taxonomies.load(SAMPLE_TAXONOMY), {"resnet50": 0.1, "inception_v3": 0.9})
-    assert classification.label == "sneakers"
+def test_below_the_threshold_is_needs_review_with_its_candidates(taxonomies):
+    classification = classify(made(p_lite=(0.35, 0.45, 0.2)), taxonomies, {"efficientnet_lite0": 1.0, "resnet50": 0})
+    assert classification.status == common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW
+    assert classification.label == "shoes" and len(classification.candidates) == 3
 
 
-def test_unknown_locale_falls_back_to_the_marketplace_default():
-    classification = classify(made(locale="fr-FR"), Taxonomies.load(SAMPLE_TAXONOMY), {})
-    assert classification.locale == "fr-FR" and classification.category.path[0] == "Fashion"
+def test_weights_change_the_decision(taxonomies):
+    classification = classify(made(), taxonomies, {"efficientnet_lite0": 0.1, "resnet50": 2.0})
+    assert classification.label == "dress"
 
 
-def test_unknown_marketplace_is_an_invalid_request():
+@pytest.mark.parametrize("marketplace, requested, resolved, name", [
+    ("br-loja", "pt-BR", "pt-BR", "Sapatos"),
+    ("br-loja", "pt", "pt-BR", "Sapatos"),      # language alone finds the marketplace's regional locale
+    ("br-loja", "ja-JP", "pt-BR", "Sapatos"),   # not sold in: the marketplace's default
+    ("de-modehaus", "en-GB", "en", "Shoes"),    # en-GB -> en
+    ("de-modehaus", "", "de", "Schuhe"),
+    ("fr-boutique", "fr-CA", "fr", "Chaussures"),
+])
+def test_locale_falls_back_along_the_chain(taxonomies, marketplace, requested, resolved, name):
+    classification = classify(made(marketplace=marketplace, locale=requested), taxonomies,
+                              {"efficientnet_lite0": 1.0, "resnet50": 0})
+    assert (classification.category.locale, classification.category.name) == (resolved, name)
+    assert classification.locale == resolved
+
+
+def test_unknown_marketplace_is_an_invalid_request(taxonomies):
     with pytest.raises(ClassificationError) as raised:
-        classify(made(marketplace="nowhere"), Taxonomies.load(SAMPLE_TAXONOMY), {})
+        classify(made(marketplace="nowhere"), taxonomies, {})
     assert raised.value.kind is ErrorKind.INVALID_REQUEST and "nowhere" in raised.value.reason
 
 
-def test_the_same_prediction_twice_in_one_batch_is_published_once(tmp_path):
+def test_the_same_prediction_twice_in_one_batch_is_published_once(tmp_path, taxonomies):
     from services.results.core import ClassificationRecorder
     from services.results.store import ClassificationStore
 
@@ -76,7 +134,7 @@ def test_the_same_prediction_twice_in_one_batch_is_published_once(tmp_path):
     published = []
     store = ClassificationStore(f"sqlite:///{tmp_path / 'store.sqlite3'}")
     store.start()
-    recorder = ClassificationRecorder(store, Taxonomies.load(SAMPLE_TAXONOMY), {},
+    recorder = ClassificationRecorder(store, taxonomies, {},
                                       lambda event: published.append(event) or Acknowledged())
     recorder.record_predictions([made(), made()])
     recorder.record_predictions([made()])  # redelivered later: already published

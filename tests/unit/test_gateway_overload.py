@@ -54,7 +54,7 @@ def gateway():
 
 
 def listing(index: int) -> common_pb2.Listing:
-    return common_pb2.Listing(listing_id=f"l-{index}", marketplace="eu-fashion", image_bytes=b"x")
+    return common_pb2.Listing(listing_id=f"l-{index}", marketplace="de-modehaus", image_bytes=b"x")
 
 
 def test_past_the_in_flight_limit_calls_are_refused_not_queued(gateway):

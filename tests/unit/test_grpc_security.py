@@ -127,3 +127,20 @@ def test_short_or_malformed_keys_are_refused_at_start():
         parse_api_keys(SecretStr("shop-a=short"))
     with pytest.raises(ValueError):
         ApiKeyInterceptor({})
+
+
+def test_a_method_named_for_one_caller_is_refused_to_the_others_and_one_credential_only():
+    from services.common.grpc_security import with_api_key
+
+    keys = {"gateway-key-0123456789": "gateway", "reader-key-0123456789": "reader"}
+    with serving(TlsFiles(), [ApiKeyInterceptor(keys, {"GetClassification": frozenset({"gateway"})})]) as address:
+        with with_api_key(grpc.insecure_channel(address), "gateway-key-0123456789") as channel:
+            assert get(channel) == "tls-1"
+        with with_api_key(grpc.insecure_channel(address), SecretStr("reader-key-0123456789")) as channel:
+            with pytest.raises(grpc.RpcError) as raised:
+                get(channel)
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED and "reader" in raised.value.details()
+        with grpc.insecure_channel(address) as channel:  # a valid key last does not make two credentials count
+            with pytest.raises(grpc.RpcError) as raised:
+                get(channel, [("authorization", "Bearer wrong"), ("authorization", "Bearer gateway-key-0123456789")])
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED and "exactly one" in raised.value.details()

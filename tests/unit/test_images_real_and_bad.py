@@ -149,3 +149,15 @@ def test_mutated_real_images_never_crash_or_hang_the_decoder(original, position,
         prepare_image(data, [64], ImageLimits())
     except ClassificationError as error:
         assert error.kind in (ErrorKind.INVALID_IMAGE, ErrorKind.IMAGE_TOO_LARGE)
+
+
+@pytest.mark.parametrize("fmt", ["SGI", "DDS", "TGA", "PCX", "ICO", "IM", "PPM"])
+def test_formats_outside_the_allow_list_never_reach_their_decoder(fmt):
+    """Pillow can decode these, but no seller needs them: refused from the header with a clear INVALID_IMAGE."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format=fmt)
+    with pytest.raises(ClassificationError) as raised:
+        prepare_image(buffer.getvalue(), [32], ImageLimits())
+    assert raised.value.kind is ErrorKind.INVALID_IMAGE and "not one of the accepted formats" in raised.value.reason
+    # the same file decodes once an operator accepts the format: it was the allow-list that refused it
+    assert prepare_image(buffer.getvalue(), [32], ImageLimits(formats=(fmt,))).tensors[32].shape == (32, 32, 3)

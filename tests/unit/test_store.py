@@ -15,7 +15,7 @@ def store(request, tmp_path, postgres_url):
     store.stop()
 
 
-def classification(listing_id, digest="d1", marketplace="eu-fashion"):
+def classification(listing_id, digest="d1", marketplace="de-modehaus"):
     return common_pb2.Classification(listing_id=listing_id, marketplace=marketplace, image_digest=digest,
                                      model_versions="resnet50:1", label="mug",
                                      status=common_pb2.CLASSIFICATION_STATUS_CLASSIFIED)
@@ -40,12 +40,12 @@ def test_published_flag_survives_redelivery(store):
 def test_latest_recent_and_after(store):
     prefix = f"q-{id(store)}"
     sequences = [store.record(classification(f"{prefix}-a", digest=d)).classification.sequence for d in ("1", "2")]
-    store.record(classification(f"{prefix}-b", marketplace="us-general"))
+    store.record(classification(f"{prefix}-b", marketplace="fr-boutique"))
     assert store.latest_for_listing(f"{prefix}-a").image_digest == "2"
     assert store.latest_for_listing("missing") is None
-    recent = store.recent("eu-fashion", 10)
+    recent = store.recent("de-modehaus", 10)
     assert [c.sequence for c in recent][:2] == sorted(sequences, reverse=True)
-    assert all(c.marketplace == "eu-fashion" for c in recent)
+    assert all(c.marketplace == "de-modehaus" for c in recent)
     assert [c.sequence for c in store.after(sequences[0], "")][:2] == [sequences[1], sequences[1] + 1]
 
 

@@ -25,25 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&product_classification/v1/common.proto\x12\x19product_classification.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x07Listing\x12\x12\n\nlisting_id\x18\x01 \x01(\t\x12\x13\n\x0bmarketplace\x18\x02 \x01(\t\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12\x15\n\x0bimage_bytes\x18\x04 \x01(\x0cH\x00\x12\x13\n\timage_url\x18\x05 \x01(\tH\x00\x12\r\n\x05title\x18\x06 \x01(\tB\x07\n\x05image\"c\n\x0fModelPrediction\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\"2\n\x08\x43\x61tegory\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x03(\t\"m\n\x11\x43\x61tegoryCandidate\x12\x35\n\x08\x63\x61tegory\x18\x01 \x01(\x0b\x32#.product_classification.v1.Category\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"\xb2\x04\n\x0e\x43lassification\x12\x12\n\nlisting_id\x18\x01 \x01(\t\x12\x15\n\rsubmission_id\x18\x02 \x01(\t\x12\x13\n\x0bmarketplace\x18\x03 \x01(\t\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12?\n\x06status\x18\x05 \x01(\x0e\x32/.product_classification.v1.ClassificationStatus\x12\x35\n\x08\x63\x61tegory\x18\x06 \x01(\x0b\x32#.product_classification.v1.Category\x12\r\n\x05label\x18\x07 \x01(\t\x12\x12\n\nconfidence\x18\x08 \x01(\x02\x12@\n\ncandidates\x18\t \x03(\x0b\x32,.product_classification.v1.CategoryCandidate\x12\x14\n\x0cimage_digest\x18\n \x01(\t\x12\x16\n\x0emodel_versions\x18\x0b \x01(\t\x12\x30\n\x0csubmitted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rclassified_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nerror_kind\x18\x0e \x01(\x0e\x32$.product_classification.v1.ErrorKind\x12\x14\n\x0c\x65rror_reason\x18\x0f \x01(\t\x12\x10\n\x08sequence\x18\x10 \x01(\x03*\x85\x01\n\x14\x43lassificationStatus\x12%\n!CLASSIFICATION_STATUS_UNSPECIFIED\x10\x00\x12$\n CLASSIFICATION_STATUS_CLASSIFIED\x10\x01\x12 \n\x1c\x43LASSIFICATION_STATUS_FAILED\x10\x02*\xf8\x01\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_KIND_INVALID_REQUEST\x10\x01\x12\x1c\n\x18\x45RROR_KIND_INVALID_IMAGE\x10\x02\x12\x1e\n\x1a\x45RROR_KIND_IMAGE_TOO_LARGE\x10\x03\x12!\n\x1d\x45RROR_KIND_SOURCE_UNREACHABLE\x10\x04\x12\x1a\n\x16\x45RROR_KIND_UNAVAILABLE\x10\x05\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\x06\x12\x19\n\x15\x45RROR_KIND_OVERLOADED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&product_classification/v1/common.proto\x12\x19product_classification.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x07Listing\x12\x12\n\nlisting_id\x18\x01 \x01(\t\x12\x13\n\x0bmarketplace\x18\x02 \x01(\t\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12\x15\n\x0bimage_bytes\x18\x04 \x01(\x0cH\x00\x12\x13\n\timage_url\x18\x05 \x01(\tH\x00\x12\r\n\x05title\x18\x06 \x01(\tB\x07\n\x05image\"c\n\x0fModelPrediction\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\"\xcc\x01\n\x08\x43\x61tegory\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x03(\t\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12I\n\x0fgoogle_category\x18\x05 \x01(\x0b\x32\x30.product_classification.v1.GoogleProductCategory\x12=\n\rcustoms_codes\x18\x06 \x03(\x0b\x32&.product_classification.v1.CustomsCode\"1\n\x15GoogleProductCategory\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xdb\x01\n\x0b\x43ustomsCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07heading\x18\x03 \x01(\t\x12\x1b\n\x13heading_description\x18\x04 \x01(\t\x12I\n\ndepends_on\x18\x05 \x03(\x0b\x32\x35.product_classification.v1.CustomsCode.DependsOnEntry\x1a\x30\n\x0e\x44\x65pendsOnEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"m\n\x11\x43\x61tegoryCandidate\x12\x35\n\x08\x63\x61tegory\x18\x01 \x01(\x0b\x32#.product_classification.v1.Category\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"\xcc\x04\n\x0e\x43lassification\x12\x12\n\nlisting_id\x18\x01 \x01(\t\x12\x15\n\rsubmission_id\x18\x02 \x01(\t\x12\x13\n\x0bmarketplace\x18\x03 \x01(\t\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12?\n\x06status\x18\x05 \x01(\x0e\x32/.product_classification.v1.ClassificationStatus\x12\x35\n\x08\x63\x61tegory\x18\x06 \x01(\x0b\x32#.product_classification.v1.Category\x12\r\n\x05label\x18\x07 \x01(\t\x12\x12\n\nconfidence\x18\x08 \x01(\x02\x12@\n\ncandidates\x18\t \x03(\x0b\x32,.product_classification.v1.CategoryCandidate\x12\x14\n\x0cimage_digest\x18\n \x01(\t\x12\x16\n\x0emodel_versions\x18\x0b \x01(\t\x12\x30\n\x0csubmitted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rclassified_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nerror_kind\x18\x0e \x01(\x0e\x32$.product_classification.v1.ErrorKind\x12\x14\n\x0c\x65rror_reason\x18\x0f \x01(\t\x12\x10\n\x08sequence\x18\x10 \x01(\x03\x12\x18\n\x10review_threshold\x18\x11 \x01(\x02*\xad\x01\n\x14\x43lassificationStatus\x12%\n!CLASSIFICATION_STATUS_UNSPECIFIED\x10\x00\x12$\n CLASSIFICATION_STATUS_CLASSIFIED\x10\x01\x12 \n\x1c\x43LASSIFICATION_STATUS_FAILED\x10\x02\x12&\n\"CLASSIFICATION_STATUS_NEEDS_REVIEW\x10\x03*\xf8\x01\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_KIND_INVALID_REQUEST\x10\x01\x12\x1c\n\x18\x45RROR_KIND_INVALID_IMAGE\x10\x02\x12\x1e\n\x1a\x45RROR_KIND_IMAGE_TOO_LARGE\x10\x03\x12!\n\x1d\x45RROR_KIND_SOURCE_UNREACHABLE\x10\x04\x12\x1a\n\x16\x45RROR_KIND_UNAVAILABLE\x10\x05\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\x06\x12\x19\n\x15\x45RROR_KIND_OVERLOADED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'product_classification.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFICATIONSTATUS']._serialized_start=1069
-  _globals['_CLASSIFICATIONSTATUS']._serialized_end=1202
-  _globals['_ERRORKIND']._serialized_start=1205
-  _globals['_ERRORKIND']._serialized_end=1453
+  _globals['_CUSTOMSCODE_DEPENDSONENTRY']._loaded_options = None
+  _globals['_CUSTOMSCODE_DEPENDSONENTRY']._serialized_options = b'8\001'
+  _globals['_CLASSIFICATIONSTATUS']._serialized_start=1523
+  _globals['_CLASSIFICATIONSTATUS']._serialized_end=1696
+  _globals['_ERRORKIND']._serialized_start=1699
+  _globals['_ERRORKIND']._serialized_end=1947
   _globals['_LISTING']._serialized_start=103
   _globals['_LISTING']._serialized_end=237
   _globals['_MODELPREDICTION']._serialized_start=239
   _globals['_MODELPREDICTION']._serialized_end=338
-  _globals['_CATEGORY']._serialized_start=340
-  _globals['_CATEGORY']._serialized_end=390
-  _globals['_CATEGORYCANDIDATE']._serialized_start=392
-  _globals['_CATEGORYCANDIDATE']._serialized_end=501
-  _globals['_CLASSIFICATION']._serialized_start=504
-  _globals['_CLASSIFICATION']._serialized_end=1066
+  _globals['_CATEGORY']._serialized_start=341
+  _globals['_CATEGORY']._serialized_end=545
+  _globals['_GOOGLEPRODUCTCATEGORY']._serialized_start=547
+  _globals['_GOOGLEPRODUCTCATEGORY']._serialized_end=596
+  _globals['_CUSTOMSCODE']._serialized_start=599
+  _globals['_CUSTOMSCODE']._serialized_end=818
+  _globals['_CUSTOMSCODE_DEPENDSONENTRY']._serialized_start=770
+  _globals['_CUSTOMSCODE_DEPENDSONENTRY']._serialized_end=818
+  _globals['_CATEGORYCANDIDATE']._serialized_start=820
+  _globals['_CATEGORYCANDIDATE']._serialized_end=929
+  _globals['_CLASSIFICATION']._serialized_start=932
+  _globals['_CLASSIFICATION']._serialized_end=1520
 # @@protoc_insertion_point(module_scope)

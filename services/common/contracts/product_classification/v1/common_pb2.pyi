@@ -15,6 +15,7 @@ class ClassificationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLASSIFICATION_STATUS_UNSPECIFIED: _ClassVar[ClassificationStatus]
     CLASSIFICATION_STATUS_CLASSIFIED: _ClassVar[ClassificationStatus]
     CLASSIFICATION_STATUS_FAILED: _ClassVar[ClassificationStatus]
+    CLASSIFICATION_STATUS_NEEDS_REVIEW: _ClassVar[ClassificationStatus]
 
 class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 CLASSIFICATION_STATUS_UNSPECIFIED: ClassificationStatus
 CLASSIFICATION_STATUS_CLASSIFIED: ClassificationStatus
 CLASSIFICATION_STATUS_FAILED: ClassificationStatus
+CLASSIFICATION_STATUS_NEEDS_REVIEW: ClassificationStatus
 ERROR_KIND_UNSPECIFIED: ErrorKind
 ERROR_KIND_INVALID_REQUEST: ErrorKind
 ERROR_KIND_INVALID_IMAGE: ErrorKind
@@ -67,14 +69,49 @@ class ModelPrediction(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Category(_message.Message):
-    __slots__ = ("id", "name", "path")
+    __slots__ = ("id", "name", "path", "locale", "google_category", "customs_codes")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    LOCALE_FIELD_NUMBER: _ClassVar[int]
+    GOOGLE_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMS_CODES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     path: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., path: _Optional[_Iterable[str]] = ...) -> None: ...
+    locale: str
+    google_category: GoogleProductCategory
+    customs_codes: _containers.RepeatedCompositeFieldContainer[CustomsCode]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., path: _Optional[_Iterable[str]] = ..., locale: _Optional[str] = ..., google_category: _Optional[_Union[GoogleProductCategory, _Mapping]] = ..., customs_codes: _Optional[_Iterable[_Union[CustomsCode, _Mapping]]] = ...) -> None: ...
+
+class GoogleProductCategory(_message.Message):
+    __slots__ = ("id", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CustomsCode(_message.Message):
+    __slots__ = ("code", "description", "heading", "heading_description", "depends_on")
+    class DependsOnEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    HEADING_FIELD_NUMBER: _ClassVar[int]
+    HEADING_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    description: str
+    heading: str
+    heading_description: str
+    depends_on: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[str] = ..., description: _Optional[str] = ..., heading: _Optional[str] = ..., heading_description: _Optional[str] = ..., depends_on: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CategoryCandidate(_message.Message):
     __slots__ = ("category", "label", "confidence")
@@ -87,7 +124,7 @@ class CategoryCandidate(_message.Message):
     def __init__(self, category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("listing_id", "submission_id", "marketplace", "locale", "status", "category", "label", "confidence", "candidates", "image_digest", "model_versions", "submitted_at", "classified_at", "error_kind", "error_reason", "sequence")
+    __slots__ = ("listing_id", "submission_id", "marketplace", "locale", "status", "category", "label", "confidence", "candidates", "image_digest", "model_versions", "submitted_at", "classified_at", "error_kind", "error_reason", "sequence", "review_threshold")
     LISTING_ID_FIELD_NUMBER: _ClassVar[int]
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     MARKETPLACE_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +141,7 @@ class Classification(_message.Message):
     ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     listing_id: str
     submission_id: str
     marketplace: str
@@ -120,4 +158,5 @@ class Classification(_message.Message):
     error_kind: ErrorKind
     error_reason: str
     sequence: int
-    def __init__(self, listing_id: _Optional[str] = ..., submission_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., locale: _Optional[str] = ..., status: _Optional[_Union[ClassificationStatus, str]] = ..., category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[CategoryCandidate, _Mapping]]] = ..., image_digest: _Optional[str] = ..., model_versions: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., classified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_kind: _Optional[_Union[ErrorKind, str]] = ..., error_reason: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    review_threshold: float
+    def __init__(self, listing_id: _Optional[str] = ..., submission_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., locale: _Optional[str] = ..., status: _Optional[_Union[ClassificationStatus, str]] = ..., category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[CategoryCandidate, _Mapping]]] = ..., image_digest: _Optional[str] = ..., model_versions: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., classified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_kind: _Optional[_Union[ErrorKind, str]] = ..., error_reason: _Optional[str] = ..., sequence: _Optional[int] = ..., review_threshold: _Optional[float] = ...) -> None: ...
