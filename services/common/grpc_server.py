@@ -22,7 +22,11 @@ ServiceRegistration = tuple[Callable, object, str]
 
 
 class GrpcServer:
-    """Serves the given services plus health and reflection. Health says SERVING only while ready() holds."""
+    """Serves the given services plus health and reflection. Health says SERVING only while ready() holds.
+
+    At most max_workers calls run at once (streams included); one more is refused at once with RESOURCE_EXHAUSTED
+    instead of waiting in the thread pool's queue until its deadline passes.
+    """
 
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, credentials: grpc.ServerCredentials | None = None,
@@ -31,8 +35,10 @@ class GrpcServer:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]
+        self.max_workers = max_workers
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                                  interceptors=[MetricsInterceptor(), TracingServerInterceptor(), *interceptors])
+                                  interceptors=[MetricsInterceptor(), TracingServerInterceptor(), *interceptors],
+                                  maximum_concurrent_rpcs=max_workers)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [name for _, _, name in services]

@@ -27,7 +27,8 @@ class GatewaySettings(GrpcServiceSettings):
     downstream_tls_key_file: Path | None = Field(None, description="key of downstream_tls_cert_file")
     classify_timeout_s: float = Field(30.0, description="deadline of a synchronous classification when the caller "
                                       "sets none (a shorter caller deadline wins)")
-    max_in_flight: int = Field(64, description="synchronous classifications at once; more get RESOURCE_EXHAUSTED")
+    max_in_flight: int = Field(24, description="synchronous classifications at once; more get RESOURCE_EXHAUSTED "
+                               "at once. Must be below grpc_workers, so the refusal itself always finds a thread")
     max_listings_per_call: int = Field(100, description="listings in one ClassifyListings call")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="inline images larger than this are refused")
     grpc_workers: int = Field(32, description="concurrent gRPC calls")
@@ -44,4 +45,7 @@ class GatewaySettings(GrpcServiceSettings):
     @model_validator(mode="after")
     def _authentication_is_configured(self) -> "GatewaySettings":
         self.check_authentication("GATEWAY")
+        if self.max_in_flight >= self.grpc_workers:
+            raise ValueError(f"GATEWAY_MAX_IN_FLIGHT ({self.max_in_flight}) must be below GATEWAY_GRPC_WORKERS "
+                             f"({self.grpc_workers}): past the workers, calls would queue instead of being refused")
         return self

@@ -22,6 +22,7 @@ from services.preprocessing.triton_models import TritonClassifier
 
 def main() -> None:
     settings = PreprocessingSettings()
+    settings.check_authentication("PREPROCESSING")  # here, not in the settings: operator tools read them without keys
     kafka = KafkaSettings()
     start_metrics_server(settings.metrics_port)
     configure_tracing("preprocessing", settings.otlp_endpoint)

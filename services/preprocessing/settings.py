@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import GrpcServiceSettings
@@ -50,8 +50,3 @@ class PreprocessingSettings(GrpcServiceSettings):
         from services.common.fusion_file import FusionConfig  # the file format is the result service's
 
         return FusionConfig.load(self.fusion_path).called_models
-
-    @model_validator(mode="after")
-    def _authentication_is_configured(self) -> "PreprocessingSettings":
-        self.check_authentication("PREPROCESSING")
-        return self

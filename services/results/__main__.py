@@ -36,6 +36,7 @@ def load_configuration(settings: ResultsSettings) -> tuple[FusionConfig, Taxonom
 
 def main() -> None:
     settings = ResultsSettings()
+    settings.check_authentication("RESULTS")  # here, not in the settings: operator tools read them without keys
     kafka = KafkaSettings()
     start_metrics_server(settings.metrics_port)
     configure_tracing("results", settings.otlp_endpoint)

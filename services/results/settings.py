@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import GrpcServiceSettings
@@ -38,8 +38,3 @@ class ResultsSettings(GrpcServiceSettings):
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"
-
-    @model_validator(mode="after")
-    def _authentication_is_configured(self) -> "ResultsSettings":
-        self.check_authentication("RESULTS")
-        return self

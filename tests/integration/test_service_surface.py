@@ -64,7 +64,7 @@ def test_internal_services_refuse_callers_without_their_key(stack, service):
 
     address = stack.services[service].address
     for channel in (grpc.insecure_channel(address), authenticated_channel(address, "not-the-key-not-the-key"),
-                    stack.gateway_channel()):  # the gateway's *public* key is no key here
+                    authenticated_channel(address, stack.gateway_api_key)):  # the public gateway key is no key here
         with channel, pytest.raises(grpc.RpcError) as raised:
             call(channel)
         assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED

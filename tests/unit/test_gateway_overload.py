@@ -78,3 +78,40 @@ def test_the_callers_deadline_is_passed_on(gateway):
     predictor.release.set()
     core.classify(listing(1), time_remaining_s=4.0)  # below the 5 s default: the caller's deadline must win
     assert predictor.deadlines[-1] is not None and predictor.deadlines[-1] <= 4.0
+
+
+def test_past_the_servers_capacity_a_call_is_refused_in_milliseconds_not_queued():
+    """More concurrent calls than worker threads: the excess gets RESOURCE_EXHAUSTED at once."""
+    from services.common.grpc_server import GrpcServer
+
+    predictor = SlowPredictor()
+    server = GrpcServer("127.0.0.1:0", [(preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server, predictor,
+                                         "product_classification.v1.ImagePredictor")], max_workers=2)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, futures.ThreadPoolExecutor(2) as pool:
+            stub = preprocessing_pb2_grpc.ImagePredictorStub(channel)
+            from services.common.contracts.product_classification.v1 import preprocessing_pb2
+
+            held = [pool.submit(stub.PredictListing, preprocessing_pb2.PredictListingRequest(listing=listing(i)),
+                                timeout=10) for i in range(2)]
+            deadline = time.monotonic() + 5
+            while len(predictor.deadlines) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            began = time.monotonic()
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.PredictListing(preprocessing_pb2.PredictListingRequest(listing=listing(9)), timeout=5)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() - began < 0.5  # refused, not left to wait for its deadline
+            predictor.release.set()
+            assert all(f.result(5).listing_id for f in held)
+    finally:
+        server.stop(1)
+
+
+def test_the_in_flight_bound_must_fit_the_worker_threads():
+    from services.gateway.settings import GatewaySettings
+
+    with pytest.raises(ValueError, match="must be below GATEWAY_GRPC_WORKERS"):
+        GatewaySettings(preprocessing_address="p:1", results_address="r:1", auth_mode="none", max_in_flight=32,
+                        grpc_workers=32)

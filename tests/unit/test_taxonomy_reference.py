@@ -125,6 +125,7 @@ def test_the_result_service_refuses_to_start_with_the_message(tmp_path):
     run = subprocess.run([sys.executable, "-m", "services.results"], capture_output=True, text=True, timeout=60,
                          env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
                               "RESULTS_MARKETPLACES_DIR": str(config / "marketplaces"),
-                              "RESULTS_FUSION_PATH": str(fusion), "RESULTS_METRICS_PORT": "0"})
+                              "RESULTS_FUSION_PATH": str(fusion), "RESULTS_METRICS_PORT": "0",
+                              "RESULTS_API_KEYS": "gateway=0123456789abcdef0123"})
     assert run.returncode == 2
     assert "refusing to start" in run.stderr and "fr-boutique.toml: labels.chapeau" in run.stderr
