@@ -22,6 +22,7 @@ class ErrorKind(enum.Enum):
     IMAGE_TOO_LARGE = (common_pb2.ERROR_KIND_IMAGE_TOO_LARGE, grpc.StatusCode.INVALID_ARGUMENT, KafkaOutcome.DEAD_LETTER)
     # Retried inside the worker first; a source still unreachable after the retries is dead-lettered.
     SOURCE_UNREACHABLE = (common_pb2.ERROR_KIND_SOURCE_UNREACHABLE, grpc.StatusCode.UNAVAILABLE, KafkaOutcome.DEAD_LETTER)
+    SOURCE_TOO_SLOW = (common_pb2.ERROR_KIND_SOURCE_TOO_SLOW, grpc.StatusCode.UNAVAILABLE, KafkaOutcome.DEAD_LETTER)
     UNAVAILABLE = (common_pb2.ERROR_KIND_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, KafkaOutcome.RETRY)
     INTERNAL = (common_pb2.ERROR_KIND_INTERNAL, grpc.StatusCode.INTERNAL, KafkaOutcome.DEAD_LETTER)
     OVERLOADED = (common_pb2.ERROR_KIND_OVERLOADED, grpc.StatusCode.RESOURCE_EXHAUSTED, KafkaOutcome.RETRY)

@@ -35,7 +35,8 @@ def main() -> None:
         sys.exit(2)
     classifier = TritonClassifier(settings.triton_url, model_names, settings.triton_timeout_s,
                                   settings.parallel_model_calls)
-    predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads)
+    predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads,
+                                 settings.fetch_threads)
     producer = make_producer(kafka, "preprocessing")
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],

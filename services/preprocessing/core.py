@@ -35,8 +35,9 @@ def preprocessing_limits(settings: PreprocessingSettings) -> tuple[ImageLimits, 
     allowed = frozenset(h.strip() for h in settings.fetch_allowed_hosts.split(",") if h.strip())
     formats = tuple(f.strip().upper() for f in settings.image_formats.split(",") if f.strip())
     return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s, formats),
-            FetchSettings(timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_image_bytes,
-                          attempts=settings.fetch_attempts, allowed_hosts=allowed))
+            FetchSettings(timeout_s=settings.fetch_timeout_s, total_timeout_s=settings.fetch_total_timeout_s,
+                          max_bytes=settings.max_image_bytes, attempts=settings.fetch_attempts,
+                          allowed_hosts=allowed))
 
 
 def validate_listing(listing: common_pb2.Listing) -> None:
@@ -50,13 +51,18 @@ class ListingPredictor:
     failure raises (retryable) for the whole batch, so the caller retries rather than dead-letters good input.
     """
 
-    def __init__(self, classifier: TritonClassifier, limits: ImageLimits, fetch: FetchSettings, decode_threads: int = 2):
+    def __init__(self, classifier: TritonClassifier, limits: ImageLimits, fetch: FetchSettings, decode_threads: int = 2,
+                 fetch_threads: int = 16):
         self.classifier = classifier
         self.limits = limits
         self.fetch = fetch
         self._decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        # URLs wait on their hosts in threads of their own, so a slow host never holds a decoder (nor the inline
+        # images queued behind it).
+        self._fetchers = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
 
     def stop(self) -> None:
+        self._fetchers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
 
     def _prepare(self, request: ListingRequest, sizes: list[int]) -> PreparedImage | ClassificationError:
@@ -69,20 +75,27 @@ class ListingPredictor:
         except Exception as error:  # noqa: BLE001  (a decoder bug must not take the batch down)
             return ClassificationError(ErrorKind.INTERNAL, f"preprocessing failed: {error!r}")
 
-    def _result_within_limit(self, job) -> PreparedImage | ClassificationError:
-        """The caller never waits past the decode limit; the pixel limit bounds what the thread still spends."""
+    def _result_within_limit(self, job, started: float) -> PreparedImage | ClassificationError:
+        """Every listing of the batch gets the same budget from the batch's start: the fetch deadline plus the decode
+        limit. The fetch enforces its own deadline, so this only catches a decode that overruns."""
+        remaining = started + self.fetch.total_timeout_s + self.limits.decode_timeout_s - time.monotonic()
         try:
-            return job.result(timeout=self.limits.decode_timeout_s + self.fetch.timeout_s * self.fetch.attempts)
+            return job.result(timeout=max(0.0, remaining))
         except FutureTimeout:
-            return ClassificationError(ErrorKind.INVALID_IMAGE, "fetching and decoding the image took longer than "
-                                       f"{self.limits.decode_timeout_s:.0f} s (+ the fetch timeouts)")
+            return ClassificationError(ErrorKind.INVALID_IMAGE, "decoding the image took longer than "
+                                       f"{self.limits.decode_timeout_s:.0f} s")
+
+    def _submit(self, request: ListingRequest, sizes: list[int]):
+        pool = self._fetchers if request.listing.WhichOneof("image") == "image_url" else self._decoders
+        return pool.submit(self._prepare, request, sizes)
 
     def predict(self, requests: list[ListingRequest], deadline: float | None = None
                 ) -> list[events_pb2.PredictionMade | ClassificationError]:
         sizes = self.classifier.input_sizes()
         began = time.perf_counter()
-        jobs = [self._decoders.submit(self._prepare, r, sizes) for r in requests]
-        prepared = [self._result_within_limit(job) for job in jobs]
+        started = time.monotonic()
+        jobs = [self._submit(r, sizes) for r in requests]
+        prepared = [self._result_within_limit(job, started) for job in jobs]
         good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
         if not good:
             return prepared  # type: ignore[return-value]

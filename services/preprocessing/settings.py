@@ -32,6 +32,9 @@ class PreprocessingSettings(GrpcServiceSettings):
                                "(Pillow format names); anything else is refused from its header as INVALID_IMAGE")
     decode_timeout_s: float = Field(10.0, description="longest a caller waits for one image's decode")
     fetch_timeout_s: float = Field(5.0, description="connect/read timeout for image URLs")
+    fetch_total_timeout_s: float = Field(15.0, description="longest one image URL may take, every attempt and byte "
+                                         "included; a slower host fails its own listing as SOURCE_TOO_SLOW")
+    fetch_threads: int = Field(16, description="image URLs fetched at once (waiting on hosts, not the CPU)")
     fetch_attempts: int = Field(3, description="tries per image URL (connection errors, 5xx and 429 are retried)")
     fetch_allowed_hosts: str = Field("", description="host[:port],... allowed to resolve to internal addresses "
                                      "(all others are refused: the SSRF guard)")

@@ -11,6 +11,7 @@ import http.client
 import ipaddress
 import random
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +27,7 @@ ALLOWED_SCHEMES = ("http", "https")
 @dataclass(frozen=True)
 class FetchSettings:
     timeout_s: float = 5.0  # connect and each read
+    total_timeout_s: float = 15.0  # the whole fetch: every attempt, redirect and byte of the body
     max_bytes: int = 20 * 1024 * 1024
     attempts: int = 3  # transient failures (connection errors, 5xx, 429) are retried
     allowed_hosts: frozenset[str] = frozenset()  # hosts (or host:port) that may resolve to internal addresses
@@ -42,7 +44,43 @@ def _forbidden(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-def _guarded(connection_class, allowed_hosts: frozenset[str]):
+class _Watchdog:
+    """Closes every socket of one fetch when its total deadline passes, whatever the host is doing (a host that
+    drips one byte every half second never trips a per-read timeout)."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def register(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.sockets.append(sock)
+            if self.fired:
+                _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _guarded(connection_class, allowed_hosts: frozenset[str], watchdog: _Watchdog | None = None):
     class GuardedConnection(connection_class):
         def _allowed(self) -> bool:
             return self.host in allowed_hosts or f"{self.host}:{self.port}" in allowed_hosts
@@ -58,6 +96,8 @@ def _guarded(connection_class, allowed_hosts: frozenset[str]):
                 if inside:
                     raise ForbiddenAddress(f"{self.host} resolves to {inside[0]}, an internal address")
             super().connect()
+            if watchdog is not None:
+                watchdog.register(self.sock)
             # After connecting: the address really reached, in case DNS answered differently the second time.
             peer = self.sock.getpeername()[0]
             if _forbidden(peer) and not self._allowed():
@@ -68,18 +108,18 @@ def _guarded(connection_class, allowed_hosts: frozenset[str]):
 
 
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, allowed_hosts):
+    def __init__(self, allowed_hosts, watchdog=None):
         super().__init__()
-        self.connection = _guarded(http.client.HTTPConnection, allowed_hosts)
+        self.connection = _guarded(http.client.HTTPConnection, allowed_hosts, watchdog)
 
     def http_open(self, request):
         return self.do_open(self.connection, request)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, allowed_hosts):
+    def __init__(self, allowed_hosts, watchdog=None):
         super().__init__()
-        self.connection = _guarded(http.client.HTTPSConnection, allowed_hosts)
+        self.connection = _guarded(http.client.HTTPSConnection, allowed_hosts, watchdog)
 
     def https_open(self, request):
         return self.do_open(self.connection, request, context=self._context)
@@ -94,29 +134,55 @@ class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(request, fp, code, message, headers, new_url)
 
 
-def _opener(settings: FetchSettings) -> urllib.request.OpenerDirector:
+def _opener(settings: FetchSettings, watchdog: _Watchdog | None = None) -> urllib.request.OpenerDirector:
     # ProxyHandler({}): environment proxies would fetch on our behalf and bypass the address check.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _GuardedHTTPHandler(settings.allowed_hosts),
-                                       _GuardedHTTPSHandler(settings.allowed_hosts), _SchemeCheckingRedirects())
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                       _GuardedHTTPHandler(settings.allowed_hosts, watchdog),
+                                       _GuardedHTTPSHandler(settings.allowed_hosts, watchdog), _SchemeCheckingRedirects())
 
 
 def fetch_url(url: str, settings: FetchSettings) -> bytes:
-    """GETs an http(s) URL with timeouts and a size cap behind the SSRF guard; transient failures are retried."""
+    """GETs an http(s) URL with timeouts, a total deadline and a size cap behind the SSRF guard; transient failures
+    are retried within the deadline. A host too slow for the deadline is SOURCE_TOO_SLOW."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in ALLOWED_SCHEMES or not parts.hostname:
         raise ClassificationError(ErrorKind.INVALID_REQUEST, f"image_url must be an http(s) URL, got {url[:80]!r}")
-    opener = _opener(settings)
+    watchdog = _Watchdog(time.monotonic() + settings.total_timeout_s)
+    try:
+        return _fetch(url, settings, watchdog)
+    except ClassificationError:
+        if watchdog.fired:
+            raise _too_slow(settings) from None
+        raise
+    except Exception:  # noqa: BLE001  (a socket closed under a read raises whatever the layer above makes of it)
+        if watchdog.fired:
+            raise _too_slow(settings) from None
+        raise
+    finally:
+        watchdog.cancel()
+
+
+def _too_slow(settings: FetchSettings) -> ClassificationError:
+    return ClassificationError(ErrorKind.SOURCE_TOO_SLOW, f"the image host did not send the image within "
+                               f"{settings.total_timeout_s:g} s")
+
+
+def _fetch(url: str, settings: FetchSettings, watchdog: _Watchdog) -> bytes:
+    opener = _opener(settings, watchdog)
     last_error = ""
     for attempt in range(settings.attempts):
         if attempt:
             time.sleep(random.uniform(0, 0.2 * 2 ** attempt))
+        remaining = watchdog.deadline - time.monotonic()
+        if remaining <= 0 or watchdog.fired:
+            raise _too_slow(settings)
         try:
             with opener.open(urllib.request.Request(url, headers={"User-Agent": "product-classification/1"}),
-                             timeout=settings.timeout_s) as response:
+                             timeout=min(settings.timeout_s, remaining)) as response:
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > settings.max_bytes:
                     raise _too_large(settings)
-                data = response.read(settings.max_bytes + 1)
+                data = _read_body(response, settings.max_bytes + 1, watchdog, settings)
             if len(data) > settings.max_bytes:
                 raise _too_large(settings)
             return data
@@ -137,6 +203,22 @@ def fetch_url(url: str, settings: FetchSettings) -> bytes:
             last_error = str(getattr(error, "reason", error)) or type(error).__name__
     raise ClassificationError(ErrorKind.SOURCE_UNREACHABLE,
                               f"fetching the image failed after {settings.attempts} attempts: {last_error}")
+
+
+def _read_body(response, limit: int, watchdog: _Watchdog, settings: FetchSettings) -> bytes:
+    """Reads up to limit bytes in whatever pieces arrive, checking the total deadline between them."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = response.read1(min(65536, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if time.monotonic() > watchdog.deadline:
+            raise _too_slow(settings)
+    if watchdog.fired:  # the watchdog shut the socket: what looks like the end of the body is the deadline
+        raise _too_slow(settings)
+    return b"".join(chunks)
 
 
 def _too_large(settings: FetchSettings) -> ClassificationError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -31,6 +32,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/missing":
             self.send_response(404)
             self.end_headers()
+        elif self.path in ("/drip", "/drip-headers"):
+            # One byte every 0.2 s: never idle long enough for a per-read timeout.
+            if self.path == "/drip":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.flush()
+            for byte in (b"HTTP/1.0 200 OK\r\n" if self.path == "/drip-headers" else IMAGE * 50):
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
         elif self.path == "/big":
             self.send_response(200)
             self.end_headers()
@@ -128,3 +142,55 @@ def test_a_dead_port_is_unreachable():
         fetch_url("http://127.0.0.1:9/x", FetchSettings(timeout_s=1, attempts=2,
                                                          allowed_hosts=frozenset({"127.0.0.1:9"})))
     assert raised.value.kind is ErrorKind.SOURCE_UNREACHABLE
+
+
+@pytest.mark.parametrize("path", ["/drip", "/drip-headers"])
+def test_a_dripping_host_fails_at_the_total_deadline_as_too_slow(server, path):
+    began = time.monotonic()
+    with pytest.raises(ClassificationError) as raised:
+        fetch_url(f"http://127.0.0.1:{server.server_port}{path}", allowing(server, total_timeout_s=1.5))
+    assert raised.value.kind is ErrorKind.SOURCE_TOO_SLOW and "1.5 s" in raised.value.reason
+    assert time.monotonic() - began < 3.0  # the deadline holds, whatever the per-read timeout (2 s) would allow
+
+
+def test_a_slow_source_fails_only_its_own_listing_in_a_batch(server):
+    """The good listings that share a batch with a dripping host are classified."""
+    import numpy as np
+
+    from services.common.contracts.product_classification.v1 import common_pb2
+    from services.preprocessing.core import ListingPredictor, ListingRequest
+    from services.preprocessing.images import ImageLimits
+    from services.preprocessing.triton_models import ModelSpec
+
+    class FakeTriton:  # the seam: what a model would answer, without a model
+        specs = [ModelSpec("m", "1", "image", 32, 8, "probabilities", ("a", "b"))]
+
+        def input_sizes(self):
+            return [32]
+
+        def classify(self, batches, deadline=None):
+            return {"m": np.tile(np.array([[0.9, 0.1]], np.float32), (len(batches[32]), 1))}
+
+    from skimage import data
+    from PIL import Image
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="JPEG")
+    predictor = ListingPredictor(FakeTriton(), ImageLimits(decode_timeout_s=1.0),
+                                 allowing(server, total_timeout_s=1.5), decode_threads=1, fetch_threads=4)
+    slow = [ListingRequest(f"s{i}", common_pb2.Listing(listing_id=f"slow-{i}", marketplace="m",
+                                                       image_url=f"http://127.0.0.1:{server.server_port}/drip"))
+            for i in range(3)]
+    good = [ListingRequest(f"g{i}", common_pb2.Listing(listing_id=f"good-{i}", marketplace="m",
+                                                       image_bytes=buffer.getvalue())) for i in range(4)]
+    try:
+        began = time.monotonic()
+        results = predictor.predict([slow[0], good[0], slow[1], good[1], good[2], slow[2], good[3]])
+        assert time.monotonic() - began < 4.0
+    finally:
+        predictor.stop()
+    assert [getattr(r, "listing_id", None) for r in results if not isinstance(r, ClassificationError)] == [
+        "good-0", "good-1", "good-2", "good-3"]
+    failures = [r for r in results if isinstance(r, ClassificationError)]
+    assert len(failures) == 3 and all(f.kind is ErrorKind.SOURCE_TOO_SLOW for f in failures), failures

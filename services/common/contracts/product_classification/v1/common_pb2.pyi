@@ -27,6 +27,7 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_KIND_UNAVAILABLE: _ClassVar[ErrorKind]
     ERROR_KIND_INTERNAL: _ClassVar[ErrorKind]
     ERROR_KIND_OVERLOADED: _ClassVar[ErrorKind]
+    ERROR_KIND_SOURCE_TOO_SLOW: _ClassVar[ErrorKind]
 CLASSIFICATION_STATUS_UNSPECIFIED: ClassificationStatus
 CLASSIFICATION_STATUS_CLASSIFIED: ClassificationStatus
 CLASSIFICATION_STATUS_FAILED: ClassificationStatus
@@ -39,6 +40,7 @@ ERROR_KIND_SOURCE_UNREACHABLE: ErrorKind
 ERROR_KIND_UNAVAILABLE: ErrorKind
 ERROR_KIND_INTERNAL: ErrorKind
 ERROR_KIND_OVERLOADED: ErrorKind
+ERROR_KIND_SOURCE_TOO_SLOW: ErrorKind
 
 class Listing(_message.Message):
     __slots__ = ("listing_id", "marketplace", "locale", "image_bytes", "image_url", "title")
