@@ -29,15 +29,20 @@ log = logging.getLogger(__name__)
 PAYLOAD_TYPE_HEADER = "payload-type"
 
 
+EVENT_ID_HEADER = "event-id"
+
+
 def payload_headers(message) -> list[tuple[str, bytes]]:
     """Record headers naming the payload's protobuf type, e.g. product_classification.v1.ListingSubmitted."""
     return [(PAYLOAD_TYPE_HEADER, message.DESCRIPTOR.full_name.encode())]
 
 
-def send_event(producer: KafkaProducer, topic: str, key: str, message):
-    """Sends a protobuf event keyed by listing id with its payload-type header; counts it once acknowledged."""
+def send_event(producer: KafkaProducer, topic: str, key: str, message, event_id: str = ""):
+    """Sends a protobuf event keyed by listing id with its payload-type (and event-id) header; counts it once
+    acknowledged."""
+    headers = payload_headers(message) + ([(EVENT_ID_HEADER, event_id.encode())] if event_id else [])
     future = producer.send(topic, key=key.encode(), value=message.SerializeToString(),
-                           headers=inject_headers(payload_headers(message)))
+                           headers=inject_headers(headers))
     future.add_callback(lambda metadata: KAFKA_PRODUCED.labels(metadata.topic).inc())
     return future
 

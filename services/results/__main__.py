@@ -15,7 +15,7 @@ from services.common.tracing import configure_tracing
 from services.common.settings import KafkaSettings
 from services.results.core import ClassificationRecorder
 from services.common.fusion_file import FusionConfig
-from services.results.grpc_api import ClassificationResultsServicer
+from services.results.grpc_api import ClassificationResultsServicer, StreamLimits
 from services.results.kafka_worker import PredictionHandler
 from services.results.settings import ResultsSettings
 from services.results.store import ClassificationStore
@@ -51,7 +51,8 @@ def main() -> None:
     producer = make_producer(kafka, "results")
 
     def publish(event):
-        return send_event(producer, kafka.topics.listing_classified, event.classification.listing_id, event)
+        return send_event(producer, kafka.topics.listing_classified, event.classification.listing_id, event,
+                          event_id=event.event_id)
 
     recorder = ClassificationRecorder(store, taxonomies, fusion.weights, publish, settings.candidate_count)
     consumer = make_consumer(kafka, settings.consumer_group, "results", settings.max_batch_predictions)
@@ -60,7 +61,10 @@ def main() -> None:
                        max_batch=settings.max_batch_predictions)
     server = GrpcServer(settings.grpc_address,
                         [(results_pb2_grpc.add_ClassificationResultsServicer_to_server,
-                          ClassificationResultsServicer(recorder, settings.watch_poll_s),
+                          ClassificationResultsServicer(
+                              recorder, settings.watch_poll_s,
+                              StreamLimits(settings.max_watch_streams, settings.max_watch_streams_per_caller),
+                              settings.watch_lookback_s),
                           results_pb2.DESCRIPTOR.services_by_name["ClassificationResults"].full_name)],
                         max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()),
                         interceptors=settings.authentication(GATEWAY_ONLY))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,7 +19,7 @@ from services.common.errors import ClassificationError, ErrorKind
 from services.common.validation import MAX_ID_LENGTH, check_identifiers, check_text
 from services.common.metrics import CLASSIFICATIONS, END_TO_END_SECONDS
 from services.results.fusion import fuse
-from services.results.store import ClassificationStore, StoredClassification
+from services.results.store import ClassificationStore, StoredClassification, idempotency_key
 from services.results.taxonomy import Taxonomies
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,11 @@ def failed_classification(failure: events_pb2.ProcessingFailed) -> common_pb2.Cl
     return classification
 
 
+def event_id(idempotency_key_: str) -> str:
+    """The stable id of a publication: the same classification always gets the same one."""
+    return hashlib.sha256(idempotency_key_.encode()).hexdigest()[:32]
+
+
 # Sends a ListingClassified event; returns a future whose .get(timeout) raises unless the broker acknowledged it.
 Publish = Callable[[events_pb2.ListingClassified], object]
 
@@ -76,7 +85,8 @@ class ClassificationRecorder:
     """Classifies, stores idempotently and publishes; the Kafka and gRPC edges both go through record_predictions."""
 
     def __init__(self, store: ClassificationStore, taxonomies: Taxonomies, weights: Mapping[str, float],
-                 publish: Publish, candidate_count: int = 3, send_timeout_s: float = 30.0):
+                 publish: Publish, candidate_count: int = 3, send_timeout_s: float = 30.0,
+                 publisher_id: str | None = None, claim_lease_s: float = 60.0):
         self.store = store
         self.taxonomies = taxonomies
         self.weights = weights
@@ -84,12 +94,21 @@ class ClassificationRecorder:
         self.candidate_count = candidate_count
         self.send_timeout_s = send_timeout_s
         self.stored = threading.Condition()  # notified after every write, wakes the watch streams
+        self.publisher_id = publisher_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Longer than a publication takes (send + acknowledgement): a claim older than this was abandoned.
+        self.claim_lease_s = max(claim_lease_s, 2 * send_timeout_s)
 
     def record_predictions(self, predictions: list[events_pb2.PredictionMade],
-                           span_for: Callable[[int], contextlib.AbstractContextManager] | None = None
+                           span_for: Callable[[int], contextlib.AbstractContextManager] | None = None,
+                           wait_for_other_publishers: bool = True
                            ) -> list[StoredClassification | ClassificationError]:
         """Stores each prediction's classification and publishes those not yet published, waiting for the acks.
 
+        Exactly one publisher per row: a row is published only by the replica that claimed it in the store
+        (atomically). A row another replica claimed and has not published yet makes the batch retry later when
+        wait_for_other_publishers (the Kafka path, so its offset is not committed before the row is out); the gRPC
+        path returns the stored answer. Each row is marked published as its own acknowledgement arrives, so a retry
+        after one failed send republishes only what was not acknowledged.
         Bad predictions come back as ClassificationError (not retryable); store or broker outages raise.
         """
         outcomes: list = []
@@ -101,30 +120,57 @@ class ClassificationRecorder:
                 if error.kind is ErrorKind.UNAVAILABLE:
                     raise
                 outcomes.append(error)  # this event's own fault: dead-lettered, the others go on
-        pending, in_this_batch = [], set()
+        pending, in_this_batch, elsewhere = [], set(), []
         for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, StoredClassification) and not outcome.published:
-                if outcome.classification.sequence in in_this_batch:
-                    continue  # the same event twice in one batch: its row is published once
-                in_this_batch.add(outcome.classification.sequence)
-                with span_for(index) if span_for else contextlib.nullcontext():
-                    event = events_pb2.ListingClassified(classification=outcome.classification)
-                    pending.append((outcome, self.publish(event)))
-        for _, future in pending:
+            if not isinstance(outcome, StoredClassification) or outcome.published:
+                continue
+            sequence = outcome.classification.sequence
+            if sequence in in_this_batch:
+                continue  # the same event twice in one batch: its row is published once
+            in_this_batch.add(sequence)
+            if not self.store.claim(sequence, self.publisher_id, self.claim_lease_s):
+                if not self.store.is_published(sequence):
+                    elsewhere.append(sequence)  # another replica is publishing it right now
+                continue
+            with span_for(index) if span_for else contextlib.nullcontext():
+                key = idempotency_key(outcome.classification)
+                event = events_pb2.ListingClassified(classification=outcome.classification, event_id=event_id(key))
+                pending.append((outcome, self.publish(event)))
+        acknowledged, failures = [], []
+        for outcome, future in pending:
             try:
                 future.get(timeout=self.send_timeout_s)
+                acknowledged.append(outcome)
             except Exception as error:  # noqa: BLE001
-                raise ClassificationError(ErrorKind.UNAVAILABLE, f"publishing failed: {error!r}") from None
-        self.store.mark_published([o.classification.sequence for o, _ in pending])
+                failures.append(repr(error))
+        self._mark_published([o.classification.sequence for o in acknowledged])
         now = time.time()
-        for stored, _ in pending:
+        for stored in acknowledged:
             outcome = ("needs_review" if stored.classification.status == common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW
                        else "classified")
             CLASSIFICATIONS.labels(stored.classification.marketplace, outcome).inc()
             if stored.classification.HasField("submitted_at"):
                 END_TO_END_SECONDS.observe(max(0.0, now - stored.classification.submitted_at.ToMicroseconds() / 1e6))
         self._notify_watchers()
+        if failures:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, f"publishing failed for {len(failures)} of "
+                                      f"{len(pending)} events: {failures[0]}")
+        if elsewhere and wait_for_other_publishers:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, f"{len(elsewhere)} rows are being published by another "
+                                      "replica; waiting until they are out (or its claim runs out)")
         return outcomes
+
+    def _mark_published(self, sequences: list[int], attempts: int = 3) -> None:
+        """The broker has these: mark them, trying a few times (a failure here is the one window that republishes,
+        with the same event id)."""
+        for attempt in range(attempts):
+            try:
+                self.store.mark_published(sequences)
+                return
+            except ClassificationError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * 2 ** attempt)
 
     def record_failure(self, failure: events_pb2.ProcessingFailed) -> StoredClassification | None:
         """Stores a dead-lettered listing as FAILED with its reason; one whose id no store can hold is only logged."""

@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS classifications (
     status INTEGER NOT NULL,
     payload {blob_type} NOT NULL,
     published BOOLEAN NOT NULL DEFAULT FALSE,
-    stored_at DOUBLE PRECISION NOT NULL
+    stored_at DOUBLE PRECISION NOT NULL,
+    claimed_by TEXT,
+    claimed_until DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS classifications_listing ON classifications (listing_id, sequence);
 CREATE INDEX IF NOT EXISTS classifications_marketplace ON classifications (marketplace, sequence)
@@ -93,6 +95,7 @@ class ClassificationStore:
         with self._transaction() as cursor:
             for statement in statements.split(";"):
                 cursor.execute(statement)
+            self._add_claim_columns(cursor)
 
     def _reconnect_if_broken(self) -> None:
         """After a lost connection (a database restart, a failover), the next transaction opens a new one."""
@@ -104,6 +107,37 @@ class ClassificationStore:
             except Exception as error:  # noqa: BLE001
                 self._connection = None
                 raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {error}") from None
+
+    def _add_claim_columns(self, cursor) -> None:
+        """Databases created before publication claims existed get the two columns."""
+        if self._postgres:
+            cursor.execute("ALTER TABLE classifications ADD COLUMN IF NOT EXISTS claimed_by TEXT")
+            cursor.execute("ALTER TABLE classifications ADD COLUMN IF NOT EXISTS claimed_until DOUBLE PRECISION")
+            return
+        columns = {row[1] for row in cursor.execute("PRAGMA table_info(classifications)").fetchall()}
+        for name, kind in (("claimed_by", "TEXT"), ("claimed_until", "DOUBLE PRECISION")):
+            if name not in columns:
+                cursor.execute(f"ALTER TABLE classifications ADD COLUMN {name} {kind}")
+
+    def claim(self, sequence: int, owner: str, lease_s: float) -> bool:
+        """Atomically makes owner the one publisher of an unpublished row: True when it may publish now.
+
+        False when the row is published already, or another owner's lease on it has not run out; a lease that ran
+        out (its owner died between claiming and publishing) can be taken over.
+        """
+        now = time.time()
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(
+                "UPDATE classifications SET claimed_by = ?, claimed_until = ? WHERE sequence = ? AND NOT published "
+                "AND (claimed_by IS NULL OR claimed_by = ? OR claimed_until < ?)"),
+                (owner, now + lease_s, sequence, owner, now))
+            return cursor.rowcount == 1
+
+    def is_published(self, sequence: int) -> bool:
+        with self._transaction() as cursor:
+            cursor.execute(self._sql("SELECT published FROM classifications WHERE sequence = ?"), (sequence,))
+            row = cursor.fetchone()
+            return bool(row and row[0])
 
     def stop(self) -> None:
         self._started = False

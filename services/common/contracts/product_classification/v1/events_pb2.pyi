@@ -41,10 +41,12 @@ class PredictionMade(_message.Message):
     def __init__(self, submission_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., locale: _Optional[str] = ..., image_digest: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[_common_pb2.ModelPrediction, _Mapping]]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., predicted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListingClassified(_message.Message):
-    __slots__ = ("classification",)
+    __slots__ = ("classification", "event_id")
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     classification: _common_pb2.Classification
-    def __init__(self, classification: _Optional[_Union[_common_pb2.Classification, _Mapping]] = ...) -> None: ...
+    event_id: str
+    def __init__(self, classification: _Optional[_Union[_common_pb2.Classification, _Mapping]] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class ProcessingFailed(_message.Message):
     __slots__ = ("submission_id", "listing_id", "marketplace", "error_kind", "reason", "stage", "source_topic", "source_partition", "source_offset", "original_payload", "failed_at")

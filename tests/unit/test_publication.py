@@ -1,0 +1,116 @@
+"""Each classification is published once: two replicas on one PostgreSQL, a failed send, a stable event id."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
+from services.common.errors import ClassificationError, ErrorKind
+from services.results.core import ClassificationRecorder, event_id
+from services.results.store import ClassificationStore, idempotency_key
+from services.results.taxonomy import Taxonomies
+
+LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
+
+
+@pytest.fixture(scope="module")
+def taxonomies():
+    return Taxonomies.load(model_labels=LABELS, default_review_threshold=0.5)
+
+
+class Sent:
+    """The seam: the broker's answer to one send."""
+
+    def __init__(self, error: Exception | None = None):
+        self.error = error
+
+    def get(self, timeout):
+        if self.error:
+            raise self.error
+
+
+def prediction(listing_id: str) -> events_pb2.PredictionMade:
+    return events_pb2.PredictionMade(
+        listing_id=listing_id, marketplace="de-modehaus", locale="de", image_digest=f"digest-{listing_id}",
+        predictions=[common_pb2.ModelPrediction(model_name="m", model_version="1", labels=["dress", "hat"],
+                                                probabilities=[0.9, 0.1])])
+
+
+@pytest.fixture
+def store(postgres_url):
+    store = ClassificationStore(postgres_url)
+    store.start()
+    yield store
+    store.stop()
+
+
+def test_two_replicas_racing_over_the_same_predictions_publish_each_once(postgres_url, taxonomies):
+    published: list[events_pb2.ListingClassified] = []
+    lock = threading.Lock()
+
+    def publish(event):
+        with lock:
+            published.append(event)
+        return Sent()
+
+    stores = [ClassificationStore(postgres_url) for _ in range(2)]
+    replicas = []
+    for index, store in enumerate(stores):
+        store.start()
+        replicas.append(ClassificationRecorder(store, taxonomies, {}, publish, publisher_id=f"replica-{index}"))
+    batch = [prediction(f"race-{i}") for i in range(40)]
+    waited = []
+
+    def deliver(recorder):
+        for _ in range(50):  # the Kafka path: retried until every row of the batch is out
+            try:
+                recorder.record_predictions(batch)
+                return
+            except ClassificationError as error:
+                assert error.kind is ErrorKind.UNAVAILABLE and "another replica" in error.reason
+                waited.append(error)
+
+    threads = [threading.Thread(target=deliver, args=(r,)) for r in replicas]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    ids = [e.classification.listing_id for e in published]
+    assert sorted(ids) == sorted(p.listing_id for p in batch), "each prediction published exactly once"
+    for store in stores:
+        store.stop()
+
+
+def test_a_failed_send_republishes_only_what_was_not_acknowledged(store, taxonomies):
+    attempts: list[str] = []
+
+    def publish(event):
+        attempts.append(event.classification.listing_id)
+        fail = event.classification.listing_id == "send-1" and attempts.count("send-1") == 1
+        return Sent(RuntimeError("not acknowledged") if fail else None)
+
+    recorder = ClassificationRecorder(store, taxonomies, {}, publish)
+    batch = [prediction(f"send-{i}") for i in range(3)]
+    with pytest.raises(ClassificationError) as raised:
+        recorder.record_predictions(batch)
+    assert raised.value.kind is ErrorKind.UNAVAILABLE and "1 of 3" in raised.value.reason
+    recorder.record_predictions(batch)  # the batch is retried
+    assert sorted(attempts) == ["send-0", "send-1", "send-1", "send-2"]
+
+
+def test_an_abandoned_claim_is_taken_over_after_its_lease(store, taxonomies):
+    stored = store.record(common_pb2.Classification(listing_id="lease", marketplace="de-modehaus", image_digest="d",
+                                                    model_versions="m:1"))
+    sequence = stored.classification.sequence
+    assert store.claim(sequence, "crashed-replica", lease_s=-1.0)  # claimed, and its lease already ran out
+    assert store.claim(sequence, "survivor", lease_s=60.0)
+    assert not store.claim(sequence, "crashed-replica", lease_s=60.0)
+    store.mark_published([sequence])
+    assert not store.claim(sequence, "survivor", lease_s=60.0) and store.is_published(sequence)
+
+
+def test_every_publication_carries_a_stable_event_id(store, taxonomies):
+    sent = []
+    recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event) or Sent())
+    [outcome] = recorder.record_predictions([prediction("stable-id")])
+    assert sent[0].event_id == event_id(idempotency_key(outcome.classification)) and len(sent[0].event_id) == 32
