@@ -1,8 +1,10 @@
 """`make chaos`: fault injection against the local stack, counting every event in and out.
 
-Each scenario returns: events in, classified (distinct listings published), dead-lettered, duplicated (a listing
-published or stored more than once), lost (neither classified nor dead-lettered), and the seconds to recover
-(from the fault to the next classification published). Prints one line of JSON last.
+Each scenario returns: events in, classified (distinct listings published), dead-lettered, duplicated (an event id
+published more than once, or a listing stored twice), duplicated_in_crash_window (the documented window: the result
+service killed between the broker's acknowledgement and the store's mark republishes, with the same event id),
+lost (neither classified nor dead-lettered), and the seconds to recover (from the fault to the next classification
+published). `make chaos` runs them on the machine's PostgreSQL (a fresh database) and prints one line of JSON last.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 
 from google.protobuf.message import DecodeError
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
+from services.localstack.processes import free_port
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.localstack.traffic import TopicReader, produce_raw, sample_listings, submit_listings, submitted_event
+from services.localstack.traffic import (MARKETPLACES, TopicReader, produce_raw, sample_listings, submit_listings,
+                                          submitted_event)
 from services.results.store import ClassificationStore
 
 
@@ -31,6 +36,7 @@ class ScenarioResult:
     dead_lettered: int
     duplicated: int
     lost: int
+    duplicated_in_crash_window: int = 0
     recovery_s: float | None = None
     published_at_fault: int | None = None  # how far the stream was when the fault hit (mid-stream: 0 < n < in)
     notes: str = ""
@@ -70,9 +76,14 @@ class Outcomes:
         times = [t for t, e in self.published if t > moment and e.classification.listing_id in ids]
         return min(times) - moment if times else None
 
-    def result(self, scenario: str, ids: set[str], events_in: int, recovery_s=None, notes="") -> ScenarioResult:
+    def result(self, scenario: str, ids: set[str], events_in: int, recovery_s=None, notes="",
+               crash_window: bool = False) -> ScenarioResult:
+        """crash_window: the scenario kills the result service, so a republished event id is the documented window."""
         published = Counter(e.classification.listing_id for _, e in self.published
                             if e.classification.listing_id in ids)
+        by_event = Counter(e.event_id or e.classification.listing_id for _, e in self.published
+                           if e.classification.listing_id in ids)
+        republished = {event for event, n in by_event.items() if n > 1}
         dead = {f.listing_id for f in self.failed if f.listing_id in ids}
         store = ClassificationStore(self.stack.database_url)
         store.start()
@@ -80,10 +91,11 @@ class Outcomes:
             stored_twice = {i for i in published if store.count_for_listing(i) > 1}
         finally:
             store.stop()
-        duplicated = {i for i, n in published.items() if n > 1} | stored_twice
         lost = ids - set(published) - dead
+        in_window = len(republished) if crash_window else 0
         return ScenarioResult(scenario=scenario, events_in=events_in, classified=len(published),
-                              dead_lettered=len(dead), duplicated=len(duplicated), lost=len(lost),
+                              dead_lettered=len(dead), duplicated=len(stored_twice) + len(republished) - in_window,
+                              lost=len(lost), duplicated_in_crash_window=in_window,
                               recovery_s=None if recovery_s is None else round(recovery_s, 2), notes=notes)
 
     def close(self) -> None:
@@ -283,24 +295,274 @@ def model_reloaded(stack: LocalStack, count: int = 300, model: str | None = None
         outcomes.close()
 
 
+def _predictions(stack: LocalStack, count: int, prefix: str) -> list[events_pb2.PredictionMade]:
+    """Prediction events as preprocessing would make them (the models' labels, a confident answer each)."""
+    from services.common.fusion_file import FUSION_FILE, FusionConfig
+
+    fusion = FusionConfig.load(stack.options.model_repository / FUSION_FILE)
+    labels = list(fusion.labels)
+    run = uuid.uuid4().hex[:6]
+    made = []
+    for index in range(count):
+        probabilities = [0.02] * len(labels)
+        probabilities[index % len(labels)] = 1.0 - 0.02 * (len(labels) - 1)
+        marketplace, locale = MARKETPLACES[index % len(MARKETPLACES)]
+        made.append(events_pb2.PredictionMade(
+            submission_id=f"{prefix}-{run}-{index}", listing_id=f"{prefix}-{run}-{index:04d}", marketplace=marketplace,
+            locale=locale, image_digest=f"{run}{index:04d}",
+            predictions=[common_pb2.ModelPrediction(model_name=name, model_version="chaos", labels=labels,
+                                                    probabilities=probabilities) for name in fusion.called_models]))
+    return made
+
+
+def results_replicas_racing(stack: LocalStack, count: int = 100) -> ScenarioResult:
+    """Two result replicas on one PostgreSQL receive the same predictions at once: every prediction is sent to every
+    partition, so both replicas hold copies and race to store and publish them. Each must come out once."""
+    from kafka import KafkaProducer
+
+    from services.common.kafka import payload_headers
+
+    if "results-2" not in stack.services:
+        stack.add_service("results-2")
+    made = _predictions(stack, count, "chaos-race")
+    ids = {m.listing_id for m in made}
+    kafka = stack.kafka_settings
+    outcomes = Outcomes(stack)
+    producer = KafkaProducer(**kafka.client_options(), acks="all", linger_ms=5)
+    try:
+        began = time.monotonic()
+        for prediction in made:
+            for partition in range(stack.options.partitions):
+                producer.send(kafka.topics.prediction_made, key=prediction.listing_id.encode(), partition=partition,
+                              value=prediction.SerializeToString(), headers=payload_headers(prediction))
+        producer.flush()
+        outcomes.wait_for(ids, 300)
+        return outcomes.result("two result replicas racing over the same predictions (PostgreSQL)", ids,
+                               count * stack.options.partitions, outcomes.first_published_after(began, ids),
+                               f"each prediction sent to all {stack.options.partitions} partitions")
+    finally:
+        producer.close()
+        outcomes.close()
+        replica = stack.services.pop("results-2", None)
+        if replica:
+            replica.stop()
+
+
+def results_killed_mid_publishing(stack: LocalStack, count: int = 200) -> ScenarioResult:
+    """SIGKILL, not SIGTERM: the result service dies wherever it is, publishing included. Nothing may be lost; an
+    event republished after the kill carries the same event id (the documented crash window)."""
+    samples = sample_listings(count, seed=109, prefix="chaos-kill-results")
+    ids = {s.listing.listing_id for s in samples}
+    outcomes = Outcomes(stack)
+
+    def kill_and_restart() -> None:
+        stack.services["results"].process.signal(signal.SIGKILL)
+        stack.services["results"].process.process.wait(10)
+        stack.services["results"].start()
+
+    try:
+        at_fault, fault_at = _fault_mid_stream(stack, outcomes, samples, kill_and_restart)
+        result = outcomes.result("result service SIGKILLed mid-publishing", ids, count,
+                                 outcomes.first_published_after(fault_at, ids),
+                                 "republished event ids are counted in duplicated_in_crash_window", crash_window=True)
+        result.published_at_fault = at_fault
+        return result
+    finally:
+        outcomes.close()
+
+
+POISON_IDS = ("chaos-poison-nul\x00id", "chaos-poison-" + "x" * 300)
+
+
+def poison_ids_interleaved(stack: LocalStack, good_count: int = 40) -> ScenarioResult:
+    """Ids no store can hold (a NUL byte, 300 characters) among good events, on the input topic and straight onto
+    the prediction topic: dead-lettered where they enter, and the good events of the same partitions go on."""
+    samples = sample_listings(good_count, seed=113, prefix="chaos-poison-ids")
+    good_ids = {s.listing.listing_id for s in samples}
+    kafka = stack.kafka_settings
+    outcomes = Outcomes(stack)
+    poison_listings = [common_pb2.Listing(listing_id=i, marketplace="de-modehaus", image_bytes=samples[0].listing.image_bytes)
+                       for i in POISON_IDS]
+    poison_predictions = _predictions(stack, 2, "chaos-poison-prediction")
+    for prediction, bad_id in zip(poison_predictions, POISON_IDS):
+        prediction.listing_id = bad_id + "-prediction"
+    poison_all = {*POISON_IDS, *(p.listing_id for p in poison_predictions)}
+    try:
+        began = time.monotonic()
+        for index, sample in enumerate(samples):
+            submit_listings(kafka, [sample.listing])
+            if index == 10:
+                submit_listings(kafka, poison_listings)
+            if index == 20:
+                for prediction in poison_predictions:
+                    produce_raw(kafka, kafka.topics.prediction_made, b"chaos-poison", prediction.SerializeToString())
+        outcomes.wait_for(good_ids | poison_all, 300)
+        result = outcomes.result("poison ids among good events", good_ids | poison_all, len(good_ids) + len(poison_all),
+                                 outcomes.first_published_after(began, good_ids))
+        result.notes = json.dumps({f.listing_id[:40]: f.reason for f in outcomes.failed if f.listing_id in poison_all})
+        return result
+    finally:
+        outcomes.close()
+
+
+class DrippingHost:
+    """An image host that sends one byte every 0.3 s: never idle long enough for a per-read timeout."""
+
+    def __init__(self):
+        self.port = free_port()
+        self._server = None
+
+    @property
+    def allowed(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}.jpg"
+
+    def start(self) -> None:
+        import http.server
+
+        class Drip(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.end_headers()
+                for _ in range(1000):
+                    try:
+                        self.wfile.write(b"\xff")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(0.3)
+
+            def log_message(self, *args):
+                pass
+
+        if self._server is None:
+            self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Drip)
+            self._server.daemon_threads = True
+            threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def dripping_host_among_good(stack: LocalStack, host: DrippingHost, good_count: int = 40,
+                             slow_count: int = 3) -> ScenarioResult:
+    """Listings whose image URL drips, in the same batches as good ones: the slow ones fail as SOURCE_TOO_SLOW at
+    the fetch's total deadline, the good ones are classified."""
+    host.start()
+    samples = sample_listings(good_count, seed=127, prefix="chaos-drip-good")
+    run = uuid.uuid4().hex[:6]
+    slow = [common_pb2.Listing(listing_id=f"chaos-drip-slow-{run}-{i}", marketplace="de-modehaus",
+                               image_url=host.url(f"slow-{i}")) for i in range(slow_count)]
+    listings = [s.listing for s in samples]
+    for index, listing in enumerate(slow):
+        listings.insert(5 + index * 10, listing)
+    ids = {listing.listing_id for listing in listings}
+    outcomes = Outcomes(stack)
+    try:
+        began = time.monotonic()
+        submit_listings(stack.kafka_settings, listings)
+        outcomes.wait_for(ids, 300)
+        result = outcomes.result("a dripping image host among good listings", ids, len(ids),
+                                 outcomes.first_published_after(began, ids))
+        result.notes = json.dumps({f.listing_id: common_pb2.ErrorKind.Name(f.error_kind)
+                                   for f in outcomes.failed if f.listing_id in ids})
+        return result
+    finally:
+        outcomes.close()
+        host.stop()
+
+
+def postgres_connections_killed(stack: LocalStack, count: int = 200) -> ScenarioResult:
+    """Every connection to the result store's PostgreSQL database is terminated mid-stream (what a database restart
+    or failover does to clients): the result service reconnects, retries the batch, loses and doubles nothing."""
+    import psycopg
+
+    if not stack.database_url.startswith("postgresql"):
+        return ScenarioResult("PostgreSQL connections killed (skipped: the store is SQLite)", 0, 0, 0, 0, 0)
+    samples = sample_listings(count, seed=131, prefix="chaos-pg-killed")
+    ids = {s.listing.listing_id for s in samples}
+    outcomes = Outcomes(stack)
+    killed = []
+
+    def kill_connections() -> None:
+        with psycopg.connect(stack.database_url, autocommit=True) as admin:
+            rows = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                                 "current_database() AND pid <> pg_backend_pid()").fetchall()
+            killed.append(len(rows))
+
+    try:
+        at_fault, fault_at = _fault_mid_stream(stack, outcomes, samples, kill_connections)
+        result = outcomes.result("PostgreSQL connections killed mid-stream", ids, count,
+                                 outcomes.first_published_after(fault_at, ids),
+                                 f"{killed[0] if killed else 0} connections terminated")
+        result.published_at_fault = at_fault
+        return result
+    finally:
+        outcomes.close()
+
+
+def chaos_stack_options(work_dir, database_url: str | None) -> tuple[StackOptions, DrippingHost]:
+    """The stack the scenarios need: the dripping host allowed past the SSRF guard, a short fetch deadline."""
+    host = DrippingHost()
+    return StackOptions(work_dir=work_dir, database_url=database_url, extra_env={
+        "PREPROCESSING_FETCH_ALLOWED_HOSTS": host.allowed, "PREPROCESSING_FETCH_TOTAL_TIMEOUT_S": "3",
+        "PREPROCESSING_FETCH_TIMEOUT_S": "2"}), host
+
+
 SCENARIOS = (triton_killed_and_restarted, worker_killed, results_restarted, produced_twice, poison_interleaved,
-             model_reloaded)
+             model_reloaded, results_replicas_racing, results_killed_mid_publishing, poison_ids_interleaved,
+             dripping_host_among_good, postgres_connections_killed)
+
+
+def _fresh_postgres() -> tuple[str | None, callable]:
+    """A database of its own on the machine's PostgreSQL (TEST_POSTGRES_ADMIN_URL), or None when none answers."""
+    import os
+
+    import psycopg
+
+    admin_url = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"product_classification_chaos_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except Exception:  # noqa: BLE001
+        return None, lambda: None
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"{admin_url.rpartition('/')[0]}/{name}", drop
 
 
 def main() -> None:
     work_dir = REPOSITORY_ROOT / ".run" / "chaos"
     shutil.rmtree(work_dir, ignore_errors=True)
+    database_url, drop = _fresh_postgres()
+    print(f"result store: {'PostgreSQL ' + database_url if database_url else 'SQLite (no PostgreSQL answered)'}",
+          flush=True)
+    options, host = chaos_stack_options(work_dir, database_url)
     results = []
-    with LocalStack(StackOptions(work_dir=work_dir)) as stack:
-        for scenario in SCENARIOS:
-            began = time.monotonic()
-            result = scenario(stack)
-            results.append(result)
-            print(f"{result.scenario}: in {result.events_in}, classified {result.classified}, dead-lettered "
-                  f"{result.dead_lettered}, duplicated {result.duplicated}, lost {result.lost}, recovery "
-                  f"{result.recovery_s} s ({time.monotonic() - began:.0f} s)", flush=True)
+    try:
+        with LocalStack(options) as stack:
+            for scenario in SCENARIOS:
+                began = time.monotonic()
+                result = scenario(stack, host) if scenario is dripping_host_among_good else scenario(stack)
+                results.append(result)
+                print(f"{result.scenario}: in {result.events_in}, classified {result.classified}, dead-lettered "
+                      f"{result.dead_lettered}, duplicated {result.duplicated} (+{result.duplicated_in_crash_window} "
+                      f"in the crash window), lost {result.lost}, recovery {result.recovery_s} s "
+                      f"({time.monotonic() - began:.0f} s)", flush=True)
+    finally:
+        drop()
     print(json.dumps({"scenarios": [asdict(r) for r in results], "lost": sum(r.lost for r in results),
-                      "duplicated": sum(r.duplicated for r in results)}))
+                      "duplicated": sum(r.duplicated for r in results),
+                      "duplicated_in_crash_window": sum(r.duplicated_in_crash_window for r in results)}))
 
 
 if __name__ == "__main__":

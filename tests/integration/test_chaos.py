@@ -7,12 +7,19 @@ import json
 import pytest
 
 from services.localstack import chaos
-from services.localstack.stack import LocalStack, StackOptions
+from services.localstack.stack import LocalStack
 
 
 @pytest.fixture(scope="module")
-def chaos_stack(postgres_url, tmp_path_factory):
-    with LocalStack(StackOptions(work_dir=tmp_path_factory.mktemp("chaos"), database_url=postgres_url)) as stack:
+def dripping_host():
+    return {}
+
+
+@pytest.fixture(scope="module")
+def chaos_stack(postgres_url, tmp_path_factory, dripping_host):
+    options, host = chaos.chaos_stack_options(tmp_path_factory.mktemp("chaos"), postgres_url)
+    dripping_host["host"] = host
+    with LocalStack(options) as stack:
         yield stack
 
 
@@ -74,3 +81,39 @@ def test_a_model_reloaded_at_a_new_version_is_picked_up_without_a_restart(chaos_
     new = [v for v in versions if notes["new"] in v.split(",")]
     assert old and new, versions  # served by version 1, then by version 2, in the same run
     assert result.classified == 300 and result.recovery_s is not None
+
+
+def test_two_result_replicas_racing_publish_each_prediction_once(chaos_stack):
+    result = chaos.results_replicas_racing(chaos_stack, 100)
+    assert_nothing_lost_or_doubled(result)
+    assert result.classified == 100
+
+
+def test_result_service_sigkilled_mid_publishing_loses_nothing(chaos_stack):
+    result = chaos.results_killed_mid_publishing(chaos_stack, 200)
+    assert_mid_stream(result)
+    assert_nothing_lost_or_doubled(result)  # a republication would keep its event id: duplicated_in_crash_window
+    assert result.classified == 200 and result.duplicated_in_crash_window <= 64  # at most the batch in hand
+
+
+def test_poison_ids_are_dead_lettered_and_their_partitions_go_on(chaos_stack):
+    result = chaos.poison_ids_interleaved(chaos_stack, 40)
+    assert_nothing_lost_or_doubled(result, dead_lettered=4)
+    assert result.classified == 40
+    reasons = json.loads(result.notes)
+    assert any("control characters" in r for r in reasons.values())
+    assert any("over the limit of 256" in r for r in reasons.values())
+
+
+def test_a_dripping_host_fails_only_its_own_listings(chaos_stack, dripping_host):
+    result = chaos.dripping_host_among_good(chaos_stack, dripping_host["host"], 40, 3)
+    assert_nothing_lost_or_doubled(result, dead_lettered=3)
+    assert result.classified == 40
+    assert set(json.loads(result.notes).values()) == {"ERROR_KIND_SOURCE_TOO_SLOW"}
+
+
+def test_postgresql_connections_killed_under_load(chaos_stack):
+    result = chaos.postgres_connections_killed(chaos_stack, 200)
+    assert_mid_stream(result)
+    assert_nothing_lost_or_doubled(result)
+    assert result.classified == 200 and "connections terminated" in result.notes
