@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo evaluate test bench bench-preprocess bench-scale chaos lock clean
+.PHONY: install contracts contracts-check models train ablation demo up evaluate test bench bench-preprocess bench-scale chaos lock clean
 
 install: $(INSTALLED)
 
@@ -38,6 +38,10 @@ ablation: install
 ## The local stack on real validation photos: ends with `classified N/N listings`.
 demo: models
 	$(PY) -m services.localstack.demo
+
+## The local stack, kept running until Ctrl-C: prints where everything is and what to try.
+up: models
+	$(PY) -m services.localstack.up
 
 ## Every photo of DATA (folder per category; default the validation split) through the pipeline: JSON line last.
 evaluate: models

@@ -37,7 +37,7 @@ def preprocessing_limits(settings: PreprocessingSettings) -> tuple[ImageLimits, 
     return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s, formats),
             FetchSettings(timeout_s=settings.fetch_timeout_s, total_timeout_s=settings.fetch_total_timeout_s,
                           max_bytes=settings.max_image_bytes, attempts=settings.fetch_attempts,
-                          allowed_hosts=allowed))
+                          allowed_hosts=allowed, proxy=settings.fetch_proxy))
 
 
 def validate_listing(listing: common_pb2.Listing) -> None:

@@ -34,6 +34,8 @@ class PreprocessingSettings(GrpcServiceSettings):
     fetch_timeout_s: float = Field(5.0, description="connect/read timeout for image URLs")
     fetch_total_timeout_s: float = Field(15.0, description="longest one image URL may take, every attempt and byte "
                                          "included; a slower host fails its own listing as SOURCE_TOO_SLOW")
+    fetch_proxy: str = Field("", description="http://host:port of an egress proxy for image URLs; empty: direct. "
+                             "HTTP_PROXY and the like in the environment are ignored")
     fetch_threads: int = Field(16, description="image URLs fetched at once (waiting on hosts, not the CPU)")
     fetch_attempts: int = Field(3, description="tries per image URL (connection errors, 5xx and 429 are retried)")
     fetch_allowed_hosts: str = Field("", description="host[:port],... allowed to resolve to internal addresses "

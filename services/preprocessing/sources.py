@@ -31,6 +31,9 @@ class FetchSettings:
     max_bytes: int = 20 * 1024 * 1024
     attempts: int = 3  # transient failures (connection errors, 5xx, 429) are retried
     allowed_hosts: frozenset[str] = frozenset()  # hosts (or host:port) that may resolve to internal addresses
+    # http://host:port of an egress proxy to fetch through; empty: direct. Environment proxies (HTTP_PROXY...) are
+    # never used: they would fetch on our behalf past the address check.
+    proxy: str = ""
 
 
 class ForbiddenAddress(urllib.error.URLError):
@@ -128,17 +131,45 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
 class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
     max_redirections = 5
 
+    def __init__(self, settings: FetchSettings):
+        super().__init__()
+        self.settings = settings
+
     def redirect_request(self, request, fp, code, message, headers, new_url):
         if urllib.parse.urlsplit(new_url).scheme.lower() not in ALLOWED_SCHEMES:
             raise ForbiddenAddress(f"redirect to a non-http(s) URL: {new_url[:80]}")
+        if self.settings.proxy:
+            check_target(new_url, self.settings)  # through a proxy the connection is the proxy's: guard the target
         return super().redirect_request(request, fp, code, message, headers, new_url)
 
 
+def check_target(url: str, settings: FetchSettings) -> None:
+    """The URL's own host must not resolve inside (checked by us, before the proxy is asked to fetch it)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    if host in settings.allowed_hosts or f"{host}:{port}" in settings.allowed_hosts:
+        return
+    try:
+        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # unresolvable here: the proxy will fail it the same way
+    inside = [a[4][0] for a in answers if _forbidden(a[4][0])]
+    if inside:
+        raise ForbiddenAddress(f"{host} resolves to {inside[0]}, an internal address")
+
+
 def _opener(settings: FetchSettings, watchdog: _Watchdog | None = None) -> urllib.request.OpenerDirector:
-    # ProxyHandler({}): environment proxies would fetch on our behalf and bypass the address check.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                       _GuardedHTTPHandler(settings.allowed_hosts, watchdog),
-                                       _GuardedHTTPSHandler(settings.allowed_hosts, watchdog), _SchemeCheckingRedirects())
+    # ProxyHandler({}): environment proxies would fetch on our behalf and bypass the address check. A proxy named in
+    # the settings is used, and the guard lets connections reach it (it is ours) while check_target guards the target.
+    allowed = settings.allowed_hosts
+    proxies = {}
+    if settings.proxy:
+        proxy = urllib.parse.urlsplit(settings.proxy)
+        proxies = {"http": settings.proxy, "https": settings.proxy}
+        allowed = allowed | {proxy.hostname or "", f"{proxy.hostname}:{proxy.port or 80}"}
+    return urllib.request.build_opener(urllib.request.ProxyHandler(proxies), _GuardedHTTPHandler(allowed, watchdog),
+                                       _GuardedHTTPSHandler(allowed, watchdog), _SchemeCheckingRedirects(settings))
 
 
 def fetch_url(url: str, settings: FetchSettings) -> bytes:
@@ -168,6 +199,11 @@ def _too_slow(settings: FetchSettings) -> ClassificationError:
 
 
 def _fetch(url: str, settings: FetchSettings, watchdog: _Watchdog) -> bytes:
+    if settings.proxy:
+        try:
+            check_target(url, settings)
+        except ForbiddenAddress as error:
+            raise ClassificationError(ErrorKind.INVALID_REQUEST, f"image_url refused: {error.reason}") from None
     opener = _opener(settings, watchdog)
     last_error = ""
     for attempt in range(settings.attempts):

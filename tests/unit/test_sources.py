@@ -194,3 +194,51 @@ def test_a_slow_source_fails_only_its_own_listing_in_a_batch(server):
         "good-0", "good-1", "good-2", "good-3"]
     failures = [r for r in results if isinstance(r, ClassificationError)]
     assert len(failures) == 3 and all(f.kind is ErrorKind.SOURCE_TOO_SLOW for f in failures), failures
+
+
+class Proxy(http.server.BaseHTTPRequestHandler):
+    """A recording forward proxy: answers every request itself and remembers the URL it was asked for."""
+
+    asked: list[str] = []
+
+    def do_GET(self):  # noqa: N802
+        type(self).asked.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(IMAGE)))
+        self.end_headers()
+        self.wfile.write(IMAGE)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def proxy() -> Iterator[http.server.HTTPServer]:
+    Proxy.asked = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd
+    httpd.shutdown()
+
+
+def test_environment_proxies_are_ignored(server, proxy, monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert fetch_url(f"http://127.0.0.1:{server.server_port}/image", allowing(server)) == IMAGE
+    assert Proxy.asked == []  # fetched directly, behind the guard
+    with pytest.raises(ClassificationError) as raised:  # and the guard still sees the real target
+        fetch_url(f"http://127.0.0.1:{server.server_port}/image", FetchSettings(timeout_s=2))
+    assert "internal address" in raised.value.reason and Proxy.asked == []
+
+
+def test_a_configured_proxy_is_used_and_the_target_is_guarded(proxy):
+    settings = FetchSettings(timeout_s=2, proxy=f"http://127.0.0.1:{proxy.server_port}")
+    with pytest.raises(ClassificationError) as raised:
+        fetch_url("http://localhost:8080/admin.jpg", settings)  # the target is inside: refused before the proxy
+    assert raised.value.kind is ErrorKind.INVALID_REQUEST and "internal address" in raised.value.reason
+    assert Proxy.asked == []
+    allowed = FetchSettings(timeout_s=2, proxy=settings.proxy, allowed_hosts=frozenset({"images.internal.test"}))
+    assert fetch_url("http://images.internal.test/shoe.jpg", allowed) == IMAGE  # through the proxy
+    assert Proxy.asked == ["http://images.internal.test/shoe.jpg"]

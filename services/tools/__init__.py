@@ -1,0 +1,1 @@
+"""Command-line tools for people who use the platform (installed with the project)."""
