@@ -44,7 +44,7 @@ ready:
   Triton (gRPC)                      {stack.triton.grpc_url}  models: {', '.join(stack.triton.model_names)}
   result store                       {stack.database_url}
   gateway API key                    in {UP_DIR / 'gateway-api-key'} (send it as 'authorization: Bearer <key>')
-  review console                     not part of this build yet
+  review console                     not part of this build yet (see README)
 
 try:
   .venv/bin/classify-image ../shared/datasets/clothing-dataset-small/validation/shoes/*.jpg --marketplace jp-ichiba
