@@ -10,7 +10,7 @@ The research's recipe, adapted to a 2-core CPU:
   flips and colour jitter), each epoch picks one at random;
 - **dropout 0.3** before the classifier; **SGD from 0.1 (the new classifier; 0.01 for the pretrained layers), halved
   when validation accuracy stalls**;
-- **grey-level stream** (optional, off by default: it did not help the pretrained backbone in our runs).
+- **grey-level stream** (an option, off by default: not yet measured on a pretrained backbone).
 Because the frozen layers never change, their output for every view is computed once, with ONNX Runtime (about five
 times faster than eager torch on a CPU), and only the trainable part runs per step.
 
