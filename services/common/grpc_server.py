@@ -21,6 +21,57 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 ServiceRegistration = tuple[Callable, object, str]
 
 
+class _Malformed:
+    """What a request that cannot be decoded becomes, so the method answers INVALID_ARGUMENT instead of gRPC's own
+    INTERNAL ('Exception deserializing request!')."""
+
+    def __init__(self, error: Exception):
+        self.reason = f"the request is not a valid message of this method: {error}"[:300]
+
+
+def _safe(deserializer):
+    def deserialize(data):
+        try:
+            return deserializer(data)
+        except Exception as error:  # noqa: BLE001  (garbage from a caller)
+            return _Malformed(error)
+    return deserialize
+
+
+def _refusing_malformed(behavior, streaming_request: bool):
+    if streaming_request:
+        def guarded_stream(requests, context):
+            def checked():
+                for request in requests:
+                    if isinstance(request, _Malformed):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+                    yield request
+            return behavior(checked(), context)
+        return guarded_stream
+
+    def guarded(request, context):
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        return behavior(request, context)
+    return guarded
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):
+    """Undecodable requests get INVALID_ARGUMENT with the reason, a definite client error, on every method."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        changes = {"request_deserializer": _safe(handler.request_deserializer)}
+        for kind, streaming in (("unary_unary", False), ("unary_stream", False), ("stream_unary", True),
+                                ("stream_stream", True)):
+            behavior = getattr(handler, kind)
+            if behavior:
+                changes[kind] = _refusing_malformed(behavior, streaming)
+        return handler._replace(**changes)
+
+
 class GrpcServer:
     """Serves the given services plus health and reflection. Health says SERVING only while ready() holds.
 
@@ -37,7 +88,8 @@ class GrpcServer:
                    ("grpc.so_reuseport", 0)]
         self.max_workers = max_workers
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                                  interceptors=[MetricsInterceptor(), TracingServerInterceptor(), *interceptors],
+                                  interceptors=[MetricsInterceptor(), TracingServerInterceptor(), *interceptors,
+                                                MalformedRequestInterceptor()],
                                   maximum_concurrent_rpcs=max_workers)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -104,7 +104,7 @@ class LocalTriton:
             f"--backend-directory={backends}",
             f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", f"--metrics-port={self.metrics_port}",
             "--grpc-address=127.0.0.1", "--http-address=127.0.0.1",
-            f"--backend-config=python,shm-region-prefix-name=pc{uuid.uuid4().hex[:10]}",
+            f"--backend-config=python,shm-region-prefix-name={self._new_shm_prefix()}",
             "--model-control-mode=poll", "--repository-poll-secs=5",
             "--allow-metrics=true", "--log-verbose=0",
         ]
@@ -121,13 +121,31 @@ class LocalTriton:
         finally:
             client.close()
 
+    def _new_shm_prefix(self) -> str:
+        """Each start names its Python-backend shared-memory regions anew, so they can be removed after it."""
+        self.shm_prefix = f"pc{uuid.uuid4().hex[:10]}"
+        return self.shm_prefix
+
+    def shm_regions(self) -> list[Path]:
+        prefix = getattr(self, "shm_prefix", None)
+        return sorted(Path("/dev/shm").glob(f"{prefix}*")) if prefix else []
+
+    def _remove_shm_regions(self) -> None:
+        """A killed tritonserver leaves its regions in /dev/shm; what this stack created, it removes."""
+        for region in self.shm_regions():
+            region.unlink(missing_ok=True)
+
     def stop(self) -> None:
         if self._process:
             self._process.stop()
+        self._remove_shm_regions()
 
     def kill(self) -> None:
-        """SIGKILL, for fault tests."""
+        """SIGKILL, for fault tests (its shared-memory regions are removed once it is gone)."""
         import signal
 
         if self._process:
             self._process.signal(signal.SIGKILL)
+            if self._process.process is not None:
+                self._process.process.wait(10)
+        self._remove_shm_regions()

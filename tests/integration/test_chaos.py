@@ -34,7 +34,10 @@ def assert_nothing_lost_or_doubled(result: chaos.ScenarioResult, dead_lettered: 
 
 
 def test_triton_killed_mid_stream_and_restarted(chaos_stack):
+    regions_before_kill = chaos_stack.triton.shm_regions()
+    assert regions_before_kill, "the CPU Triton's Python backend uses shared memory"
     result = chaos.triton_killed_and_restarted(chaos_stack, 300)
+    assert not any(region.exists() for region in regions_before_kill), "the killed Triton's /dev/shm regions remain"
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)
     assert result.classified == 300 and result.recovery_s is not None
@@ -117,3 +120,39 @@ def test_postgresql_connections_killed_under_load(chaos_stack):
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)
     assert result.classified == 200 and "connections terminated" in result.notes
+
+
+def test_the_synchronous_path_answers_unavailable_while_triton_is_down(chaos_stack):
+    """A dependency outage is UNAVAILABLE to a gRPC caller (retry later), health says NOT_SERVING, and both come back."""
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
+    from services.localstack.traffic import sample_listings
+
+    listing = sample_listings(1, seed=139, prefix="sync-outage")[0].listing
+
+    def preprocessing_status():
+        with grpc.insecure_channel(chaos_stack.services["preprocessing"].address) as channel:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+    chaos_stack.triton.kill()
+    try:
+        with chaos_stack.gateway_channel() as channel:
+            with pytest.raises(grpc.RpcError) as raised:
+                gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListing(
+                    gateway_pb2.ClassifyListingRequest(listing=listing), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value.details()
+        deadline = time.monotonic() + 10
+        while preprocessing_status() != health_pb2.HealthCheckResponse.NOT_SERVING and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert preprocessing_status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        chaos_stack.triton.start()
+    chaos_stack.services["preprocessing"].wait_serving(60)
+    with chaos_stack.gateway_channel() as channel:
+        answer = gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListing(
+            gateway_pb2.ClassifyListingRequest(listing=listing), timeout=60)
+    assert answer.category.id
