@@ -177,14 +177,19 @@ def results_restarted(stack: LocalStack, count: int = 200) -> ScenarioResult:
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
 
+    stopped = {}
+
     def restart() -> None:
-        stack.services["results"].stop()  # SIGTERM: drains, commits, exits
+        began = time.monotonic()
+        stack.services["results"].stop()  # SIGTERM: drains, commits, exits (SIGKILL only past the grace period)
+        stopped["stop_s"] = round(time.monotonic() - began, 2)
+        stopped["exit_code"] = stack.services["results"].process.process.returncode
         stack.services["results"].start()
 
     try:
         at_fault, fault_at = _fault_mid_stream(stack, outcomes, samples, restart)
         result = outcomes.result("result service restarted mid-stream (SIGTERM)", ids, count,
-                                 outcomes.first_published_after(fault_at, ids))
+                                 outcomes.first_published_after(fault_at, ids), json.dumps(stopped))
         result.published_at_fault = at_fault
         return result
     finally:
@@ -405,40 +410,66 @@ def poison_ids_interleaved(stack: LocalStack, good_count: int = 40) -> ScenarioR
         outcomes.close()
 
 
-class DrippingHost:
-    """An image host that sends one byte every 0.3 s: never idle long enough for a per-read timeout."""
+class ImageHost:
+    """An image host on this machine for the URL scenarios: /photo/<category>/<file> serves a validation photo,
+    /flaky-429/... and /flaky-503/... fail once per path before serving it, /missing is 404, and /drip/... sends one
+    byte every 0.3 s (never idle long enough for a per-read timeout)."""
 
     def __init__(self):
         self.port = free_port()
         self._server = None
+        self.failed_once: set[str] = set()
 
     @property
     def allowed(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}.jpg"
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
 
     def start(self) -> None:
         import http.server
 
-        class Drip(http.server.BaseHTTPRequestHandler):
+        from services.trainer.real_models import clothing_dataset
+
+        host = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
+                kind, _, rest = self.path.split("?")[0].lstrip("/").partition("/")
+                if kind.startswith("flaky-") and self.path not in host.failed_once:
+                    host.failed_once.add(self.path)
+                    self.send_response(int(kind.split("-")[1]))
+                    self.end_headers()
+                    return
+                if kind == "drip":
+                    self.send_response(200)
+                    self.end_headers()
+                    for _ in range(1000):
+                        try:
+                            self.wfile.write(b"\xff")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                        time.sleep(0.3)
+                    return
+                photo = clothing_dataset() / "validation" / rest
+                if kind not in ("photo", "flaky-429", "flaky-503") or ".." in rest or not photo.is_file():
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                data = photo.read_bytes()
                 self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                for _ in range(1000):
-                    try:
-                        self.wfile.write(b"\xff")
-                        self.wfile.flush()
-                    except OSError:
-                        return
-                    time.sleep(0.3)
+                self.wfile.write(data)
 
             def log_message(self, *args):
                 pass
 
         if self._server is None:
-            self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Drip)
+            self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
             self._server.daemon_threads = True
             threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
@@ -449,7 +480,7 @@ class DrippingHost:
             self._server = None
 
 
-def dripping_host_among_good(stack: LocalStack, host: DrippingHost, good_count: int = 40,
+def dripping_host_among_good(stack: LocalStack, host: ImageHost, good_count: int = 40,
                              slow_count: int = 3) -> ScenarioResult:
     """Listings whose image URL drips, in the same batches as good ones: the slow ones fail as SOURCE_TOO_SLOW at
     the fetch's total deadline, the good ones are classified."""
@@ -457,7 +488,7 @@ def dripping_host_among_good(stack: LocalStack, host: DrippingHost, good_count: 
     samples = sample_listings(good_count, seed=127, prefix="chaos-drip-good")
     run = uuid.uuid4().hex[:6]
     slow = [common_pb2.Listing(listing_id=f"chaos-drip-slow-{run}-{i}", marketplace="de-modehaus",
-                               image_url=host.url(f"slow-{i}")) for i in range(slow_count)]
+                               image_url=host.url(f"drip/slow-{i}.jpg")) for i in range(slow_count)]
     listings = [s.listing for s in samples]
     for index, listing in enumerate(slow):
         listings.insert(5 + index * 10, listing)
@@ -506,9 +537,9 @@ def postgres_connections_killed(stack: LocalStack, count: int = 200) -> Scenario
         outcomes.close()
 
 
-def chaos_stack_options(work_dir, database_url: str | None) -> tuple[StackOptions, DrippingHost]:
-    """The stack the scenarios need: the dripping host allowed past the SSRF guard, a short fetch deadline."""
-    host = DrippingHost()
+def chaos_stack_options(work_dir, database_url: str | None) -> tuple[StackOptions, ImageHost]:
+    """The stack the scenarios need: the local image host allowed past the SSRF guard, a short fetch deadline."""
+    host = ImageHost()
     return StackOptions(work_dir=work_dir, database_url=database_url, extra_env={
         "PREPROCESSING_FETCH_ALLOWED_HOSTS": host.allowed, "PREPROCESSING_FETCH_TOTAL_TIMEOUT_S": "3",
         "PREPROCESSING_FETCH_TIMEOUT_S": "2"}), host

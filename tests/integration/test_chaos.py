@@ -55,6 +55,9 @@ def test_result_service_restarted_mid_stream(chaos_stack):
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)
     assert result.classified == 200
+    stopped = json.loads(result.notes)
+    # SIGTERM alone ended it, well within the grace period (20 s): exit status 0, no SIGKILL behind it
+    assert stopped["exit_code"] == 0 and stopped["stop_s"] < 20, stopped
 
 
 def test_the_same_events_twice_are_stored_and_published_once(chaos_stack):
@@ -156,3 +159,57 @@ def test_the_synchronous_path_answers_unavailable_while_triton_is_down(chaos_sta
         answer = gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListing(
             gateway_pb2.ClassifyListingRequest(listing=listing), timeout=60)
     assert answer.category.id
+
+
+def test_listings_with_image_urls_through_kafka_and_grpc(chaos_stack, dripping_host):
+    """Image URLs on a local host: fetched and classified through Kafka and through the gateway; 429 and 503 are
+    retried; a missing image is dead-lettered as SOURCE_UNREACHABLE and stored as FAILED with its reason."""
+    import uuid
+
+    import grpc
+
+    from services.common.contracts.product_classification.v1 import (common_pb2, gateway_pb2, gateway_pb2_grpc,
+                                                                     results_pb2, results_pb2_grpc)
+    from services.localstack.traffic import labelled_photos, submit_listings
+
+    host = dripping_host["host"]
+    host.start()
+    try:
+        photos = [f"{path.parent.name}/{path.name}" for path, _ in labelled_photos()[:3]]
+        run = uuid.uuid4().hex[:6]
+        listings = {
+            f"url-{run}-ok": host.url(f"photo/{photos[0]}"),
+            f"url-{run}-429": host.url(f"flaky-429/{photos[1]}"),
+            f"url-{run}-503": host.url(f"flaky-503/{photos[2]}"),
+            f"url-{run}-missing": host.url("missing/nothing.jpg"),
+        }
+        outcomes = chaos.Outcomes(chaos_stack)
+        try:
+            submit_listings(chaos_stack.kafka_settings, [
+                common_pb2.Listing(listing_id=i, marketplace="fr-boutique", image_url=u) for i, u in listings.items()])
+            outcomes.wait_for(set(listings), 120)
+            classified = {e.classification.listing_id for _, e in outcomes.published}
+            failed = {f.listing_id: f for f in outcomes.failed}
+        finally:
+            outcomes.close()
+        assert {f"url-{run}-ok", f"url-{run}-429", f"url-{run}-503"} <= classified
+        missing = failed[f"url-{run}-missing"]
+        assert missing.error_kind == common_pb2.ERROR_KIND_SOURCE_UNREACHABLE and "HTTP 404" in missing.reason
+        with chaos_stack.internal_channel("results") as channel:
+            stored = results_pb2_grpc.ClassificationResultsStub(channel).GetClassification(
+                results_pb2.GetClassificationRequest(listing_id=f"url-{run}-missing"), timeout=10)
+        assert stored.status == common_pb2.CLASSIFICATION_STATUS_FAILED and "HTTP 404" in stored.error_reason
+
+        with chaos_stack.gateway_channel() as channel:
+            stub = gateway_pb2_grpc.ListingClassifierStub(channel)
+            answer = stub.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=common_pb2.Listing(
+                listing_id=f"url-{run}-grpc", marketplace="fr-boutique",
+                image_url=host.url(f"flaky-503/{photos[0]}?grpc"))), timeout=60)
+            assert answer.category.id and answer.category.locale == "fr"
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=common_pb2.Listing(
+                    listing_id=f"url-{run}-grpc-missing", marketplace="fr-boutique",
+                    image_url=host.url("missing/x.jpg"))), timeout=60)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and "HTTP 404" in raised.value.details()
+    finally:
+        host.stop()

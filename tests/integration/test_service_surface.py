@@ -97,3 +97,21 @@ def test_two_credentials_on_one_call_are_refused(stack):
             with pytest.raises(grpc.RpcError) as raised:
                 stub.SubmitListing(gateway_pb2.SubmitListingRequest(), timeout=5, metadata=metadata)
             assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED and "exactly one" in raised.value.details()
+
+
+def test_api_keys_never_appear_in_the_logs(stack):
+    """After authenticated, refused and wrong-key calls (the tests above), no service has logged a key."""
+    from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
+    from services.localstack.stack import authenticated_channel
+
+    with authenticated_channel(stack.services["gateway"].address, stack.gateway_api_key + "x") as channel:
+        with pytest.raises(grpc.RpcError):
+            gateway_pb2_grpc.ListingClassifierStub(channel).SubmitListing(gateway_pb2.SubmitListingRequest(),
+                                                                          timeout=5)
+    keys = [stack.gateway_api_key, *(k for callers in stack.internal_keys.values() for k in callers.values())]
+    logs = {path.name: path.read_text(errors="replace") for path in stack.options.work_dir.glob("*.log")}
+    assert {"gateway.log", "results.log", "preprocessing.log"} <= set(logs)
+    assert "rejected a call with an unknown API key" in logs["gateway.log"]  # the refusal is logged, the key is not
+    for name, text in logs.items():
+        for key in keys:
+            assert key[:12] not in text, f"a key appears in {name}"

@@ -74,3 +74,80 @@ def test_a_fatal_part_stops_the_service_with_a_non_zero_exit():
                             check_interval_s=10.0, fatal=fatal)
     assert exited.value.code == 70 and stopped == [True]
     assert serving == [True, False]  # NOT_SERVING at once, without waiting out the check interval
+
+
+class Future:
+    """The seam: one send's acknowledgement, or its failure."""
+
+    def __init__(self, error: Exception | None = None):
+        self.error = error
+
+    def get(self, timeout=None):
+        if self.error:
+            raise self.error
+
+
+class RecordingConsumer(FakeConsumer):
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = list(reversed(batches))
+        self.paused = 0
+        self.resumed = 0
+        self.seeks = []
+
+    def assignment(self):
+        from kafka import TopicPartition
+
+        return {TopicPartition("t", 0)}
+
+    def pause(self, *partitions):
+        self.paused += 1
+
+    def resume(self, *partitions):
+        self.resumed += 1
+
+    def seek(self, partition, offset):
+        self.seeks.append((partition.partition, offset))
+
+
+def test_an_unacknowledged_send_leaves_the_batch_uncommitted_and_it_is_redone():
+    from kafka.errors import KafkaTimeoutError
+
+    records = [SimpleNamespace(topic="t", partition=0, offset=o, key=b"k", value=b"v") for o in (3, 4)]
+    consumer = RecordingConsumer([{"tp": records}])
+    calls = []
+
+    def handler(batch):
+        calls.append([r.offset for r in batch])
+        # the first attempt's send is never acknowledged; the second is
+        return [Future(KafkaTimeoutError("no ack")) if len(calls) == 1 else Future()]
+
+    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer(), send_timeout_s=1)
+    loop.start()
+    deadline = time.monotonic() + 10
+    while not consumer.committed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loop.stop(5)
+    assert calls == [[3, 4], [3, 4]], "the same batch is handled again"
+    assert len(consumer.committed) == 1  # committed once, after the acknowledged attempt
+    [(partition, offset)] = consumer.committed[0].items()
+    assert offset.offset == 5
+    assert consumer.paused >= 1 and consumer.resumed >= 1  # fetching paused while retrying, resumed after
+    assert not loop.fatal.is_set()
+
+
+def test_a_retryable_failure_while_stopping_rewinds_to_the_batch_start():
+    records = [SimpleNamespace(topic="t", partition=0, offset=o, key=b"k", value=b"v") for o in (7, 8)]
+    consumer = RecordingConsumer([{"tp": records}])
+
+    def handler(batch):
+        raise ClassificationError(ErrorKind.UNAVAILABLE, "Triton is down")
+
+    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer())
+    loop.start()
+    deadline = time.monotonic() + 5
+    while consumer.paused == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not loop.healthy.is_set()  # NOT_SERVING while the dependency is down
+    loop.stop(5)
+    assert consumer.committed == [] and (0, 7) in consumer.seeks  # redone by whoever holds the partition next
