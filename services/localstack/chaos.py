@@ -56,7 +56,9 @@ class Outcomes:
     def poll(self) -> None:
         """Reads whatever arrives on both topics within a short window."""
         for record in self.classified_reader.read(lambda rs: False, 0.3):
-            self.published.append((time.monotonic(), events_pb2.ListingClassified.FromString(record.value)))
+            event = events_pb2.ListingClassified.FromString(record.value)
+            # When the result service classified it (its clock), not when this reader got to it.
+            self.published.append((event.classification.classified_at.ToMicroseconds() / 1e6, event))
         for record in self.failed_reader.read(lambda rs: False, 0.1):
             try:
                 self.failed.append(events_pb2.ProcessingFailed.FromString(record.value))
@@ -104,27 +106,33 @@ class Outcomes:
 
 
 def _inject_when(outcomes: Outcomes, ids: set[str], fraction: float, timeout_s: float = 120) -> int:
-    """Waits until the given fraction of the listings is published, so the fault lands mid-stream; returns how
-    many were published by then."""
-    deadline = time.monotonic() + timeout_s
-    published = 0
-    while time.monotonic() < deadline:
-        outcomes.poll()
-        published = len({e.classification.listing_id for _, e in outcomes.published
-                         if e.classification.listing_id in ids})
-        if published >= fraction * len(ids):
-            break
-    return published
+    """Waits until the given fraction of the listings is stored, so the fault lands mid-stream; returns how many were
+    by then. Progress is read from the store, not the output topic: a reader of the topic starts at its beginning and
+    can lag behind by every earlier scenario's events."""
+    store = ClassificationStore(outcomes.stack.database_url)
+    store.start()
+    wanted = sorted(ids)
+    try:
+        deadline = time.monotonic() + timeout_s
+        done = 0
+        while time.monotonic() < deadline:
+            done = store.count_listings(wanted)
+            if done >= fraction * len(ids):
+                break
+            time.sleep(0.05)
+        return done
+    finally:
+        store.stop()
 
 
 def _fault_mid_stream(stack: LocalStack, outcomes: Outcomes, samples, fault) -> tuple[int, float]:
     """Streams the listings, runs fault() once a fifth of them is published, then waits for all of them.
-    Returns how many were published when the fault hit, and when it hit (time.monotonic())."""
+    Returns how many were stored when the fault hit, and when it hit (time.time(), the services' clock)."""
     ids = {s.listing.listing_id for s in samples}
     threading.Thread(target=submit_listings, args=(stack.kafka_settings, [s.listing for s in samples]),
                      daemon=True).start()
     at_fault = _inject_when(outcomes, ids, 0.2)
-    fault_at = time.monotonic()
+    fault_at = time.time()
     fault()
     outcomes.wait_for(ids, 300)
     return at_fault, fault_at
@@ -273,8 +281,8 @@ def model_reloaded(stack: LocalStack, count: int = 300, model: str | None = None
         new_version.mkdir()
         shutil.copy(repository / str(current) / "model.py", new_version / "model.py")
         (new_version / "model.onnx").symlink_to((repository / str(current) / "model.onnx").resolve())
-        fault_at = time.monotonic()
-        deadline = fault_at + 120
+        fault_at = time.time()
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # Triton polls the repository every few seconds
             try:
                 if client.is_model_ready(model, str(current + 1)):
@@ -335,7 +343,7 @@ def results_replicas_racing(stack: LocalStack, count: int = 100) -> ScenarioResu
     outcomes = Outcomes(stack)
     producer = KafkaProducer(**kafka.client_options(), acks="all", linger_ms=5)
     try:
-        began = time.monotonic()
+        began = time.time()
         for prediction in made:
             for partition in range(stack.options.partitions):
                 producer.send(kafka.topics.prediction_made, key=prediction.listing_id.encode(), partition=partition,
@@ -393,7 +401,7 @@ def poison_ids_interleaved(stack: LocalStack, good_count: int = 40) -> ScenarioR
         prediction.listing_id = bad_id + "-prediction"
     poison_all = {*POISON_IDS, *(p.listing_id for p in poison_predictions)}
     try:
-        began = time.monotonic()
+        began = time.time()
         for index, sample in enumerate(samples):
             submit_listings(kafka, [sample.listing])
             if index == 10:
@@ -495,7 +503,7 @@ def dripping_host_among_good(stack: LocalStack, host: ImageHost, good_count: int
     ids = {listing.listing_id for listing in listings}
     outcomes = Outcomes(stack)
     try:
-        began = time.monotonic()
+        began = time.time()
         submit_listings(stack.kafka_settings, listings)
         outcomes.wait_for(ids, 300)
         result = outcomes.result("a dripping image host among good listings", ids, len(ids),

@@ -95,6 +95,8 @@ class LocalStack:
         if prefix in ("PREPROCESSING", "RESULTS"):
             keys = self.internal_keys[prefix.lower()]
             env[f"{prefix}_API_KEYS"] = ",".join(f"{caller}={key}" for caller, key in keys.items())
+            # The fusion published beside the versions this stack's Triton serves.
+            env[f"{prefix}_FUSION_PATH"] = str(self.options.model_repository / "fusion.json")
         if prefix == "PREPROCESSING":
             env["PREPROCESSING_TRITON_URL"] = self.triton.grpc_url
             # CPU Triton shares this machine's few cores: one model at a time beats both at once (see `make bench`).

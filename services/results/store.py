@@ -264,6 +264,16 @@ class ClassificationStore:
             cursor.execute("SELECT COALESCE(MAX(sequence), 0) FROM classifications")
             return int(cursor.fetchone()[0])
 
+    def count_listings(self, listing_ids: list[str]) -> int:
+        """How many of these listings have a row (progress, for fault tests)."""
+        if not listing_ids:
+            return 0
+        with self._transaction() as cursor:
+            marks = ", ".join([self._placeholder] * len(listing_ids))
+            cursor.execute(f"SELECT COUNT(DISTINCT listing_id) FROM classifications WHERE listing_id IN ({marks})",
+                           listing_ids)
+            return int(cursor.fetchone()[0])
+
     def count_for_listing(self, listing_id: str) -> int:
         with self._transaction() as cursor:
             cursor.execute(self._sql("SELECT COUNT(*) FROM classifications WHERE listing_id = ?"), (listing_id,))
