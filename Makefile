@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo up evaluate test bench bench-preprocess bench-scale chaos lock clean
+.PHONY: install contracts contracts-check models train ablation demo up evaluate test bench bench-preprocess bench-scale bench-watch chaos lock clean
 
 install: $(INSTALLED)
 
@@ -62,6 +62,10 @@ bench-preprocess: install
 ## One and two preprocessing workers in one consumer group: prints one line of JSON last.
 bench-scale: models
 	$(PY) -m services.localstack.bench_scale
+
+## Many watch streams against one result replica, and GetClassification latency meanwhile: JSON line last.
+bench-watch: models
+	$(PY) -m services.localstack.bench_watch
 
 ## Fault injection on the local stack: prints one line of JSON last (lost and duplicated must be 0).
 chaos: models

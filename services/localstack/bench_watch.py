@@ -1,0 +1,97 @@
+"""`make bench-watch`: many watch streams against one result replica, and what GetClassification costs meanwhile.
+
+Opens `--streams` WatchClassifications streams at once from `--callers` distinct callers (each its own API key),
+keeps the ones the replica accepts open, and measures GetClassification latency while they are open. The replica
+bounds streams (RESULTS_MAX_WATCH_STREAMS in all, RESULTS_MAX_WATCH_STREAMS_PER_CALLER each): the rest must be
+refused at once with RESOURCE_EXHAUSTED, and GetClassification must stay fast. Prints one line of JSON last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import secrets
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+
+from services.common.contracts.product_classification.v1 import gateway_pb2, results_pb2, results_pb2_grpc
+from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions, authenticated_channel
+from services.localstack.traffic import sample_listings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--callers", type=int, default=250)
+    parser.add_argument("--gets", type=int, default=300)
+    options = parser.parse_args()
+    work_dir = REPOSITORY_ROOT / ".run" / "bench-watch"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    stack = LocalStack(StackOptions(work_dir=work_dir))
+    callers = {f"watcher-{i}": secrets.token_urlsafe(18) for i in range(options.callers)}
+    stack.internal_keys["results"].update(callers)
+    with stack:
+        address = stack.services["results"].address
+        with stack.gateway_channel() as channel:
+            listing = sample_listings(1, seed=151, prefix="watch-bench")[0].listing
+            from services.common.contracts.product_classification.v1 import gateway_pb2_grpc
+
+            gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListing(
+                gateway_pb2.ClassifyListingRequest(listing=listing), timeout=60)
+        keys = list(callers.values())
+        channels = [authenticated_channel(address, key) for key in keys]
+        accepted, refused, refusal_ms, other = [], [], [], []
+        lock = threading.Lock()
+
+        def open_stream(index: int) -> None:
+            stub = results_pb2_grpc.ClassificationResultsStub(channels[index % len(channels)])
+            stream = stub.WatchClassifications(results_pb2.WatchClassificationsRequest(), timeout=120)
+            began = time.perf_counter()
+            try:
+                for _ in stream:
+                    pass
+            except grpc.RpcError as error:
+                with lock:
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        refused.append(index)
+                        refusal_ms.append((time.perf_counter() - began) * 1000)
+                    elif error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        accepted.append(index)
+                    else:
+                        other.append(error.code().name)
+
+        streams = ThreadPoolExecutor(max_workers=options.streams)
+        for index in range(options.streams):
+            streams.submit(open_stream, index)
+        deadline = time.monotonic() + 60
+        while len(refused) + len(other) < options.streams - 16 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        get_ms = []
+        with authenticated_channel(address, stack.internal_keys["results"]["localstack"]) as channel:
+            stub = results_pb2_grpc.ClassificationResultsStub(channel)
+            for _ in range(options.gets):
+                began = time.perf_counter()
+                stub.GetClassification(results_pb2.GetClassificationRequest(listing_id=listing.listing_id),
+                                       timeout=10)
+                get_ms.append((time.perf_counter() - began) * 1000)
+        open_now = options.streams - len(refused) - len(other)
+        for channel in channels:
+            channel.close()  # cancels the open streams
+        streams.shutdown(wait=True)
+    print(json.dumps({
+        "streams_asked": options.streams, "callers": options.callers, "streams_open": open_now,
+        "streams_refused_resource_exhausted": len(refused), "other_errors": sorted(set(other)),
+        "refusal_p99_ms": round(float(np.percentile(refusal_ms, 99)), 1) if refusal_ms else None,
+        "get_classification_p50_ms": round(float(np.percentile(get_ms, 50)), 2),
+        "get_classification_p99_ms": round(float(np.percentile(get_ms, 99)), 2),
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"}))
+
+
+if __name__ == "__main__":
+    main()
