@@ -238,3 +238,34 @@ def test_invalid_requests_get_invalid_argument_with_a_reason(gateway, listing, c
     with pytest.raises(grpc.RpcError) as raised:
         gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=listing), timeout=30)
     assert raised.value.code() == code and raised.value.details()
+
+
+def test_limits_at_the_grpc_boundary(stack, gateway):
+    """What a gRPC caller receives past the limits the README names: the per-call listing cap, the image cap, and
+    the 32 MB message cap."""
+    from services.common.grpc_security import with_api_key
+
+    tiny = sample_listings(1, seed=149, prefix="limits")[0].listing
+    many = [common_pb2.Listing(listing_id=f"cap-{i}", marketplace="de-modehaus", image_bytes=tiny.image_bytes)
+            for i in range(101)]
+    with pytest.raises(grpc.RpcError) as raised:
+        gateway.ClassifyListings(gateway_pb2.ClassifyListingsRequest(listings=many), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 100" in raised.value.details()
+
+    big = common_pb2.Listing(listing_id="cap-big", marketplace="de-modehaus", image_bytes=b"\xff" * (21 * 1024 * 1024))
+    with pytest.raises(grpc.RpcError) as raised:
+        gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=big), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "over the limit" in raised.value.details()
+
+    huge = common_pb2.Listing(listing_id="cap-huge", marketplace="de-modehaus", image_bytes=b"\xff" * (33 * 1024 * 1024))
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    with with_api_key(grpc.insecure_channel(stack.services["gateway"].address, options=options),
+                      stack.gateway_api_key) as channel:
+        from services.common.contracts.product_classification.v1 import gateway_pb2_grpc
+
+        with pytest.raises(grpc.RpcError) as raised:
+            gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListing(
+                gateway_pb2.ClassifyListingRequest(listing=huge), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the server's 32 MB receive cap
+    # and the gateway goes on
+    assert gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=tiny), timeout=60).category.id
