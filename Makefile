@@ -37,15 +37,15 @@ ablation: install
 
 ## The local stack on real validation photos: ends with `classified N/N listings`.
 demo: models
-	$(PY) -m services.localstack.demo
+	$(PY) -m services.drivers.demo
 
 ## The local stack, kept running until Ctrl-C: prints where everything is and what to try.
 up: models
-	$(PY) -m services.localstack.up
+	$(PY) -m services.drivers.up
 
 ## Every photo of DATA (folder per category; default the validation split) through the pipeline: JSON line last.
 evaluate: models
-	$(PY) -m services.localstack.evaluate $(if $(DATA),--data $(DATA))
+	$(PY) -m services.drivers.evaluate $(if $(DATA),--data $(DATA))
 
 ## The whole test suite, on the real broker, the real Triton (CPU) and the real PostgreSQL.
 test: models
@@ -53,23 +53,23 @@ test: models
 
 ## Pipeline benchmark (production-size models in .run/bench_models): prints one line of JSON last.
 bench: install
-	$(PY) -m services.localstack.bench_pipeline
+	$(PY) -m services.drivers.bench_pipeline
 
 ## Preprocessing against the straightforward Pillow path: prints one line of JSON last.
 bench-preprocess: install
-	$(PY) -m services.preprocessing.bench
+	$(PY) -m services.drivers.bench_preprocess
 
 ## One and two preprocessing workers in one consumer group: prints one line of JSON last.
 bench-scale: models
-	$(PY) -m services.localstack.bench_scale
+	$(PY) -m services.drivers.bench_scale
 
 ## Many watch streams against one result replica, and GetClassification latency meanwhile: JSON line last.
 bench-watch: models
-	$(PY) -m services.localstack.bench_watch
+	$(PY) -m services.drivers.bench_watch
 
 ## Fault injection on the local stack: prints one line of JSON last (lost and duplicated must be 0).
 chaos: models
-	$(PY) -m services.localstack.chaos
+	$(PY) -m services.drivers.chaos
 
 ## Re-pin requirements.lock from what is installed in .venv.
 lock:

@@ -121,21 +121,28 @@ class ClassificationRecorder:
                     raise
                 outcomes.append(error)  # this event's own fault: dead-lettered, the others go on
         pending, in_this_batch, elsewhere = [], set(), []
-        for index, outcome in enumerate(outcomes):
-            if not isinstance(outcome, StoredClassification) or outcome.published:
-                continue
-            sequence = outcome.classification.sequence
-            if sequence in in_this_batch:
-                continue  # the same event twice in one batch: its row is published once
-            in_this_batch.add(sequence)
-            if not self.store.claim(sequence, self.publisher_id, self.claim_lease_s):
-                if not self.store.is_published(sequence):
-                    elsewhere.append(sequence)  # another replica is publishing it right now
-                continue
-            with span_for(index) if span_for else contextlib.nullcontext():
-                key = idempotency_key(outcome.classification)
-                event = events_pb2.ListingClassified(classification=outcome.classification, event_id=event_id(key))
-                pending.append((outcome, self.publish(event)))
+        interrupted: ClassificationError | None = None
+        try:
+            for index, outcome in enumerate(outcomes):
+                if not isinstance(outcome, StoredClassification) or outcome.published:
+                    continue
+                sequence = outcome.classification.sequence
+                if sequence in in_this_batch:
+                    continue  # the same event twice in one batch: its row is published once
+                in_this_batch.add(sequence)
+                if not self.store.claim(sequence, self.publisher_id, self.claim_lease_s):
+                    if not self.store.is_published(sequence):
+                        elsewhere.append(sequence)  # another replica is publishing it right now
+                    continue
+                with span_for(index) if span_for else contextlib.nullcontext():
+                    key = idempotency_key(outcome.classification)
+                    event = events_pb2.ListingClassified(classification=outcome.classification,
+                                                         event_id=event_id(key))
+                    pending.append((outcome, self.publish(event)))
+        except ClassificationError as error:
+            # The store went away mid-batch: what was already sent is still awaited and marked below, so the
+            # retry does not publish it again.
+            interrupted = error
         acknowledged, failures = [], []
         for outcome, future in pending:
             try:
@@ -152,6 +159,8 @@ class ClassificationRecorder:
             if stored.classification.HasField("submitted_at"):
                 END_TO_END_SECONDS.observe(max(0.0, now - stored.classification.submitted_at.ToMicroseconds() / 1e6))
         self._notify_watchers()
+        if interrupted is not None:
+            raise interrupted
         if failures:
             raise ClassificationError(ErrorKind.UNAVAILABLE, f"publishing failed for {len(failures)} of "
                                       f"{len(pending)} events: {failures[0]}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.localstack.traffic import labelled_photos
+from services.drivers.traffic import labelled_photos
 from services.preprocessing.images import ImageLimits, prepare_image
 from services.results.fusion import fuse_arrays
 from services.trainer.pretrained import onnx_session, run_onnx

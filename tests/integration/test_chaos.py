@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.localstack import chaos
+from services.drivers import chaos
 from services.localstack.stack import LocalStack
 
 
@@ -133,7 +133,7 @@ def test_the_synchronous_path_answers_unavailable_while_triton_is_down(chaos_sta
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
-    from services.localstack.traffic import sample_listings
+    from services.drivers.traffic import sample_listings
 
     listing = sample_listings(1, seed=139, prefix="sync-outage")[0].listing
 
@@ -170,7 +170,7 @@ def test_listings_with_image_urls_through_kafka_and_grpc(chaos_stack, dripping_h
 
     from services.common.contracts.product_classification.v1 import (common_pb2, gateway_pb2, gateway_pb2_grpc,
                                                                      results_pb2, results_pb2_grpc)
-    from services.localstack.traffic import labelled_photos, submit_listings
+    from services.drivers.traffic import labelled_photos, submit_listings
 
     host = dripping_host["host"]
     host.start()

@@ -16,7 +16,7 @@ from services.common.contracts.product_classification.v1 import (
     preprocessing_pb2,
     results_pb2,
 )
-from services.localstack.traffic import TopicReader, produce_raw, sample_listings, submit_and_collect
+from services.drivers.traffic import TopicReader, produce_raw, sample_listings, submit_and_collect
 
 VALID = {
     "/product_classification.v1.ListingClassifier/ClassifyListing":

@@ -1,8 +1,8 @@
 """Every service exposes Prometheus metrics that move with the traffic: a scrape before and after, compared."""
 
 from services.common.contracts.product_classification.v1 import gateway_pb2
-from services.localstack.metrics_reader import scrape, total
-from services.localstack.traffic import sample_listings, submit_and_collect
+from services.drivers.metrics_reader import scrape, total
+from services.drivers.traffic import sample_listings, submit_and_collect
 
 
 def test_metrics_follow_the_traffic(stack, kafka, gateway):

@@ -7,7 +7,7 @@ import numpy as np
 
 from services.preprocessing.images import ImageLimits, prepare_image
 from services.preprocessing.triton_models import TritonClassifier
-from services.localstack.traffic import sample_listings
+from services.drivers.traffic import sample_listings
 
 
 def test_parallel_and_sequential_model_calls_agree(stack):

@@ -50,7 +50,7 @@ def test_classify_image_errors_are_one_line_each_never_a_traceback(stack, tmp_pa
 
 
 def test_make_up_prints_where_everything_is_and_stops_cleanly():
-    process = subprocess.Popen([sys.executable, "-m", "services.localstack.up"], cwd=REPOSITORY_ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "services.drivers.up"], cwd=REPOSITORY_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     try:

@@ -15,7 +15,7 @@ from services.common.contracts.product_classification.v1 import (
     gateway_pb2,
     results_pb2,
 )
-from services.localstack.traffic import (
+from services.drivers.traffic import (
     MARKETPLACES,
     TopicReader,
     classified_by_listing,

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from services.localstack.metrics_reader import scrape, total
+from services.drivers.metrics_reader import scrape, total
 from services.localstack.stack import LocalStack, StackOptions
-from services.localstack.traffic import sample_listings, submit_and_collect
+from services.drivers.traffic import sample_listings, submit_and_collect
 
 
 ASSIGNED = "product_classification_kafka_assigned_partitions"

@@ -5,7 +5,7 @@ import secrets
 from google.protobuf.message import DecodeError
 
 from services.common.contracts.product_classification.v1 import events_pb2, gateway_pb2
-from services.localstack.traffic import TopicReader, sample_listings
+from services.drivers.traffic import TopicReader, sample_listings
 
 
 def trace_ids(kafka, topic, listing_id, parse) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.localstack.evaluate import EvaluationError, Outcome, check_folders, score
+from services.drivers.evaluate import EvaluationError, Outcome, check_folders, score
 
 LABELS = ["hat", "pants", "shoes"]
 

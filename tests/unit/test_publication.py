@@ -114,3 +114,27 @@ def test_every_publication_carries_a_stable_event_id(store, taxonomies):
     recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event) or Sent())
     [outcome] = recorder.record_predictions([prediction("stable-id")])
     assert sent[0].event_id == event_id(idempotency_key(outcome.classification)) and len(sent[0].event_id) == 32
+
+
+def test_a_store_failure_mid_batch_still_marks_what_was_already_sent(store, taxonomies):
+    """The connection dies after the first row was sent: that row is still awaited and marked, so the retry does not
+    publish it again."""
+    sent = []
+    recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event.event_id) or Sent())
+    real_claim, calls = store.claim, []
+
+    def claim_failing_second(sequence, owner, lease_s):
+        calls.append(sequence)
+        if len(calls) == 2:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, "result store: the connection was terminated")
+        return real_claim(sequence, owner, lease_s)
+
+    store.claim = claim_failing_second
+    batch = [prediction(f"mid-{i}") for i in range(3)]
+    try:
+        with pytest.raises(ClassificationError):
+            recorder.record_predictions(batch)
+    finally:
+        store.claim = real_claim
+    recorder.record_predictions(batch)  # the retry
+    assert len(sent) == 3 and len(set(sent)) == 3, "each row published once"

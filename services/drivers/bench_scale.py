@@ -13,9 +13,9 @@ import platform
 import shutil
 import time
 
-from services.localstack.metrics_reader import scrape, total
+from services.drivers.metrics_reader import scrape, total
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.localstack.traffic import sample_listings, submit_and_collect
+from services.drivers.traffic import sample_listings, submit_and_collect
 
 ASSIGNED = "product_classification_kafka_assigned_partitions"
 PARTITIONS = 4

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.localstack.processes import free_port
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.localstack.traffic import (MARKETPLACES, TopicReader, produce_raw, sample_listings, submit_listings,
+from services.drivers.traffic import (MARKETPLACES, TopicReader, produce_raw, sample_listings, submit_listings,
                                           submitted_event)
 from services.results.store import ClassificationStore
 
@@ -222,7 +222,7 @@ def produced_twice(stack: LocalStack, count: int = 100) -> ScenarioResult:
 
 
 def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResult:
-    from services.localstack.poison import corrupt_image_listing, oversized_image_listing
+    from services.drivers.poison import corrupt_image_listing, oversized_image_listing
 
     samples = sample_listings(good_count, seed=79, prefix="chaos-poison")
     good_ids = {s.listing.listing_id for s in samples}

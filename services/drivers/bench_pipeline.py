@@ -23,7 +23,7 @@ import tritonclient.grpc as triton_grpc
 
 from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.localstack.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
+from services.drivers.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
 from services.preprocessing.images import ImageLimits, prepare_image
 from services.preprocessing.triton_models import read_model_spec
 from services.trainer.build_untrained import build_untrained_models

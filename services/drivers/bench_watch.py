@@ -22,7 +22,7 @@ import numpy as np
 
 from services.common.contracts.product_classification.v1 import gateway_pb2, results_pb2, results_pb2_grpc
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions, authenticated_channel
-from services.localstack.traffic import sample_listings
+from services.drivers.traffic import sample_listings
 
 
 def main() -> None:

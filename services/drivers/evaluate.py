@@ -24,7 +24,7 @@ import numpy as np
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.fusion_file import FusionConfig
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.localstack.traffic import MARKETPLACES, TopicReader, labelled_photos, submit_listings
+from services.drivers.traffic import MARKETPLACES, TopicReader, labelled_photos, submit_listings
 
 
 class EvaluationError(ValueError):

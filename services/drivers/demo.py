@@ -13,7 +13,7 @@ import grpc
 
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.localstack.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
+from services.drivers.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
 
 
 def describe(c: common_pb2.Classification, true_label: str = "", photo: str = "") -> str:
