@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo up evaluate test bench bench-preprocess bench-scale bench-watch chaos lock clean
+.PHONY: install contracts contracts-check models train ablation demo up export-corrections evaluate test browser bench bench-preprocess bench-scale bench-watch chaos lock clean
 
 install: $(INSTALLED)
 
@@ -43,13 +43,25 @@ demo: models
 up: models
 	$(PY) -m services.drivers.up
 
+## Operators' corrections as a catalogue make train takes: make export-corrections OUT=dir [BASE=catalogue]
+export-corrections: install
+	$(PY) -m services.tools.export_corrections $(or $(OUT),.run/corrected) $(if $(BASE),--base $(BASE)) $(EXPORT_ARGS)
+
 ## Every photo of DATA (folder per category; default the validation split) through the pipeline: JSON line last.
 evaluate: models
 	$(PY) -m services.drivers.evaluate $(if $(DATA),--data $(DATA))
 
-## The whole test suite, on the real broker, the real Triton (CPU) and the real PostgreSQL.
-test: models
+## The whole test suite, on the real broker, the real Triton (CPU), the real PostgreSQL and headless Chromium.
+test: models browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Debian's chromium and chromium-driver for the console's browser tests (installed when missing and we are root).
+browser:
+	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	    else echo "chromium/chromedriver missing and not root: the browser tests will say so and be skipped"; fi; }
 
 ## Pipeline benchmark (production-size models in .run/bench_models): prints one line of JSON last.
 bench: install

@@ -6,6 +6,7 @@ API keys are compared in constant time and never logged; callers are named in lo
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 from pathlib import Path
 
@@ -61,13 +62,23 @@ def parse_api_keys(secret: SecretStr | None) -> dict[str, str]:
 
 
 def _denied(handler, details: str, code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED):
-    """The same kind of handler (unary or streaming) whose behaviour is to answer with the code."""
+    """The same kind of handler (unary or streaming, sync or asyncio) whose behaviour is to answer with the code."""
     def deny(_request, context):
         context.abort(code, details)
 
+    async def deny_async(_request, context):
+        await context.abort(code, details)
+
+    async def deny_async_stream(_request, context):
+        await context.abort(code, details)
+        yield  # pragma: no cover  (an async generator, as the handler it stands for)
+
     for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-        if getattr(handler, kind):
-            return handler._replace(**{kind: deny})
+        behaviour = getattr(handler, kind)
+        if behaviour:
+            if inspect.isasyncgenfunction(behaviour):
+                return handler._replace(**{kind: deny_async_stream})
+            return handler._replace(**{kind: deny_async if inspect.iscoroutinefunction(behaviour) else deny})
     return handler
 
 

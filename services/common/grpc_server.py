@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 
@@ -39,6 +42,29 @@ def _safe(deserializer):
 
 
 def _refusing_malformed(behavior, streaming_request: bool):
+    if inspect.isasyncgenfunction(behavior) and not streaming_request:  # a response stream served on grpc.aio
+        async def guarded_async_stream(request, context):
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+            async for response in behavior(request, context):
+                yield response
+        return guarded_async_stream
+    if streaming_request and (inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior)):
+        async def checked_async(requests, context):
+            async for request in requests:
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+                yield request
+
+        if inspect.isasyncgenfunction(behavior):
+            async def guarded_async_streams(requests, context):
+                async for response in behavior(checked_async(requests, context), context):
+                    yield response
+            return guarded_async_streams
+
+        async def guarded_async_requests(requests, context):
+            return await behavior(checked_async(requests, context), context)
+        return guarded_async_requests
     if streaming_request:
         def guarded_stream(requests, context):
             def checked():
@@ -48,6 +74,13 @@ def _refusing_malformed(behavior, streaming_request: bool):
                     yield request
             return behavior(checked(), context)
         return guarded_stream
+
+    if inspect.iscoroutinefunction(behavior):
+        async def guarded_async(request, context):
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+            return await behavior(request, context)
+        return guarded_async
 
     def guarded(request, context):
         if isinstance(request, _Malformed):
@@ -117,3 +150,115 @@ class GrpcServer:
         """Stops taking calls, lets calls in flight finish within the grace period."""
         self.set_serving(False)
         self.server.stop(grace_s).wait(grace_s + 1)
+
+
+class _OnAsyncio(grpc.aio.ServerInterceptor):
+    """Runs one of the interceptors above (each wraps a handler, sync or asyncio) on a grpc.aio server."""
+
+    def __init__(self, inner: grpc.ServerInterceptor):
+        self.inner = inner
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        return self.inner.intercept_service(lambda _details: handler, handler_call_details)
+
+
+class _ThreadBound(grpc.aio.ServerInterceptor):
+    """Blocking (thread-pool) calls beyond the pool's size are refused at once with RESOURCE_EXHAUSTED, on the event
+    loop, instead of queueing for a thread until their deadline; asyncio streams are not counted (they hold none)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.busy = 0
+        self._lock = threading.Lock()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith("/grpc."):
+            return handler
+        kind = next((k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+                     if getattr(handler, k)), None)
+        behaviour = getattr(handler, kind) if kind else None
+        if behaviour is None or inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
+            return handler
+        with self._lock:
+            if self.busy >= self.threads:
+                async def refuse(_request, context):
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.threads} calls are in "
+                                        "progress, the most this replica runs at once; retry later")
+                if kind == "unary_unary":
+                    return handler._replace(unary_unary=refuse)
+                return handler  # (no blocking streaming methods are served this way)
+            self.busy += 1
+
+        def counted(request, context):
+            try:
+                return behaviour(request, context)
+            finally:
+                with self._lock:
+                    self.busy -= 1
+        return handler._replace(**{kind: counted})
+
+
+class AsyncioGrpcServer:
+    """GrpcServer's interface on grpc.aio, in an event loop of its own thread: asyncio handlers (streams that wait,
+    such as watch streams) hold no thread, so a thousand of them cost no more than their sockets; blocking handlers
+    run in a pool of max_workers threads and are refused at once past it."""
+
+    def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
+                 max_streams: int = 1000, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 credentials: grpc.ServerCredentials | None = None,
+                 interceptors: Sequence[grpc.ServerInterceptor] = ()):
+        self.address = address
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-asyncio", daemon=True)
+        self._thread.start()
+        self.pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+        self.service_names = [name for _, _, name in services]
+
+        async def build():
+            options = [("grpc.max_receive_message_length", max_message_bytes),
+                       ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
+            chain = [_ThreadBound(max_workers)] + [_OnAsyncio(i) for i in (
+                MetricsInterceptor(), TracingServerInterceptor(), *interceptors, MalformedRequestInterceptor())]
+            server = grpc.aio.server(migration_thread_pool=self.pool, options=options, interceptors=chain,
+                                     maximum_concurrent_rpcs=max_workers + max_streams)
+            health_servicer = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            for add, servicer, _ in services:
+                add(servicer, server)
+            reflection.enable_server_reflection([*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+                                                server)
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+            return server, health_servicer, port
+
+        self.server, self.health, self.port = self.run(build())
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {address}")
+        self.set_serving(False)
+
+    def run(self, coroutine, timeout_s: float | None = 30.0):
+        """Runs a coroutine on the server's loop from any thread and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
+        async def apply():
+            for name in ["", *self.service_names]:
+                await self.health.set(name, status)
+        self.run(apply())
+
+    def start(self) -> None:
+        self.run(self.server.start())
+        log.info("gRPC server (asyncio) listening", extra={"address": self.address, "port": self.port})
+
+    def stop(self, grace_s: float) -> None:
+        """Stops taking calls, lets calls in flight finish within the grace period (streams are cancelled)."""
+        self.set_serving(False)
+        try:
+            self.run(self.server.stop(grace_s), timeout_s=grace_s + 5)
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)

@@ -5,6 +5,7 @@ Names say what they count; labels are bounded (method, status, topic, model, out
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import grpc
@@ -58,6 +59,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             GRPC_LATENCY.labels(method).observe(time.perf_counter() - began)
 
         def unary(behaviour):
+            if inspect.iscoroutinefunction(behaviour):  # an asyncio handler (grpc.aio)
+                async def async_wrapper(request, context):
+                    began = time.perf_counter()
+                    try:
+                        return await behaviour(request, context)
+                    finally:
+                        observe(began, context)
+                return async_wrapper
+
             def wrapper(request, context):
                 began = time.perf_counter()
                 try:
@@ -67,6 +77,16 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             return wrapper
 
         def streaming(behaviour):
+            if inspect.isasyncgenfunction(behaviour):  # a stream served on grpc.aio
+                async def async_wrapper(request, context):
+                    began = time.perf_counter()
+                    try:
+                        async for response in behaviour(request, context):
+                            yield response
+                    finally:
+                        observe(began, context)
+                return async_wrapper
+
             def wrapper(request, context):
                 began = time.perf_counter()
                 try:

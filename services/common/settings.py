@@ -19,6 +19,7 @@ class Topics(BaseModel):
     prediction_made: str = "product-classification.prediction-made.v1"
     listing_classified: str = "product-classification.listing-classified.v1"
     processing_failed: str = "product-classification.processing-failed.v1"
+    listing_corrected: str = "product-classification.listing-corrected.v1"
 
 
 class KafkaSettings(BaseSettings):

@@ -8,6 +8,7 @@ JSON logs either way.
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import grpc
 from opentelemetry import context as otel_context
@@ -60,8 +61,8 @@ class TracingServerInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or not (handler.unary_unary or handler.unary_stream):
-            return handler  # streaming requests keep the stream's own spans inside the servicer
+        if handler is None or not handler.unary_unary or inspect.iscoroutinefunction(handler.unary_unary):
+            return handler  # streams keep their own spans inside the servicer
         carrier = {key: value for key, value in (handler_call_details.invocation_metadata or ())
                    if isinstance(value, str)}
         method = handler_call_details.method

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,40 @@ class ServiceProcess:
         self.process.stop(grace_s)
 
 
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class ConsoleProcess:
+    """The review console (`python -m services.console`); ready when /healthz answers."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path):
+        self.name = "console"
+        self.url = f"http://127.0.0.1:{port}"
+        self.accounts_path = Path(env["CONSOLE_ACCOUNTS_PATH"])
+        self.process = ChildProcess("console", [sys.executable, "-m", "services.console"], log_path,
+                                    {**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.process.start()
+        self.process.wait_until(lambda: http_ok(self.url + "/healthz"), timeout_s, "answering /healthz")
+
+    def add_operator(self, name: str, locale: str = "en") -> str:
+        """Creates an operator account with a generated password, and returns the password."""
+        from services.console.accounts import OperatorAccounts
+
+        password = secrets.token_urlsafe(15)
+        OperatorAccounts(self.accounts_path).add(name, password, locale)
+        return password
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        self.process.stop(grace_s)
+
+
 @dataclass
 class StackOptions:
     work_dir: Path
@@ -66,6 +101,8 @@ class StackOptions:
     model_repository: Path = REPOSITORY_ROOT / "triton_models"
     onnx_threads: int = 0  # 0: onnxruntime decides
     extra_env: dict[str, str] = field(default_factory=dict)
+    console: bool = False  # also start the operators' review console
+    console_port: int = 0  # 0: any free port
 
 
 class LocalStack:
@@ -80,8 +117,10 @@ class LocalStack:
         # Generated per run: callers use gateway_channel() (and results_channel()), which send them.
         self.gateway_api_key = secrets.token_urlsafe(24)
         # Each internal service knows its callers by key: the gateway, and this stack's own tools.
-        self.internal_keys = {service: {caller: secrets.token_urlsafe(24) for caller in ("gateway", "localstack")}
-                              for service in ("results", "preprocessing")}
+        self.internal_keys = {service: {caller: secrets.token_urlsafe(24) for caller in callers}
+                              for service, callers in (("results", ("gateway", "console", "localstack")),
+                                                       ("preprocessing", ("gateway", "localstack")))}
+        self.console: ConsoleProcess | None = None
         self._started: list = []
 
     @property
@@ -136,6 +175,18 @@ class LocalStack:
         service.start()
         return service
 
+    def start_console(self) -> ConsoleProcess:
+        port = self.options.console_port or free_port()
+        env = {"CONSOLE_HTTP_ADDRESS": f"127.0.0.1:{port}", "CONSOLE_RESULTS_ADDRESS": self.services["results"].address,
+               "CONSOLE_RESULTS_API_KEY": self.internal_keys["results"]["console"],
+               "CONSOLE_SESSION_SECRET": secrets.token_urlsafe(32),
+               "CONSOLE_ACCOUNTS_PATH": str(self.options.work_dir / "console" / "operators.json"),
+               **{k: v for k, v in self.options.extra_env.items() if k != "CONSOLE_HTTP_ADDRESS"}}
+        self.console = ConsoleProcess(env, port, self.options.work_dir / "console.log")
+        self._started.append(self.console)
+        self.console.start()
+        return self.console
+
     def start(self) -> None:
         try:
             self._started.append(self.broker)
@@ -145,6 +196,8 @@ class LocalStack:
             self.triton.start()
             for name in ("results", "preprocessing", "gateway"):
                 self.add_service(name)
+            if self.options.console:
+                self.start_console()
         except BaseException:
             self.stop()
             raise

@@ -36,7 +36,7 @@ def main() -> None:
     classifier = TritonClassifier(settings.triton_url, model_names, settings.triton_timeout_s,
                                   settings.parallel_model_calls)
     predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads,
-                                 settings.fetch_threads)
+                                 settings.fetch_threads, settings.thumbnail_size)
     producer = make_producer(kafka, "preprocessing")
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],

@@ -52,8 +52,9 @@ class ListingPredictor:
     """
 
     def __init__(self, classifier: TritonClassifier, limits: ImageLimits, fetch: FetchSettings, decode_threads: int = 2,
-                 fetch_threads: int = 16):
+                 fetch_threads: int = 16, thumbnail_size: int = 0):
         self.classifier = classifier
+        self.thumbnail_size = thumbnail_size
         self.limits = limits
         self.fetch = fetch
         self._decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
@@ -69,7 +70,8 @@ class ListingPredictor:
         try:
             validate_listing(request.listing)
             with PREPROCESS_SECONDS.time():
-                return prepare_image(image_bytes(request.listing, self.fetch), sizes, self.limits)
+                return prepare_image(image_bytes(request.listing, self.fetch), sizes, self.limits,
+                                     self.thumbnail_size)
         except ClassificationError as error:
             return error
         except Exception as error:  # noqa: BLE001  (a decoder bug must not take the batch down)
@@ -117,7 +119,7 @@ class ListingPredictor:
                 predictions=[common_pb2.ModelPrediction(model_name=s.name, model_version=s.version, labels=s.labels,
                                                         probabilities=probabilities[s.name][row].tolist())
                              for s in specs],
-                predicted_at=now)
+                predicted_at=now, thumbnail_jpeg=image.thumbnail_jpeg)
             if request.submitted_at is not None:
                 event.submitted_at.CopyFrom(request.submitted_at)
             results[index] = event

@@ -39,6 +39,22 @@ class PreparedImage:
     tensors: dict[int, np.ndarray]  # input size -> uint8 (size, size, 3)
     crop_box: tuple[int, int, int, int]  # left, upper, right, lower in the decoded image
     decoded_size: tuple[int, int]  # width, height as decoded (JPEGs may decode reduced)
+    thumbnail_jpeg: bytes = b""  # for the operators' console; empty when none was asked for
+
+
+MAX_THUMBNAIL_BYTES = 64 * 1024  # the result service keeps nothing larger
+
+
+def thumbnail_jpeg(image: Image.Image, longest_side: int) -> bytes:
+    """A small JPEG of the whole photo (what the seller showed, not the crop), within MAX_THUMBNAIL_BYTES."""
+    small = image.copy()
+    small.thumbnail((longest_side, longest_side), Image.Resampling.BILINEAR, reducing_gap=None)
+    for quality in (80, 60, 40):
+        buffer = io.BytesIO()
+        small.save(buffer, format="JPEG", quality=quality)
+        if buffer.tell() <= MAX_THUMBNAIL_BYTES:
+            return buffer.getvalue()
+    return b""
 
 
 def image_digest(data: bytes) -> str:
@@ -134,10 +150,11 @@ def square_tensor(image: Image.Image, size: int) -> np.ndarray:
     return tensor
 
 
-def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits) -> PreparedImage:
-    """Bytes to one tensor per model input size, cropped to the product."""
+def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thumbnail_size: int = 0
+                  ) -> PreparedImage:
+    """Bytes to one tensor per model input size, cropped to the product (and a thumbnail when thumbnail_size)."""
     image = decode_rgb(data, limits, max(input_sizes))
     box = product_box(image)
     product = image.crop(box) if box != (0, 0, *image.size) else image
     return PreparedImage(image_digest(data), {size: square_tensor(product, size) for size in sorted(set(input_sizes))},
-                         box, image.size)
+                         box, image.size, thumbnail_jpeg(image, thumbnail_size) if thumbnail_size else b"")

@@ -41,6 +41,8 @@ class PreprocessingSettings(GrpcServiceSettings):
     fetch_allowed_hosts: str = Field("", description="host[:port],... allowed to resolve to internal addresses "
                                      "(all others are refused: the SSRF guard)")
     decode_threads: int = Field(2, description="images decoded in parallel")
+    thumbnail_size: int = Field(256, ge=0, le=512, description="longest side of the small JPEG sent with each "
+                                "prediction for the operators' console (kept by the result service); 0: none")
     grpc_workers: int = Field(16, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
     metrics_port: int = Field(9102, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")

@@ -6,7 +6,7 @@ import sys
 
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
 from services.common.grpc_security import server_credentials
-from services.common.grpc_server import GrpcServer
+from services.common.grpc_server import AsyncioGrpcServer
 from services.common.kafka import ConsumeLoop, make_consumer, make_producer, send_event
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
@@ -17,13 +17,17 @@ from services.results.core import ClassificationRecorder
 from services.common.fusion_file import FusionConfig
 from services.results.grpc_api import ClassificationResultsServicer, StreamLimits
 from services.results.kafka_worker import PredictionHandler
+from services.results.operator_store import OperatorStore
+from services.results.review import ReviewDesk
+from services.results.watch import WatchHub
 from services.results.settings import ResultsSettings
 from services.results.store import ClassificationStore
 from services.results.taxonomy import ConfigurationError, Taxonomies
 
 
-# The synchronous path's write: the gateway's alone (any other caller could store and publish a category of its choice).
-GATEWAY_ONLY = {"RecordPrediction": frozenset({"gateway"})}
+# The writes, each its one caller's alone: the synchronous path's (any other caller could store and publish a category
+# of its choice) and the operators' corrections (the console authenticates the operator).
+METHOD_CALLERS = {"RecordPrediction": frozenset({"gateway"}), "RecordCorrection": frozenset({"console"})}
 
 
 def load_configuration(settings: ResultsSettings) -> tuple[FusionConfig, Taxonomies]:
@@ -54,29 +58,42 @@ def main() -> None:
         return send_event(producer, kafka.topics.listing_classified, event.classification.listing_id, event,
                           event_id=event.event_id)
 
-    recorder = ClassificationRecorder(store, taxonomies, fusion.weights, publish, settings.candidate_count)
+    def publish_correction(event):
+        return send_event(producer, kafka.topics.listing_corrected, event.correction.listing_id, event,
+                          event_id=event.event_id)
+
+    operators = OperatorStore(store)
+    recorder = ClassificationRecorder(store, taxonomies, fusion.weights, publish, settings.candidate_count,
+                                      thumbnails=operators)
+    desk = ReviewDesk(operators, taxonomies, publish_correction, recorder.publisher_id)
     consumer = make_consumer(kafka, settings.consumer_group, "results", settings.max_batch_predictions)
     loop = ConsumeLoop("results", consumer, [kafka.topics.prediction_made, kafka.topics.processing_failed],
                        PredictionHandler(recorder, producer, kafka.topics), producer,
                        max_batch=settings.max_batch_predictions)
-    server = GrpcServer(settings.grpc_address,
-                        [(results_pb2_grpc.add_ClassificationResultsServicer_to_server,
-                          ClassificationResultsServicer(
-                              recorder, settings.watch_poll_s,
-                              StreamLimits(settings.max_watch_streams, settings.max_watch_streams_per_caller),
-                              settings.watch_lookback_s),
-                          results_pb2.DESCRIPTOR.services_by_name["ClassificationResults"].full_name)],
-                        max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()),
-                        interceptors=settings.authentication(GATEWAY_ONLY))
+    hub = WatchHub(store, settings.watch_poll_s, settings.watch_lookback_s)
+    recorder.on_stored.append(hub.notify)
+    # asyncio: watch streams wait without holding threads; the blocking calls run in grpc_workers threads.
+    server = AsyncioGrpcServer(
+        settings.grpc_address,
+        [(results_pb2_grpc.add_ClassificationResultsServicer_to_server,
+          ClassificationResultsServicer(
+              recorder, hub, StreamLimits(settings.max_watch_streams, settings.max_watch_streams_per_caller), desk),
+          results_pb2.DESCRIPTOR.services_by_name["ClassificationResults"].full_name)],
+        max_workers=settings.grpc_workers, max_streams=settings.max_watch_streams,
+        credentials=server_credentials(settings.server_tls()), interceptors=settings.authentication(METHOD_CALLERS))
 
     def start() -> None:
         store.start()
+        hub.start(server.loop)
         server.start()
         loop.start()
+        desk.run_sweeper(settings.correction_sweep_s)
 
     def stop() -> None:
+        desk.stop()
         loop.stop(settings.shutdown_grace_s)
         server.stop(settings.shutdown_grace_s)
+        hub.stop()
         producer.flush()
         producer.close()
         store.stop()

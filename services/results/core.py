@@ -19,6 +19,8 @@ from services.common.errors import ClassificationError, ErrorKind
 from services.common.validation import MAX_ID_LENGTH, check_identifiers, check_text
 from services.common.metrics import CLASSIFICATIONS, END_TO_END_SECONDS
 from services.results.fusion import fuse
+from services.results.operator_store import OperatorStore
+from services.results.review import IMAGE_DIGEST, usable_thumbnail
 from services.results.store import ClassificationStore, StoredClassification, idempotency_key
 from services.results.taxonomy import Taxonomies
 
@@ -86,14 +88,17 @@ class ClassificationRecorder:
 
     def __init__(self, store: ClassificationStore, taxonomies: Taxonomies, weights: Mapping[str, float],
                  publish: Publish, candidate_count: int = 3, send_timeout_s: float = 30.0,
-                 publisher_id: str | None = None, claim_lease_s: float = 60.0):
+                 publisher_id: str | None = None, claim_lease_s: float = 60.0,
+                 thumbnails: OperatorStore | None = None):
         self.store = store
+        self.thumbnails = thumbnails
         self.taxonomies = taxonomies
         self.weights = weights
         self.publish = publish
         self.candidate_count = candidate_count
         self.send_timeout_s = send_timeout_s
-        self.stored = threading.Condition()  # notified after every write, wakes the watch streams
+        self.stored = threading.Condition()  # notified after every write
+        self.on_stored: list[Callable[[], None]] = []  # called after every write (the watch hub's wake-up)
         self.publisher_id = publisher_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # Longer than a publication takes (send + acknowledgement): a claim older than this was abandoned.
         self.claim_lease_s = max(claim_lease_s, 2 * send_timeout_s)
@@ -115,6 +120,7 @@ class ClassificationRecorder:
         for prediction in predictions:
             try:
                 classification = classify(prediction, self.taxonomies, self.weights, self.candidate_count)
+                self._keep_thumbnail(prediction)
                 outcomes.append(self.store.record(classification))
             except ClassificationError as error:
                 if error.kind is ErrorKind.UNAVAILABLE:
@@ -169,6 +175,16 @@ class ClassificationRecorder:
                                       "replica; waiting until they are out (or its claim runs out)")
         return outcomes
 
+    def _keep_thumbnail(self, prediction: events_pb2.PredictionMade) -> None:
+        """Keeps the photo's small JPEG for the console; one that is not a bounded JPEG is dropped, not the listing."""
+        if self.thumbnails is None or not prediction.thumbnail_jpeg:
+            return
+        if not usable_thumbnail(prediction.thumbnail_jpeg) or not IMAGE_DIGEST.fullmatch(prediction.image_digest):
+            log.warning("thumbnail dropped", extra={"listing_id": prediction.listing_id[:100],
+                                                    "bytes": len(prediction.thumbnail_jpeg)})
+            return
+        self.thumbnails.put_thumbnail(prediction.image_digest, prediction.thumbnail_jpeg)
+
     def _mark_published(self, sequences: list[int], attempts: int = 3) -> None:
         """The broker has these: mark them, trying a few times (a failure here is the one window that republishes,
         with the same event id)."""
@@ -198,3 +214,5 @@ class ClassificationRecorder:
     def _notify_watchers(self) -> None:
         with self.stored:
             self.stored.notify_all()
+        for listener in self.on_stored:
+            listener()

@@ -5,20 +5,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-import time
-from collections import deque
 
 import grpc
 
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
-from services.common.errors import ClassificationError, ErrorKind, abort_with
+from services.common.errors import ERROR_KIND_METADATA_KEY, ClassificationError, ErrorKind, abort_with
+from services.common.validation import MAX_ID_LENGTH, check_text
 from services.results.core import ClassificationRecorder
+from services.results.review import IMAGE_DIGEST, ReviewDesk
+from services.results.store import short_category_id
+from services.results.watch import WatchHub
 
 MAX_PAGE_SIZE = 500
 
 
 class StreamLimits:
-    """Watch streams hold a worker thread each: bounded in total and per caller, so unary calls always find one."""
+    """Watch streams, bounded in total and per caller: one caller cannot take a replica's every stream."""
 
     def __init__(self, total: int, per_caller: int):
         self.total, self.per_caller = total, per_caller
@@ -53,15 +55,13 @@ def caller_of(context) -> str:
 
 
 class ClassificationResultsServicer(results_pb2_grpc.ClassificationResultsServicer):
-    def __init__(self, recorder: ClassificationRecorder, watch_poll_s: float, streams: StreamLimits | None = None,
-                 watch_lookback_s: float = 10.0):
+    def __init__(self, recorder: ClassificationRecorder, hub: WatchHub, streams: StreamLimits | None = None,
+                 desk: ReviewDesk | None = None):
         self.recorder = recorder
+        self.desk = desk
         self.store = recorder.store
-        self.watch_poll_s = watch_poll_s
-        self.streams = streams or StreamLimits(16, 4)
-        # A row whose sequence was taken before a later one's but committed after it (two writers) is still
-        # delivered: every poll looks back this long, skipping what was already sent.
-        self.watch_lookback_s = watch_lookback_s
+        self.hub = hub
+        self.streams = streams or StreamLimits(2000, 50)
 
     def RecordPrediction(self, request, context):
         try:
@@ -97,40 +97,96 @@ class ClassificationResultsServicer(results_pb2_grpc.ClassificationResultsServic
         return results_pb2.ListClassificationsResponse(
             classifications=found, next_before_sequence=found[-1].sequence if more and found else 0)
 
-    def WatchClassifications(self, request, context):
-        """Streams rows as they are stored: woken by this replica's writes, and polling for other replicas'."""
+    async def WatchClassifications(self, request, context):
+        """Rows as they are stored (asyncio: an open stream holds no thread), fed by the replica's one WatchHub."""
         try:
+            check_text("marketplace", request.marketplace, 100)
+            if request.after_sequence < 0:
+                raise ClassificationError(ErrorKind.INVALID_REQUEST, "after_sequence must not be negative")
             with self.streams.held(caller_of(context)):
-                yield from self._watch(request, context)
+                stream = await self.hub.open(request.marketplace, request.after_sequence)
+                try:
+                    await context.send_initial_metadata(())  # the caller knows the stream is open
+                    async for classification in stream:
+                        yield classification
+                finally:
+                    stream.close()
+        except ClassificationError as error:
+            context.set_trailing_metadata(((ERROR_KIND_METADATA_KEY, error.kind.name),))
+            await context.abort(error.kind.grpc_status, error.reason)
+
+    # -- the operators' side (the console)
+
+    def _desk(self, context) -> ReviewDesk:
+        if self.desk is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this replica serves no operators' API")
+        return self.desk
+
+    def RecordCorrection(self, request, context):
+        try:
+            return self._desk(context).record_correction(request)
         except ClassificationError as error:
             abort_with(context, error)
 
-    def _watch(self, request, context):
-        position = request.after_sequence or self.store.last_sequence()
-        history: deque[tuple[float, int]] = deque()  # (when, position then): the look-back's floor
-        sent: set[int] = set()
-        while context.is_active():
-            now = time.monotonic()
-            history.append((now, position))
-            while history[0][0] < now - self.watch_lookback_s:
-                history.popleft()
-            floor = history[0][1]
-            fresh = []
-            try:
-                cursor = floor
-                while True:  # page past rows already sent, so a busy look-back never hides new ones
-                    page = self.store.after(cursor, request.marketplace)
-                    fresh.extend(c for c in page if c.sequence not in sent)
-                    if len(page) < 200:
-                        break
-                    cursor = page[-1].sequence
-            except ClassificationError:
-                fresh = []  # the store is down for a moment: keep the stream, try again
-            for classification in sorted(fresh, key=lambda c: c.sequence):
-                sent.add(classification.sequence)
-                position = max(position, classification.sequence)
-                yield classification
-            sent = {sequence for sequence in sent if sequence > floor}
-            if not fresh:
-                with self.recorder.stored:
-                    self.recorder.stored.wait(self.watch_poll_s)
+    def ListCorrections(self, request, context):
+        if request.page_size < 0 or request.before_sequence < 0:
+            abort_with(context, ClassificationError(ErrorKind.INVALID_REQUEST, "page_size and before_sequence must "
+                                                    "not be negative"))
+        page_size = min(request.page_size or 50, MAX_PAGE_SIZE)
+        try:
+            check_text("marketplace", request.marketplace, 100)
+            check_text("listing_id", request.listing_id, MAX_ID_LENGTH)
+            found = self._desk(context).operators.corrections(request.marketplace, request.listing_id, page_size + 1,
+                                                              request.before_sequence)
+        except ClassificationError as error:
+            abort_with(context, error)
+        more = len(found) > page_size
+        found = found[:page_size]
+        return results_pb2.ListCorrectionsResponse(
+            corrections=found, next_before_sequence=found[-1].sequence if more and found else 0)
+
+    def ListReviewQueue(self, request, context):
+        if request.page_size < 0 or request.offset < 0:
+            abort_with(context, ClassificationError(ErrorKind.INVALID_REQUEST, "page_size and offset must not be "
+                                                    "negative"))
+        try:
+            check_text("marketplace", request.marketplace, 100)
+            check_text("category_id", request.category_id, 200)
+            check_text("listing_id", request.listing_id, MAX_ID_LENGTH)
+            found, total = self._desk(context).operators.review_queue(
+                request.marketplace, short_category_id(request.category_id) if request.category_id else "",
+                min(request.page_size or 20, MAX_PAGE_SIZE), request.offset, request.listing_id)
+        except ClassificationError as error:
+            abort_with(context, error)
+        return results_pb2.ListReviewQueueResponse(classifications=found, total=total)
+
+    def SearchCategories(self, request, context):
+        try:
+            return results_pb2.SearchCategoriesResponse(categories=self._desk(context).search_categories(request))
+        except ClassificationError as error:
+            abort_with(context, error)
+
+    def GetThumbnail(self, request, context):
+        if not IMAGE_DIGEST.fullmatch(request.image_digest):
+            abort_with(context, ClassificationError(ErrorKind.INVALID_REQUEST, "image_digest must be 64 lowercase "
+                                                    "hex digits (SHA-256)"))
+        try:
+            jpeg = self._desk(context).operators.thumbnail(request.image_digest)
+        except ClassificationError as error:
+            abort_with(context, error)
+        if jpeg is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no thumbnail kept for this image")
+        return results_pb2.Thumbnail(image_digest=request.image_digest, jpeg=jpeg)
+
+    def GetStatistics(self, request, context):
+        try:
+            check_text("locale", request.locale, 35)
+            return self._desk(context).statistics(request)
+        except ClassificationError as error:
+            abort_with(context, error)
+
+    def ListMarketplaces(self, request, context):
+        try:
+            return results_pb2.ListMarketplacesResponse(marketplaces=self._desk(context).marketplaces(request.locale))
+        except ClassificationError as error:
+            abort_with(context, error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import GrpcServiceSettings
@@ -32,22 +32,18 @@ class ResultsSettings(GrpcServiceSettings):
                                 description="consumer group on the prediction-made and processing-failed topics")
     max_batch_predictions: int = Field(64, description="events handled per batch")
     watch_poll_s: float = Field(0.5, description="how often watch streams look for rows other replicas stored")
-    grpc_workers: int = Field(32, description="concurrent gRPC calls, watch streams included; more are refused at "
-                              "once with RESOURCE_EXHAUSTED")
-    max_watch_streams: int = Field(16, description="watch streams open at once on this replica (each holds a "
-                                   "worker thread; must leave threads for the other calls)")
-    max_watch_streams_per_caller: int = Field(4, description="watch streams one caller may hold open")
+    grpc_workers: int = Field(32, description="gRPC calls served at once, watch streams apart (they hold no "
+                              "thread); more are refused at once with RESOURCE_EXHAUSTED")
+    max_watch_streams: int = Field(2000, description="watch streams open at once on this replica (each is a queue "
+                                   "on the server's event loop, fed by one poll of the store)")
+    max_watch_streams_per_caller: int = Field(50, description="watch streams one caller may hold open")
     watch_lookback_s: float = Field(10.0, description="how far back each watch poll looks for rows another "
                                     "writer committed late (a sequence taken earlier, committed later)")
+    correction_sweep_s: float = Field(5.0, description="how often corrections whose publication failed (the broker "
+                                      "was away) are published again")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
     metrics_port: int = Field(9103, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"
 
-    @model_validator(mode="after")
-    def _streams_leave_threads(self) -> "ResultsSettings":
-        if self.max_watch_streams >= self.grpc_workers:
-            raise ValueError(f"RESULTS_MAX_WATCH_STREAMS ({self.max_watch_streams}) must be below RESULTS_GRPC_WORKERS "
-                             f"({self.grpc_workers}): streams would take every thread")
-        return self

@@ -35,10 +35,38 @@ CREATE TABLE IF NOT EXISTS classifications (
     published BOOLEAN NOT NULL DEFAULT FALSE,
     stored_at DOUBLE PRECISION NOT NULL,
     claimed_by TEXT,
-    claimed_until DOUBLE PRECISION
+    claimed_until DOUBLE PRECISION,
+    confidence DOUBLE PRECISION,
+    label TEXT,
+    category_id TEXT
 );
 CREATE INDEX IF NOT EXISTS classifications_listing ON classifications (listing_id, sequence);
-CREATE INDEX IF NOT EXISTS classifications_marketplace ON classifications (marketplace, sequence)
+CREATE INDEX IF NOT EXISTS classifications_marketplace ON classifications (marketplace, sequence);
+CREATE INDEX IF NOT EXISTS classifications_stored_at ON classifications (stored_at);
+CREATE TABLE IF NOT EXISTS thumbnails (
+    image_digest TEXT PRIMARY KEY,
+    jpeg {blob_type} NOT NULL,
+    stored_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS corrections (
+    sequence {id_type},
+    correction_id TEXT NOT NULL UNIQUE,
+    listing_id TEXT NOT NULL,
+    marketplace TEXT NOT NULL,
+    classification_sequence BIGINT NOT NULL,
+    model_label TEXT NOT NULL,
+    category_id TEXT NOT NULL,
+    model_was_right BOOLEAN NOT NULL,
+    operator TEXT NOT NULL,
+    payload {blob_type} NOT NULL,
+    corrected_at DOUBLE PRECISION NOT NULL,
+    published BOOLEAN NOT NULL DEFAULT FALSE,
+    claimed_by TEXT,
+    claimed_until DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS corrections_classification ON corrections (classification_sequence, sequence);
+CREATE INDEX IF NOT EXISTS corrections_listing ON corrections (listing_id, sequence);
+CREATE INDEX IF NOT EXISTS corrections_unpublished ON corrections (published, sequence)
 """
 
 
@@ -53,6 +81,11 @@ def _is_the_data(error: BaseException) -> bool:
             not isinstance(error, psycopg.errors.UndefinedTable)
     except ImportError:  # pragma: no cover  (SQLite-only install)
         return False
+
+
+def short_category_id(category_id: str) -> str:
+    """'gid://shopify/TaxonomyCategory/aa-1-4' -> 'aa-1-4' (what the store indexes)."""
+    return category_id.rsplit("/", 1)[-1]
 
 
 def idempotency_key(classification: common_pb2.Classification) -> str:
@@ -95,7 +128,7 @@ class ClassificationStore:
         with self._transaction() as cursor:
             for statement in statements.split(";"):
                 cursor.execute(statement)
-            self._add_claim_columns(cursor)
+            self._add_columns(cursor)
 
     def _reconnect_if_broken(self) -> None:
         """After a lost connection (a database restart, a failover), the next transaction opens a new one."""
@@ -108,14 +141,17 @@ class ClassificationStore:
                 self._connection = None
                 raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {error}") from None
 
-    def _add_claim_columns(self, cursor) -> None:
-        """Databases created before publication claims existed get the two columns."""
+    _LATER_COLUMNS = (("claimed_by", "TEXT"), ("claimed_until", "DOUBLE PRECISION"),  # publication claims
+                      ("confidence", "DOUBLE PRECISION"), ("label", "TEXT"), ("category_id", "TEXT"))  # review queue
+
+    def _add_columns(self, cursor) -> None:
+        """Databases created by an earlier version get the columns added since."""
         if self._postgres:
-            cursor.execute("ALTER TABLE classifications ADD COLUMN IF NOT EXISTS claimed_by TEXT")
-            cursor.execute("ALTER TABLE classifications ADD COLUMN IF NOT EXISTS claimed_until DOUBLE PRECISION")
+            for name, kind in self._LATER_COLUMNS:
+                cursor.execute(f"ALTER TABLE classifications ADD COLUMN IF NOT EXISTS {name} {kind}")
             return
         columns = {row[1] for row in cursor.execute("PRAGMA table_info(classifications)").fetchall()}
-        for name, kind in (("claimed_by", "TEXT"), ("claimed_until", "DOUBLE PRECISION")):
+        for name, kind in self._LATER_COLUMNS:
             if name not in columns:
                 cursor.execute(f"ALTER TABLE classifications ADD COLUMN {name} {kind}")
 
@@ -200,6 +236,14 @@ class ClassificationStore:
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self._placeholder)
 
+    # The operators' tables (services/results/operator_store.py) share this connection and its transactions.
+    transaction = _transaction
+    sql = _sql
+
+    @property
+    def is_postgres(self) -> bool:
+        return self._postgres
+
     def record(self, classification: common_pb2.Classification) -> StoredClassification:
         """Stores the classification unless its idempotency key is already there; returns what the store holds."""
         key = idempotency_key(classification)
@@ -213,9 +257,10 @@ class ClassificationStore:
                 return StoredClassification(stored, newly_stored=False, published=bool(row[2]))
             cursor.execute(self._sql(
                 "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, published, "
-                "stored_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
+                "stored_at, confidence, label, category_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
                 (key, classification.listing_id, classification.marketplace, classification.status,
-                 classification.SerializeToString(), False, time.time()))
+                 classification.SerializeToString(), False, time.time(), float(classification.confidence),
+                 classification.label, short_category_id(classification.category.id)))
             sequence = cursor.fetchone()[0]
         stored = common_pb2.Classification()
         stored.CopyFrom(classification)

@@ -174,7 +174,22 @@ class Taxonomies:
             else self.default_review_threshold
 
     def category_by_id(self, marketplace: Marketplace, short_id: str, locale: str) -> common_pb2.Category:
-        resolved = marketplace.resolve_locale(locale)
+        """The category named in the marketplace's locale nearest to the one asked for (what listings get)."""
+        return self._category(short_id, marketplace.resolve_locale(locale))
+
+    def category_in_locale(self, marketplace: Marketplace, short_id: str, locale: str) -> common_pb2.Category:
+        """The category named in any of the taxonomy's locales (an operator's language need not be the
+        marketplace's): pt-BR -> pt-BR, else pt, else the marketplace's default."""
+        return self._category(short_id, self.taxonomy_locale(locale) or marketplace.default_locale)
+
+    def taxonomy_locale(self, requested: str) -> str | None:
+        for candidate in (requested, requested.split("-")[0]):
+            for locale in self.shopify.locales:
+                if candidate and locale.lower() == candidate.lower():
+                    return locale
+        return None
+
+    def _category(self, short_id: str, resolved: str) -> common_pb2.Category:
         key = (short_id, resolved)
         if key not in self._cache:
             paths = self.shopify.paths[short_id]
@@ -200,17 +215,20 @@ class Taxonomies:
         short_id = marketplace.labels.get(label)
         return None if short_id is None else self.category_by_id(marketplace, short_id, locale)
 
-    def search(self, marketplace: Marketplace, text: str, locale: str, limit: int = 20) -> list[common_pb2.Category]:
-        """Categories of the taxonomy whose name (in the locale, or English) contains the text."""
-        resolved = marketplace.resolve_locale(locale)
+    def search(self, marketplace: Marketplace, text: str, locale: str, limit: int = 20,
+               any_locale: bool = False) -> list[common_pb2.Category]:
+        """Categories of the taxonomy whose name (in the locale, or English) contains the text; names that start
+        with it first. any_locale: the locale may be any of the taxonomy's, not only the marketplace's."""
+        resolved = (self.taxonomy_locale(locale) if any_locale else None) or marketplace.resolve_locale(locale)
         needle = text.casefold().strip()
         found = []
         for short_id, paths in self.shopify.paths.items():
-            names = [paths.get(resolved, paths["en"])[-1], paths["en"][-1]]
-            if not needle or any(needle in n.casefold() for n in names):
-                found.append(short_id)
-        found.sort(key=lambda i: (len(self.shopify.paths[i]["en"]), i))
-        return [self.category_by_id(marketplace, i, locale) for i in found[:limit]]
+            names = [n.casefold() for n in (paths.get(resolved, paths["en"])[-1], paths["en"][-1])]
+            if not needle or any(needle in n for n in names):
+                starts = any(n.startswith(needle) for n in names)
+                found.append((not starts, len(paths["en"]), short_id))
+        found.sort()
+        return [self._category(i, resolved) for _, _, i in found[:limit]]
 
 
 def _read_toml(path: Path) -> dict:

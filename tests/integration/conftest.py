@@ -13,7 +13,7 @@ from services.results.store import ClassificationStore
 @pytest.fixture(scope="session")
 def stack(postgres_url, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("stack")
-    with LocalStack(StackOptions(work_dir=work_dir, database_url=postgres_url)) as running:
+    with LocalStack(StackOptions(work_dir=work_dir, database_url=postgres_url, console=True)) as running:
         yield running
     print(f"local stack logs were in {work_dir}")
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from services.localstack.stack import REPOSITORY_ROOT
@@ -62,8 +63,13 @@ def test_make_up_prints_where_everything_is_and_stops_cleanly():
             lines.append(line)
         output = "".join(lines)
         assert "gateway (gRPC, ListingClassifier)" in output and "gateway API key" in output, output
-        key_file = REPOSITORY_ROOT / ".run" / "up" / "gateway-api-key"
-        assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(key_file.read_text().strip()) >= 16
+        up = REPOSITORY_ROOT / ".run" / "up"
+        for name in ("gateway-api-key", "console-password", "results-api-key"):
+            assert oct((up / name).stat().st_mode & 0o777) == "0o600" and len((up / name).read_text().strip()) >= 16
+        console_url = (up / "console-url").read_text().strip()
+        assert f"review console (web)               {console_url}" in output
+        with urllib.request.urlopen(console_url + "/login", timeout=10) as page:  # the console answers
+            assert page.status == 200 and b"Sign in" in page.read()
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         rest = process.stdout.read()

@@ -79,3 +79,14 @@ def test_limits_reject_too_many_bytes_and_pixels():
     with pytest.raises(ClassificationError) as raised:
         prepare_image(data, [224], ImageLimits(max_pixels=1_000_000))
     assert raised.value.kind is ErrorKind.IMAGE_TOO_LARGE and "2000x2000" in raised.value.reason
+
+
+def test_the_thumbnail_is_a_small_jpeg_of_the_whole_photo_within_the_bound():
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (2000, 3000, 3), dtype=np.uint8))
+    for image in (product_on_white(), noisy):
+        prepared = prepare_image(encode(image, quality=95), [224], ImageLimits(), thumbnail_size=256)
+        thumbnail = Image.open(io.BytesIO(prepared.thumbnail_jpeg))
+        assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 256
+        assert abs(thumbnail.size[0] / thumbnail.size[1] - image.size[0] / image.size[1]) < 0.02  # not the crop
+        assert 0 < len(prepared.thumbnail_jpeg) <= 64 * 1024
+    assert prepare_image(encode(product_on_white()), [224], ImageLimits()).thumbnail_jpeg == b""

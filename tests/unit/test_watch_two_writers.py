@@ -3,39 +3,53 @@ delivered) is still delivered; streams are bounded in total and per caller."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import psycopg
 import pytest
 
-from services.common.contracts.product_classification.v1 import common_pb2, results_pb2
+from services.common.contracts.product_classification.v1 import common_pb2
 from services.common.errors import ClassificationError, ErrorKind
-from services.results.grpc_api import ClassificationResultsServicer, StreamLimits
+from services.results.grpc_api import StreamLimits
 from services.results.store import ClassificationStore
+from services.results.watch import WatchHub
 
 
-class Context:
-    """The seam: what a gRPC context tells a servicer."""
+@pytest.fixture
+def loop():
+    """The event loop the gRPC server would run the hub on, in a thread of its own."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
 
-    def __init__(self, caller="key-a"):
-        self.active = True
-        self.caller = caller
-
-    def is_active(self):
-        return self.active
-
-    def invocation_metadata(self):
-        return (("authorization", f"Bearer {self.caller}"),)
-
-    def peer(self):
-        return "ipv4:127.0.0.1:5555"
+    async def cancel_the_rest():
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    asyncio.run_coroutine_threadsafe(cancel_the_rest(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
 
 
-class Recorder:
-    def __init__(self, store):
-        self.store = store
-        self.stored = threading.Condition()
+def collect(loop, hub: WatchHub, marketplace: str, after: int, seen: list):
+    """Opens a stream (returns once it is open) and reads it into seen until cancelled."""
+    stream = asyncio.run_coroutine_threadsafe(hub.open(marketplace, after), loop).result(10)
+
+    async def read():
+        async for classification in stream:
+            seen.append(classification.listing_id)
+    return asyncio.run_coroutine_threadsafe(read(), loop)
+
+
+def wait_until(condition, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def insert(cursor, listing_id):
@@ -46,36 +60,61 @@ def insert(cursor, listing_id):
     return cursor.fetchone()[0]
 
 
-def test_a_row_committed_late_is_not_skipped(postgres_url):
+def test_a_row_committed_late_is_not_skipped(postgres_url, loop):
     store = ClassificationStore(postgres_url)
     store.start()
     insert_early = psycopg.connect(postgres_url)  # writer A: takes its sequence first, commits last
     insert_late = psycopg.connect(postgres_url, autocommit=True)  # writer B
-    context = Context()
+    hub = WatchHub(store, poll_s=0.05, lookback_s=10)
     seen: list[str] = []
     try:
-        servicer = ClassificationResultsServicer(Recorder(store), watch_poll_s=0.05)
-        stream = servicer.WatchClassifications(results_pb2.WatchClassificationsRequest(marketplace="de-modehaus"),
-                                               context)
-        reader = threading.Thread(target=lambda: [seen.append(c.listing_id) for c in stream], daemon=True)
-        reader.start()
-        time.sleep(0.3)  # the stream takes its starting point
+        hub.start(loop)
+        reading = collect(loop, hub, "de-modehaus", 0, seen)
         early_sequence = insert(insert_early.cursor(), "early-sequence")
         late_sequence = insert(insert_late.cursor(), "committed-first")
         assert early_sequence < late_sequence
-        deadline = time.monotonic() + 5
-        while "committed-first" not in seen and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: "committed-first" in seen)
         assert seen == ["committed-first"]
         insert_early.commit()  # the earlier sequence becomes visible after the later one was delivered
-        deadline = time.monotonic() + 5
-        while "early-sequence" not in seen and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: "early-sequence" in seen)
         assert seen == ["committed-first", "early-sequence"]  # delivered, and each once
+        reading.cancel()
     finally:
-        context.active = False
+        hub.stop()
         insert_early.close()
         insert_late.close()
+        store.stop()
+
+
+def test_many_streams_share_one_poll_and_a_resume_or_a_slow_reader_loses_nothing(postgres_url, loop):
+    store = ClassificationStore(postgres_url)
+    store.start()
+    writer = psycopg.connect(postgres_url, autocommit=True)
+    hub = WatchHub(store, poll_s=0.05, lookback_s=10, queue_depth=3)  # a tiny queue: readers fall behind at once
+    try:
+        hub.start(loop)
+        first = insert(writer.cursor(), "before-0")
+        views = [[] for _ in range(200)]
+        readings = [collect(loop, hub, "de-modehaus", 0, seen) for seen in views]
+        resumed: list[str] = []
+        readings.append(collect(loop, hub, "de-modehaus", first - 1, resumed))  # from before it opened
+        assert hub.open_streams == 201
+        names = [f"row-{i}" for i in range(30)]
+        with psycopg.connect(postgres_url) as batch:  # thirty rows in one commit: more than any queue holds
+            for name in names:
+                insert(batch.cursor(), name)
+        wait_until(lambda: all(len(seen) == 30 for seen in views) and len(resumed) == 31, 15)
+        wrong = [seen for seen in views if seen != names]
+        assert not wrong, (len(wrong), wrong[:2])  # every reader, every row, once, in order
+        assert resumed == ["before-0", *names]
+        assert hub.fell_behind >= 200  # the readers did overflow, and caught up from the store
+        for reading in readings:
+            reading.cancel()
+        wait_until(lambda: hub.open_streams == 0)
+        assert hub.open_streams == 0
+    finally:
+        hub.stop()
+        writer.close()
         store.stop()
 
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from services.common.contracts.product_classification.v1 import common_pb2 as product__classification_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&product_classification/v1/events.proto\x12\x19product_classification.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&product_classification/v1/common.proto\"\x90\x01\n\x10ListingSubmitted\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x33\n\x07listing\x18\x02 \x01(\x0b\x32\".product_classification.v1.Listing\x12\x30\n\x0csubmitted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x02\n\x0ePredictionMade\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x12\n\nlisting_id\x18\x02 \x01(\t\x12\x13\n\x0bmarketplace\x18\x03 \x01(\t\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12\x14\n\x0cimage_digest\x18\x05 \x01(\t\x12?\n\x0bpredictions\x18\x06 \x03(\x0b\x32*.product_classification.v1.ModelPrediction\x12\x30\n\x0csubmitted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpredicted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x11ListingClassified\x12\x41\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32).product_classification.v1.Classification\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"\xbb\x02\n\x10ProcessingFailed\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x12\n\nlisting_id\x18\x02 \x01(\t\x12\x13\n\x0bmarketplace\x18\x03 \x01(\t\x12\x38\n\nerror_kind\x18\x04 \x01(\x0e\x32$.product_classification.v1.ErrorKind\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x14\n\x0csource_topic\x18\x07 \x01(\t\x12\x18\n\x10source_partition\x18\x08 \x01(\x05\x12\x15\n\rsource_offset\x18\t \x01(\x03\x12\x18\n\x10original_payload\x18\n \x01(\x0c\x12-\n\tfailed_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&product_classification/v1/events.proto\x12\x19product_classification.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&product_classification/v1/common.proto\"\x90\x01\n\x10ListingSubmitted\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x33\n\x07listing\x18\x02 \x01(\x0b\x32\".product_classification.v1.Listing\x12\x30\n\x0csubmitted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb3\x02\n\x0ePredictionMade\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x12\n\nlisting_id\x18\x02 \x01(\t\x12\x13\n\x0bmarketplace\x18\x03 \x01(\t\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12\x14\n\x0cimage_digest\x18\x05 \x01(\t\x12?\n\x0bpredictions\x18\x06 \x03(\x0b\x32*.product_classification.v1.ModelPrediction\x12\x30\n\x0csubmitted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpredicted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ethumbnail_jpeg\x18\t \x01(\x0c\"h\n\x11ListingClassified\x12\x41\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32).product_classification.v1.Classification\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"_\n\x10ListingCorrected\x12\x39\n\ncorrection\x18\x01 \x01(\x0b\x32%.product_classification.v1.Correction\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"\xbb\x02\n\x10ProcessingFailed\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x12\n\nlisting_id\x18\x02 \x01(\t\x12\x13\n\x0bmarketplace\x18\x03 \x01(\t\x12\x38\n\nerror_kind\x18\x04 \x01(\x0e\x32$.product_classification.v1.ErrorKind\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x14\n\x0csource_topic\x18\x07 \x01(\t\x12\x18\n\x10source_partition\x18\x08 \x01(\x05\x12\x15\n\rsource_offset\x18\t \x01(\x03\x12\x18\n\x10original_payload\x18\n \x01(\x0c\x12-\n\tfailed_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTINGSUBMITTED']._serialized_start=143
   _globals['_LISTINGSUBMITTED']._serialized_end=287
   _globals['_PREDICTIONMADE']._serialized_start=290
-  _globals['_PREDICTIONMADE']._serialized_end=573
-  _globals['_LISTINGCLASSIFIED']._serialized_start=575
-  _globals['_LISTINGCLASSIFIED']._serialized_end=679
-  _globals['_PROCESSINGFAILED']._serialized_start=682
-  _globals['_PROCESSINGFAILED']._serialized_end=997
+  _globals['_PREDICTIONMADE']._serialized_end=597
+  _globals['_LISTINGCLASSIFIED']._serialized_start=599
+  _globals['_LISTINGCLASSIFIED']._serialized_end=703
+  _globals['_LISTINGCORRECTED']._serialized_start=705
+  _globals['_LISTINGCORRECTED']._serialized_end=800
+  _globals['_PROCESSINGFAILED']._serialized_start=803
+  _globals['_PROCESSINGFAILED']._serialized_end=1118
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ class ListingSubmitted(_message.Message):
     def __init__(self, submission_id: _Optional[str] = ..., listing: _Optional[_Union[_common_pb2.Listing, _Mapping]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PredictionMade(_message.Message):
-    __slots__ = ("submission_id", "listing_id", "marketplace", "locale", "image_digest", "predictions", "submitted_at", "predicted_at")
+    __slots__ = ("submission_id", "listing_id", "marketplace", "locale", "image_digest", "predictions", "submitted_at", "predicted_at", "thumbnail_jpeg")
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     LISTING_ID_FIELD_NUMBER: _ClassVar[int]
     MARKETPLACE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class PredictionMade(_message.Message):
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_AT_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_JPEG_FIELD_NUMBER: _ClassVar[int]
     submission_id: str
     listing_id: str
     marketplace: str
@@ -38,7 +39,8 @@ class PredictionMade(_message.Message):
     predictions: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelPrediction]
     submitted_at: _timestamp_pb2.Timestamp
     predicted_at: _timestamp_pb2.Timestamp
-    def __init__(self, submission_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., locale: _Optional[str] = ..., image_digest: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[_common_pb2.ModelPrediction, _Mapping]]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., predicted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    thumbnail_jpeg: bytes
+    def __init__(self, submission_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., locale: _Optional[str] = ..., image_digest: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[_common_pb2.ModelPrediction, _Mapping]]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., predicted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., thumbnail_jpeg: _Optional[bytes] = ...) -> None: ...
 
 class ListingClassified(_message.Message):
     __slots__ = ("classification", "event_id")
@@ -47,6 +49,14 @@ class ListingClassified(_message.Message):
     classification: _common_pb2.Classification
     event_id: str
     def __init__(self, classification: _Optional[_Union[_common_pb2.Classification, _Mapping]] = ..., event_id: _Optional[str] = ...) -> None: ...
+
+class ListingCorrected(_message.Message):
+    __slots__ = ("correction", "event_id")
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    correction: _common_pb2.Correction
+    event_id: str
+    def __init__(self, correction: _Optional[_Union[_common_pb2.Correction, _Mapping]] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class ProcessingFailed(_message.Message):
     __slots__ = ("submission_id", "listing_id", "marketplace", "error_kind", "reason", "stage", "source_topic", "source_partition", "source_offset", "original_payload", "failed_at")

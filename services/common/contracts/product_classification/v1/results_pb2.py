@@ -26,7 +26,7 @@ from services.common.contracts.product_classification.v1 import common_pb2 as pr
 from services.common.contracts.product_classification.v1 import events_pb2 as product__classification_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'product_classification/v1/results.proto\x12\x19product_classification.v1\x1a&product_classification/v1/common.proto\x1a&product_classification/v1/events.proto\".\n\x18GetClassificationRequest\x12\x12\n\nlisting_id\x18\x01 \x01(\t\"]\n\x1aListClassificationsRequest\x12\x13\n\x0bmarketplace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x17\n\x0f\x62\x65\x66ore_sequence\x18\x03 \x01(\x03\"\x7f\n\x1bListClassificationsResponse\x12\x42\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32).product_classification.v1.Classification\x12\x1c\n\x14next_before_sequence\x18\x02 \x01(\x03\"J\n\x1bWatchClassificationsRequest\x12\x13\n\x0bmarketplace\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x32\xfa\x03\n\x15\x43lassificationResults\x12h\n\x10RecordPrediction\x12).product_classification.v1.PredictionMade\x1a).product_classification.v1.Classification\x12s\n\x11GetClassification\x12\x33.product_classification.v1.GetClassificationRequest\x1a).product_classification.v1.Classification\x12\x84\x01\n\x13ListClassifications\x12\x35.product_classification.v1.ListClassificationsRequest\x1a\x36.product_classification.v1.ListClassificationsResponse\x12{\n\x14WatchClassifications\x12\x36.product_classification.v1.WatchClassificationsRequest\x1a).product_classification.v1.Classification0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'product_classification/v1/results.proto\x12\x19product_classification.v1\x1a&product_classification/v1/common.proto\x1a&product_classification/v1/events.proto\".\n\x18GetClassificationRequest\x12\x12\n\nlisting_id\x18\x01 \x01(\t\"]\n\x1aListClassificationsRequest\x12\x13\n\x0bmarketplace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x17\n\x0f\x62\x65\x66ore_sequence\x18\x03 \x01(\x03\"\x7f\n\x1bListClassificationsResponse\x12\x42\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32).product_classification.v1.Classification\x12\x1c\n\x14next_before_sequence\x18\x02 \x01(\x03\"J\n\x1bWatchClassificationsRequest\x12\x13\n\x0bmarketplace\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\x9c\x01\n\x17RecordCorrectionRequest\x12\x15\n\rcorrection_id\x18\x01 \x01(\t\x12\x12\n\nlisting_id\x18\x02 \x01(\t\x12\x1f\n\x17\x63lassification_sequence\x18\x03 \x01(\x03\x12\x13\n\x0b\x63\x61tegory_id\x18\x04 \x01(\t\x12\x10\n\x08operator\x18\x05 \x01(\t\x12\x0e\n\x06locale\x18\x06 \x01(\t\"m\n\x16ListCorrectionsRequest\x12\x13\n\x0bmarketplace\x18\x01 \x01(\t\x12\x12\n\nlisting_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x17\n\x0f\x62\x65\x66ore_sequence\x18\x04 \x01(\x03\"s\n\x17ListCorrectionsResponse\x12:\n\x0b\x63orrections\x18\x01 \x03(\x0b\x32%.product_classification.v1.Correction\x12\x1c\n\x14next_before_sequence\x18\x02 \x01(\x03\"y\n\x16ListReviewQueueRequest\x12\x13\n\x0bmarketplace\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61tegory_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x05\x12\x12\n\nlisting_id\x18\x05 \x01(\t\"l\n\x17ListReviewQueueResponse\x12\x42\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32).product_classification.v1.Classification\x12\r\n\x05total\x18\x02 \x01(\x05\"v\n\x17SearchCategoriesRequest\x12\x13\n\x0bmarketplace\x18\x01 \x01(\t\x12\x0e\n\x06locale\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x04 \x03(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\"S\n\x18SearchCategoriesResponse\x12\x37\n\ncategories\x18\x01 \x03(\x0b\x32#.product_classification.v1.Category\"+\n\x13GetThumbnailRequest\x12\x14\n\x0cimage_digest\x18\x01 \x01(\t\"/\n\tThumbnail\x12\x14\n\x0cimage_digest\x18\x01 \x01(\t\x12\x0c\n\x04jpeg\x18\x02 \x01(\x0c\"M\n\x14GetStatisticsRequest\x12\x13\n\x0bmarketplace\x18\x01 \x01(\t\x12\x10\n\x08window_s\x18\x02 \x01(\x05\x12\x0e\n\x06locale\x18\x03 \x01(\t\":\n\x10ThroughputBucket\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x17\n\x0f\x63lassifications\x18\x02 \x01(\x03\"\xae\x01\n\x12\x43\x61tegoryStatistics\x12\r\n\x05label\x18\x01 \x01(\t\x12\x35\n\x08\x63\x61tegory\x18\x02 \x01(\x0b\x32#.product_classification.v1.Category\x12\x12\n\nclassified\x18\x03 \x01(\x03\x12\x14\n\x0cneeds_review\x18\x04 \x01(\x03\x12\x0f\n\x07\x63hecked\x18\x05 \x01(\x03\x12\x17\n\x0f\x63hecked_correct\x18\x06 \x01(\x03\"\x88\x02\n\nStatistics\x12\x10\n\x08window_s\x18\x01 \x01(\x05\x12\x12\n\nclassified\x18\x02 \x01(\x03\x12\x14\n\x0cneeds_review\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x0f\n\x07\x63hecked\x18\x05 \x01(\x03\x12\x17\n\x0f\x63hecked_correct\x18\x06 \x01(\x03\x12?\n\nper_minute\x18\x07 \x03(\x0b\x32+.product_classification.v1.ThroughputBucket\x12\x43\n\x0cper_category\x18\x08 \x03(\x0b\x32-.product_classification.v1.CategoryStatistics\")\n\x17ListMarketplacesRequest\x12\x0e\n\x06locale\x18\x01 \x01(\t\"\x9b\x01\n\x0fMarketplaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07locales\x18\x02 \x03(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_locale\x18\x03 \x01(\t\x12\x18\n\x10review_threshold\x18\x04 \x01(\x02\x12\x37\n\ncategories\x18\x05 \x03(\x0b\x32#.product_classification.v1.Category\"\\\n\x18ListMarketplacesResponse\x12@\n\x0cmarketplaces\x18\x01 \x03(\x0b\x32*.product_classification.v1.MarketplaceInfo2\xa6\n\n\x15\x43lassificationResults\x12h\n\x10RecordPrediction\x12).product_classification.v1.PredictionMade\x1a).product_classification.v1.Classification\x12s\n\x11GetClassification\x12\x33.product_classification.v1.GetClassificationRequest\x1a).product_classification.v1.Classification\x12\x84\x01\n\x13ListClassifications\x12\x35.product_classification.v1.ListClassificationsRequest\x1a\x36.product_classification.v1.ListClassificationsResponse\x12{\n\x14WatchClassifications\x12\x36.product_classification.v1.WatchClassificationsRequest\x1a).product_classification.v1.Classification0\x01\x12m\n\x10RecordCorrection\x12\x32.product_classification.v1.RecordCorrectionRequest\x1a%.product_classification.v1.Correction\x12x\n\x0fListCorrections\x12\x31.product_classification.v1.ListCorrectionsRequest\x1a\x32.product_classification.v1.ListCorrectionsResponse\x12x\n\x0fListReviewQueue\x12\x31.product_classification.v1.ListReviewQueueRequest\x1a\x32.product_classification.v1.ListReviewQueueResponse\x12{\n\x10SearchCategories\x12\x32.product_classification.v1.SearchCategoriesRequest\x1a\x33.product_classification.v1.SearchCategoriesResponse\x12\x64\n\x0cGetThumbnail\x12..product_classification.v1.GetThumbnailRequest\x1a$.product_classification.v1.Thumbnail\x12g\n\rGetStatistics\x12/.product_classification.v1.GetStatisticsRequest\x1a%.product_classification.v1.Statistics\x12{\n\x10ListMarketplaces\x12\x32.product_classification.v1.ListMarketplacesRequest\x1a\x33.product_classification.v1.ListMarketplacesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCLASSIFICATIONSRESPONSE']._serialized_end=420
   _globals['_WATCHCLASSIFICATIONSREQUEST']._serialized_start=422
   _globals['_WATCHCLASSIFICATIONSREQUEST']._serialized_end=496
-  _globals['_CLASSIFICATIONRESULTS']._serialized_start=499
-  _globals['_CLASSIFICATIONRESULTS']._serialized_end=1005
+  _globals['_RECORDCORRECTIONREQUEST']._serialized_start=499
+  _globals['_RECORDCORRECTIONREQUEST']._serialized_end=655
+  _globals['_LISTCORRECTIONSREQUEST']._serialized_start=657
+  _globals['_LISTCORRECTIONSREQUEST']._serialized_end=766
+  _globals['_LISTCORRECTIONSRESPONSE']._serialized_start=768
+  _globals['_LISTCORRECTIONSRESPONSE']._serialized_end=883
+  _globals['_LISTREVIEWQUEUEREQUEST']._serialized_start=885
+  _globals['_LISTREVIEWQUEUEREQUEST']._serialized_end=1006
+  _globals['_LISTREVIEWQUEUERESPONSE']._serialized_start=1008
+  _globals['_LISTREVIEWQUEUERESPONSE']._serialized_end=1116
+  _globals['_SEARCHCATEGORIESREQUEST']._serialized_start=1118
+  _globals['_SEARCHCATEGORIESREQUEST']._serialized_end=1236
+  _globals['_SEARCHCATEGORIESRESPONSE']._serialized_start=1238
+  _globals['_SEARCHCATEGORIESRESPONSE']._serialized_end=1321
+  _globals['_GETTHUMBNAILREQUEST']._serialized_start=1323
+  _globals['_GETTHUMBNAILREQUEST']._serialized_end=1366
+  _globals['_THUMBNAIL']._serialized_start=1368
+  _globals['_THUMBNAIL']._serialized_end=1415
+  _globals['_GETSTATISTICSREQUEST']._serialized_start=1417
+  _globals['_GETSTATISTICSREQUEST']._serialized_end=1494
+  _globals['_THROUGHPUTBUCKET']._serialized_start=1496
+  _globals['_THROUGHPUTBUCKET']._serialized_end=1554
+  _globals['_CATEGORYSTATISTICS']._serialized_start=1557
+  _globals['_CATEGORYSTATISTICS']._serialized_end=1731
+  _globals['_STATISTICS']._serialized_start=1734
+  _globals['_STATISTICS']._serialized_end=1998
+  _globals['_LISTMARKETPLACESREQUEST']._serialized_start=2000
+  _globals['_LISTMARKETPLACESREQUEST']._serialized_end=2041
+  _globals['_MARKETPLACEINFO']._serialized_start=2044
+  _globals['_MARKETPLACEINFO']._serialized_end=2199
+  _globals['_LISTMARKETPLACESRESPONSE']._serialized_start=2201
+  _globals['_LISTMARKETPLACESRESPONSE']._serialized_end=2293
+  _globals['_CLASSIFICATIONRESULTS']._serialized_start=2296
+  _globals['_CLASSIFICATIONRESULTS']._serialized_end=3614
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,41 @@ class ClassificationResultsStub:
                 request_serializer=product__classification_dot_v1_dot_results__pb2.WatchClassificationsRequest.SerializeToString,
                 response_deserializer=product__classification_dot_v1_dot_common__pb2.Classification.FromString,
                 _registered_method=True)
+        self.RecordCorrection = channel.unary_unary(
+                '/product_classification.v1.ClassificationResults/RecordCorrection',
+                request_serializer=product__classification_dot_v1_dot_results__pb2.RecordCorrectionRequest.SerializeToString,
+                response_deserializer=product__classification_dot_v1_dot_common__pb2.Correction.FromString,
+                _registered_method=True)
+        self.ListCorrections = channel.unary_unary(
+                '/product_classification.v1.ClassificationResults/ListCorrections',
+                request_serializer=product__classification_dot_v1_dot_results__pb2.ListCorrectionsRequest.SerializeToString,
+                response_deserializer=product__classification_dot_v1_dot_results__pb2.ListCorrectionsResponse.FromString,
+                _registered_method=True)
+        self.ListReviewQueue = channel.unary_unary(
+                '/product_classification.v1.ClassificationResults/ListReviewQueue',
+                request_serializer=product__classification_dot_v1_dot_results__pb2.ListReviewQueueRequest.SerializeToString,
+                response_deserializer=product__classification_dot_v1_dot_results__pb2.ListReviewQueueResponse.FromString,
+                _registered_method=True)
+        self.SearchCategories = channel.unary_unary(
+                '/product_classification.v1.ClassificationResults/SearchCategories',
+                request_serializer=product__classification_dot_v1_dot_results__pb2.SearchCategoriesRequest.SerializeToString,
+                response_deserializer=product__classification_dot_v1_dot_results__pb2.SearchCategoriesResponse.FromString,
+                _registered_method=True)
+        self.GetThumbnail = channel.unary_unary(
+                '/product_classification.v1.ClassificationResults/GetThumbnail',
+                request_serializer=product__classification_dot_v1_dot_results__pb2.GetThumbnailRequest.SerializeToString,
+                response_deserializer=product__classification_dot_v1_dot_results__pb2.Thumbnail.FromString,
+                _registered_method=True)
+        self.GetStatistics = channel.unary_unary(
+                '/product_classification.v1.ClassificationResults/GetStatistics',
+                request_serializer=product__classification_dot_v1_dot_results__pb2.GetStatisticsRequest.SerializeToString,
+                response_deserializer=product__classification_dot_v1_dot_results__pb2.Statistics.FromString,
+                _registered_method=True)
+        self.ListMarketplaces = channel.unary_unary(
+                '/product_classification.v1.ClassificationResults/ListMarketplaces',
+                request_serializer=product__classification_dot_v1_dot_results__pb2.ListMarketplacesRequest.SerializeToString,
+                response_deserializer=product__classification_dot_v1_dot_results__pb2.ListMarketplacesResponse.FromString,
+                _registered_method=True)
 
 
 class ClassificationResultsServicer:
@@ -89,6 +124,56 @@ class ClassificationResultsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordCorrection(self, request, context):
+        """The operators' side (the console). Stores an operator's verdict on a classification and publishes it on the
+        listing-corrected topic; the console's alone. Idempotent by correction_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCorrections(self, request, context):
+        """Corrections, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReviewQueue(self, request, context):
+        """Listings whose latest classification no operator has judged yet: NEEDS_REVIEW first, least confident first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchCategories(self, request, context):
+        """Categories of a marketplace's taxonomy by name in a locale, or by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThumbnail(self, request, context):
+        """The small JPEG kept of a classified photo; NOT_FOUND if none was kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatistics(self, request, context):
+        """Throughput, the share needing review and the accuracy of what operators checked, per category.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMarketplaces(self, request, context):
+        """The marketplaces this replica serves, with their locales.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassificationResultsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +196,41 @@ def add_ClassificationResultsServicer_to_server(servicer, server):
                     servicer.WatchClassifications,
                     request_deserializer=product__classification_dot_v1_dot_results__pb2.WatchClassificationsRequest.FromString,
                     response_serializer=product__classification_dot_v1_dot_common__pb2.Classification.SerializeToString,
+            ),
+            'RecordCorrection': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCorrection,
+                    request_deserializer=product__classification_dot_v1_dot_results__pb2.RecordCorrectionRequest.FromString,
+                    response_serializer=product__classification_dot_v1_dot_common__pb2.Correction.SerializeToString,
+            ),
+            'ListCorrections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCorrections,
+                    request_deserializer=product__classification_dot_v1_dot_results__pb2.ListCorrectionsRequest.FromString,
+                    response_serializer=product__classification_dot_v1_dot_results__pb2.ListCorrectionsResponse.SerializeToString,
+            ),
+            'ListReviewQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReviewQueue,
+                    request_deserializer=product__classification_dot_v1_dot_results__pb2.ListReviewQueueRequest.FromString,
+                    response_serializer=product__classification_dot_v1_dot_results__pb2.ListReviewQueueResponse.SerializeToString,
+            ),
+            'SearchCategories': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchCategories,
+                    request_deserializer=product__classification_dot_v1_dot_results__pb2.SearchCategoriesRequest.FromString,
+                    response_serializer=product__classification_dot_v1_dot_results__pb2.SearchCategoriesResponse.SerializeToString,
+            ),
+            'GetThumbnail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThumbnail,
+                    request_deserializer=product__classification_dot_v1_dot_results__pb2.GetThumbnailRequest.FromString,
+                    response_serializer=product__classification_dot_v1_dot_results__pb2.Thumbnail.SerializeToString,
+            ),
+            'GetStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatistics,
+                    request_deserializer=product__classification_dot_v1_dot_results__pb2.GetStatisticsRequest.FromString,
+                    response_serializer=product__classification_dot_v1_dot_results__pb2.Statistics.SerializeToString,
+            ),
+            'ListMarketplaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMarketplaces,
+                    request_deserializer=product__classification_dot_v1_dot_results__pb2.ListMarketplacesRequest.FromString,
+                    response_serializer=product__classification_dot_v1_dot_results__pb2.ListMarketplacesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +341,195 @@ class ClassificationResults:
             '/product_classification.v1.ClassificationResults/WatchClassifications',
             product__classification_dot_v1_dot_results__pb2.WatchClassificationsRequest.SerializeToString,
             product__classification_dot_v1_dot_common__pb2.Classification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCorrection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/product_classification.v1.ClassificationResults/RecordCorrection',
+            product__classification_dot_v1_dot_results__pb2.RecordCorrectionRequest.SerializeToString,
+            product__classification_dot_v1_dot_common__pb2.Correction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCorrections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/product_classification.v1.ClassificationResults/ListCorrections',
+            product__classification_dot_v1_dot_results__pb2.ListCorrectionsRequest.SerializeToString,
+            product__classification_dot_v1_dot_results__pb2.ListCorrectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReviewQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/product_classification.v1.ClassificationResults/ListReviewQueue',
+            product__classification_dot_v1_dot_results__pb2.ListReviewQueueRequest.SerializeToString,
+            product__classification_dot_v1_dot_results__pb2.ListReviewQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchCategories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/product_classification.v1.ClassificationResults/SearchCategories',
+            product__classification_dot_v1_dot_results__pb2.SearchCategoriesRequest.SerializeToString,
+            product__classification_dot_v1_dot_results__pb2.SearchCategoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThumbnail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/product_classification.v1.ClassificationResults/GetThumbnail',
+            product__classification_dot_v1_dot_results__pb2.GetThumbnailRequest.SerializeToString,
+            product__classification_dot_v1_dot_results__pb2.Thumbnail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/product_classification.v1.ClassificationResults/GetStatistics',
+            product__classification_dot_v1_dot_results__pb2.GetStatisticsRequest.SerializeToString,
+            product__classification_dot_v1_dot_results__pb2.Statistics.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMarketplaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/product_classification.v1.ClassificationResults/ListMarketplaces',
+            product__classification_dot_v1_dot_results__pb2.ListMarketplacesRequest.SerializeToString,
+            product__classification_dot_v1_dot_results__pb2.ListMarketplacesResponse.FromString,
             options,
             channel_credentials,
             insecure,

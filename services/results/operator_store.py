@@ -1,0 +1,216 @@
+"""The operators' tables beside the classifications: thumbnails, corrections, the review queue and the numbers.
+
+They share the classification store's connection and transactions (SQLite or PostgreSQL). A correction is stored
+once per correction id and carries `published` and a publication claim like a classification, so exactly one
+replica publishes it on the listing-corrected topic, and one whose publication failed is picked up again later.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from services.common.contracts.product_classification.v1 import common_pb2
+from services.results.store import ClassificationStore
+
+NEEDS_REVIEW = common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW
+CLASSIFIED = common_pb2.CLASSIFICATION_STATUS_CLASSIFIED
+FAILED = common_pb2.CLASSIFICATION_STATUS_FAILED
+
+
+@dataclass(frozen=True)
+class StoredCorrection:
+    correction: common_pb2.Correction  # sequence filled in
+    newly_stored: bool
+    published: bool
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    label: str
+    classified: int = 0
+    needs_review: int = 0
+    checked: int = 0
+    checked_correct: int = 0
+
+
+@dataclass(frozen=True)
+class Counts:
+    classified: int
+    needs_review: int
+    failed: int
+    per_minute: list[tuple[int, int]]  # (unix minute start, classifications)
+    per_label: dict[str, LabelCounts]
+
+
+# The listing's latest classification that no operator has judged yet.
+_UNJUDGED = ("c.status IN ({classified}, {needs_review}) AND c.sequence = (SELECT MAX(l.sequence) FROM "
+             "classifications l WHERE l.listing_id = c.listing_id) AND NOT EXISTS (SELECT 1 FROM corrections r "
+             "WHERE r.classification_sequence = c.sequence)").format(classified=CLASSIFIED, needs_review=NEEDS_REVIEW)
+
+
+class OperatorStore:
+    def __init__(self, store: ClassificationStore):
+        self.store = store
+
+    # -- thumbnails
+
+    def put_thumbnail(self, image_digest: str, jpeg: bytes) -> None:
+        """Keeps the first thumbnail of an image (the same photo always gives the same one)."""
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql("INSERT INTO thumbnails (image_digest, jpeg, stored_at) VALUES (?, ?, ?) "
+                                          "ON CONFLICT (image_digest) DO NOTHING"), (image_digest, jpeg, time.time()))
+
+    def thumbnail(self, image_digest: str) -> bytes | None:
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql("SELECT jpeg FROM thumbnails WHERE image_digest = ?"), (image_digest,))
+            row = cursor.fetchone()
+        return bytes(row[0]) if row else None
+
+    # -- corrections
+
+    def record_correction(self, correction: common_pb2.Correction) -> StoredCorrection:
+        """Stores the correction unless its id is already there; returns what the store holds."""
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql("SELECT sequence, payload, published FROM corrections WHERE correction_id = ?"),
+                           (correction.correction_id,))
+            row = cursor.fetchone()
+            if row is not None:
+                return StoredCorrection(self._decode(row[0], row[1]), newly_stored=False, published=bool(row[2]))
+            cursor.execute(self.store.sql(
+                "INSERT INTO corrections (correction_id, listing_id, marketplace, classification_sequence, model_label, "
+                "category_id, model_was_right, operator, payload, corrected_at, published) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
+                (correction.correction_id, correction.listing_id, correction.marketplace,
+                 correction.classification_sequence, correction.model_answer.label,
+                 correction.category.id.rsplit("/", 1)[-1], correction.model_was_right, correction.operator,
+                 correction.SerializeToString(), time.time(), False))
+            sequence = cursor.fetchone()[0]
+        stored = common_pb2.Correction()
+        stored.CopyFrom(correction)
+        stored.sequence = sequence
+        return StoredCorrection(stored, newly_stored=True, published=False)
+
+    def claim_correction(self, sequence: int, owner: str, lease_s: float) -> bool:
+        now = time.time()
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql(
+                "UPDATE corrections SET claimed_by = ?, claimed_until = ? WHERE sequence = ? AND NOT published "
+                "AND (claimed_by IS NULL OR claimed_by = ? OR claimed_until < ?)"),
+                (owner, now + lease_s, sequence, owner, now))
+            return cursor.rowcount == 1
+
+    def release_correction(self, sequence: int, owner: str) -> None:
+        """The owner's publication failed: any replica's sweep may take the row at once."""
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql("UPDATE corrections SET claimed_by = NULL, claimed_until = NULL "
+                                          "WHERE sequence = ? AND claimed_by = ?"), (sequence, owner))
+
+    def mark_correction_published(self, sequence: int) -> None:
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql("UPDATE corrections SET published = TRUE WHERE sequence = ?"), (sequence,))
+
+    def unpublished_corrections(self, older_than_s: float, limit: int = 100) -> list[common_pb2.Correction]:
+        """Corrections whose publication failed or was abandoned (and whose claim, if any, has run out)."""
+        now = time.time()
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql(
+                f"SELECT sequence, payload FROM corrections WHERE NOT published AND corrected_at < ? AND "
+                f"(claimed_until IS NULL OR claimed_until < ?) ORDER BY sequence LIMIT {int(limit)}"),
+                (now - older_than_s, now))
+            rows = cursor.fetchall()
+        return [self._decode(sequence, payload) for sequence, payload in rows]
+
+    def corrections(self, marketplace: str, listing_id: str, limit: int, before_sequence: int = 0
+                    ) -> list[common_pb2.Correction]:
+        where, parameters = ["sequence < ?"], [before_sequence or 2 ** 62]
+        for column, value in (("marketplace", marketplace), ("listing_id", listing_id)):
+            if value:
+                where.append(f"{column} = ?")
+                parameters.append(value)
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql(f"SELECT sequence, payload FROM corrections WHERE {' AND '.join(where)} "
+                                          f"ORDER BY sequence DESC LIMIT {int(limit)}"), tuple(parameters))
+            rows = cursor.fetchall()
+        return [self._decode(sequence, payload) for sequence, payload in rows]
+
+    @staticmethod
+    def _decode(sequence: int, payload) -> common_pb2.Correction:
+        correction = common_pb2.Correction.FromString(bytes(payload))
+        correction.sequence = sequence
+        return correction
+
+    # -- the review queue
+
+    def review_queue(self, marketplace: str, category_id: str, limit: int, offset: int, listing_id: str = ""
+                     ) -> tuple[list[common_pb2.Classification], int]:
+        """Unjudged latest classifications, NEEDS_REVIEW first, least confident first; and how many there are."""
+        where, parameters = [_UNJUDGED], []
+        for column, value in (("c.marketplace", marketplace), ("c.category_id", category_id),
+                              ("c.listing_id", listing_id)):
+            if value:
+                where.append(f"{column} = ?")
+                parameters.append(value)
+        condition = " AND ".join(where)
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql(
+                f"SELECT c.sequence, c.payload FROM classifications c WHERE {condition} "
+                f"ORDER BY CASE WHEN c.status = {NEEDS_REVIEW} THEN 0 ELSE 1 END, c.confidence ASC, c.sequence ASC "
+                f"LIMIT {int(limit)} OFFSET {int(offset)}"), tuple(parameters))
+            rows = cursor.fetchall()
+            cursor.execute(self.store.sql(f"SELECT COUNT(*) FROM classifications c WHERE {condition}"),
+                           tuple(parameters))
+            total = int(cursor.fetchone()[0])
+        found = []
+        for sequence, payload in rows:
+            classification = common_pb2.Classification.FromString(bytes(payload))
+            classification.sequence = sequence
+            found.append(classification)
+        return found, total
+
+    def classification(self, sequence: int) -> common_pb2.Classification | None:
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql("SELECT payload FROM classifications WHERE sequence = ?"), (sequence,))
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        classification = common_pb2.Classification.FromString(bytes(row[0]))
+        classification.sequence = sequence
+        return classification
+
+    # -- the numbers
+
+    def counts(self, marketplace: str, window_s: int) -> Counts:
+        """Classifications stored in the window by status, per minute and per label; operators' checks per label
+        (each classification counted once, by its latest correction)."""
+        since = time.time() - window_s
+        market = " AND marketplace = ?" if marketplace else ""
+        parameters = (since, marketplace) if marketplace else (since,)
+        minute = "FLOOR(stored_at / 60)::BIGINT" if self.store.is_postgres else "CAST(stored_at / 60 AS INTEGER)"
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql(f"SELECT COALESCE(label, ''), status, COUNT(*) FROM classifications "
+                                          f"WHERE stored_at >= ?{market} GROUP BY COALESCE(label, ''), status"),
+                           parameters)
+            by_status = cursor.fetchall()
+            cursor.execute(self.store.sql(f"SELECT {minute} AS minute, COUNT(*) FROM classifications WHERE "
+                                          f"stored_at >= ? AND status IN ({CLASSIFIED}, {NEEDS_REVIEW}){market} "
+                                          "GROUP BY minute ORDER BY minute"), parameters)
+            per_minute = [(int(m) * 60, int(n)) for m, n in cursor.fetchall()]
+            cursor.execute(self.store.sql(
+                f"SELECT r.model_label, COUNT(*), SUM(CASE WHEN r.model_was_right THEN 1 ELSE 0 END) FROM corrections r "
+                f"WHERE r.corrected_at >= ?{market.replace('marketplace', 'r.marketplace')} AND r.sequence = "
+                "(SELECT MAX(r2.sequence) FROM corrections r2 WHERE r2.classification_sequence = "
+                "r.classification_sequence) GROUP BY r.model_label"), parameters)
+            checks = cursor.fetchall()
+        labels: dict[str, dict[str, int]] = {}
+        totals = {CLASSIFIED: 0, NEEDS_REVIEW: 0, FAILED: 0}
+        for label, status, count in by_status:
+            totals[status] = totals.get(status, 0) + int(count)
+            if status in (CLASSIFIED, NEEDS_REVIEW) and label:
+                key = "classified" if status == CLASSIFIED else "needs_review"
+                labels.setdefault(label, {})[key] = int(count)
+        for label, checked, correct in checks:
+            labels.setdefault(label, {}).update(checked=int(checked), checked_correct=int(correct or 0))
+        return Counts(classified=totals[CLASSIFIED], needs_review=totals[NEEDS_REVIEW], failed=totals[FAILED],
+                      per_minute=per_minute,
+                      per_label={label: LabelCounts(label, **values) for label, values in sorted(labels.items())})

@@ -1,0 +1,110 @@
+"""The asyncio gRPC server the result service runs on: streams hold no thread, blocking calls are bounded and refused
+at once past the bound, and authentication and the malformed-request guard apply to asyncio streams too."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.contracts.product_classification.v1 import common_pb2, results_pb2, results_pb2_grpc
+from services.common.grpc_security import ApiKeyInterceptor
+from services.common.grpc_server import AsyncioGrpcServer
+
+KEY = "a-key-of-sixteen-or-more"
+
+
+class Results(results_pb2_grpc.ClassificationResultsServicer):
+    def __init__(self):
+        self.release = threading.Event()
+
+    def GetClassification(self, request, context):  # blocking: runs in the pool
+        if request.listing_id == "slow":
+            self.release.wait(10)
+        return common_pb2.Classification(listing_id=request.listing_id)
+
+    async def WatchClassifications(self, request, context):  # asyncio: holds no thread while it waits
+        await context.send_initial_metadata(())
+        for sequence in range(1, 3):
+            yield common_pb2.Classification(listing_id="watched", sequence=sequence)
+        await asyncio.sleep(3600)
+
+
+@pytest.fixture
+def server():
+    servicer = Results()
+    server = AsyncioGrpcServer("127.0.0.1:0", [(results_pb2_grpc.add_ClassificationResultsServicer_to_server,
+                                                servicer, "product_classification.v1.ClassificationResults")],
+                               max_workers=2, max_streams=300, interceptors=[ApiKeyInterceptor({KEY: "tests"})])
+    server.set_serving(True)
+    server.start()
+    yield server, servicer
+    servicer.release.set()
+    server.stop(1)
+
+
+def stub(server, key: str | None = KEY):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    return channel, results_pb2_grpc.ClassificationResultsStub(channel), (
+        (("authorization", f"Bearer {key}"),) if key else ())
+
+
+def test_health_answers_and_every_method_but_health_needs_a_key(server):
+    channel, results, _ = stub(server[0], key=None)
+    with channel:
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as unary:
+            results.GetClassification(results_pb2.GetClassificationRequest(listing_id="x"), timeout=5)
+        with pytest.raises(grpc.RpcError) as stream:
+            next(iter(results.WatchClassifications(results_pb2.WatchClassificationsRequest(), timeout=5)))
+        assert unary.value.code() == stream.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_garbage_to_an_asyncio_stream_is_invalid_argument(server):
+    channel, _, metadata = stub(server[0])
+    with channel:
+        call = channel.unary_stream("/product_classification.v1.ClassificationResults/WatchClassifications")
+        with pytest.raises(grpc.RpcError) as raised:
+            list(call(b"\xff\xff\xff\xff garbage", metadata=metadata, timeout=5))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_two_hundred_open_streams_hold_no_thread_and_blocking_calls_past_the_pool_are_refused_at_once(server):
+    grpc_server, servicer = server
+    channel, results, metadata = stub(grpc_server)
+    with channel:
+        streams = [results.WatchClassifications(results_pb2.WatchClassificationsRequest(), metadata=metadata,
+                                                timeout=60) for _ in range(200)]
+        for stream in streams:
+            stream.initial_metadata()
+            assert next(stream).sequence == 1
+        # Two worker threads, two hundred open streams: a blocking call still gets a thread at once.
+        began = time.perf_counter()
+        assert results.GetClassification(results_pb2.GetClassificationRequest(listing_id="fast"), metadata=metadata,
+                                          timeout=5).listing_id == "fast"
+        assert time.perf_counter() - began < 1.0
+        # Both threads held by slow calls: the third blocking call is refused on the event loop, at once.
+        with ThreadPoolExecutor(2) as pool:
+            slow = [pool.submit(results.GetClassification, results_pb2.GetClassificationRequest(listing_id="slow"),
+                                metadata=metadata, timeout=20) for _ in range(2)]
+            deadline = time.monotonic() + 5
+            while grpc_server.pool._work_queue.qsize() == 0 and len(grpc_server.pool._threads) < 2 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            began = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as refused:
+                results.GetClassification(results_pb2.GetClassificationRequest(listing_id="third"),
+                                          metadata=metadata, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.perf_counter() - began < 0.5
+            servicer.release.set()
+            assert [f.result().listing_id for f in slow] == ["slow", "slow"]
+        for stream in streams:
+            stream.cancel()
