@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo up export-corrections evaluate test browser bench bench-preprocess bench-scale bench-watch chaos lock clean
+.PHONY: install contracts contracts-check models train ablation demo up export-corrections evaluate test browser bench bench-plumbing bench-preprocess bench-scale bench-watch chaos lock clean
 
 install: $(INSTALLED)
 
@@ -66,6 +66,10 @@ browser:
 ## Pipeline benchmark (production-size models in .run/bench_models): prints one line of JSON last.
 bench: install
 	$(PY) -m services.drivers.bench_pipeline
+
+## What the system itself costs per listing (stand-in models next to free, PostgreSQL): prints one line of JSON last.
+bench-plumbing: models
+	$(PY) -m services.drivers.bench_plumbing $(BENCH_ARGS)
 
 ## Preprocessing against the straightforward Pillow path: prints one line of JSON last.
 bench-preprocess: install

@@ -1,0 +1,303 @@
+"""`make bench-plumbing`: what the system itself costs per listing, with models that cost next to nothing.
+
+The real Triton serves stand-in models with the production models' names, tensors, labels and batching (each
+averages the image's colours and maps them to the labels: a fraction of a millisecond), so every other cost is the
+system's own. Photos as sellers upload them go in as listing events on Kafka (clothing photos, half as they are and
+half re-encoded at about 2 megapixels); classifications come out on the output topic. Each process's CPU time
+(/proc: the process and its children) is read before and after every run.
+
+Runs, on PostgreSQL (the production store): one preprocessing worker and one result replica; then a second
+preprocessing worker (same consumer group); then a second result replica as well. Prints one line of JSON last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from PIL import Image
+
+from services.common.contracts.product_classification.v1 import common_pb2
+from services.common.fusion_file import FUSION_FILE, FusionConfig
+from services.drivers.bench_scale import wait_for_split
+from services.drivers.traffic import MARKETPLACES, TopicReader, classified_by_listing, submit_listings
+from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
+from services.trainer.fusion_fit import publish_fusion
+from services.trainer.real_models import clothing_dataset
+from services.trainer.triton_export import publish_onnx
+
+WORK = REPOSITORY_ROOT / ".run" / "bench-plumbing"
+TICKS = os.sysconf("SC_CLK_TCK")
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+# -- stand-in models
+
+def stand_in_weights(input_size: int, labels: int) -> np.ndarray:
+    return np.random.default_rng(input_size).normal(0, 0.05, (3, labels)).astype(np.float32)
+
+
+def stand_in_reference(batch: np.ndarray, labels: int) -> np.ndarray:
+    """What the stand-in computes, in numpy: the check its ONNX export is held to."""
+    logits = batch.astype(np.float32).mean(axis=(1, 2)) @ stand_in_weights(batch.shape[1], labels)
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def stand_in_onnx(path: Path, input_size: int, labels: int) -> None:
+    """uint8 NHWC image -> mean colour -> a fixed linear map -> softmax: the production tensors, next to no work."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(stand_in_weights(input_size, labels), "weights")
+    bias = numpy_helper.from_array(np.zeros(labels, np.float32), "bias")
+    axes = numpy_helper.from_array(np.array([1, 2], np.int64), "axes")
+    nodes = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["pixels", "axes"], ["colour"], keepdims=0),
+             helper.make_node("MatMul", ["colour", "weights"], ["scores"]),
+             helper.make_node("Add", ["scores", "bias"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
+    graph = helper.make_graph(
+        nodes, "stand_in",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", input_size, input_size, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", labels])],
+        initializer=[weights, bias, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def build_stand_ins(production: Path, destination: Path) -> list[str]:
+    """The production repository's models (those fusion calls) as stand-ins, with its fusion weights."""
+    fusion = FusionConfig.load(production / FUSION_FILE)
+    if destination.exists():
+        shutil.rmtree(destination)
+    versions = {}
+    for name in fusion.called_models:
+        config = (production / name / "config.pbtxt").read_text()
+        input_size = int(config.split("dims:")[1].split()[0])
+        labels = (production / name / "labels.txt").read_text().split()
+        batch = np.random.default_rng(0).integers(0, 256, (2, input_size, input_size, 3), dtype=np.uint8)
+        exported = publish_onnx(
+            model_name=name, input_size=input_size, labels=labels, repository=destination, verification_batch=batch,
+            export=lambda path, size=input_size, count=len(labels): stand_in_onnx(path, size, count),
+            predict=lambda images, count=len(labels): stand_in_reference(images, count), framework="numpy")
+        versions[name] = str(exported.version)
+    publish_fusion(destination, {"weights": dict(fusion.weights), "review_threshold": fusion.review_threshold or 0.0,
+                                 "figures": {}}, versions, list(fusion.labels), "stand-in models for bench-plumbing")
+    return list(versions)
+
+
+# -- photos as sellers upload them
+
+def seller_photos(count: int) -> list[tuple[bytes, str]]:
+    """(bytes, kind): half the clothing photos as they are, half re-encoded at about 2 megapixels."""
+    cache = WORK / "photos"
+    paths = sorted((clothing_dataset() / "train").glob("*/*.jpg"))
+    picked = [paths[i] for i in np.random.default_rng(7).choice(len(paths), count, replace=False)]
+    photos = []
+    cache.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(picked):
+        if index % 2 == 0:
+            photos.append((path.read_bytes(), "original"))
+            continue
+        cached = cache / f"{path.parent.name}-{path.stem}-2mp.jpg"
+        if not cached.exists():
+            image = Image.open(path).convert("RGB")
+            scale = (2_000_000 / (image.width * image.height)) ** 0.5
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=90)
+            cached.write_bytes(buffer.getvalue())
+        photos.append((cached.read_bytes(), "2mp"))
+    return photos
+
+
+# -- CPU time per process
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and every descendant alive now (Triton's Python-backend stubs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        except (OSError, IndexError):
+            continue
+        stack.extend(children.get(current, []))
+    return total
+
+
+def postgres_cpu_s() -> float:
+    """Every postgres process of the machine's server (shared: other activity would count too)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / TICKS
+            except (OSError, IndexError):
+                continue
+    return total
+
+
+def cpu_snapshot(stack: LocalStack) -> dict[str, float]:
+    snapshot = {name: process_tree_cpu_s(service.process.process.pid) for name, service in stack.services.items()}
+    snapshot["broker"] = process_tree_cpu_s(stack.broker._process.process.pid)
+    snapshot["triton"] = process_tree_cpu_s(stack.triton._process.process.pid)
+    snapshot["postgres"] = postgres_cpu_s()
+    times = os.times()
+    snapshot["load_generator"] = times.user + times.system
+    return snapshot
+
+
+# -- where the time goes
+
+class Profiles:
+    """py-spy sampling the services during a run (--profile): the top entries by own time, per service."""
+
+    def __init__(self, stack: LocalStack, services: list[str]):
+        import subprocess
+        import sys
+
+        spy = Path(sys.executable).with_name("py-spy")
+        if not spy.exists():
+            raise SystemExit("--profile needs py-spy in the virtual environment: .venv/bin/pip install py-spy")
+        self.outputs = {name: WORK / f"profile-{name}.txt" for name in services}
+        self.processes = [subprocess.Popen([str(spy), "record", "--pid", str(stack.services[name].process.process.pid),
+                                            "--format", "raw", "--rate", "200", "--output", str(path), "--nonblocking"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          for name, path in self.outputs.items()]
+
+    def stop(self) -> dict[str, list[tuple[str, float]]]:
+        import signal
+
+        for process in self.processes:
+            process.send_signal(signal.SIGINT)
+        for process in self.processes:
+            process.wait(60)
+        return {name: top_entries(path) for name, path in self.outputs.items() if path.exists()}
+
+
+def top_entries(path: Path, count: int = 8) -> list[tuple[str, float]]:
+    """Own-time share of the functions that were busy (idle waits in the event loop and queues left out)."""
+    own: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frame = stack.rsplit(";", 1)[-1]
+        if any(idle in frame for idle in ("wait (threading", "select (", "_worker (concurrent", "poll (", "sleep",
+                                           "epoll", "get (queue")):
+            continue
+        own[frame] = own.get(frame, 0) + int(samples)
+    busy = sum(own.values()) or 1
+    return [(frame, round(samples / busy, 3)) for frame, samples in sorted(own.items(), key=lambda i: -i[1])[:count]]
+
+
+# -- a run
+
+def listings(photos: list[tuple[bytes, str]], prefix: str) -> list[common_pb2.Listing]:
+    made = []
+    for index, (data, kind) in enumerate(photos):
+        marketplace, locale = MARKETPLACES[index % len(MARKETPLACES)]
+        made.append(common_pb2.Listing(listing_id=f"{prefix}-{index:05d}-{kind}", marketplace=marketplace,
+                                       locale=locale, image_bytes=data))
+    return made
+
+
+def run(stack: LocalStack, photos, prefix: str) -> dict:
+    batch = listings(photos, prefix)
+    wanted = {listing.listing_id for listing in batch}
+    reader = TopicReader(stack.kafka_settings, stack.kafka_settings.topics.listing_classified)
+    try:
+        before = cpu_snapshot(stack)
+        began = time.perf_counter()
+        submit_listings(stack.kafka_settings, batch)
+        records = reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), 900)
+        elapsed = time.perf_counter() - began
+        after = cpu_snapshot(stack)
+    finally:
+        reader.close()
+    done = len(wanted & set(classified_by_listing(records)))
+    per_listing = {name: round((after[name] - before[name]) * 1000 / max(done, 1), 3) for name in after}
+    grouped: dict[str, float] = {}
+    for name, value in per_listing.items():
+        group = name.split("-")[0]
+        grouped[group] = round(grouped.get(group, 0.0) + value, 3)
+    grouped["services_total"] = round(sum(grouped.get(n, 0.0) for n in ("gateway", "preprocessing", "results")), 3)
+    return {"listings": len(batch), "classified": done, "seconds": round(elapsed, 2),
+            "listings_per_s": round(done / elapsed, 1), "cpu_ms_per_listing": grouped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--listings", type=int, default=600)
+    parser.add_argument("--profile", action="store_true", help="sample preprocessing and results with py-spy during "
+                        "the first run; prints their top entries (own time)")
+    options = parser.parse_args()
+    shutil.rmtree(WORK / "stack", ignore_errors=True)
+    models = WORK / "models"
+    names = build_stand_ins(REPOSITORY_ROOT / "triton_models", models)
+    print(f"stand-in models: {', '.join(names)} in {models}", flush=True)
+    photos = seller_photos(options.listings)
+    warm = seller_photos(64)
+    database = f"bench_plumbing_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    try:
+        url = f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{database}"
+        with LocalStack(StackOptions(work_dir=WORK / "stack", model_repository=models, database_url=url,
+                                     extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true"})) as stack:
+            run(stack, warm, "warm-1")
+            profiles = Profiles(stack, ["preprocessing", "results"]) if options.profile else None
+            one = run(stack, photos, "one")
+            print(f"1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
+            if profiles is not None:
+                for name, entries in profiles.stop().items():
+                    print(f"{name}: where its busy time goes (own time, py-spy):", flush=True)
+                    for frame, share in entries:
+                        print(f"  {share:6.1%}  {frame}", flush=True)
+            stack.add_service("preprocessing-2")
+            split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
+            run(stack, warm, "warm-2")
+            two_workers = run(stack, photos, "two-workers")
+            print(f"2 preprocessing workers (partitions {split}): {json.dumps(two_workers)}", flush=True)
+            stack.add_service("results-2")
+            run(stack, warm, "warm-3")
+            two_results = run(stack, photos, "two-results")
+            print(f"2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    kinds = {kind: sum(1 for _, k in photos if k == kind) for _, kind in photos}
+    print(json.dumps({
+        "listings_per_s": one["listings_per_s"], "cpu_ms_per_listing": one["cpu_ms_per_listing"],
+        "listings_per_s_2_preprocessing_workers": two_workers["listings_per_s"],
+        "preprocessing_scale_ratio": round(two_workers["listings_per_s"] / one["listings_per_s"], 2),
+        "cpu_ms_per_listing_2_preprocessing_workers": two_workers["cpu_ms_per_listing"],
+        "listings_per_s_2_result_replicas": two_results["listings_per_s"],
+        "results_scale_ratio": round(two_results["listings_per_s"] / two_workers["listings_per_s"], 2),
+        "store": "postgresql", "photos": kinds, "models": "stand-ins (" + ", ".join(names) + ")",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}))
+
+
+if __name__ == "__main__":
+    main()
