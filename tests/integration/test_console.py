@@ -356,3 +356,34 @@ def test_over_tls_the_session_cookie_is_secure_and_strict_transport_is_asked(sta
         assert headers["strict-transport-security"].startswith("max-age=")
     finally:
         console.stop()
+
+
+@pytest.mark.parametrize("method, path, body, headers", [
+    ("POST", "/api/corrections", b"not json", {}),
+    ("POST", "/api/corrections", b"[1, 2, 3]", {}),
+    ("POST", "/api/corrections", json.dumps({"correction_id": "x" * 20, "listing_id": "a",
+                                             "classification_sequence": 10 ** 30, "category_id": "aa"}).encode(), {}),
+    ("POST", "/api/corrections", json.dumps({"correction_id": "\u0000" * 20, "listing_id": "\ud800",
+                                             "classification_sequence": -1, "category_id": ""}).encode(), {}),
+    ("POST", "/api/corrections", b"{" * 20_000, {}),
+    ("GET", "/api/review?offset=-5", None, {}),
+    ("GET", "/api/review?limit=abc", None, {}),
+    ("GET", "/api/review?marketplace=" + "m" * 5000, None, {}),
+    ("GET", "/api/review?listing=%00%01%02", None, {}),
+    ("GET", "/api/categories?marketplace=nowhere&q=x", None, {}),
+    ("GET", "/api/statistics?window=999999999999", None, {}),
+    ("GET", "/thumbnails/" + "g" * 64, None, {}),
+    ("GET", "/thumbnails/..%2F..%2Fetc%2Fpasswd", None, {}),
+    ("GET", "/static/..%2F..%2Fapp.py", None, {}),
+])
+def test_garbage_from_a_logged_in_browser_gets_a_clear_client_error_never_a_crash(console, operator, method, path,
+                                                                                    body, headers):
+    visitor = Visitor(console.url)
+    visitor.login(*operator)
+    token = visitor.csrf()
+    status, answer_headers, answer = visitor.request(path, body, {"content-type": "application/json",
+                                                                  "x-csrf-token": token, **headers}, method=method)
+    assert 400 <= status < 500, (status, answer[:200])
+    if answer_headers.get("content-type", "").startswith("application/json"):
+        assert json.loads(answer)["error"]
+    assert visitor.request("/healthz")[0] == 200  # and the console goes on

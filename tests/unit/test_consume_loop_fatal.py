@@ -151,3 +151,34 @@ def test_a_retryable_failure_while_stopping_rewinds_to_the_batch_start():
     assert not loop.healthy.is_set()  # NOT_SERVING while the dependency is down
     loop.stop(5)
     assert consumer.committed == [] and (0, 7) in consumer.seeks  # redone by whoever holds the partition next
+
+
+def test_a_partition_revoked_while_a_batch_waits_to_be_retried_is_left_to_its_new_owner():
+    """Retried batch, rebalance in between: only the records of partitions still held are redone and committed."""
+    from kafka import TopicPartition
+
+    records = [SimpleNamespace(topic="t", partition=p, offset=o, key=b"k", value=b"v") for p, o in ((0, 3), (1, 9))]
+
+    class Rebalanced(RecordingConsumer):
+        def assignment(self):  # the group takes partition 0 away once the loop has paused for its retry
+            held = {TopicPartition("t", 0), TopicPartition("t", 1)}
+            return held - {TopicPartition("t", 0)} if self.paused else held
+
+    consumer = Rebalanced([{"tp": records}])
+    calls = []
+
+    def handler(batch):
+        calls.append(sorted((r.partition, r.offset) for r in batch))
+        if len(calls) == 1:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, "the store is away for a moment")
+        return []
+
+    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer())
+    loop.start()
+    deadline = time.monotonic() + 10
+    while not consumer.committed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loop.stop(5)
+    assert calls == [[(0, 3), (1, 9)], [(1, 9)]]  # partition 0's record is not redone here
+    [offsets] = consumer.committed
+    assert {tp.partition: o.offset for tp, o in offsets.items()} == {1: 10}  # nothing committed for partition 0
