@@ -116,29 +116,34 @@ class ClassificationRecorder:
         after one failed send republishes only what was not acknowledged.
         Bad predictions come back as ClassificationError (not retryable); store or broker outages raise.
         """
-        outcomes: list = []
-        for prediction in predictions:
+        outcomes: list = [None] * len(predictions)
+        classified: list[tuple[int, common_pb2.Classification]] = []
+        for index, prediction in enumerate(predictions):
             try:
-                classification = classify(prediction, self.taxonomies, self.weights, self.candidate_count)
-                self._keep_thumbnail(prediction)
-                outcomes.append(self.store.record(classification))
+                classified.append((index, classify(prediction, self.taxonomies, self.weights, self.candidate_count)))
             except ClassificationError as error:
                 if error.kind is ErrorKind.UNAVAILABLE:
                     raise
-                outcomes.append(error)  # this event's own fault: dead-lettered, the others go on
-        pending, in_this_batch, elsewhere = [], set(), []
+                outcomes[index] = error  # this event's own fault: dead-lettered, the others go on
+        self._keep_thumbnails([predictions[index] for index, _ in classified])
+        for (index, _), stored in zip(classified, self._store_batch([c for _, c in classified])):
+            outcomes[index] = stored
+        pending, elsewhere = [], []
         interrupted: ClassificationError | None = None
         try:
+            candidates, seen = [], set()
             for index, outcome in enumerate(outcomes):
-                if not isinstance(outcome, StoredClassification) or outcome.published:
-                    continue
-                sequence = outcome.classification.sequence
-                if sequence in in_this_batch:
-                    continue  # the same event twice in one batch: its row is published once
-                in_this_batch.add(sequence)
-                if not self.store.claim(sequence, self.publisher_id, self.claim_lease_s):
-                    if not self.store.is_published(sequence):
-                        elsewhere.append(sequence)  # another replica is publishing it right now
+                if isinstance(outcome, StoredClassification) and not outcome.published and \
+                        outcome.classification.sequence not in seen:  # the same event twice: published once
+                    seen.add(outcome.classification.sequence)
+                    candidates.append((index, outcome))
+            sequences = [outcome.classification.sequence for _, outcome in candidates]
+            claimed = self.store.claim_many(sequences, self.publisher_id, self.claim_lease_s)
+            unclaimed = [sequence for sequence in sequences if sequence not in claimed]
+            published = self.store.published_among(unclaimed)
+            elsewhere = [sequence for sequence in unclaimed if sequence not in published]  # another replica's now
+            for index, outcome in candidates:
+                if outcome.classification.sequence not in claimed:
                     continue
                 with span_for(index) if span_for else contextlib.nullcontext():
                     key = idempotency_key(outcome.classification)
@@ -175,15 +180,40 @@ class ClassificationRecorder:
                                       "replica; waiting until they are out (or its claim runs out)")
         return outcomes
 
-    def _keep_thumbnail(self, prediction: events_pb2.PredictionMade) -> None:
-        """Keeps the photo's small JPEG for the console; one that is not a bounded JPEG is dropped, not the listing."""
-        if self.thumbnails is None or not prediction.thumbnail_jpeg:
+    def _store_batch(self, classifications: list[common_pb2.Classification]) -> list:
+        """Stores the batch in one transaction; if the store refuses a row (its data), one by one, so only that
+        event fails (its ClassificationError takes its place)."""
+        try:
+            return self.store.record_many(classifications)
+        except ClassificationError as error:
+            if error.kind is ErrorKind.UNAVAILABLE:
+                raise
+        outcomes: list = []
+        for classification in classifications:
+            try:
+                outcomes.append(self.store.record(classification))
+            except ClassificationError as error:
+                if error.kind is ErrorKind.UNAVAILABLE:
+                    raise
+                outcomes.append(error)
+        return outcomes
+
+    def _keep_thumbnails(self, predictions: list[events_pb2.PredictionMade]) -> None:
+        """Keeps the photos' small JPEGs for the console; one that is not a bounded JPEG is dropped, not the
+        listing."""
+        if self.thumbnails is None:
             return
-        if not usable_thumbnail(prediction.thumbnail_jpeg) or not IMAGE_DIGEST.fullmatch(prediction.image_digest):
-            log.warning("thumbnail dropped", extra={"listing_id": prediction.listing_id[:100],
-                                                    "bytes": len(prediction.thumbnail_jpeg)})
-            return
-        self.thumbnails.put_thumbnail(prediction.image_digest, prediction.thumbnail_jpeg)
+        kept = []
+        for prediction in predictions:
+            if not prediction.thumbnail_jpeg:
+                continue
+            if not usable_thumbnail(prediction.thumbnail_jpeg) or not IMAGE_DIGEST.fullmatch(prediction.image_digest):
+                log.warning("thumbnail dropped", extra={"listing_id": prediction.listing_id[:100],
+                                                        "bytes": len(prediction.thumbnail_jpeg)})
+                continue
+            kept.append((prediction.image_digest, prediction.thumbnail_jpeg))
+        if kept:
+            self.thumbnails.put_thumbnails(kept)
 
     def _mark_published(self, sequences: list[int], attempts: int = 3) -> None:
         """The broker has these: mark them, trying a few times (a failure here is the one window that republishes,

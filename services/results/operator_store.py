@@ -56,10 +56,16 @@ class OperatorStore:
     # -- thumbnails
 
     def put_thumbnail(self, image_digest: str, jpeg: bytes) -> None:
-        """Keeps the first thumbnail of an image (the same photo always gives the same one)."""
+        self.put_thumbnails([(image_digest, jpeg)])
+
+    def put_thumbnails(self, thumbnails: list[tuple[str, bytes]]) -> None:
+        """Keeps the first thumbnail of each image (the same photo always gives the same one), in one transaction."""
+        now = time.time()
         with self.store.transaction() as cursor:
-            cursor.execute(self.store.sql("INSERT INTO thumbnails (image_digest, jpeg, stored_at) VALUES (?, ?, ?) "
-                                          "ON CONFLICT (image_digest) DO NOTHING"), (image_digest, jpeg, time.time()))
+            for image_digest, jpeg in thumbnails:
+                cursor.execute(self.store.sql("INSERT INTO thumbnails (image_digest, jpeg, stored_at) VALUES "
+                                              "(?, ?, ?) ON CONFLICT (image_digest) DO NOTHING"),
+                               (image_digest, jpeg, now))
 
     def thumbnail(self, image_digest: str) -> bytes | None:
         with self.store.transaction() as cursor:

@@ -246,26 +246,57 @@ class ClassificationStore:
 
     def record(self, classification: common_pb2.Classification) -> StoredClassification:
         """Stores the classification unless its idempotency key is already there; returns what the store holds."""
-        key = idempotency_key(classification)
         with self._transaction() as cursor:
-            cursor.execute(self._sql("SELECT sequence, payload, published FROM classifications WHERE idempotency_key = ?"),
-                           (key,))
-            row = cursor.fetchone()
-            if row is not None:
-                stored = common_pb2.Classification.FromString(bytes(row[1]))
-                stored.sequence = row[0]
-                return StoredClassification(stored, newly_stored=False, published=bool(row[2]))
-            cursor.execute(self._sql(
-                "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, published, "
-                "stored_at, confidence, label, category_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
-                (key, classification.listing_id, classification.marketplace, classification.status,
-                 classification.SerializeToString(), False, time.time(), float(classification.confidence),
-                 classification.label, short_category_id(classification.category.id)))
-            sequence = cursor.fetchone()[0]
+            return self._record_in(cursor, classification)
+
+    def record_many(self, classifications: list[common_pb2.Classification]) -> list[StoredClassification]:
+        """record() for a batch in one transaction (one commit instead of one each). A row the store refuses fails
+        the whole batch (INVALID_REQUEST): the caller then records one by one to find it."""
+        with self._transaction() as cursor:
+            return [self._record_in(cursor, classification) for classification in classifications]
+
+    def _record_in(self, cursor, classification: common_pb2.Classification) -> StoredClassification:
+        key = idempotency_key(classification)
+        cursor.execute(self._sql("SELECT sequence, payload, published FROM classifications WHERE idempotency_key = ?"),
+                       (key,))
+        row = cursor.fetchone()
+        if row is not None:
+            stored = common_pb2.Classification.FromString(bytes(row[1]))
+            stored.sequence = row[0]
+            return StoredClassification(stored, newly_stored=False, published=bool(row[2]))
+        cursor.execute(self._sql(
+            "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, published, "
+            "stored_at, confidence, label, category_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
+            (key, classification.listing_id, classification.marketplace, classification.status,
+             classification.SerializeToString(), False, time.time(), float(classification.confidence),
+             classification.label, short_category_id(classification.category.id)))
+        sequence = cursor.fetchone()[0]
         stored = common_pb2.Classification()
         stored.CopyFrom(classification)
         stored.sequence = sequence
         return StoredClassification(stored, newly_stored=True, published=False)
+
+    def claim_many(self, sequences: list[int], owner: str, lease_s: float) -> set[int]:
+        """claim() for many rows in one statement: the sequences this owner may publish now."""
+        if not sequences:
+            return set()
+        now = time.time()
+        marks = ", ".join([self._placeholder] * len(sequences))
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(
+                f"UPDATE classifications SET claimed_by = ?, claimed_until = ? WHERE sequence IN ({marks}) AND NOT "
+                "published AND (claimed_by IS NULL OR claimed_by = ? OR claimed_until < ?) RETURNING sequence"),
+                (owner, now + lease_s, *sequences, owner, now))
+            return {int(row[0]) for row in cursor.fetchall()}
+
+    def published_among(self, sequences: list[int]) -> set[int]:
+        if not sequences:
+            return set()
+        marks = ", ".join([self._placeholder] * len(sequences))
+        with self._transaction() as cursor:
+            cursor.execute(f"SELECT sequence FROM classifications WHERE sequence IN ({marks}) AND published",
+                           sequences)
+            return {int(row[0]) for row in cursor.fetchall()}
 
     def mark_published(self, sequences: list[int]) -> None:
         if not sequences:

@@ -116,25 +116,50 @@ def test_every_publication_carries_a_stable_event_id(store, taxonomies):
     assert sent[0].event_id == event_id(idempotency_key(outcome.classification)) and len(sent[0].event_id) == 32
 
 
-def test_a_store_failure_mid_batch_still_marks_what_was_already_sent(store, taxonomies):
-    """The connection dies after the first row was sent: that row is still awaited and marked, so the retry does not
-    publish it again."""
+def test_a_store_failure_between_claiming_and_sending_publishes_each_row_once_on_the_retry(store, taxonomies):
+    """The batch is stored in one transaction and claimed in one statement before anything is sent: the connection
+    dying after the claim leaves the rows claimed by this replica, and the retry publishes each of them once."""
     sent = []
     recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event.event_id) or Sent())
-    real_claim, calls = store.claim, []
+    real_claim = store.claim_many
 
-    def claim_failing_second(sequence, owner, lease_s):
-        calls.append(sequence)
-        if len(calls) == 2:
-            raise ClassificationError(ErrorKind.UNAVAILABLE, "result store: the connection was terminated")
-        return real_claim(sequence, owner, lease_s)
+    def claim_then_fail(sequences, owner, lease_s):
+        real_claim(sequences, owner, lease_s)
+        raise ClassificationError(ErrorKind.UNAVAILABLE, "result store: the connection was terminated")
 
-    store.claim = claim_failing_second
+    store.claim_many = claim_then_fail
     batch = [prediction(f"mid-{i}") for i in range(3)]
     try:
         with pytest.raises(ClassificationError):
             recorder.record_predictions(batch)
     finally:
-        store.claim = real_claim
+        store.claim_many = real_claim
+    assert sent == []
     recorder.record_predictions(batch)  # the retry
     assert len(sent) == 3 and len(set(sent)) == 3, "each row published once"
+
+
+def test_a_row_the_store_refuses_fails_alone_and_the_rest_of_its_batch_is_stored(store, taxonomies):
+    """The batch's one transaction fails on a row the store refuses (its data): recorded one by one, only that
+    event fails (it is dead-lettered by the caller), the others are stored and published."""
+    sent = []
+    recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event) or Sent())
+    real_record, real_many = store.record, store.record_many
+
+    def refusing(classification):
+        if classification.listing_id == "refused":
+            raise ClassificationError(ErrorKind.INVALID_REQUEST, "the result store refuses the row: value too long")
+        return real_record(classification)
+
+    def refusing_many(classifications):
+        if any(c.listing_id == "refused" for c in classifications):
+            raise ClassificationError(ErrorKind.INVALID_REQUEST, "the result store refuses the row: value too long")
+        return real_many(classifications)
+
+    store.record, store.record_many = refusing, refusing_many
+    try:
+        outcomes = recorder.record_predictions([prediction("kept-1"), prediction("refused"), prediction("kept-2")])
+    finally:
+        store.record, store.record_many = real_record, real_many
+    assert isinstance(outcomes[1], ClassificationError) and outcomes[1].kind is ErrorKind.INVALID_REQUEST
+    assert [e.classification.listing_id for e in sent] == ["kept-1", "kept-2"]
