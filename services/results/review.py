@@ -87,6 +87,11 @@ class ReviewDesk:
             model_was_right=short_category_id(judged.category.id) == short_id, operator=request.operator,
             corrected_at=now)
         stored = self.operators.record_correction(correction)
+        if not stored.newly_stored and (stored.correction.listing_id != correction.listing_id or
+                                        stored.correction.category.id != correction.category.id or
+                                        stored.correction.classification_sequence != judged.sequence):
+            raise ClassificationError(ErrorKind.INVALID_REQUEST, f"correction_id {request.correction_id!r} was "
+                                      "already used for another decision; make a new id for each")
         if not stored.published:
             self._publish(stored.correction)
         return stored.correction

@@ -135,6 +135,12 @@ def test_a_correction_is_stored_with_the_model_answer_published_once_and_named_i
     assert event.event_id and event.correction.corrected_at.seconds > 0
     [listed] = desk.operators.corrections("", "l-7", 10)
     assert listed.correction_id == "retry-me-1"
+    other = results_pb2.RecordCorrectionRequest()
+    other.CopyFrom(request)
+    other.category_id = judged.category.id  # the same id for another decision: refused, not answered with the first
+    with pytest.raises(ClassificationError) as reused:
+        desk.record_correction(other)
+    assert reused.value.kind is ErrorKind.INVALID_REQUEST and "already used" in reused.value.reason
 
 
 @pytest.mark.parametrize("change, reason", [

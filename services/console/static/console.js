@@ -165,7 +165,11 @@ function newCorrectionId() {
 async function correct(categoryId) {
   const current = state.queue[state.selected];
   if (!current) return;
-  const correctionId = current.pendingCorrection || (current.pendingCorrection = newCorrectionId());
+  // A retry of the same decision reuses its id (stored once); another category is another decision.
+  if (!current.pending || current.pending.category !== categoryId) {
+    current.pending = { category: categoryId, id: newCorrectionId() };
+  }
+  const correctionId = current.pending.id;
   try {
     const found = await api("/api/corrections", { method: "POST", body: JSON.stringify({
       correction_id: correctionId, listing_id: current.listing_id,
