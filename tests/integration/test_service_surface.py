@@ -86,6 +86,24 @@ def test_record_prediction_is_the_gateways_alone(stack):
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_record_correction_is_the_consoles_alone(stack):
+    """Only the console (which authenticates operators) may store and publish an operator's verdict."""
+    from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
+
+    request = results_pb2.RecordCorrectionRequest(correction_id="not-the-console-1", listing_id="x",
+                                                  classification_sequence=1, category_id="aa-1", operator="mallory")
+    for caller in ("localstack", "gateway"):
+        with stack.internal_channel("results", caller) as channel:
+            with pytest.raises(grpc.RpcError) as raised:
+                results_pb2_grpc.ClassificationResultsStub(channel).RecordCorrection(request, timeout=5)
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with stack.internal_channel("results", "console") as channel:  # the console gets past the door (and is judged)
+        with pytest.raises(grpc.RpcError) as raised:
+            results_pb2_grpc.ClassificationResultsStub(channel).RecordCorrection(request, timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not one of listing" in \
+            raised.value.details()
+
+
 def test_two_credentials_on_one_call_are_refused(stack):
     from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
 
