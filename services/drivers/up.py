@@ -69,7 +69,7 @@ try:
   .venv/bin/classify-image PHOTO.jpg --marketplace br-loja --locale pt-BR --json
   open {stack.console.url} (review what the models were unsure of; corrections go to Kafka)
   make export-corrections OUT=.run/corrected BASE=../shared/datasets/clothing-dataset-small
-  .venv/bin/python -m services.console add-operator NAME --locale de   (with CONSOLE_ACCOUNTS_PATH={stack.console.accounts_path})
+  CONSOLE_ACCOUNTS_PATH={stack.console.accounts_path} .venv/bin/python -m services.console add-operator NAME --locale de
 
 Ctrl-C stops everything.""", flush=True)
         while not stopping.wait(1.0):
