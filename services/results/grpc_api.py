@@ -83,19 +83,26 @@ class ClassificationResultsServicer(results_pb2_grpc.ClassificationResultsServic
             context.abort(grpc.StatusCode.NOT_FOUND, f"no classification for listing {request.listing_id!r}")
         return found
 
-    def ListClassifications(self, request, context):
+    @staticmethod
+    def _page(request, context, read) -> tuple[list, int]:
+        """A page newest first by sequence: read(limit) gets one more than the page, to know whether one follows;
+        returns the page and the next before_sequence (0 when none)."""
         if request.page_size < 0 or request.before_sequence < 0:
             abort_with(context, ClassificationError(ErrorKind.INVALID_REQUEST, "page_size and before_sequence must "
                                                     "not be negative"))
         page_size = min(request.page_size or 50, MAX_PAGE_SIZE)
         try:
-            found = self.store.recent(request.marketplace, page_size + 1, request.before_sequence)
+            found = read(page_size + 1)
         except ClassificationError as error:
             abort_with(context, error)
         more = len(found) > page_size
         found = found[:page_size]
-        return results_pb2.ListClassificationsResponse(
-            classifications=found, next_before_sequence=found[-1].sequence if more and found else 0)
+        return found, found[-1].sequence if more and found else 0
+
+    def ListClassifications(self, request, context):
+        found, next_before = self._page(request, context, lambda limit: self.store.recent(
+            request.marketplace, limit, request.before_sequence))
+        return results_pb2.ListClassificationsResponse(classifications=found, next_before_sequence=next_before)
 
     async def WatchClassifications(self, request, context):
         """Rows as they are stored (asyncio: an open stream holds no thread), fed by the replica's one WatchHub."""
@@ -129,21 +136,13 @@ class ClassificationResultsServicer(results_pb2_grpc.ClassificationResultsServic
             abort_with(context, error)
 
     def ListCorrections(self, request, context):
-        if request.page_size < 0 or request.before_sequence < 0:
-            abort_with(context, ClassificationError(ErrorKind.INVALID_REQUEST, "page_size and before_sequence must "
-                                                    "not be negative"))
-        page_size = min(request.page_size or 50, MAX_PAGE_SIZE)
-        try:
+        def read(limit: int) -> list:
             check_text("marketplace", request.marketplace, 100)
             check_text("listing_id", request.listing_id, MAX_ID_LENGTH)
-            found = self._desk(context).operators.corrections(request.marketplace, request.listing_id, page_size + 1,
-                                                              request.before_sequence)
-        except ClassificationError as error:
-            abort_with(context, error)
-        more = len(found) > page_size
-        found = found[:page_size]
-        return results_pb2.ListCorrectionsResponse(
-            corrections=found, next_before_sequence=found[-1].sequence if more and found else 0)
+            return self._desk(context).operators.corrections(request.marketplace, request.listing_id, limit,
+                                                             request.before_sequence)
+        found, next_before = self._page(request, context, read)
+        return results_pb2.ListCorrectionsResponse(corrections=found, next_before_sequence=next_before)
 
     def ListReviewQueue(self, request, context):
         if request.page_size < 0 or request.offset < 0:
