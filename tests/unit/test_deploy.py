@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from services.common.settings import KafkaSettings, Topics
+from services.console.settings import ConsoleSettings
 from services.gateway.settings import GatewaySettings
 from services.preprocessing.settings import PreprocessingSettings
 from services.results.settings import ResultsSettings
@@ -21,7 +22,7 @@ from services.results.settings import ResultsSettings
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SETTINGS = {"KAFKA_": KafkaSettings, "GATEWAY_": GatewaySettings, "PREPROCESSING_": PreprocessingSettings,
-            "RESULTS_": ResultsSettings}
+            "RESULTS_": ResultsSettings, "CONSOLE_": ConsoleSettings}
 
 
 def tool(name: str) -> str:
@@ -54,6 +55,10 @@ def test_compose_builds_every_service_and_sets_only_real_settings():
         assert (ROOT / services[name]["build"]["dockerfile"]).exists()
         assert "health_probe" in " ".join(services[name]["healthcheck"]["test"])
         assert_real_settings(services[name]["environment"])
+    console = services["console"]
+    assert (ROOT / console["build"]["dockerfile"]).exists() and "/healthz" in " ".join(console["healthcheck"]["test"])
+    assert_real_settings(console["environment"])
+    assert "console=" in services["results"]["environment"]["RESULTS_API_KEYS"]  # the console's key at results
     topics_created = services["kafka-topics"]["command"][0]
     for topic in Topics().model_dump().values():
         name = topic.removeprefix("product-classification.").removesuffix(".v1")
@@ -104,6 +109,13 @@ def test_manifests_are_consistent_with_the_services():
         assert container["readinessProbe"]["grpc"]["port"] == port
         assert_real_settings(variable["name"] for variable in container["env"])
         assert by_kind["PodDisruptionBudget"][name]
+    console = by_kind["Deployment"]["console"]["spec"]["template"]["spec"]["containers"][0]
+    assert console["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert_real_settings(variable["name"] for variable in console["env"])
+    assert by_kind["PodDisruptionBudget"]["console"] and by_kind["Secret"]["console-operators"]
+    secrets = by_kind["Secret"]["product-classification-secrets"]["stringData"]
+    console_key = secrets["CONSOLE_RESULTS_API_KEY"]
+    assert f"console={console_key}" in secrets["RESULTS_API_KEYS"]  # results knows the console by its key
     triton = by_kind["Deployment"]["triton"]["spec"]["template"]["spec"]["containers"][0]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert by_kind["HorizontalPodAutoscaler"]["gateway"]["spec"]["scaleTargetRef"]["name"] == "gateway"
