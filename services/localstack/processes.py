@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,18 +18,52 @@ class StartupError(RuntimeError):
     """A local server did not become ready; the message says which and ends with its log's tail."""
 
 
-_handed_out: set[int] = set()
+def _port_range() -> tuple[int, int]:
+    """Where the stack's ports come from: LOCALSTACK_PORT_RANGE (e.g. 20000-20099), or 20000 up to the kernel's
+    ephemeral range, so that no outgoing connection of any program is handed one of them meanwhile."""
+    configured = os.environ.get("LOCALSTACK_PORT_RANGE", "")
+    if configured:
+        low, _, high = configured.partition("-")
+        return int(low), int(high)
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return 20000, max(20999, ephemeral_low - 1)
+
+
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "product-classification-ports"
+_held_ports: dict[int, int] = {}  # port -> the descriptor holding its lock, for this process's life
 
 
 def free_port() -> int:
-    """A port free now and not handed out before by this process (the OS may offer a just-released port again)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+    """A port that is free now and that no other process on this machine has taken through this function.
+
+    Each port handed out is locked machine-wide (an flock on a file per port, released by the kernel when this process
+    ends), so two test suites or stacks on one machine never pick the same one, even between one of them choosing a
+    port and its server binding it. Ports come from below the ephemeral range (see _port_range)."""
+    low, high = _port_range()
+    _PORT_LOCKS.mkdir(mode=0o777, exist_ok=True)
+    candidates = list(range(low, high + 1))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _held_ports:
+            continue
+        descriptor = os.open(_PORT_LOCKS / f"{port}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process holds it
+            os.close(descriptor)
+            continue
+        with socket.socket() as probe:  # and nothing else on the machine listens on it
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                os.close(descriptor)
+                continue
+        _held_ports[port] = descriptor
+        return port
+    raise StartupError(f"no free port left in {low}-{high} (LOCALSTACK_PORT_RANGE)")
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
