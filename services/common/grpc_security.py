@@ -130,6 +130,67 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
         return handler
 
 
+def certificate_callers(context) -> set[str]:
+    """The names a caller's verified client certificate gives it (its subject's common names); empty without one."""
+    try:
+        names = context.auth_context().get("x509_common_name", [])
+    except Exception:  # noqa: BLE001  (no TLS on this call)
+        return set()
+    return {n.decode(errors="replace") if isinstance(n, bytes) else n for n in names}
+
+
+class CertificateCallerInterceptor(grpc.ServerInterceptor):
+    """mTLS's counterpart of ApiKeyInterceptor's method_callers: the TLS handshake proved the certificate, and the
+    certificate's common name is the caller's name. A method in method_callers answers PERMISSION_DENIED to any
+    certificate whose name is not listed (e.g. results' RecordPrediction is the certificate 'gateway''s alone)."""
+
+    def __init__(self, method_callers: dict[str, frozenset[str]]):
+        self.method_callers = method_callers
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        allowed = self.method_callers.get(handler_call_details.method.rpartition("/")[2])
+        if handler is None or allowed is None:
+            return handler
+        method = handler_call_details.method
+
+        def refusal(context) -> str | None:
+            names = certificate_callers(context)
+            if names & allowed:
+                return None
+            log.warning("refused a certificate a method that is not its own",
+                        extra={"method": method, "caller": sorted(names)})
+            return f"{method} is not open to the certificate {', '.join(sorted(names)) or '(none)'}"
+
+        def checked(behaviour):
+            if inspect.iscoroutinefunction(behaviour):
+                async def check_async(request, context):
+                    reason = refusal(context)
+                    if reason:
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+                    return await behaviour(request, context)
+                return check_async
+            if inspect.isasyncgenfunction(behaviour):
+                async def check_async_stream(request, context):
+                    reason = refusal(context)
+                    if reason:
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+                    async for response in behaviour(request, context):
+                        yield response
+                return check_async_stream
+
+            def check(request, context):
+                reason = refusal(context)
+                if reason:
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+                return behaviour(request, context)
+            return check
+
+        return handler._replace(**{kind: checked(getattr(handler, kind)) for kind in
+                                   ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+                                   if getattr(handler, kind)})
+
+
 class ApiKeyMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                      grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     """Client side: sends 'authorization: Bearer <key>' on every call of a channel."""

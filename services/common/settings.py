@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.grpc_security import ApiKeyInterceptor, TlsFiles, parse_api_keys
+from services.common.grpc_security import ApiKeyInterceptor, CertificateCallerInterceptor, TlsFiles, parse_api_keys
 
 
 class Topics(BaseModel):
@@ -76,7 +76,10 @@ class GrpcServiceSettings(BaseSettings):
 
     def authentication(self, method_callers: dict[str, frozenset[str]] | None = None
                        ) -> list:
-        """api-key: an interceptor checks each call (and who may call what); mtls: the TLS handshake already did."""
-        if self.auth_mode != "api-key":
-            return []
-        return [ApiKeyInterceptor(parse_api_keys(self.api_keys), method_callers)]
+        """api-key: an interceptor checks each call's key (and who may call what); mtls: the TLS handshake checked
+        the certificate, and an interceptor checks who may call what by the certificate's common name."""
+        if self.auth_mode == "api-key":
+            return [ApiKeyInterceptor(parse_api_keys(self.api_keys), method_callers)]
+        if self.auth_mode == "mtls" and method_callers:
+            return [CertificateCallerInterceptor(method_callers)]
+        return []

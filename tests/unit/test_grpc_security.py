@@ -49,7 +49,7 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     ca = _certificate("test CA", ca_name, ca_key, ca_key, ca=True)
     _, ca_path = _write_key_and_cert(folder, "ca", ca, ca_key)
     files = {"ca": ca_path}
-    for name, san in (("server", "localhost"), ("client", None)):
+    for name, san in (("server", "localhost"), ("client", None), ("gateway", None)):
         key = ec.generate_private_key(ec.SECP256R1())
         files[f"{name}_key"], files[f"{name}_cert"] = _write_key_and_cert(
             folder, name, _certificate(name, ca_name, ca_key, key, ca=False, san=san), key)
@@ -63,12 +63,22 @@ class Results(results_pb2_grpc.ClassificationResultsServicer):
         return common_pb2.Classification(listing_id=request.listing_id)
 
 
+class AsyncioResults(results_pb2_grpc.ClassificationResultsServicer):
+    async def GetClassification(self, request, context):
+        from services.common.contracts.product_classification.v1 import common_pb2
+
+        return common_pb2.Classification(listing_id=request.listing_id)
+
+
 @contextlib.contextmanager
-def serving(tls: TlsFiles, interceptors=()) -> Iterator[str]:
-    """A real GrpcServer with the given TLS and interceptors; yields its address."""
-    server = GrpcServer("localhost:0", [(results_pb2_grpc.add_ClassificationResultsServicer_to_server, Results(),
-                                         "product_classification.v1.ClassificationResults")],
-                        credentials=server_credentials(tls), interceptors=interceptors)
+def serving(tls: TlsFiles, interceptors=(), on_asyncio: bool = False) -> Iterator[str]:
+    """A real GrpcServer (or AsyncioGrpcServer) with the given TLS and interceptors; yields its address."""
+    from services.common.grpc_server import AsyncioGrpcServer
+
+    kind, servicer = (AsyncioGrpcServer, AsyncioResults()) if on_asyncio else (GrpcServer, Results())
+    server = kind("localhost:0", [(results_pb2_grpc.add_ClassificationResultsServicer_to_server, servicer,
+                                   "product_classification.v1.ClassificationResults")],
+                  credentials=server_credentials(tls), interceptors=interceptors)
     server.set_serving(True)
     server.start()
     try:
@@ -144,3 +154,34 @@ def test_a_method_named_for_one_caller_is_refused_to_the_others_and_one_credenti
             with pytest.raises(grpc.RpcError) as raised:
                 get(channel, [("authorization", "Bearer wrong"), ("authorization", "Bearer gateway-key-0123456789")])
             assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED and "exactly one" in raised.value.details()
+
+
+@pytest.mark.parametrize("on_asyncio", [False, True], ids=["threads", "asyncio"])
+def test_under_mtls_a_method_named_for_one_caller_is_refused_to_other_certificates(pki, on_asyncio):
+    """AUTH_MODE=mtls: the certificate's common name is the caller, and method_callers holds as with API keys."""
+    from services.common.grpc_security import CertificateCallerInterceptor
+
+    server_tls = TlsFiles(cert_file=pki["server_cert"], key_file=pki["server_key"], ca_file=pki["ca"])
+    only_gateway = CertificateCallerInterceptor({"GetClassification": frozenset({"gateway"})})
+    with serving(server_tls, [only_gateway], on_asyncio=on_asyncio) as address:
+        gateway = TlsFiles(ca_file=pki["ca"], cert_file=pki["gateway_cert"], key_file=pki["gateway_key"])
+        with secure_channel(address, gateway) as channel:
+            assert get(channel) == "tls-1"
+        other = TlsFiles(ca_file=pki["ca"], cert_file=pki["client_cert"], key_file=pki["client_key"])
+        with secure_channel(address, other) as channel:
+            with pytest.raises(grpc.RpcError) as raised:
+                get(channel)
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED and "client" in raised.value.details()
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING  # the method is refused, not the caller
+
+
+def test_mtls_settings_bring_the_certificate_check_only_where_methods_are_named(pki):
+    from services.common.grpc_security import CertificateCallerInterceptor
+    from services.results.settings import ResultsSettings
+
+    settings = ResultsSettings(auth_mode="mtls", tls_cert_file=pki["server_cert"], tls_key_file=pki["server_key"],
+                               tls_client_ca_file=pki["ca"])
+    assert [type(i) for i in settings.authentication({"RecordPrediction": frozenset({"gateway"})})] == \
+        [CertificateCallerInterceptor]
+    assert settings.authentication() == []
