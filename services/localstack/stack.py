@@ -16,22 +16,24 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpc_security import with_api_key
+from services.common.grpc_security import TlsFiles, secure_channel, with_api_key
 from services.common.kafka import create_topics
 from services.common.settings import KafkaSettings
 from services.localstack.broker import LocalBroker
+from services.localstack.pki import LocalPki
 from services.localstack.processes import ChildProcess, free_port
 from services.localstack.triton_cpu import LocalTriton
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
-def authenticated_channel(address: str, api_key: str) -> grpc.Channel:
-    return with_api_key(grpc.insecure_channel(address), api_key)
+def authenticated_channel(address: str, api_key: str, tls: TlsFiles | None = None) -> grpc.Channel:
+    """A channel that sends the API key on every call, over TLS (with tls's client certificate) when tls is given."""
+    return with_api_key(secure_channel(address, tls), api_key)
 
 
-def grpc_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def grpc_serving(address: str, tls: TlsFiles | None = None) -> bool:
+    with secure_channel(address, tls) as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
         return response.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -39,8 +41,10 @@ def grpc_serving(address: str) -> bool:
 class ServiceProcess:
     """One service (`python -m services.<name>`) with its environment; ready when its gRPC health says SERVING."""
 
-    def __init__(self, name: str, env: dict[str, str], grpc_port: int, log_path: Path):
+    def __init__(self, name: str, env: dict[str, str], grpc_port: int, log_path: Path,
+                 probe_tls: TlsFiles | None = None):
         self.name = name
+        self.probe_tls = probe_tls  # what the readiness check connects with when the stack runs TLS
         self.grpc_port = grpc_port
         self.address = f"127.0.0.1:{grpc_port}"
         prefix = name.split("-")[0].upper()
@@ -53,7 +57,7 @@ class ServiceProcess:
         self.wait_serving(timeout_s)
 
     def wait_serving(self, timeout_s: float = 60.0) -> None:
-        self.process.wait_until(lambda: grpc_serving(self.address), timeout_s, "SERVING")
+        self.process.wait_until(lambda: grpc_serving(self.address, self.probe_tls), timeout_s, "SERVING")
 
     def stop(self, grace_s: float = 20.0) -> None:
         self.process.stop(grace_s)
@@ -103,6 +107,7 @@ class StackOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     console: bool = False  # also start the operators' review console
     console_port: int = 0  # 0: any free port
+    tls: bool = False  # gRPC over TLS everywhere, mTLS (AUTH_MODE=mtls) at every service, from a CA of the stack's own
 
 
 class LocalStack:
@@ -121,7 +126,12 @@ class LocalStack:
                               for service, callers in (("results", ("gateway", "console", "localstack")),
                                                        ("preprocessing", ("gateway", "localstack")))}
         self.console: ConsoleProcess | None = None
+        self.pki = LocalPki(work / "pki") if options.tls else None
         self._started: list = []
+
+    def client_tls(self, caller: str) -> TlsFiles | None:
+        """What a caller connects to the stack's services with: None (plaintext) unless the stack runs TLS."""
+        return self.pki.client(caller) if self.pki else None
 
     @property
     def kafka_settings(self) -> KafkaSettings:
@@ -131,6 +141,8 @@ class LocalStack:
         prefix = name.split("-")[0].upper()
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
                f"{prefix}_METRICS_PORT": str(free_port())}
+        if self.pki:
+            env.update(self.pki.server_env(prefix))
         if prefix in ("PREPROCESSING", "RESULTS"):
             keys = self.internal_keys[prefix.lower()]
             env[f"{prefix}_API_KEYS"] = ",".join(f"{caller}={key}" for caller, key in keys.items())
@@ -148,6 +160,11 @@ class LocalStack:
             env["GATEWAY_RESULTS_ADDRESS"] = self.services["results"].address
             env["GATEWAY_RESULTS_API_KEY"] = self.internal_keys["results"]["gateway"]
             env["GATEWAY_PREPROCESSING_API_KEY"] = self.internal_keys["preprocessing"]["gateway"]
+            if self.pki:
+                downstream = self.pki.client("gateway")
+                env.update(GATEWAY_DOWNSTREAM_TLS_CA_FILE=str(downstream.ca_file),
+                           GATEWAY_DOWNSTREAM_TLS_CERT_FILE=str(downstream.cert_file),
+                           GATEWAY_DOWNSTREAM_TLS_KEY_FILE=str(downstream.key_file))
         return {**env, **self.options.extra_env}
 
     @property
@@ -159,17 +176,20 @@ class LocalStack:
 
     def gateway_channel(self) -> grpc.Channel:
         """A channel to the gateway that authenticates with the stack's API key."""
-        return authenticated_channel(self.services["gateway"].address, self.gateway_api_key)
+        return authenticated_channel(self.services["gateway"].address, self.gateway_api_key,
+                                     self.client_tls("localstack"))
 
     def internal_channel(self, service: str, caller: str = "localstack") -> grpc.Channel:
         """A channel to results or preprocessing that authenticates as one of their callers."""
         name = service.split("-")[0]
-        return authenticated_channel(self.services[service].address, self.internal_keys[name][caller])
+        return authenticated_channel(self.services[service].address, self.internal_keys[name][caller],
+                                     self.client_tls(caller))
 
     def add_service(self, name: str) -> ServiceProcess:
         """Starts another service process (e.g. a second preprocessing worker named 'preprocessing-2')."""
         port = free_port()
-        service = ServiceProcess(name, self.service_env(name, port), port, self.options.work_dir / f"{name}.log")
+        service = ServiceProcess(name, self.service_env(name, port), port, self.options.work_dir / f"{name}.log",
+                                 self.client_tls("localstack"))
         self.services[name] = service
         self._started.append(service)  # before start(): one that never becomes ready is stopped too
         service.start()
@@ -181,6 +201,9 @@ class LocalStack:
                "CONSOLE_RESULTS_API_KEY": self.internal_keys["results"]["console"],
                "CONSOLE_SESSION_SECRET": secrets.token_urlsafe(32),
                "CONSOLE_ACCOUNTS_PATH": str(self.options.work_dir / "console" / "operators.json"),
+               **({"CONSOLE_RESULTS_TLS_CA_FILE": str(self.pki.ca_file),
+                   "CONSOLE_RESULTS_TLS_CERT_FILE": str(self.pki.client("console").cert_file),
+                   "CONSOLE_RESULTS_TLS_KEY_FILE": str(self.pki.client("console").key_file)} if self.pki else {}),
                **{k: v for k, v in self.options.extra_env.items() if k != "CONSOLE_HTTP_ADDRESS"}}
         self.console = ConsoleProcess(env, port, self.options.work_dir / "console.log")
         self._started.append(self.console)
