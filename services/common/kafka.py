@@ -135,8 +135,11 @@ class ConsumeLoop:
 
     def __init__(self, name: str, consumer: KafkaConsumer, topics: Sequence[str], handler: BatchHandler,
                  producer: KafkaProducer, send_timeout_s: float = 30.0, max_batch: int = 500,
-                 batch_linger_s: float = 0.0):
+                 batch_linger_s: float = 0.0, ack_patience_s: float = 2.0):
         self.name = name
+        # A batch whose sends and commit the broker has not acknowledged within this long makes health NOT_SERVING
+        # while the loop goes on waiting (up to send_timeout_s, then the batch is retried).
+        self.ack_patience_s = ack_patience_s
         self.max_batch = max_batch
         # How long to keep polling for more records once some arrived, so downstream calls get full batches.
         self.batch_linger_s = batch_linger_s
@@ -234,8 +237,14 @@ class ConsumeLoop:
         partitions this member still holds."""
         deadline = time.monotonic() + delay_s
         while not self._stopping.is_set():
-            self.consumer.pause(*self.consumer.assignment())  # again after a rebalance: new partitions too
-            leaked = self.consumer.poll(timeout_ms=max(1, min(500, int((deadline - time.monotonic()) * 1000))))
+            wait_ms = max(1, min(500, int((deadline - time.monotonic()) * 1000)))
+            try:
+                self.consumer.pause(*self.consumer.assignment())  # again after a rebalance: new partitions too
+                leaked = self.consumer.poll(timeout_ms=wait_ms)
+            except KafkaError as error:  # the broker unreachable as well: wait, the client reconnects by itself
+                log.warning("poll failed while paused", extra={"loop": self.name, "reason": repr(error)})
+                self._stopping.wait(wait_ms / 1000)
+                leaked = {}
             self._rewind([r for batch in leaked.values() for r in batch])  # fetched before the pause took hold
             if time.monotonic() >= deadline:
                 break
@@ -260,16 +269,28 @@ class ConsumeLoop:
             raise  # the handler's own verdict (retry or not), or the broker failing a send: retried
         except Exception as error:  # noqa: BLE001
             raise HandlerBug(f"the {self.name} handler failed: {type(error).__name__}: {error}") from error
-        self.producer.flush(self.send_timeout_s)
-        for future in futures:
-            future.get(timeout=self.send_timeout_s)  # raises if the broker did not acknowledge
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for record in records:
-            partition = TopicPartition(record.topic, record.partition)
-            if partition not in offsets or offsets[partition].offset <= record.offset:
-                offsets[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
-        self.consumer.commit(offsets)
+        stalled = threading.Timer(self.ack_patience_s, self._broker_stalled)
+        stalled.daemon = True
+        stalled.start()
+        try:
+            self.producer.flush(self.send_timeout_s)
+            for future in futures:
+                future.get(timeout=self.send_timeout_s)  # raises if the broker did not acknowledge
+            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+            for record in records:
+                partition = TopicPartition(record.topic, record.partition)
+                if partition not in offsets or offsets[partition].offset <= record.offset:
+                    offsets[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
+            self.consumer.commit(offsets)
+        finally:
+            stalled.cancel()
         self.batches_handled += 1
+
+    def _broker_stalled(self) -> None:
+        """The broker has not acknowledged the batch in hand within ack_patience_s: NOT_SERVING until it does."""
+        self.healthy.clear()
+        log.warning("the broker has not acknowledged the batch in hand; not serving until it does",
+                    extra={"loop": self.name, "waited_s": self.ack_patience_s})
 
     def _rewind(self, records: Sequence) -> None:
         first: dict[TopicPartition, int] = {}

@@ -34,10 +34,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class OncePerInterval(logging.Filter):
+    """Lets a logger's message through once per interval per (logger, message with its numbers dropped): while the
+    broker is unreachable the Kafka client logs every reconnection attempt of every connection, thousands a second."""
+
+    def __init__(self, interval_s: float = 10.0):
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        key = (record.name, "".join(c for c in message if not c.isdigit())[:120])
+        now = time.monotonic()
+        if now - self._last.get(key, float("-inf")) < self.interval_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            record.suppressed_since_last = suppressed
+        if len(self._last) > 10_000:  # bounded, whatever the messages
+            self._last.clear()
+        return True
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    kafka_client = logging.getLogger("kafka")
+    kafka_client.setLevel(logging.WARNING)
+    # Filters on a logger do not apply to its children's records, so the filter sits on the handler, for them only.
+    once = OncePerInterval()
+    handler.addFilter(lambda record: not record.name.startswith("kafka") or once.filter(record))

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+import grpc
 from google.protobuf.message import DecodeError
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
@@ -545,17 +546,149 @@ def postgres_connections_killed(stack: LocalStack, count: int = 200) -> Scenario
         outcomes.close()
 
 
+class HealthWatch:
+    """Samples a service's gRPC health every 0.1 s in a thread, so a scenario can say what it reported during a
+    fault (NOT_SERVING while a dependency is gone, SERVING again after)."""
+
+    def __init__(self, stack: LocalStack, service: str):
+        from services.localstack.stack import grpc_serving
+
+        self._serving = lambda: grpc_serving(stack.services[service].address, stack.client_tls("localstack"))
+        self.samples: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                serving = self._serving()
+            except Exception:  # noqa: BLE001  (not answering counts as not serving)
+                serving = False
+            self.samples.append((time.time(), serving))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> "HealthWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def not_serving_between(self, began: float, ended: float) -> bool:
+        return any(not serving for at, serving in self.samples if began <= at <= ended)
+
+    def serving_after(self, moment: float) -> bool:
+        return any(serving for at, serving in self.samples if at > moment)
+
+
+def postgres_unavailable(stack: LocalStack, count: int = 200, outage_s: float = 6.0) -> ScenarioResult:
+    """The result store's database refuses every connection for outage_s mid-stream (a database down, not only its
+    connections cut): the result service must say NOT_SERVING, pause and retry with backoff, dead-letter nothing,
+    answer GetClassification with UNAVAILABLE meanwhile, and resume by itself once the database is back."""
+    import psycopg
+
+    from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
+
+    if not stack.database_url.startswith("postgresql"):
+        return ScenarioResult("PostgreSQL unavailable (skipped: the store is SQLite)", 0, 0, 0, 0, 0)
+    samples = sample_listings(count, seed=137, prefix="chaos-pg-down")
+    ids = {s.listing.listing_id for s in samples}
+    base, _, database = stack.database_url.rpartition("/")
+    admin_url = f"{base}/postgres"
+    outcomes = Outcomes(stack)
+    seen: dict = {}
+
+    def take_the_database_away() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+        down_at = time.time()
+        try:
+            with stack.internal_channel("results") as channel:  # the read path meanwhile
+                results = results_pb2_grpc.ClassificationResultsStub(channel)
+                while time.time() < down_at + outage_s:
+                    try:
+                        results.GetClassification(results_pb2.GetClassificationRequest(
+                            listing_id=samples[0].listing.listing_id), timeout=5)
+                        seen.setdefault("get_classification", "OK")
+                    except grpc.RpcError as error:
+                        seen["get_classification"] = error.code().name
+                    time.sleep(0.5)
+        finally:
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        seen["window"] = (down_at, time.time())
+
+    try:
+        with HealthWatch(stack, "results") as watch:
+            at_fault, _ = _fault_mid_stream(stack, outcomes, samples, take_the_database_away)
+            back_at = seen["window"][1]
+            seen["not_serving_during_outage"] = watch.not_serving_between(*seen["window"])
+            deadline = time.monotonic() + 30
+            while not watch.serving_after(back_at) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            seen["serving_again"] = watch.serving_after(back_at)
+        result = outcomes.result(f"PostgreSQL refusing connections for {outage_s:.0f} s mid-stream", ids, count,
+                                 outcomes.first_published_after(back_at, ids))
+        result.published_at_fault = at_fault
+        result.notes = json.dumps({k: v for k, v in seen.items() if k != "window"})
+        return result
+    finally:
+        outcomes.close()
+
+
+def broker_unreachable(stack: LocalStack, count: int = 200, outage_s: float = 8.0) -> ScenarioResult:
+    """The network to the broker goes away for outage_s mid-stream (every connection closed, new ones refused; the
+    broker keeps its records), longer than the group's session timeout: sends and commits fail, the services say
+    NOT_SERVING, retry the batch in hand and resume by themselves; nothing lost, doubled or dead-lettered."""
+    link = stack.broker.link
+    if link is None:
+        return ScenarioResult("broker unreachable (skipped: the stack has no broker link)", 0, 0, 0, 0, 0)
+    samples = sample_listings(count, seed=139, prefix="chaos-broker-down")
+    ids = {s.listing.listing_id for s in samples}
+    outcomes = Outcomes(stack)
+    window: list[float] = []
+
+    def cut_and_restore() -> None:
+        window.append(time.time())
+        link.cut()
+        time.sleep(outage_s)
+        link.restore()
+        window.append(time.time())
+
+    try:
+        with HealthWatch(stack, "preprocessing") as preprocessing, HealthWatch(stack, "results") as results:
+            at_fault, _ = _fault_mid_stream(stack, outcomes, samples, cut_and_restore)
+            seen = {"not_serving_during_outage": {
+                name: watch.not_serving_between(window[0], window[1] + 5)
+                for name, watch in (("preprocessing", preprocessing), ("results", results))}}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (preprocessing.serving_after(window[1])
+                                                       and results.serving_after(window[1])):
+                time.sleep(0.1)
+            seen["serving_again"] = preprocessing.serving_after(window[1]) and results.serving_after(window[1])
+        result = outcomes.result(f"broker unreachable for {outage_s:.0f} s mid-stream", ids, count,
+                                 outcomes.first_published_after(window[1], ids))
+        result.published_at_fault = at_fault
+        result.notes = json.dumps(seen)
+        return result
+    finally:
+        outcomes.close()
+
+
 def chaos_stack_options(work_dir, database_url: str | None) -> tuple[StackOptions, ImageHost]:
     """The stack the scenarios need: the local image host allowed past the SSRF guard, a short fetch deadline."""
     host = ImageHost()
-    return StackOptions(work_dir=work_dir, database_url=database_url, extra_env={
+    return StackOptions(work_dir=work_dir, database_url=database_url, broker_link=True, extra_env={
         "PREPROCESSING_FETCH_ALLOWED_HOSTS": host.allowed, "PREPROCESSING_FETCH_TOTAL_TIMEOUT_S": "3",
         "PREPROCESSING_FETCH_TIMEOUT_S": "2"}), host
 
 
 SCENARIOS = (triton_killed_and_restarted, worker_killed, results_restarted, produced_twice, poison_interleaved,
              model_reloaded, results_replicas_racing, results_killed_mid_publishing, poison_ids_interleaved,
-             dripping_host_among_good, postgres_connections_killed)
+             dripping_host_among_good, postgres_connections_killed, postgres_unavailable,
+             broker_unreachable)
 
 
 def _fresh_postgres() -> tuple[str | None, callable]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.localstack.link import TcpLink
 from services.localstack.processes import ChildProcess, free_port
 
 
@@ -17,19 +18,25 @@ def tansu_binary() -> Path:
 
 
 class LocalBroker:
-    def __init__(self, work_dir: Path):
+    """with_link: clients reach the broker through a TcpLink (self.link) that fault scenarios can cut."""
+
+    def __init__(self, work_dir: Path, with_link: bool = False):
         self.work_dir = work_dir
         self.port = free_port()
+        self.link = TcpLink(self.port) if with_link else None
         self._process: ChildProcess | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.link.port if self.link else self.port}"
 
     def start(self, timeout_s: float = 30.0) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
+        if self.link:
+            self.link.start()
+        advertised = f"tcp://{self.bootstrap_servers}"
         self._process = ChildProcess(
-            "tansu", [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "tansu", [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                       "--storage-engine", "memory://tansu/", "--cluster-id", "product-classification-local"],
             self.work_dir / "tansu.log")
         self._process.start()
@@ -49,3 +56,5 @@ class LocalBroker:
     def stop(self) -> None:
         if self._process:
             self._process.stop()
+        if self.link:
+            self.link.stop()

@@ -107,6 +107,7 @@ class StackOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     console: bool = False  # also start the operators' review console
     console_port: int = 0  # 0: any free port
+    broker_link: bool = False  # clients reach the broker through a relay that fault scenarios can cut
     tls: bool = False  # gRPC over TLS everywhere, mTLS (AUTH_MODE=mtls) at every service, from a CA of the stack's own
 
 
@@ -115,7 +116,7 @@ class LocalStack:
         self.options = options
         work = options.work_dir
         work.mkdir(parents=True, exist_ok=True)
-        self.broker = LocalBroker(work)
+        self.broker = LocalBroker(work, with_link=options.broker_link)
         self.triton = LocalTriton(options.model_repository, work / "triton", options.onnx_threads)
         self.database_url = options.database_url or f"sqlite:///{work / 'results.sqlite3'}"
         self.services: dict[str, ServiceProcess] = {}

@@ -102,6 +102,10 @@ class ClassificationRecorder:
         self.publisher_id = publisher_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # Longer than a publication takes (send + acknowledgement): a claim older than this was abandoned.
         self.claim_lease_s = max(claim_lease_s, 2 * send_timeout_s)
+        # Rows the broker acknowledged whose published mark the store could not take (it was away): the retry marks
+        # them without sending them again. Held while this replica's claim on them holds; lost only if it dies.
+        self._acknowledged_unmarked: set[int] = set()
+        self._unmarked_lock = threading.Lock()
 
     def record_predictions(self, predictions: list[events_pb2.PredictionMade],
                            span_for: Callable[[int], contextlib.AbstractContextManager] | None = None,
@@ -128,7 +132,7 @@ class ClassificationRecorder:
         self._keep_thumbnails([predictions[index] for index, _ in classified])
         for (index, _), stored in zip(classified, self._store_batch([c for _, c in classified])):
             outcomes[index] = stored
-        pending, elsewhere = [], []
+        pending, elsewhere, already_out = [], [], []
         interrupted: ClassificationError | None = None
         try:
             candidates, seen = [], set()
@@ -142,8 +146,11 @@ class ClassificationRecorder:
             unclaimed = [sequence for sequence in sequences if sequence not in claimed]
             published = self.store.published_among(unclaimed)
             elsewhere = [sequence for sequence in unclaimed if sequence not in published]  # another replica's now
+            with self._unmarked_lock:
+                already_out = [outcome for _, outcome in candidates if outcome.classification.sequence in claimed
+                               and outcome.classification.sequence in self._acknowledged_unmarked]
             for index, outcome in candidates:
-                if outcome.classification.sequence not in claimed:
+                if outcome.classification.sequence not in claimed or outcome in already_out:
                     continue
                 with span_for(index) if span_for else contextlib.nullcontext():
                     key = idempotency_key(outcome.classification)
@@ -161,7 +168,7 @@ class ClassificationRecorder:
                 acknowledged.append(outcome)
             except Exception as error:  # noqa: BLE001
                 failures.append(repr(error))
-        self._mark_published([o.classification.sequence for o in acknowledged])
+        self._mark_published([o.classification.sequence for o in already_out + acknowledged])
         now = time.time()
         for stored in acknowledged:
             outcome = ("needs_review" if stored.classification.status == common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW
@@ -216,14 +223,19 @@ class ClassificationRecorder:
             self.thumbnails.put_thumbnails(kept)
 
     def _mark_published(self, sequences: list[int], attempts: int = 3) -> None:
-        """The broker has these: mark them, trying a few times (a failure here is the one window that republishes,
-        with the same event id)."""
+        """The broker has these: mark them, trying a few times. If the store stays away, they are remembered as
+        acknowledged, so the batch's retry marks them without publishing them again (only a replica that dies
+        before the mark republishes, with the same event id)."""
         for attempt in range(attempts):
             try:
                 self.store.mark_published(sequences)
+                with self._unmarked_lock:
+                    self._acknowledged_unmarked.difference_update(sequences)
                 return
             except ClassificationError:
                 if attempt == attempts - 1:
+                    with self._unmarked_lock:
+                        self._acknowledged_unmarked.update(sequences)
                     raise
                 time.sleep(0.2 * 2 ** attempt)
 

@@ -213,3 +213,23 @@ def test_listings_with_image_urls_through_kafka_and_grpc(chaos_stack, dripping_h
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and "HTTP 404" in raised.value.details()
     finally:
         host.stop()
+
+
+def test_postgresql_unavailable_mid_stream_pauses_reports_not_serving_and_resumes(chaos_stack):
+    result = chaos.postgres_unavailable(chaos_stack, 200)
+    assert_mid_stream(result)
+    assert_nothing_lost_or_doubled(result)
+    assert result.classified == 200
+    seen = json.loads(result.notes)
+    assert seen["not_serving_during_outage"] and seen["serving_again"], seen
+    assert seen["get_classification"] == "UNAVAILABLE", seen
+
+
+def test_the_broker_unreachable_mid_stream_is_waited_out_and_nothing_is_lost(chaos_stack):
+    result = chaos.broker_unreachable(chaos_stack, 200)
+    assert_mid_stream(result)
+    assert_nothing_lost_or_doubled(result)
+    assert result.classified == 200
+    seen = json.loads(result.notes)
+    assert seen["serving_again"], seen
+    assert any(seen["not_serving_during_outage"].values()), seen

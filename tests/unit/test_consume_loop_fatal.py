@@ -182,3 +182,62 @@ def test_a_partition_revoked_while_a_batch_waits_to_be_retried_is_left_to_its_ne
     assert calls == [[(0, 3), (1, 9)], [(1, 9)]]  # partition 0's record is not redone here
     [offsets] = consumer.committed
     assert {tp.partition: o.offset for tp, o in offsets.items()} == {1: 10}  # nothing committed for partition 0
+
+
+def test_the_broker_unreachable_while_a_batch_waits_to_be_retried_is_waited_out_not_fatal():
+    """A poll during the paused wait raises (the coordinator unreachable too): the loop waits and retries the batch."""
+    from kafka.errors import KafkaConnectionError
+
+    records = [SimpleNamespace(topic="t", partition=0, offset=5, key=b"k", value=b"v")]
+
+    class Unreachable(RecordingConsumer):
+        failures = 3
+
+        def poll(self, timeout_ms=0, max_records=None):
+            if self.paused and self.failures:
+                self.failures -= 1
+                raise KafkaConnectionError("Connection reset by peer")
+            return super().poll(timeout_ms, max_records)
+
+    consumer = Unreachable([{"tp": records}])
+    calls = []
+
+    def handler(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise KafkaConnectionError("the send could not reach the broker")
+        return []
+
+    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer())
+    loop.start()
+    deadline = time.monotonic() + 10
+    while not consumer.committed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loop.stop(5)
+    assert not loop.fatal.is_set(), loop.fatal_reason
+    assert consumer.failures == 0 and calls == [1, 1] and len(consumer.committed) == 1
+
+
+def test_health_says_not_serving_while_the_broker_keeps_a_batch_unacknowledged():
+    records = [SimpleNamespace(topic="t", partition=0, offset=1, key=b"k", value=b"v")]
+    released = threading.Event()
+
+    class SlowBroker(FakeProducer):
+        def flush(self, timeout=None):
+            released.wait(timeout)
+
+    consumer = RecordingConsumer([{"tp": records}])
+    loop = ConsumeLoop("test", consumer, ["t"], lambda batch: [], SlowBroker(), ack_patience_s=0.2)
+    loop.start()
+    deadline = time.monotonic() + 5
+    while loop.healthy.is_set() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not loop.healthy.is_set() and consumer.committed == []  # waiting, NOT_SERVING, nothing committed
+    released.set()
+    deadline = time.monotonic() + 5
+    while not consumer.committed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert consumer.committed and loop.healthy.is_set()  # acknowledged: committed and serving again
+    loop.stop(5)
+    assert not loop.fatal.is_set()

@@ -163,3 +163,27 @@ def test_a_row_the_store_refuses_fails_alone_and_the_rest_of_its_batch_is_stored
         store.record, store.record_many = real_record, real_many
     assert isinstance(outcomes[1], ClassificationError) and outcomes[1].kind is ErrorKind.INVALID_REQUEST
     assert [e.classification.listing_id for e in sent] == ["kept-1", "kept-2"]
+
+
+def test_rows_acknowledged_while_the_store_cannot_mark_them_are_not_published_again_on_the_retry(store, taxonomies):
+    """The broker acknowledged the batch, then the store went away before it could mark the rows published: the
+    batch is retried once the store is back, and marks them without sending them a second time."""
+    sent = []
+    recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event.event_id) or Sent())
+    real_mark = store.mark_published
+
+    def store_away(sequences):
+        raise ClassificationError(ErrorKind.UNAVAILABLE, "result store: the database refuses connections")
+
+    store.mark_published = store_away
+    batch = [prediction(f"unmarked-{i}") for i in range(3)]
+    try:
+        with pytest.raises(ClassificationError):
+            recorder.record_predictions(batch)
+    finally:
+        store.mark_published = real_mark
+    assert len(sent) == 3
+    outcomes = recorder.record_predictions(batch)  # the retry, the store back
+    assert len(sent) == 3, "published again on the retry"
+    assert all(store.is_published(o.classification.sequence) for o in outcomes)
+    assert recorder.record_predictions(batch) and len(sent) == 3
