@@ -140,6 +140,19 @@ class LocalTriton:
             self._process.stop()
         self._remove_shm_regions()
 
+    def freeze(self) -> None:
+        """SIGSTOP on Triton and its backend stubs, for fault tests: it keeps its connections and answers nothing."""
+        import signal
+
+        if self._process:
+            self._process.signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        import signal
+
+        if self._process:
+            self._process.signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL, for fault tests (its shared-memory regions are removed once it is gone)."""
         import signal

@@ -233,3 +233,43 @@ def test_the_broker_unreachable_mid_stream_is_waited_out_and_nothing_is_lost(cha
     seen = json.loads(result.notes)
     assert seen["serving_again"], seen
     assert any(seen["not_serving_during_outage"].values()), seen
+
+
+def test_the_callers_deadline_reaches_triton(chaos_stack):
+    """Triton frozen (SIGSTOP: connected, answering nothing): a caller's 2 s deadline ends its call at the gateway
+    with DEADLINE_EXCEEDED, and preprocessing's PredictListing (whose Triton call carries the remaining deadline)
+    ends at about the same time, not at Triton's own 30 s client timeout."""
+    import time
+
+    import grpc
+
+    from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
+    from services.drivers.metrics_reader import scrape, total
+    from services.drivers.traffic import sample_listings
+
+    listing = sample_listings(1, seed=149, prefix="deadline")[0].listing
+    metrics = chaos_stack.services["preprocessing"].metrics_url
+    count, seconds = "product_classification_grpc_request_seconds_count", "product_classification_grpc_request_seconds_sum"
+
+    def predict_calls() -> tuple[float, float]:
+        values = scrape(metrics)
+        return total(values, count, "PredictListing"), total(values, seconds, "PredictListing")
+
+    calls_before, seconds_before = predict_calls()
+    chaos_stack.triton.freeze()
+    try:
+        began = time.monotonic()
+        with chaos_stack.gateway_channel() as channel:
+            with pytest.raises(grpc.RpcError) as raised:
+                gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListing(
+                    gateway_pb2.ClassifyListingRequest(listing=listing), timeout=2)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - began < 4
+        deadline = time.monotonic() + 8  # well under the 30 s Triton would hold it without the caller's deadline
+        while predict_calls()[0] == calls_before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        calls_after, seconds_after = predict_calls()
+    finally:
+        chaos_stack.triton.thaw()
+    assert calls_after == calls_before + 1, "preprocessing was still waiting on Triton after the caller gave up"
+    assert seconds_after - seconds_before < 4, seconds_after - seconds_before
+    chaos_stack.services["preprocessing"].wait_serving(60)
