@@ -73,7 +73,37 @@ class Outcomes:
             done = {e.classification.listing_id for _, e in self.published} | {f.listing_id for f in self.failed}
             if ids <= done:
                 break
-        self.poll()  # a moment more, so a duplicate right behind would be counted
+        self.drain()
+
+    def drain(self, timeout_s: float = 120) -> None:
+        """A barrier, not a tail: one listing submitted to every input partition for every output partition (ids
+        picked by the partitioner's own hash), each classified and read back. Partitions are handled in order and
+        a batch's output is acknowledged before the next batch is taken, so once every barrier listing has been
+        read, whatever an earlier event caused on the output topic (a late duplicate too) has been read as well."""
+        from kafka.partitioner.default import murmur2
+
+        partitions = self.stack.options.partitions
+        run = uuid.uuid4().hex[:6]
+        photo = sample_listings(1, seed=151, prefix="chaos-barrier")[0].listing
+        listings, targets = [], []
+        for source in range(partitions):
+            for output in range(partitions):
+                number = 0
+                while (murmur2(f"chaos-barrier-{run}-{source}-{number}".encode()) & 0x7FFFFFFF) % partitions != output:
+                    number += 1
+                listing = common_pb2.Listing()
+                listing.CopyFrom(photo)
+                listing.listing_id = f"chaos-barrier-{run}-{source}-{number}"
+                listings.append(listing)
+                targets.append(source)
+        submit_listings(self.kafka, listings, targets)
+        barrier = {listing.listing_id for listing in listings}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.poll()
+            if barrier <= {e.classification.listing_id for _, e in self.published}:
+                return
+        raise TimeoutError(f"the barrier listings were not all classified within {timeout_s:.0f} s")
 
     def first_published_after(self, moment: float, ids: set[str]) -> float | None:
         times = [t for t, e in self.published if t > moment and e.classification.listing_id in ids]

@@ -6,6 +6,7 @@ them, so what comes back is what a marketplace would get.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -73,15 +74,18 @@ def submitted_event(listing: common_pb2.Listing) -> events_pb2.ListingSubmitted:
     return events_pb2.ListingSubmitted(submission_id=str(uuid.uuid4()), listing=listing, submitted_at=submitted_at)
 
 
-def submit_listings(settings: KafkaSettings, listings: Iterable[common_pb2.Listing]) -> int:
-    """Produces a ListingSubmitted per listing (key = listing id) and waits for every acknowledgement."""
+def submit_listings(settings: KafkaSettings, listings: Iterable[common_pb2.Listing],
+                    partitions: Iterable[int] | None = None) -> int:
+    """Produces a ListingSubmitted per listing (key = listing id; to the given partition each, when given, else to
+    the key's) and waits for every acknowledgement."""
     producer = KafkaProducer(**settings.client_options(), acks="all", linger_ms=5, max_request_size=16 * 1024 * 1024)
     try:
         futures = []
-        for listing in listings:
+        for listing, partition in zip(listings, partitions if partitions is not None else itertools.repeat(None)):
             event = submitted_event(listing)
             futures.append(producer.send(settings.topics.listing_submitted, key=listing.listing_id.encode(),
-                                         value=event.SerializeToString(), headers=payload_headers(event)))
+                                         value=event.SerializeToString(), headers=payload_headers(event),
+                                         partition=partition))
         producer.flush()
         for future in futures:
             future.get(timeout=30)

@@ -46,6 +46,8 @@ def main() -> int:
     parser.add_argument("--research-epochs", type=int, help="longer distillation of ResNet50 and InceptionV3")
     parser.add_argument("--research-input-size", type=int)
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs of the pretrained model")
+    parser.add_argument("--pretrained", help="comma-separated ImageNet-pretrained models to fine-tune "
+                        "(efficientnet_lite0, efficientnet_lite1, efficientnet_lite2)")
     options = parser.parse_args()
     if published(options.repository) and not options.force:
         print(f"real-photo models already trained and published in {options.repository} (use --force to retrain)")
@@ -53,7 +55,8 @@ def main() -> int:
     catalogue = options.catalogue or clothing_dataset()
     build = CatalogueBuild()
     updates = {k: v for k, v in {"research_epochs": options.research_epochs,
-                                 "research_input_size": options.research_input_size}.items() if v}
+                                 "research_input_size": options.research_input_size,
+                                 "pretrained": options.pretrained and options.pretrained.split(",")}.items() if v}
     build = build.model_copy(update=updates)
     if options.epochs:
         build = build.model_copy(update={"fine_tune": build.fine_tune.model_copy(update={"epochs": options.epochs})})

@@ -173,10 +173,8 @@ def test_watch_stream_sees_new_classifications(gateway, results):
     seen: list = []
     stream = results.WatchClassifications(results_pb2.WatchClassificationsRequest(marketplace="fr-boutique"),
                                           timeout=60)
-    subscribed = threading.Event()
 
     def watch():
-        subscribed.set()
         try:
             for classification in stream:
                 seen.append(classification)
@@ -187,8 +185,7 @@ def test_watch_stream_sees_new_classifications(gateway, results):
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    subscribed.wait()
-    time.sleep(0.5)  # the stream's starting point is taken when the server receives the call
+    stream.initial_metadata()  # sent by the server once the stream's starting point is taken: nothing after is missed
     samples = [s for s in sample_listings(6, seed=19, prefix="watch") if s.listing.marketplace == "fr-boutique"]
     for sample in samples:
         gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=sample.listing), timeout=60)

@@ -86,6 +86,29 @@ def test_a_name_that_resolves_inside_is_refused(server):
     assert "internal address" in raised.value.reason
 
 
+def test_a_name_whose_dns_answer_changes_between_the_check_and_the_connection_is_refused(server, monkeypatch):
+    """DNS rebinding: the check sees a public address, the connection gets loopback. The address really reached is
+    checked after connecting, so the second answer is refused too (and the server never sees a request)."""
+    import socket
+
+    real = socket.getaddrinfo
+    answers = []
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "rebind.example":
+            return real(host, port, *args, **kwargs)
+        answers.append(host)
+        address = "93.184.216.34" if len(answers) == 1 else "127.0.0.1"  # public first, then inside
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(ClassificationError) as raised:
+        fetch_url(f"http://rebind.example:{server.server_port}/image", FetchSettings(timeout_s=2, attempts=1))
+    assert len(answers) >= 2, "the name was resolved once only: the test did not rebind"
+    assert raised.value.kind is ErrorKind.INVALID_REQUEST and "127.0.0.1" in raised.value.reason
+    assert Handler.calls == 0
+
+
 def test_an_allow_listed_host_is_fetched(server):
     assert fetch_url(f"http://127.0.0.1:{server.server_port}/image", allowing(server)) == IMAGE
 
