@@ -32,6 +32,7 @@ from services.drivers.bench_scale import wait_for_split
 from services.drivers.traffic import MARKETPLACES, TopicReader, classified_by_listing, submit_listings
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
 from services.trainer.fusion_fit import publish_fusion
+from services.trainer.photo_ensemble import write_photo_ensemble
 from services.trainer.real_models import clothing_dataset
 from services.trainer.triton_export import publish_onnx
 
@@ -256,6 +257,7 @@ def main() -> None:
     shutil.rmtree(WORK / "stack", ignore_errors=True)
     models = WORK / "models"
     names = build_stand_ins(REPOSITORY_ROOT / "triton_models", models)
+    write_photo_ensemble(models)  # the GPU decode path's ensemble over the stand-ins, for the last run
     print(f"stand-in models: {', '.join(names)} in {models}", flush=True)
     photos = seller_photos(options.listings)
     warm = seller_photos(64)
@@ -284,6 +286,15 @@ def main() -> None:
             run(stack, warm, "warm-3")
             two_results = run(stack, photos, "two-results")
             print(f"2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
+        # The GPU decode path on this CPU: the bytes go to photo_ensemble, whose decode step is the Pillow twin of
+        # the DALI pipeline inside Triton. Decoding moves from preprocessing into Triton's process (on a GPU host,
+        # onto the GPU), so the services' own cost is what this run is about.
+        with LocalStack(StackOptions(work_dir=WORK / "stack-decode-in-triton", model_repository=models,
+                                     database_url=url, extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true",
+                                                                  "PREPROCESSING_DECODE_IN_TRITON": "true"})) as stack:
+            run(stack, warm, "warm-4")
+            in_triton = run(stack, photos, "decode-in-triton")
+            print(f"decode in Triton (photo_ensemble), 1 worker, 1 replica: {json.dumps(in_triton)}", flush=True)
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -295,6 +306,8 @@ def main() -> None:
         "cpu_ms_per_listing_2_preprocessing_workers": two_workers["cpu_ms_per_listing"],
         "listings_per_s_2_result_replicas": two_results["listings_per_s"],
         "results_scale_ratio": round(two_results["listings_per_s"] / two_workers["listings_per_s"], 2),
+        "listings_per_s_decode_in_triton": in_triton["listings_per_s"],
+        "cpu_ms_per_listing_decode_in_triton": in_triton["cpu_ms_per_listing"],
         "store": "postgresql", "photos": kinds, "models": "stand-ins (" + ", ".join(names) + ")",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}))
 

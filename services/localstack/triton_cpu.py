@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2
 from services.localstack.processes import ChildProcess, StartupError, free_port
 
 _PYTHON_MODEL = Path(__file__).with_name("onnx_python_model.py")
+_DECODE_MODEL = Path(__file__).with_name("photo_decode_python.py")
 
 
 def _pytriton_root() -> Path:
@@ -28,13 +29,26 @@ def _pytriton_root() -> Path:
     return Path(pytriton.__file__).parent
 
 
-def build_cpu_repository(production: Path, destination: Path) -> list[str]:
-    """Writes the CPU twin of the production repository; returns the model names."""
+def build_cpu_repository(production: Path, destination: Path) -> tuple[list[str], list[str]]:
+    """Writes the CPU twin of the production repository; returns the classifiers' names and the GPU decode path's
+    (photo_decode, served by a Python twin of its DALI pipeline, and the ensemble, which Triton itself runs)."""
     shutil.rmtree(destination, ignore_errors=True)
-    names = []
+    classifiers, decode_path = [], []
     for config_path in sorted(production.glob("*/config.pbtxt")):
         source = config_path.parent
         config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+        target = destination / config.name
+        if config.platform == "ensemble" or config.backend == "dali":
+            if config.backend == "dali":
+                config.backend = "python"
+                for group in config.instance_group:
+                    group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+            (target / "1").mkdir(parents=True)
+            (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+            if config.backend == "python":
+                shutil.copy(_DECODE_MODEL, target / "1" / "model.py")
+            decode_path.append(config.name)
+            continue
         if config.platform != "onnxruntime_onnx":
             raise StartupError(f"{config_path}: only onnxruntime_onnx models can be served on CPU here")
         versions = [p for p in source.iterdir() if p.is_dir() and p.name.isdigit() and (p / "model.onnx").exists()]
@@ -44,7 +58,6 @@ def build_cpu_repository(production: Path, destination: Path) -> list[str]:
         config.backend = "python"
         for group in config.instance_group:
             group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
-        target = destination / config.name
         target.mkdir(parents=True)
         (target / "config.pbtxt").write_text(text_format.MessageToString(config))
         for extra in source.iterdir():
@@ -54,8 +67,8 @@ def build_cpu_repository(production: Path, destination: Path) -> list[str]:
             (target / version.name).mkdir()
             shutil.copy(_PYTHON_MODEL, target / version.name / "model.py")
             (target / version.name / "model.onnx").symlink_to((version / "model.onnx").resolve())
-        names.append(config.name)
-    return names
+        classifiers.append(config.name)
+    return classifiers, decode_path
 
 
 def _backend_directory(work_dir: Path) -> Path:
@@ -81,7 +94,8 @@ class LocalTriton:
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.metrics_port = free_port()
-        self.model_names: list[str] = []
+        self.model_names: list[str] = []  # the classifiers
+        self.decode_path_models: list[str] = []  # photo_decode and photo_ensemble, when the repository has them
         self._process: ChildProcess | None = None
 
     @property
@@ -90,7 +104,7 @@ class LocalTriton:
 
     def start(self, timeout_s: float = 120.0) -> None:
         repository = self.work_dir / "model_repository"
-        self.model_names = build_cpu_repository(self.production_repository, repository)
+        self.model_names, self.decode_path_models = build_cpu_repository(self.production_repository, repository)
         backends = _backend_directory(self.work_dir)
         root = _pytriton_root()
         env = dict(os.environ)
@@ -116,7 +130,7 @@ class LocalTriton:
         client = triton_grpc.InferenceServerClient(self.grpc_url)
         try:
             self._process.wait_until(
-                lambda: client.is_server_ready() and all(client.is_model_ready(n) for n in self.model_names),
+                lambda: client.is_server_ready() and all(client.is_model_ready(n) for n in self.model_names + self.decode_path_models),
                 timeout_s, "ready")
         finally:
             client.close()

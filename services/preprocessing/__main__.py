@@ -34,9 +34,10 @@ def main() -> None:
         print(f"preprocessing: refusing to start: {error}", file=sys.stderr)
         sys.exit(2)
     classifier = TritonClassifier(settings.triton_url, model_names, settings.triton_timeout_s,
-                                  settings.parallel_model_calls)
+                                  settings.parallel_model_calls,
+                                  ensemble=settings.ensemble_model if settings.decode_in_triton else None)
     predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads,
-                                 settings.fetch_threads, settings.thumbnail_size)
+                                 settings.fetch_threads, settings.thumbnail_size, settings.decode_in_triton)
     producer = make_producer(kafka, "preprocessing")
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],

@@ -15,7 +15,7 @@ from services.common.contracts.product_classification.v1 import common_pb2, even
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.validation import check_listing
 from services.common.metrics import PREPROCESS_SECONDS
-from services.preprocessing.images import ImageLimits, PreparedImage, prepare_image
+from services.preprocessing.images import ImageLimits, PreparedImage, prepare_encoded, prepare_image
 from services.preprocessing.settings import PreprocessingSettings
 from services.preprocessing.sources import FetchSettings, image_bytes
 from services.preprocessing.triton_models import TritonClassifier
@@ -52,8 +52,10 @@ class ListingPredictor:
     """
 
     def __init__(self, classifier: TritonClassifier, limits: ImageLimits, fetch: FetchSettings, decode_threads: int = 2,
-                 fetch_threads: int = 16, thumbnail_size: int = 0):
+                 fetch_threads: int = 16, thumbnail_size: int = 0, decode_in_triton: bool = False):
         self.classifier = classifier
+        # The GPU decode path: only the header is checked here; Triton's ensemble decodes and resizes.
+        self.decode_in_triton = decode_in_triton
         self.thumbnail_size = thumbnail_size
         self.limits = limits
         self.fetch = fetch
@@ -70,8 +72,10 @@ class ListingPredictor:
         try:
             validate_listing(request.listing)
             with PREPROCESS_SECONDS.time():
-                return prepare_image(image_bytes(request.listing, self.fetch), sizes, self.limits,
-                                     self.thumbnail_size)
+                data = image_bytes(request.listing, self.fetch)
+                if self.decode_in_triton:
+                    return prepare_encoded(data, self.limits, self.thumbnail_size)
+                return prepare_image(data, sizes, self.limits, self.thumbnail_size)
         except ClassificationError as error:
             return error
         except Exception as error:  # noqa: BLE001  (a decoder bug must not take the batch down)
@@ -93,7 +97,7 @@ class ListingPredictor:
 
     def predict(self, requests: list[ListingRequest], deadline: float | None = None
                 ) -> list[events_pb2.PredictionMade | ClassificationError]:
-        sizes = self.classifier.input_sizes()
+        sizes = [] if self.decode_in_triton else self.classifier.input_sizes()
         began = time.perf_counter()
         started = time.monotonic()
         jobs = [self._submit(r, sizes) for r in requests]
@@ -101,9 +105,15 @@ class ListingPredictor:
         good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
         if not good:
             return prepared  # type: ignore[return-value]
-        batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
         decoded = time.perf_counter()
-        probabilities = self.classifier.classify(batches, deadline)
+        if self.decode_in_triton:
+            probabilities, refused = self.classifier.classify_photos([prepared[i].encoded for i in good], deadline)
+            for position, error in refused.items():
+                prepared[good[position]] = error
+            good = [index for position, index in enumerate(good) if position not in refused]
+        else:
+            batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
+            probabilities = self.classifier.classify(batches, deadline)
         log.info("batch predicted", extra={"listings": len(requests), "images": len(good),
                                            "preprocess_ms": round((decoded - began) * 1000, 1),
                                            "triton_ms": round((time.perf_counter() - decoded) * 1000, 1)})

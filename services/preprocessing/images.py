@@ -40,6 +40,7 @@ class PreparedImage:
     crop_box: tuple[int, int, int, int]  # left, upper, right, lower in the decoded image
     decoded_size: tuple[int, int]  # width, height as decoded (JPEGs may decode reduced)
     thumbnail_jpeg: bytes = b""  # for the operators' console; empty when none was asked for
+    encoded: bytes = b""  # the original bytes, when Triton decodes them itself (the GPU decode path)
 
 
 MAX_THUMBNAIL_BYTES = 64 * 1024  # the result service keeps nothing larger
@@ -61,8 +62,9 @@ def image_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> Image.Image:
-    """Decodes the first frame as RGB, EXIF orientation applied; JPEGs decode at the smallest sufficient DCT scale."""
+def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Opens the image from its header only (no pixel decoded yet) and checks the limits that header can prove: size
+    in bytes, an accepted format, the pixel count. Raises ClassificationError with the reason."""
     if not data:
         raise ClassificationError(ErrorKind.INVALID_IMAGE, "the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -71,15 +73,29 @@ def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> I
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                image = Image.open(io.BytesIO(data), formats=limits.formats)
-            except Image.UnidentifiedImageError:
-                raise ClassificationError(ErrorKind.INVALID_IMAGE, "the image cannot be decoded: not one of the "
-                                          f"accepted formats ({', '.join(limits.formats)})") from None
+            image = Image.open(io.BytesIO(data), formats=limits.formats)
+    except Image.UnidentifiedImageError:
+        raise ClassificationError(ErrorKind.INVALID_IMAGE, "the image cannot be decoded: not one of the "
+                                  f"accepted formats ({', '.join(limits.formats)})") from None
+    except Exception as error:  # noqa: BLE001  (a header parser's exception, whatever its class, is a bad file)
+        raise ClassificationError(ErrorKind.INVALID_IMAGE,
+                                  f"the image cannot be decoded: {type(error).__name__}: {error}"[:500]) from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ClassificationError(ErrorKind.IMAGE_TOO_LARGE, f"the image is {width}x{height} pixels, over the "
+                                  f"limit of {limits.max_pixels} pixels")
+    if width < 1 or height < 1:
+        raise ClassificationError(ErrorKind.INVALID_IMAGE, f"the image is {width}x{height} pixels")
+    return image
+
+
+def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> Image.Image:
+    """Decodes the first frame as RGB, EXIF orientation applied; JPEGs decode at the smallest sufficient DCT scale."""
+    image = open_checked(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             width, height = image.size
-            if width * height > limits.max_pixels:
-                raise ClassificationError(ErrorKind.IMAGE_TOO_LARGE, f"the image is {width}x{height} pixels, over the "
-                                          f"limit of {limits.max_pixels} pixels")
             if image.format == "JPEG":
                 # Decode at the smallest DCT scale (1/2, 1/4, 1/8) whose longer side still covers the input size:
                 # tensors are padded squares, so the longer side is the one that sets the resolution.
@@ -90,8 +106,6 @@ def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> I
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
-    except ClassificationError:
-        raise
     except Exception as error:  # noqa: BLE001  (a decoder's exception, whatever its class, is a bad file)
         raise ClassificationError(ErrorKind.INVALID_IMAGE,
                                   f"the image cannot be decoded: {type(error).__name__}: {error}"[:500]) from None
@@ -158,3 +172,14 @@ def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thum
     product = image.crop(box) if box != (0, 0, *image.size) else image
     return PreparedImage(image_digest(data), {size: square_tensor(product, size) for size in sorted(set(input_sizes))},
                          box, image.size, thumbnail_jpeg(image, thumbnail_size) if thumbnail_size else b"")
+
+
+def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0) -> PreparedImage:
+    """For the GPU decode path (Triton's photo_ensemble decodes and resizes): the bytes, checked from their header
+    only (format, byte size, pixel count), their digest, and the thumbnail when asked for (a JPEG decoded at a
+    reduced DCT scale, so it costs a fraction of a full decode)."""
+    image = open_checked(data, limits)
+    thumbnail = b""
+    if thumbnail_size:
+        thumbnail = thumbnail_jpeg(decode_rgb(data, limits, thumbnail_size), thumbnail_size)
+    return PreparedImage(image_digest(data), {}, (0, 0, *image.size), image.size, thumbnail, data)

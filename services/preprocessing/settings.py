@@ -26,6 +26,11 @@ class PreprocessingSettings(GrpcServiceSettings):
     batch_linger_s: float = Field(0.05, description="once listings arrive, how long to wait for a fuller batch")
     parallel_model_calls: bool = Field(True, description="call the models at once (GPU Triton); false runs them "
                                        "one after the other, faster where Triton shares a few CPU cores")
+    decode_in_triton: bool = Field(False, description="the GPU decode path: send each photo's bytes (checked from "
+                                   "their header) to Triton's ensemble_model, which decodes and resizes them on the "
+                                   "GPU (NVIDIA DALI) before the models; false (the default): decode here on the CPU")
+    ensemble_model: str = Field("photo_ensemble", description="the ensemble of the GPU decode path "
+                                "(services/trainer/photo_ensemble.py)")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="larger images are rejected")
     max_image_pixels: int = Field(50_000_000, description="larger images are rejected before decoding")
     image_formats: str = Field("JPEG,PNG,WEBP,GIF,BMP,TIFF,AVIF", description="the only decoders a file reaches "

@@ -71,8 +71,11 @@ def _read_labels(client, name, version, input_name, shape, output_name, class_co
 class TritonClassifier:
     """Runs batches of images through every configured model, each model called once per batch, in parallel."""
 
-    def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0, parallel: bool = True):
+    def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0, parallel: bool = True,
+                 ensemble: str | None = None):
         self.url = url
+        # The GPU decode path: photos' bytes go to this ensemble, which decodes them and runs every model.
+        self.ensemble = ensemble
         self.parallel = parallel
         self.model_names = model_names
         self.timeout_s = timeout_s
@@ -102,8 +105,9 @@ class TritonClassifier:
 
     def ready(self) -> bool:
         try:
+            models = self.model_names + ([self.ensemble] if self.ensemble else [])
             return bool(self._client.is_server_ready() and all(self._client.is_model_ready(n)
-                                                               for n in self.model_names)) and bool(self.specs)
+                                                               for n in models)) and bool(self.specs)
         except (InferenceServerException, ClassificationError):
             return False
 
@@ -149,3 +153,74 @@ class TritonClassifier:
             TRITON_LATENCY.labels(spec.name).observe(time.perf_counter() - began)
             outputs.append(result.as_numpy(spec.output_name))
         return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    def classify_photos(self, photos: list[bytes], deadline: float | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[int, ClassificationError]]:
+        """The GPU decode path: encoded photos through the ensemble, max_batch_size at a time (each call one uint8
+        row per photo, zero-padded to the longest). Returns model name -> (N, classes) for the photos that decoded
+        (rows in input order, the others left out) and photo index -> error for those that did not: a batch that
+        fails is retried one photo at a time, so one undecodable photo fails alone. Triton unreachable raises."""
+        specs = self.specs
+        chunk_size = min(spec.max_batch_size for spec in specs)
+        rows: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
+        failed: dict[int, ClassificationError] = {}
+        for start in range(0, len(photos), chunk_size):
+            chunk = list(range(start, min(len(photos), start + chunk_size)))
+            try:
+                answers = self._infer_photos(specs, [photos[i] for i in chunk], deadline)
+            except _PhotoRefused:
+                answers = None
+            if answers is not None:
+                for spec in specs:
+                    rows[spec.name].append(answers[spec.name])
+                continue
+            for index in chunk:  # which photo was it: one at a time
+                try:
+                    single = self._infer_photos(specs, [photos[index]], deadline)
+                except _PhotoRefused as refused:
+                    failed[index] = ClassificationError(ErrorKind.INVALID_IMAGE, refused.reason)
+                    continue
+                for spec in specs:
+                    rows[spec.name].append(single[spec.name])
+        empty = {spec.name: np.zeros((0, len(spec.labels)), np.float32) for spec in specs}
+        return {name: np.concatenate(parts) if parts else empty[name] for name, parts in rows.items()}, failed
+
+    def _infer_photos(self, specs: list[ModelSpec], photos: list[bytes], deadline: float | None) -> dict[str, np.ndarray]:
+        from services.trainer.photo_ensemble import PHOTO_INPUT, probabilities_output
+
+        longest = max(len(photo) for photo in photos)
+        batch = np.zeros((len(photos), longest), np.uint8)
+        for row, photo in enumerate(photos):
+            batch[row, :len(photo)] = np.frombuffer(photo, np.uint8)
+        model_input = triton_grpc.InferInput(PHOTO_INPUT, list(batch.shape), "UINT8")
+        model_input.set_data_from_numpy(batch)
+        TRITON_BATCH_SIZE.labels(self.ensemble).observe(len(photos))
+        began = time.perf_counter()
+        try:
+            result = self._client.infer(self.ensemble, [model_input], client_timeout=self._timeout(deadline),
+                                        outputs=[triton_grpc.InferRequestedOutput(probabilities_output(s.name))
+                                                 for s in specs])
+        except InferenceServerException as error:
+            if _refused_the_input(error):
+                raise _PhotoRefused(f"Triton could not decode the photo: {error.message()}"[:500]) from None
+            with self._lock:
+                self._specs = {}
+            raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton {self.ensemble}: {error.message()}") from None
+        TRITON_LATENCY.labels(self.ensemble).observe(time.perf_counter() - began)
+        return {s.name: result.as_numpy(probabilities_output(s.name)).astype(np.float32, copy=False) for s in specs}
+
+
+class _PhotoRefused(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _refused_the_input(error: InferenceServerException) -> bool:
+    """Triton answered, and the answer is about the photos (a decoder's error), not about Triton being unreachable,
+    overloaded, out of time, or the model missing."""
+    status = (error.status() or "").upper()
+    transport = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "NOT_FOUND", "UNIMPLEMENTED")
+    message = (error.message() or "").lower()
+    return not any(code in status for code in transport) and any(
+        sign in message for sign in ("cannot be decoded", "decoder", "nvjpeg", "image format"))

@@ -77,7 +77,8 @@ def test_the_callers_deadline_is_passed_on(gateway):
     core, predictor = gateway
     predictor.release.set()
     core.classify(listing(1), time_remaining_s=4.0)  # below the 5 s default: the caller's deadline must win
-    assert predictor.deadlines[-1] is not None and predictor.deadlines[-1] <= 4.0
+    # (gRPC carries a deadline with some milliseconds of rounding; the 5 s default would show as about 5)
+    assert predictor.deadlines[-1] is not None and predictor.deadlines[-1] <= 4.1
 
 
 def test_past_the_servers_capacity_a_call_is_refused_in_milliseconds_not_queued():

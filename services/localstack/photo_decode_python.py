@@ -1,0 +1,53 @@
+"""Triton Python-backend twin of the DALI `photo_decode` model (services/trainer/photo_ensemble.py), for the CPU.
+
+The local Triton bundle has no DALI backend, so `photo_decode` is served here under the same name and tensors by this
+file, doing the DALI pipeline's steps with Pillow: decode (no EXIF orientation, as nvJPEG), resize the longer side to
+each output's size (bilinear, antialiased), pad to a centred square with the configured colour. A photo that does not
+decode fails its own request with the reason; the others of the batch are answered.
+"""
+
+import io
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image
+
+MAX_PIXELS = 50_000_000  # the service checks the header first; this guards callers that do not
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.outputs = [(o["name"], int(o["dims"][0])) for o in config["output"]]
+        self.pad_value = int(config.get("parameters", {}).get("pad_value", {}).get("string_value", "255"))
+
+    def _square(self, image, size):
+        width, height = image.size
+        scale = size / max(width, height)
+        resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+        square = np.full((size, size, 3), self.pad_value, np.uint8)
+        top, left = (size - resized.height) // 2, (size - resized.width) // 2
+        square[top:top + resized.height, left:left + resized.width] = np.asarray(resized)
+        return square
+
+    def _decode(self, row):
+        image = Image.open(io.BytesIO(row.tobytes()))  # trailing zeros (the batch's padding) are past the end
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{image.width}x{image.height} pixels is over the limit")
+        return image.convert("RGB")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            photos = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            try:
+                images = [self._decode(row) for row in photos]
+                tensors = [pb_utils.Tensor(name, np.stack([self._square(image, size) for image in images]))
+                           for name, size in self.outputs]
+                responses.append(pb_utils.InferenceResponse(tensors))
+            except Exception as error:  # noqa: BLE001  (a photo that does not decode fails its request only)
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"photo_decode: the photo cannot be decoded: {error}")))
+        return responses

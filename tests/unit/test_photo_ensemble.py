@@ -1,0 +1,93 @@
+"""The GPU decode path's Triton configuration, written beside the models: every tensor an ensemble step names exists
+in the model it names, with the shape and type the next step expects; the DALI pipeline is valid Python that makes
+one square per input size; the local CPU Triton serves the same configuration with its Pillow twin."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from services.localstack.triton_cpu import build_cpu_repository
+from services.trainer.photo_ensemble import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, image_output,
+                                             probabilities_output, write_photo_ensemble)
+from services.trainer.triton_export import production_config
+
+MODELS = {"efficientnet_lite0": 224, "resnet50": 80, "inception_v3": 96, "unused": 64}
+
+
+@pytest.fixture
+def repository(tmp_path) -> Path:
+    """A repository as the trainer publishes it: three called models (two input sizes... and a third), one at 0."""
+    for name, size in MODELS.items():
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "config.pbtxt").write_text(production_config(name, size, 10, 32 if name != "resnet50" else 16))
+        (tmp_path / name / "1" / "model.onnx").write_bytes(b"onnx")
+    weights = {"efficientnet_lite0": 0.8, "resnet50": 0.1, "inception_v3": 0.1, "unused": 0.0}
+    (tmp_path / "fusion.json").write_text(json.dumps({"models": {n: {"weight": w, "version": 1}
+                                                                 for n, w in weights.items()}}))
+    write_photo_ensemble(tmp_path)
+    return tmp_path
+
+
+def config(repository: Path, name: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse((repository / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def test_every_step_maps_tensors_that_exist_with_matching_shapes(repository):
+    ensemble = config(repository, ENSEMBLE_MODEL)
+    assert ensemble.platform == "ensemble" and [i.name for i in ensemble.input] == [PHOTO_INPUT]
+    assert ensemble.max_batch_size == 16  # the smallest of the models it feeds
+    produced = {PHOTO_INPUT: ([-1], model_config_pb2.TYPE_UINT8)}
+    for step in ensemble.ensemble_scheduling.step:
+        model = config(repository, step.model_name)
+        inputs = {i.name: (list(i.dims), i.data_type) for i in model.input}
+        outputs = {o.name: (list(o.dims), o.data_type) for o in model.output}
+        for model_input, tensor in step.input_map.items():
+            assert tensor in produced, f"{step.model_name} reads {tensor}, which no earlier step makes"
+            assert produced[tensor] == inputs[model_input], (step.model_name, model_input)
+        for model_output, tensor in step.output_map.items():
+            produced[tensor] = outputs[model_output]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [DECODE_MODEL, "efficientnet_lite0",
+                                                                          "resnet50", "inception_v3"]  # not 'unused'
+    for output in ensemble.output:
+        assert produced[output.name] == (list(output.dims), output.data_type)
+    assert {o.name for o in ensemble.output} == {probabilities_output(n) for n in ("efficientnet_lite0", "resnet50",
+                                                                                    "inception_v3")}
+
+
+def test_the_decode_step_is_dali_on_the_gpu_with_one_square_per_input_size(repository):
+    decode = config(repository, DECODE_MODEL)
+    assert decode.backend == "dali"
+    assert decode.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert {o.name: list(o.dims) for o in decode.output} == {image_output(s): [s, s, 3] for s in (80, 96, 224)}
+    pipeline = (repository / DECODE_MODEL / "1" / "model.dali").read_text()
+    tree = ast.parse(pipeline)  # valid Python, as the DALI backend's autoserialisation needs
+    sizes = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                 and getattr(node.targets[0], "id", "") == "SIZES")
+    assert ast.literal_eval(sizes) == (80, 96, 224)  # in the order of the config's outputs
+    assert [o.name for o in decode.output] == [image_output(s) for s in (80, 96, 224)]
+    assert '@autoserialize' in pipeline and 'device="mixed"' in pipeline and f'name="{PHOTO_INPUT}"' in pipeline
+
+
+def test_the_local_cpu_triton_serves_the_same_configuration_with_its_pillow_twin(repository, tmp_path):
+    classifiers, decode_path = build_cpu_repository(repository, tmp_path / "cpu")
+    assert sorted(classifiers) == sorted(MODELS) and decode_path == [DECODE_MODEL, ENSEMBLE_MODEL]
+    twin = config(tmp_path / "cpu", DECODE_MODEL)
+    assert twin.backend == "python" and twin.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert list(twin.output) == list(config(repository, DECODE_MODEL).output)  # same tensors
+    assert (tmp_path / "cpu" / DECODE_MODEL / "1" / "model.py").read_text().startswith('"""Triton Python-backend twin')
+    assert config(tmp_path / "cpu", ENSEMBLE_MODEL) == config(repository, ENSEMBLE_MODEL)
+    assert (tmp_path / "cpu" / ENSEMBLE_MODEL / "1").is_dir()
+
+
+def test_rewritten_in_step_when_the_models_change(repository):
+    (repository / "resnet50" / "config.pbtxt").write_text(production_config("resnet50", 128, 10, 32))
+    shutil.rmtree(repository / DECODE_MODEL)
+    write_photo_ensemble(repository)
+    assert image_output(128) in {o.name for o in config(repository, DECODE_MODEL).output}
