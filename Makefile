@@ -49,7 +49,7 @@ export-corrections: install
 
 ## Every photo of DATA (folder per category; default the validation split) through the pipeline: JSON line last.
 evaluate: models
-	$(PY) -m services.drivers.evaluate $(if $(DATA),--data $(DATA))
+	$(PY) -m services.drivers.evaluate $(if $(DATA),--data $(DATA)) $(EVALUATE_ARGS)
 
 ## The whole test suite, on the real broker, the real Triton (CPU), the real PostgreSQL and headless Chromium.
 test: models browser

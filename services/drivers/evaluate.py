@@ -74,15 +74,21 @@ def score(expected: dict[str, str], outcomes: dict[str, Outcome], labels: list[s
             "per_category": per_category, "confusion_matrix": confusion.tolist(), "failed_listings": failed[:20]}
 
 
-def per_model_top1(stack: LocalStack, photos: list[tuple[Path, str]]) -> dict[str, float]:
-    """Each served model alone, on the same photos, prepared by the same code, through the same Triton."""
+def per_model_top1(stack: LocalStack, photos: list[tuple[Path, str]], decode_in_triton: bool = False
+                   ) -> dict[str, float]:
+    """Each served model alone, on the same photos, prepared by the same code (or, on the GPU decode path, decoded by
+    the same ensemble), through the same Triton."""
     import tritonclient.grpc as triton_grpc
 
     from services.common.errors import ClassificationError
-    from services.preprocessing.images import ImageLimits, prepare_image
+    from services.preprocessing.images import ImageLimits, prepare_encoded, prepare_image
     from services.preprocessing.triton_models import TritonClassifier
 
-    classifier = TritonClassifier(stack.triton.grpc_url, stack.triton.model_names, parallel=False)
+    from services.trainer.photo_ensemble import ENSEMBLE_MODEL
+
+    classifier = TritonClassifier(stack.triton.grpc_url, stack.called_models if decode_in_triton
+                                  else stack.triton.model_names, parallel=False,
+                                  ensemble=ENSEMBLE_MODEL if decode_in_triton else None)
     classifier.start()
     try:
         specs = classifier.specs
@@ -91,18 +97,25 @@ def per_model_top1(stack: LocalStack, photos: list[tuple[Path, str]]) -> dict[st
         for start in range(0, len(photos), 32):
             chunk = photos[start:start + 32]
             tensors: dict[int, list] = {size: [] for size in sizes}
-            truths = []
+            truths, encoded = [], []
             for path, label in chunk:
                 try:
-                    prepared = prepare_image(path.read_bytes(), sizes, ImageLimits())
+                    if decode_in_triton:
+                        encoded.append(prepare_encoded(path.read_bytes(), ImageLimits()).encoded)
+                    else:
+                        prepared = prepare_image(path.read_bytes(), sizes, ImageLimits())
+                        for size in sizes:
+                            tensors[size].append(prepared.tensors[size])
                 except (ClassificationError, OSError):
                     continue  # unreadable: wrong for every model (the denominator stays every photo)
-                for size in sizes:
-                    tensors[size].append(prepared.tensors[size])
                 truths.append(label)
             if not truths:
                 continue
-            outputs = classifier.classify({size: np.stack(t) for size, t in tensors.items()})
+            if decode_in_triton:
+                outputs, refused = classifier.classify_photos(encoded)
+                truths = [t for i, t in enumerate(truths) if i not in refused]
+            else:
+                outputs = classifier.classify({size: np.stack(t) for size, t in tensors.items()})
             for spec in specs:
                 predicted = [spec.labels[i] for i in outputs[spec.name].argmax(axis=1)]
                 correct[spec.name] += sum(p == t for p, t in zip(predicted, truths))
@@ -148,6 +161,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=None, help="folder per category (default: validation photos)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=REPOSITORY_ROOT / ".run" / "evaluate")
+    parser.add_argument("--decode-in-triton", action="store_true", help="the GPU decode path: photos' bytes to "
+                        "Triton's photo_ensemble (here, its CPU twin) instead of decoding in preprocessing")
     options = parser.parse_args()
     repository = REPOSITORY_ROOT / "triton_models"
     try:
@@ -168,7 +183,10 @@ def main() -> int:
                                      image_bytes=path.read_bytes())
         listings.append(listing)
         expected[listing.listing_id] = label
-    stack = LocalStack(StackOptions(work_dir=options.out / "stack", extra_env={"RESULTS_CANDIDATE_COUNT": "5"}))
+    extra_env = {"RESULTS_CANDIDATE_COUNT": "5"}
+    if options.decode_in_triton:
+        extra_env["PREPROCESSING_DECODE_IN_TRITON"] = "true"
+    stack = LocalStack(StackOptions(work_dir=options.out / "stack", extra_env=extra_env))
     print(f"evaluating {len(photos)} photos of {options.data or 'the validation split'} through the local stack",
           flush=True)
     try:
@@ -176,7 +194,7 @@ def main() -> int:
         began = time.monotonic()
         outcomes = collect(stack, listings, options.timeout)
         elapsed = time.monotonic() - began
-        models = per_model_top1(stack, photos)
+        models = per_model_top1(stack, photos, options.decode_in_triton)
     finally:
         stack.stop()
     figures = score(expected, outcomes, labels)

@@ -33,6 +33,12 @@ def assert_nothing_lost_or_doubled(result: chaos.ScenarioResult, dead_lettered: 
     assert result.dead_lettered == dead_lettered, result
 
 
+def assert_complete_mid_stream(result: chaos.ScenarioResult, count: int) -> None:
+    assert_mid_stream(result)
+    assert_nothing_lost_or_doubled(result)
+    assert result.classified == count, result
+
+
 def test_triton_killed_mid_stream_and_restarted(chaos_stack):
     regions_before_kill = chaos_stack.triton.shm_regions()
     assert regions_before_kill, "the CPU Triton's Python backend uses shared memory"
@@ -45,16 +51,12 @@ def test_triton_killed_mid_stream_and_restarted(chaos_stack):
 
 def test_one_of_two_workers_killed(chaos_stack):
     result = chaos.worker_killed(chaos_stack, 200)
-    assert_mid_stream(result)
-    assert_nothing_lost_or_doubled(result)
-    assert result.classified == 200
+    assert_complete_mid_stream(result, 200)
 
 
 def test_result_service_restarted_mid_stream(chaos_stack):
     result = chaos.results_restarted(chaos_stack, 200)
-    assert_mid_stream(result)
-    assert_nothing_lost_or_doubled(result)
-    assert result.classified == 200
+    assert_complete_mid_stream(result, 200)
     stopped = json.loads(result.notes)
     # SIGTERM alone ended it, well within the grace period (20 s): exit status 0, no SIGKILL behind it
     assert stopped["exit_code"] == 0 and stopped["stop_s"] < 20, stopped
@@ -217,9 +219,7 @@ def test_listings_with_image_urls_through_kafka_and_grpc(chaos_stack, dripping_h
 
 def test_postgresql_unavailable_mid_stream_pauses_reports_not_serving_and_resumes(chaos_stack):
     result = chaos.postgres_unavailable(chaos_stack, 200)
-    assert_mid_stream(result)
-    assert_nothing_lost_or_doubled(result)
-    assert result.classified == 200
+    assert_complete_mid_stream(result, 200)
     seen = json.loads(result.notes)
     assert seen["not_serving_during_outage"] and seen["serving_again"], seen
     assert seen["get_classification"] == "UNAVAILABLE", seen
@@ -227,9 +227,7 @@ def test_postgresql_unavailable_mid_stream_pauses_reports_not_serving_and_resume
 
 def test_the_broker_unreachable_mid_stream_is_waited_out_and_nothing_is_lost(chaos_stack):
     result = chaos.broker_unreachable(chaos_stack, 200)
-    assert_mid_stream(result)
-    assert_nothing_lost_or_doubled(result)
-    assert result.classified == 200
+    assert_complete_mid_stream(result, 200)
     seen = json.loads(result.notes)
     assert seen["serving_again"], seen
     assert any(seen["not_serving_during_outage"].values()), seen

@@ -10,7 +10,7 @@ import pytest
 
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.drivers.poison import oversized_image_listing
-from services.drivers.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
+from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.stack import LocalStack, StackOptions
 from services.preprocessing.triton_models import TritonClassifier
 from services.trainer.photo_ensemble import ENSEMBLE_MODEL
@@ -48,15 +48,8 @@ def test_the_ensemble_answers_as_the_models_do_on_the_same_squares(decode_in_tri
 
 def test_listings_through_kafka_are_classified_and_mostly_right(decode_in_triton):
     samples = sample_listings(30, seed=173, prefix="decode-kafka")
-    ids = {s.listing.listing_id for s in samples}
-    submit_listings(decode_in_triton.kafka_settings, [s.listing for s in samples])
-    reader = TopicReader(decode_in_triton.kafka_settings, decode_in_triton.kafka_settings.topics.listing_classified)
-    try:
-        records = reader.read(lambda rs: ids <= set(classified_by_listing(rs)), 180)
-    finally:
-        reader.close()
-    found = classified_by_listing(records)
-    assert ids <= set(found)
+    found = submit_and_collect(decode_in_triton.kafka_settings, [s.listing for s in samples], 180)
+    assert set(found) == {s.listing.listing_id for s in samples}
     right = sum(found[s.listing.listing_id][0].classification.label == s.true_label for s in samples)
     # No product segmentation on this path (the whole photo is resized): fewer right than the CPU path, not chance.
     assert right >= 0.7 * len(samples), f"{right}/{len(samples)}"

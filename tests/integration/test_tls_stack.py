@@ -25,7 +25,7 @@ from services.common.contracts.product_classification.v1 import (
     results_pb2_grpc,
 )
 from services.common.grpc_security import TlsFiles, secure_channel
-from services.drivers.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
+from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.pki import LocalPki
 from services.localstack.stack import LocalStack, StackOptions
 from services.trainer.real_models import clothing_dataset
@@ -61,14 +61,8 @@ def test_a_known_photo_is_classified_through_the_gateway_over_mtls_and_read_back
 
 def test_listings_through_kafka_are_classified_by_services_that_talk_mtls(tls_stack):
     samples = sample_listings(5, seed=211, prefix="tls-kafka")
-    ids = {s.listing.listing_id for s in samples}
-    submit_listings(tls_stack.kafka_settings, [s.listing for s in samples])
-    reader = TopicReader(tls_stack.kafka_settings, tls_stack.kafka_settings.topics.listing_classified)
-    try:
-        records = reader.read(lambda rs: ids <= set(classified_by_listing(rs)), 120)
-    finally:
-        reader.close()
-    assert ids <= set(classified_by_listing(records))
+    found = submit_and_collect(tls_stack.kafka_settings, [s.listing for s in samples], 120)
+    assert set(found) == {s.listing.listing_id for s in samples}
 
 
 @pytest.mark.parametrize("service", SERVICES)

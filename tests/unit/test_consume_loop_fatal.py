@@ -110,6 +110,17 @@ class RecordingConsumer(FakeConsumer):
         self.seeks.append((partition.partition, offset))
 
 
+def run_until_committed(consumer, handler, **options) -> ConsumeLoop:
+    """Runs a loop over the consumer until it commits something (or 10 s pass), then stops it."""
+    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer(), **options)
+    loop.start()
+    deadline = time.monotonic() + 10
+    while not consumer.committed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loop.stop(5)
+    return loop
+
+
 def test_an_unacknowledged_send_leaves_the_batch_uncommitted_and_it_is_redone():
     from kafka.errors import KafkaTimeoutError
 
@@ -122,12 +133,7 @@ def test_an_unacknowledged_send_leaves_the_batch_uncommitted_and_it_is_redone():
         # the first attempt's send is never acknowledged; the second is
         return [Future(KafkaTimeoutError("no ack")) if len(calls) == 1 else Future()]
 
-    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer(), send_timeout_s=1)
-    loop.start()
-    deadline = time.monotonic() + 10
-    while not consumer.committed and time.monotonic() < deadline:
-        time.sleep(0.05)
-    loop.stop(5)
+    loop = run_until_committed(consumer, handler, send_timeout_s=1)
     assert calls == [[3, 4], [3, 4]], "the same batch is handled again"
     assert len(consumer.committed) == 1  # committed once, after the acknowledged attempt
     [(partition, offset)] = consumer.committed[0].items()
@@ -173,12 +179,7 @@ def test_a_partition_revoked_while_a_batch_waits_to_be_retried_is_left_to_its_ne
             raise ClassificationError(ErrorKind.UNAVAILABLE, "the store is away for a moment")
         return []
 
-    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer())
-    loop.start()
-    deadline = time.monotonic() + 10
-    while not consumer.committed and time.monotonic() < deadline:
-        time.sleep(0.05)
-    loop.stop(5)
+    loop = run_until_committed(consumer, handler)
     assert calls == [[(0, 3), (1, 9)], [(1, 9)]]  # partition 0's record is not redone here
     [offsets] = consumer.committed
     assert {tp.partition: o.offset for tp, o in offsets.items()} == {1: 10}  # nothing committed for partition 0
@@ -208,12 +209,7 @@ def test_the_broker_unreachable_while_a_batch_waits_to_be_retried_is_waited_out_
             raise KafkaConnectionError("the send could not reach the broker")
         return []
 
-    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer())
-    loop.start()
-    deadline = time.monotonic() + 10
-    while not consumer.committed and time.monotonic() < deadline:
-        time.sleep(0.05)
-    loop.stop(5)
+    loop = run_until_committed(consumer, handler)
     assert not loop.fatal.is_set(), loop.fatal_reason
     assert consumer.failures == 0 and calls == [1, 1] and len(consumer.committed) == 1
 

@@ -116,6 +116,18 @@ def test_every_publication_carries_a_stable_event_id(store, taxonomies):
     assert sent[0].event_id == event_id(idempotency_key(outcome.classification)) and len(sent[0].event_id) == 32
 
 
+def fails_once_with(recorder, batch, store, method: str, replacement) -> None:
+    """Records the batch with one of the store's methods replaced (the seam: a store failing at that step); the
+    batch must fail, as the consume loop would see it, and the store gets its method back."""
+    real = getattr(store, method)
+    setattr(store, method, replacement)
+    try:
+        with pytest.raises(ClassificationError):
+            recorder.record_predictions(batch)
+    finally:
+        setattr(store, method, real)
+
+
 def test_a_store_failure_between_claiming_and_sending_publishes_each_row_once_on_the_retry(store, taxonomies):
     """The batch is stored in one transaction and claimed in one statement before anything is sent: the connection
     dying after the claim leaves the rows claimed by this replica, and the retry publishes each of them once."""
@@ -127,13 +139,8 @@ def test_a_store_failure_between_claiming_and_sending_publishes_each_row_once_on
         real_claim(sequences, owner, lease_s)
         raise ClassificationError(ErrorKind.UNAVAILABLE, "result store: the connection was terminated")
 
-    store.claim_many = claim_then_fail
     batch = [prediction(f"mid-{i}") for i in range(3)]
-    try:
-        with pytest.raises(ClassificationError):
-            recorder.record_predictions(batch)
-    finally:
-        store.claim_many = real_claim
+    fails_once_with(recorder, batch, store, "claim_many", claim_then_fail)
     assert sent == []
     recorder.record_predictions(batch)  # the retry
     assert len(sent) == 3 and len(set(sent)) == 3, "each row published once"
@@ -170,18 +177,12 @@ def test_rows_acknowledged_while_the_store_cannot_mark_them_are_not_published_ag
     batch is retried once the store is back, and marks them without sending them a second time."""
     sent = []
     recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event.event_id) or Sent())
-    real_mark = store.mark_published
 
     def store_away(sequences):
         raise ClassificationError(ErrorKind.UNAVAILABLE, "result store: the database refuses connections")
 
-    store.mark_published = store_away
     batch = [prediction(f"unmarked-{i}") for i in range(3)]
-    try:
-        with pytest.raises(ClassificationError):
-            recorder.record_predictions(batch)
-    finally:
-        store.mark_published = real_mark
+    fails_once_with(recorder, batch, store, "mark_published", store_away)
     assert len(sent) == 3
     outcomes = recorder.record_predictions(batch)  # the retry, the store back
     assert len(sent) == 3, "published again on the retry"
