@@ -48,8 +48,10 @@ MAX_THUMBNAIL_BYTES = 64 * 1024  # the result service keeps nothing larger
 
 def thumbnail_jpeg(image: Image.Image, longest_side: int) -> bytes:
     """A small JPEG of the whole photo (what the seller showed, not the crop), within MAX_THUMBNAIL_BYTES."""
-    small = image.copy()
-    small.thumbnail((longest_side, longest_side), Image.Resampling.BILINEAR, reducing_gap=None)
+    width, height = image.size
+    scale = min(1.0, longest_side / max(width, height))
+    # resize() makes the one new image needed (thumbnail() would need a copy of the whole photo first)
+    small = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
     for quality in (80, 60, 40):
         buffer = io.BytesIO()
         small.save(buffer, format="JPEG", quality=quality)

@@ -33,16 +33,21 @@ class SlowPredictor(preprocessing_pb2_grpc.ImagePredictorServicer):
 
 
 class EchoResults(results_pb2_grpc.ClassificationResultsServicer):
+    def __init__(self):
+        self.deadlines: list[float | None] = []
+
     def RecordPrediction(self, request, context):
+        self.deadlines.append(context.time_remaining())
         return common_pb2.Classification(listing_id=request.listing_id)
 
 
 @pytest.fixture
 def gateway():
     predictor = SlowPredictor()
+    predictor.results = EchoResults()
     server = grpc.server(futures.ThreadPoolExecutor(8))
     preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server(predictor, server)
-    results_pb2_grpc.add_ClassificationResultsServicer_to_server(EchoResults(), server)
+    results_pb2_grpc.add_ClassificationResultsServicer_to_server(predictor.results, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -79,6 +84,8 @@ def test_the_callers_deadline_is_passed_on(gateway):
     core.classify(listing(1), time_remaining_s=4.0)  # below the 5 s default: the caller's deadline must win
     # (gRPC carries a deadline with some milliseconds of rounding; the 5 s default would show as about 5)
     assert predictor.deadlines[-1] is not None and predictor.deadlines[-1] <= 4.1
+    # and what is left of it reaches the result service's call after the prediction
+    assert predictor.results.deadlines[-1] is not None and predictor.results.deadlines[-1] <= 4.1
 
 
 def test_past_the_servers_capacity_a_call_is_refused_in_milliseconds_not_queued():
