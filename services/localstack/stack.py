@@ -128,6 +128,7 @@ class LocalStack:
                                                        ("preprocessing", ("gateway", "localstack")))}
         self.console: ConsoleProcess | None = None
         self.pki = LocalPki(work / "pki") if options.tls else None
+        self.run_id = secrets.token_hex(4)
         self._started: list = []
 
     def client_tls(self, caller: str) -> TlsFiles | None:
@@ -155,6 +156,9 @@ class LocalStack:
             env["PREPROCESSING_PARALLEL_MODEL_CALLS"] = "false"
         elif prefix == "RESULTS":
             env["RESULTS_DATABASE_URL"] = self.database_url
+            # Unique among live replicas (stacks may share a database), the same when this one restarts, as a pod's
+            # name is.
+            env["RESULTS_PUBLISHER_ID"] = f"localstack-{self.run_id}-{name}"
         elif prefix == "GATEWAY":
             env["GATEWAY_API_KEYS"] = f"localstack={self.gateway_api_key}"
             env["GATEWAY_PREPROCESSING_ADDRESS"] = self.services["preprocessing"].address

@@ -64,7 +64,8 @@ def main() -> None:
 
     operators = OperatorStore(store)
     recorder = ClassificationRecorder(store, taxonomies, fusion.weights, publish, settings.candidate_count,
-                                      thumbnails=operators)
+                                      thumbnails=operators,
+                                      publisher_id=settings.publisher_id or None)
     desk = ReviewDesk(operators, taxonomies, publish_correction, recorder.publisher_id)
     consumer = make_consumer(kafka, settings.consumer_group, "results", settings.max_batch_predictions)
     loop = ConsumeLoop("results", consumer, [kafka.topics.prediction_made, kafka.topics.processing_failed],
