@@ -115,3 +115,15 @@ def test_the_console_reaches_results_over_mtls(tls_stack):
 def test_keys_are_private_to_their_owner(tls_stack):
     for key in Path(tls_stack.pki.folder).glob("*.key"):
         assert key.stat().st_mode & 0o077 == 0, key
+
+
+def test_the_container_health_probe_checks_a_service_over_mtls(tls_stack, capsys):
+    from services.common.health_probe import main as probe
+
+    address = tls_stack.services["results"].address
+    client = tls_stack.client_tls("localstack")
+    assert probe([address, "--tls-ca", str(client.ca_file), "--tls-cert", str(client.cert_file),
+                  "--tls-key", str(client.key_file)]) == 0
+    assert "SERVING" in capsys.readouterr().out
+    assert probe([address, "--tls-ca", str(client.ca_file)]) == 1  # no client certificate: refused
+    assert probe([address]) == 1  # plaintext: refused
