@@ -147,10 +147,10 @@ class ClassificationRecorder:
             published = self.store.published_among(unclaimed)
             elsewhere = [sequence for sequence in unclaimed if sequence not in published]  # another replica's now
             with self._unmarked_lock:
-                already_out = [outcome for _, outcome in candidates if outcome.classification.sequence in claimed
-                               and outcome.classification.sequence in self._acknowledged_unmarked]
+                sent_before = claimed & self._acknowledged_unmarked  # the broker has them: mark, do not resend
+            already_out = [outcome for _, outcome in candidates if outcome.classification.sequence in sent_before]
             for index, outcome in candidates:
-                if outcome.classification.sequence not in claimed or outcome in already_out:
+                if outcome.classification.sequence not in claimed or outcome.classification.sequence in sent_before:
                     continue
                 with span_for(index) if span_for else contextlib.nullcontext():
                     key = idempotency_key(outcome.classification)
