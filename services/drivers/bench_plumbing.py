@@ -204,6 +204,8 @@ def top_entries(path: Path, count: int = 8) -> list[tuple[str, float]]:
     own: dict[str, int] = {}
     for line in path.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():  # a line cut short when py-spy was stopped
+            continue
         frame = stack.rsplit(";", 1)[-1]
         if any(idle in frame for idle in ("wait (threading", "select (", "_worker (concurrent", "poll (", "sleep",
                                            "epoll", "get (queue")):
