@@ -171,9 +171,16 @@ def browser():
 
 
 def wait_for(condition, timeout_s: float = 60, what: str = ""):
+    """Polls condition() until it holds. An element the page re-rendered between being found and being read (the
+    queue and the feed replace their items as they update) counts as "not yet", and the next poll finds it anew."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         time.sleep(0.2)
@@ -231,8 +238,9 @@ def test_an_operator_sees_a_listing_arrive_live_and_corrects_it_with_the_keyboar
         ActionChains(browser).send_keys("/").perform()
         assert browser.switch_to.active_element.get_attribute("id") == "category-search"
         ActionChains(browser).send_keys("sneaker").perform()
-        chosen = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#search-results li.selected"), 20,
-                          "search results")[0].get_attribute("data-category")
+        chosen = wait_for(lambda: [li.get_attribute("data-category") for li in
+                                   browser.find_elements(By.CSS_SELECTOR, "#search-results li.selected")], 20,
+                          "search results")[0]  # read in the same poll: the results re-render as the search runs
         assert chosen and chosen != classified.category.id
         ActionChains(browser).send_keys(Keys.ENTER).perform()
         wait_for(lambda: browser.find_element(By.ID, "status").text.startswith("Saved:"), 20, "the saved message")
