@@ -84,7 +84,7 @@ def per_model_top1(stack: LocalStack, photos: list[tuple[Path, str]], decode_in_
     from services.preprocessing.images import ImageLimits, prepare_encoded, prepare_image
     from services.preprocessing.triton_models import TritonClassifier
 
-    from services.trainer.photo_ensemble import ENSEMBLE_MODEL
+    from services.common.decode_path import ENSEMBLE_MODEL
 
     classifier = TritonClassifier(stack.triton.grpc_url, stack.called_models if decode_in_triton
                                   else stack.triton.model_names, parallel=False,

@@ -12,6 +12,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
+from services.common.decode_path import PHOTO_INPUT, probabilities_output
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.metrics import TRITON_BATCH_SIZE, TRITON_LATENCY
 
@@ -186,8 +187,6 @@ class TritonClassifier:
         return {name: np.concatenate(parts) if parts else empty[name] for name, parts in rows.items()}, failed
 
     def _infer_photos(self, specs: list[ModelSpec], photos: list[bytes], deadline: float | None) -> dict[str, np.ndarray]:
-        from services.trainer.photo_ensemble import PHOTO_INPUT, probabilities_output
-
         longest = max(len(photo) for photo in photos)
         batch = np.zeros((len(photos), longest), np.uint8)
         for row, photo in enumerate(photos):

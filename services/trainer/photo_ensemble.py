@@ -27,20 +27,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from services.common.decode_path import DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, image_output, probabilities_output
 from services.common.fusion_file import FUSION_FILE, FusionConfig
 
-DECODE_MODEL = "photo_decode"
-ENSEMBLE_MODEL = "photo_ensemble"
-PHOTO_INPUT = "photo"
 PAD_VALUE = 255  # white: product photos are mostly shot on light backgrounds
-
-
-def image_output(size: int) -> str:
-    return f"image_{size}"
-
-
-def probabilities_output(model: str) -> str:
-    return f"{model}_probabilities"
 
 
 @dataclass(frozen=True)

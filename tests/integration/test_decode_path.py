@@ -13,7 +13,7 @@ from services.drivers.poison import oversized_image_listing
 from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.stack import LocalStack, StackOptions
 from services.preprocessing.triton_models import TritonClassifier
-from services.trainer.photo_ensemble import ENSEMBLE_MODEL
+from services.common.decode_path import ENSEMBLE_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -119,3 +119,28 @@ def test_manifests_are_consistent_with_the_services():
     triton = by_kind["Deployment"]["triton"]["spec"]["template"]["spec"]["containers"][0]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert by_kind["HorizontalPodAutoscaler"]["gateway"]["spec"]["scaleTargetRef"]["name"] == "gateway"
+
+
+@pytest.mark.parametrize("service", ["console", "gateway", "preprocessing", "results", "trainer"])
+def test_each_image_carries_every_package_its_service_imports(service):
+    """A service's Dockerfile copies services/common and its own package; an import of any other services.* package
+    (even inside a function, on a path the tests here may not take) would fail only in that image."""
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    dockerfile = (root / "services" / service / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY\s+(?:--\S+\s+)*services/(\w+)", dockerfile, flags=re.MULTILINE))
+    if re.search(r"^COPY\s+(?:--\S+\s+)*services/?\s", dockerfile, flags=re.MULTILINE):  # the whole tree
+        copied |= {p.name for p in (root / "services").iterdir() if p.is_dir()}
+    imported: dict[str, str] = {}
+    for source in (root / "services" / service).rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "services" and len(parts) > 1:
+                    imported.setdefault(parts[1], str(source.relative_to(root)))
+    missing = {package: where for package, where in imported.items() if package not in copied}
+    assert not missing, f"services/{service}/Dockerfile does not copy what these files import: {missing}"

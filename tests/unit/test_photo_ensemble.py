@@ -14,8 +14,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.localstack.triton_cpu import build_cpu_repository
-from services.trainer.photo_ensemble import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, image_output,
-                                             probabilities_output, write_photo_ensemble)
+from services.common.decode_path import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, image_output,
+                                         probabilities_output)
+from services.trainer.photo_ensemble import write_photo_ensemble
 from services.trainer.triton_export import production_config
 
 MODELS = {"efficientnet_lite0": 224, "resnet50": 80, "inception_v3": 96, "unused": 64}

@@ -1,0 +1,21 @@
+"""The names the GPU decode path's Triton models share with their caller.
+
+The trainer writes `photo_decode` and `photo_ensemble` with these tensors (services/trainer/photo_ensemble.py) and the
+preprocessing service calls the ensemble by them; both images carry services/common, not each other's packages.
+"""
+
+from __future__ import annotations
+
+DECODE_MODEL = "photo_decode"
+ENSEMBLE_MODEL = "photo_ensemble"
+PHOTO_INPUT = "photo"  # uint8, one row of encoded bytes per photo, zero-padded to the batch's longest
+
+
+def image_output(size: int) -> str:
+    """photo_decode's output for one model input size: uint8 (size, size, 3)."""
+    return f"image_{size}"
+
+
+def probabilities_output(model: str) -> str:
+    """The ensemble's output for one model: its probabilities, float32 (classes,)."""
+    return f"{model}_probabilities"
