@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageChops, ImageOps
 
 from services.common.errors import ClassificationError, ErrorKind
 
@@ -131,21 +131,28 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def product_box(image: Image.Image, margin: float = 0.06, threshold: int = 40,
                 analysis_side: int = 128) -> tuple[int, int, int, int]:
-    """Box around what differs from the border's colour (the plain background); the whole image if none stands out."""
+    """Box around what differs from the border's colour (the plain background); the whole image if none stands out.
+
+    A pixel is foreground when any channel is more than `threshold` from the border's median colour. The per-pixel
+    test runs in Pillow (a lookup table per channel, the channels' maximum, the box of what is left), not in numpy:
+    the same pixels, a fraction of the time.
+    """
     width, height = image.size
     scale = min(1.0, analysis_side / max(width, height))
-    small = np.asarray(image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR),
-                       dtype=np.int16)
-    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    small = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    pixels = np.asarray(small)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.int16)
     background = np.median(border, axis=0)
     if np.abs(border - background).max(axis=1).mean() > threshold:  # busy border: no plain background to cut away
         return 0, 0, width, height
-    foreground = np.abs(small - background).max(axis=2) > threshold
-    rows, columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
-    if rows.size == 0 or foreground.mean() < 0.002:
+    values = np.arange(256)
+    table = np.concatenate([np.where(np.abs(values - level) > threshold, 255, 0) for level in background])
+    red, green, blue = small.point(table.tolist()).split()
+    foreground = ImageChops.lighter(ImageChops.lighter(red, green), blue)
+    bbox = foreground.getbbox()
+    if bbox is None or foreground.histogram()[255] < 0.002 * small.width * small.height:
         return 0, 0, width, height
-    top, bottom = rows[0] / scale, (rows[-1] + 1) / scale
-    left, right = columns[0] / scale, (columns[-1] + 1) / scale
+    left, top, right, bottom = (edge / scale for edge in bbox)
     pad = margin * max(right - left, bottom - top)
     return (max(0, int(left - pad)), max(0, int(top - pad)), min(width, int(right + pad + 0.5)),
             min(height, int(bottom + pad + 0.5)))
@@ -159,11 +166,11 @@ def square_tensor(image: Image.Image, size: int) -> np.ndarray:
                            reducing_gap=2.0)
     pixels = np.asarray(resized)
     edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    tensor = np.empty((size, size, 3), np.uint8)
-    tensor[:] = np.median(edge, axis=0).astype(np.uint8)
-    top, left = (size - pixels.shape[0]) // 2, (size - pixels.shape[1]) // 2
-    tensor[top:top + pixels.shape[0], left:left + pixels.shape[1]] = pixels
-    return tensor
+    colour = tuple(int(c) for c in np.median(edge, axis=0).astype(np.uint8))
+    # Pillow fills and pastes in C; a numpy fill of a 3-channel colour is several times slower.
+    canvas = Image.new("RGB", (size, size), colour)
+    canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
+    return np.array(canvas)
 
 
 def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thumbnail_size: int = 0

@@ -90,3 +90,67 @@ def test_the_thumbnail_is_a_small_jpeg_of_the_whole_photo_within_the_bound():
         assert abs(thumbnail.size[0] / thumbnail.size[1] - image.size[0] / image.size[1]) < 0.02  # not the crop
         assert 0 < len(prepared.thumbnail_jpeg) <= 64 * 1024
     assert prepare_image(encode(product_on_white()), [224], ImageLimits()).thumbnail_jpeg == b""
+
+
+def _reference_product_box(image: Image.Image, margin=0.06, threshold=40, analysis_side=128):
+    """The straightforward numpy statement of the product box, which product_box computes in Pillow."""
+    width, height = image.size
+    scale = min(1.0, analysis_side / max(width, height))
+    small = np.asarray(image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR),
+                       dtype=np.int16)
+    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    background = np.median(border, axis=0)
+    if np.abs(border - background).max(axis=1).mean() > threshold:
+        return 0, 0, width, height
+    foreground = np.abs(small - background).max(axis=2) > threshold
+    rows, columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
+    if rows.size == 0 or foreground.mean() < 0.002:
+        return 0, 0, width, height
+    top, bottom, left, right = rows[0] / scale, (rows[-1] + 1) / scale, columns[0] / scale, (columns[-1] + 1) / scale
+    pad = margin * max(right - left, bottom - top)
+    return (max(0, int(left - pad)), max(0, int(top - pad)), min(width, int(right + pad + 0.5)),
+            min(height, int(bottom + pad + 0.5)))
+
+
+def _reference_square_tensor(image: Image.Image, size: int) -> np.ndarray:
+    width, height = image.size
+    scale = size / max(width, height)
+    pixels = np.asarray(image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR,
+                                     reducing_gap=2.0))
+    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    tensor = np.empty((size, size, 3), np.uint8)
+    tensor[:] = np.median(edge, axis=0).astype(np.uint8)
+    top, left = (size - pixels.shape[0]) // 2, (size - pixels.shape[1]) // 2
+    tensor[top:top + pixels.shape[0], left:left + pixels.shape[1]] = pixels
+    return tensor
+
+
+def _test_images():
+    from pathlib import Path
+
+    rng = np.random.default_rng(1)
+    dataset = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "clothing-dataset-small" / "validation"
+    photos = [Image.open(p).convert("RGB") for p in sorted(dataset.rglob("*.jpg"))[::12]]
+    drawn = [product_on_white(), product_on_white(90, 700, (20, 300, 60, 420)), Image.new("RGB", (1, 1)),
+             Image.new("RGB", (5, 300), (10, 10, 10)), product_on_white(300, 300, (149, 149, 151, 151)),
+             Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))]
+    # a half-integer median background: an even count of border pixels split between two levels
+    split = np.full((40, 40, 3), 100, np.uint8)
+    split[:, 20:] = 101
+    split[15:25, 15:25] = (141, 59, 180)
+    return photos + drawn + [Image.fromarray(split)]
+
+
+def test_product_box_and_square_tensor_give_the_reference_pixels_exactly():
+    """The fast paths are bit-identical to the numpy statement, on real photos and on edge cases: the models were
+    trained on the reference's pixels."""
+    images = _test_images()
+    assert len(images) > 30
+    for image in images:
+        box = product_box(image)
+        assert box == _reference_product_box(image)
+        for threshold in (0, 40, 254):
+            assert product_box(image, threshold=threshold) == _reference_product_box(image, threshold=threshold)
+        crop = image.crop(box)
+        for size in (224, 80, 7):
+            assert np.array_equal(square_tensor(crop, size), _reference_square_tensor(crop, size))
