@@ -250,10 +250,67 @@ class ClassificationStore:
             return self._record_in(cursor, classification)
 
     def record_many(self, classifications: list[common_pb2.Classification]) -> list[StoredClassification]:
-        """record() for a batch in one transaction (one commit instead of one each). A row the store refuses fails
-        the whole batch (INVALID_REQUEST): the caller then records one by one to find it."""
+        """record() for a batch in one transaction and three statements at most, whatever its size: one look-up of
+        the keys already stored, one insert of the rest (in the batch's order, so sequences follow it), and a
+        re-read of any key another replica inserted in between (ON CONFLICT DO NOTHING leaves it to that replica).
+        A row the store refuses fails the whole batch (INVALID_REQUEST): the caller then records one by one to
+        find it."""
+        if not classifications:
+            return []
+        keys = [idempotency_key(c) for c in classifications]
         with self._transaction() as cursor:
-            return [self._record_in(cursor, classification) for classification in classifications]
+            stored = self._stored_by_key(cursor, sorted(set(keys)))
+            first_of_key: dict[str, int] = {}
+            for index, key in enumerate(keys):
+                if key not in stored:
+                    first_of_key.setdefault(key, index)
+            new = sorted(first_of_key.values())
+            inserted: dict[str, int] = {}
+            if new:
+                now = time.time()
+                rows = ", ".join(["(" + ", ".join([self._placeholder] * 10) + ")"] * len(new))
+                values = [value for index in new for value in self._row_values(keys[index], classifications[index],
+                                                                                  now)]
+                cursor.execute(
+                    "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, "
+                    f"published, stored_at, confidence, label, category_id) VALUES {rows} "
+                    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, sequence", values)
+                inserted = {str(key): int(sequence) for key, sequence in cursor.fetchall()}
+                raced = [keys[index] for index in new if keys[index] not in inserted]
+                if raced:
+                    stored.update(self._stored_by_key(cursor, raced))
+            results: list[StoredClassification] = []
+            for index, (key, classification) in enumerate(zip(keys, classifications)):
+                if key in inserted and first_of_key.get(key) == index:
+                    copy = common_pb2.Classification()
+                    copy.CopyFrom(classification)
+                    copy.sequence = inserted[key]
+                    results.append(StoredClassification(copy, newly_stored=True, published=False))
+                elif key in inserted:  # the same key twice in one batch: the first is stored, this one finds it
+                    first = results[first_of_key[key]].classification
+                    results.append(StoredClassification(first, newly_stored=False, published=False))
+                else:
+                    results.append(stored[key])
+            return results
+
+    def _stored_by_key(self, cursor, keys: list[str]) -> dict[str, StoredClassification]:
+        found: dict[str, StoredClassification] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ", ".join([self._placeholder] * len(chunk))
+            cursor.execute(f"SELECT idempotency_key, sequence, payload, published FROM classifications "
+                           f"WHERE idempotency_key IN ({marks})", chunk)
+            for key, sequence, payload, published in cursor.fetchall():
+                stored = common_pb2.Classification.FromString(bytes(payload))
+                stored.sequence = sequence
+                found[str(key)] = StoredClassification(stored, newly_stored=False, published=bool(published))
+        return found
+
+    @staticmethod
+    def _row_values(key: str, classification: common_pb2.Classification, now: float) -> tuple:
+        return (key, classification.listing_id, classification.marketplace, classification.status,
+                classification.SerializeToString(), False, now, float(classification.confidence),
+                classification.label, short_category_id(classification.category.id))
 
     def _record_in(self, cursor, classification: common_pb2.Classification) -> StoredClassification:
         key = idempotency_key(classification)
@@ -267,9 +324,7 @@ class ClassificationStore:
         cursor.execute(self._sql(
             "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, published, "
             "stored_at, confidence, label, category_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
-            (key, classification.listing_id, classification.marketplace, classification.status,
-             classification.SerializeToString(), False, time.time(), float(classification.confidence),
-             classification.label, short_category_id(classification.category.id)))
+            self._row_values(key, classification, time.time()))
         sequence = cursor.fetchone()[0]
         stored = common_pb2.Classification()
         stored.CopyFrom(classification)

@@ -3,7 +3,7 @@
 import pytest
 
 from services.common.contracts.product_classification.v1 import common_pb2
-from services.results.store import ClassificationStore
+from services.results.store import ClassificationStore, idempotency_key
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -75,3 +75,59 @@ def test_postgres_store_reconnects_after_losing_its_connection(postgres_url):
         assert store.count_for_listing("reconnect-after") == 1
     finally:
         store.stop()
+
+
+def test_record_many_matches_record_one_by_one(store):
+    """A batch with rows already stored (one of them published), a key twice, and new rows: the same answers as
+    record() row by row, sequences in the batch's order."""
+    prefix = f"many-{id(store)}"
+    old = store.record(classification(f"{prefix}-old"))
+    published = store.record(classification(f"{prefix}-published"))
+    store.mark_published([published.classification.sequence])
+    batch = [classification(f"{prefix}-new-1"), classification(f"{prefix}-old"), classification(f"{prefix}-new-2"),
+             classification(f"{prefix}-new-1"), classification(f"{prefix}-published")]
+    results = store.record_many(batch)
+    assert [r.newly_stored for r in results] == [True, False, True, False, False]
+    assert [r.published for r in results] == [False, False, False, False, True]
+    assert results[1].classification.sequence == old.classification.sequence
+    assert results[4].classification.sequence == published.classification.sequence
+    assert results[3].classification.sequence == results[0].classification.sequence
+    assert old.classification.sequence < results[0].classification.sequence < results[2].classification.sequence
+    assert [r.classification.listing_id for r in results] == [c.listing_id for c in batch]
+    assert store.record_many(batch[:3])[0].newly_stored is False
+    assert store.count_for_listing(f"{prefix}-new-1") == 1
+    assert store.record_many([]) == []
+
+
+def test_record_many_when_another_replica_stores_a_key_between_look_up_and_insert(store, tmp_path, postgres_url):
+    """Two replicas race for the same listing: the one whose insert finds the row already there reads it back and
+    reports it as stored by someone else; nothing is stored twice."""
+    other = ClassificationStore(postgres_url if store.is_postgres else f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    other.start()
+    prefix = f"race-{id(store)}"
+    look_up = store._stored_by_key
+    calls = []
+
+    def look_up_then_race(cursor, keys):
+        found = look_up(cursor, keys)
+        if not calls:
+            calls.append(keys)
+            if store.is_postgres:  # another connection commits the row before our insert
+                other.record(classification(f"{prefix}-contested"))
+            else:  # SQLite serialises writers: the row is put in through this transaction instead
+                cursor.execute(store.sql("INSERT INTO classifications (idempotency_key, listing_id, marketplace, "
+                                         "status, payload, published, stored_at, confidence, label, category_id) "
+                                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                               store._row_values(idempotency_key(classification(f"{prefix}-contested")),
+                                                 classification(f"{prefix}-contested"), 0.0))
+        return found
+
+    store._stored_by_key = look_up_then_race
+    try:
+        results = store.record_many([classification(f"{prefix}-mine"), classification(f"{prefix}-contested")])
+    finally:
+        store._stored_by_key = look_up
+        other.stop()
+    assert [r.newly_stored for r in results] == [True, False]
+    assert results[1].classification.listing_id == f"{prefix}-contested" and results[1].classification.sequence > 0
+    assert store.count_for_listing(f"{prefix}-contested") == 1
