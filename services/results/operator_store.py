@@ -61,11 +61,10 @@ class OperatorStore:
     def put_thumbnails(self, thumbnails: list[tuple[str, bytes]]) -> None:
         """Keeps the first thumbnail of each image (the same photo always gives the same one), in one transaction."""
         now = time.time()
-        with self.store.transaction() as cursor:
-            for image_digest, jpeg in thumbnails:
-                cursor.execute(self.store.sql("INSERT INTO thumbnails (image_digest, jpeg, stored_at) VALUES "
+        with self.store.transaction() as cursor:  # executemany: one round trip on PostgreSQL (a pipeline)
+            cursor.executemany(self.store.sql("INSERT INTO thumbnails (image_digest, jpeg, stored_at) VALUES "
                                               "(?, ?, ?) ON CONFLICT (image_digest) DO NOTHING"),
-                               (image_digest, jpeg, now))
+                               [(image_digest, jpeg, now) for image_digest, jpeg in thumbnails])
 
     def thumbnail(self, image_digest: str) -> bytes | None:
         with self.store.transaction() as cursor:
