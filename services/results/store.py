@@ -246,8 +246,7 @@ class ClassificationStore:
 
     def record(self, classification: common_pb2.Classification) -> StoredClassification:
         """Stores the classification unless its idempotency key is already there; returns what the store holds."""
-        with self._transaction() as cursor:
-            return self._record_in(cursor, classification)
+        return self.record_many([classification])[0]
 
     def record_many(self, classifications: list[common_pb2.Classification]) -> list[StoredClassification]:
         """record() for a batch in one transaction and three statements at most, whatever its size: one look-up of
@@ -311,25 +310,6 @@ class ClassificationStore:
         return (key, classification.listing_id, classification.marketplace, classification.status,
                 classification.SerializeToString(), False, now, float(classification.confidence),
                 classification.label, short_category_id(classification.category.id))
-
-    def _record_in(self, cursor, classification: common_pb2.Classification) -> StoredClassification:
-        key = idempotency_key(classification)
-        cursor.execute(self._sql("SELECT sequence, payload, published FROM classifications WHERE idempotency_key = ?"),
-                       (key,))
-        row = cursor.fetchone()
-        if row is not None:
-            stored = common_pb2.Classification.FromString(bytes(row[1]))
-            stored.sequence = row[0]
-            return StoredClassification(stored, newly_stored=False, published=bool(row[2]))
-        cursor.execute(self._sql(
-            "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, published, "
-            "stored_at, confidence, label, category_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
-            self._row_values(key, classification, time.time()))
-        sequence = cursor.fetchone()[0]
-        stored = common_pb2.Classification()
-        stored.CopyFrom(classification)
-        stored.sequence = sequence
-        return StoredClassification(stored, newly_stored=True, published=False)
 
     def claim_many(self, sequences: list[int], owner: str, lease_s: float) -> set[int]:
         """claim() for many rows in one statement: the sequences this owner may publish now."""
