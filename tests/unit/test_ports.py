@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import socket
@@ -22,12 +23,22 @@ HOLDER = textwrap.dedent("""
 
 
 def all_free(ports) -> bool:
+    """Nothing listens on these ports, and no process (this one included: its stacks' ports stay locked while they
+    live) holds their locks."""
+    processes._PORT_LOCKS.mkdir(mode=0o777, exist_ok=True)
     for port in ports:
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 return False
+        descriptor = os.open(processes._PORT_LOCKS / f"{port}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        finally:
+            os.close(descriptor)  # closing the only descriptor releases the lock
     return True
 
 
