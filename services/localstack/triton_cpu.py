@@ -12,6 +12,7 @@ import shutil
 import sys
 import sysconfig
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -24,6 +25,12 @@ _DECODE_MODEL = Path(__file__).with_name("photo_decode_python.py")
 
 
 def _pytriton_root() -> Path:
+    """The folder holding tritonserver/ (the binary, the Python backend, its stubs) with nvidia_pytriton.libs beside
+    it: the installed nvidia-pytriton wheel, or TRITONSERVER_BUNDLE (an unpacked copy of those two folders, for a
+    machine without the wheel, such as a lent GPU machine)."""
+    bundle = os.environ.get("TRITONSERVER_BUNDLE")
+    if bundle:
+        return Path(bundle) / "pytriton"
     import pytriton
 
     return Path(pytriton.__file__).parent
@@ -32,6 +39,15 @@ def _pytriton_root() -> Path:
 def build_cpu_repository(production: Path, destination: Path) -> tuple[list[str], list[str]]:
     """Writes the CPU twin of the production repository; returns the classifiers' names and the GPU decode path's
     (photo_decode, served by a Python twin of its DALI pipeline, and the ensemble, which Triton itself runs)."""
+    return build_python_repository(production, destination, _PYTHON_MODEL, _DECODE_MODEL,
+                                   model_config_pb2.ModelInstanceGroup.KIND_CPU)
+
+
+def build_python_repository(production: Path, destination: Path, classifier_model: Path, decode_model: Path,
+                            kind: int) -> tuple[list[str], list[str]]:
+    """Writes a repository where every production model keeps its name, tensors, max batch size, batcher and labels
+    but runs as a Python-backend model: classifier_model beside a link to the same model.onnx, decode_model for the
+    DALI step, on instances of `kind` (KIND_CPU here; KIND_GPU for the GPU bench's CUDA twins)."""
     shutil.rmtree(destination, ignore_errors=True)
     classifiers, decode_path = [], []
     for config_path in sorted(production.glob("*/config.pbtxt")):
@@ -42,22 +58,22 @@ def build_cpu_repository(production: Path, destination: Path) -> tuple[list[str]
             if config.backend == "dali":
                 config.backend = "python"
                 for group in config.instance_group:
-                    group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+                    group.kind = kind
             (target / "1").mkdir(parents=True)
             (target / "config.pbtxt").write_text(text_format.MessageToString(config))
             if config.backend == "python":
-                shutil.copy(_DECODE_MODEL, target / "1" / "model.py")
+                shutil.copy(decode_model, target / "1" / "model.py")
             decode_path.append(config.name)
             continue
         if config.platform != "onnxruntime_onnx":
-            raise StartupError(f"{config_path}: only onnxruntime_onnx models can be served on CPU here")
+            raise StartupError(f"{config_path}: only onnxruntime_onnx models can be served by the Python backend here")
         versions = [p for p in source.iterdir() if p.is_dir() and p.name.isdigit() and (p / "model.onnx").exists()]
         if not versions:
             raise StartupError(f"{source} has no model version: run `make models` first")
         config.platform = ""
         config.backend = "python"
         for group in config.instance_group:
-            group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+            group.kind = kind
         target.mkdir(parents=True)
         (target / "config.pbtxt").write_text(text_format.MessageToString(config))
         for extra in source.iterdir():
@@ -65,7 +81,7 @@ def build_cpu_repository(production: Path, destination: Path) -> tuple[list[str]
                 shutil.copy(extra, target / extra.name)
         for version in versions:
             (target / version.name).mkdir()
-            shutil.copy(_PYTHON_MODEL, target / version.name / "model.py")
+            shutil.copy(classifier_model, target / version.name / "model.py")
             (target / version.name / "model.onnx").symlink_to((version / "model.onnx").resolve())
         classifiers.append(config.name)
     return classifiers, decode_path
@@ -87,8 +103,10 @@ def _backend_directory(work_dir: Path) -> Path:
 class LocalTriton:
     """start() builds the CPU repository, launches tritonserver on free ports and waits until every model is ready."""
 
-    def __init__(self, production_repository: Path, work_dir: Path, onnx_threads: int = 0):
+    def __init__(self, production_repository: Path, work_dir: Path, onnx_threads: int = 0,
+                 build_repository: Callable[[Path, Path], tuple[list[str], list[str]]] = build_cpu_repository):
         self.production_repository = production_repository
+        self.build_repository = build_repository
         self.work_dir = work_dir
         self.onnx_threads = onnx_threads
         self.grpc_port = free_port()
@@ -104,7 +122,7 @@ class LocalTriton:
 
     def start(self, timeout_s: float = 120.0) -> None:
         repository = self.work_dir / "model_repository"
-        self.model_names, self.decode_path_models = build_cpu_repository(self.production_repository, repository)
+        self.model_names, self.decode_path_models = self.build_repository(self.production_repository, repository)
         backends = _backend_directory(self.work_dir)
         root = _pytriton_root()
         env = dict(os.environ)
