@@ -26,7 +26,7 @@ from services.trainer.fusion_fit import fit_fusion, publish_fusion
 from services.trainer.pretrained import LITE_VARIANTS, FineTuneSettings, export_onnx, fine_tune, onnx_session, run_onnx
 from services.trainer.photo_ensemble import write_photo_ensemble
 from services.trainer.triton_export import ExportedVersion, publish_onnx, publish_version
-from services.trainer.training import TrainingSettings, train_model
+from services.trainer.training import DISTILLATION_FROM_SCRATCH, TrainingSettings, train_model
 
 RESEARCH_PAIR = ("resnet50", "inception_v3")
 
@@ -41,8 +41,7 @@ class CatalogueBuild(BaseModel):
     research_epochs: int = Field(2, description="epochs of the pair's distillation from random initialisation")
     distillation_share: float = Field(0.7, description="weight of the teacher's soft labels against the true label")
     fine_tune: FineTuneSettings = FineTuneSettings()
-    research: TrainingSettings = TrainingSettings(learning_rate=0.01, momentum=0.9, batch_norm_momentum=0.9,
-                                                  trainable_fraction=1.0, grey_stream=True)
+    research: TrainingSettings = DISTILLATION_FROM_SCRATCH
     min_per_category: int = 5
 
 
