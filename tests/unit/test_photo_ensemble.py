@@ -92,3 +92,21 @@ def test_rewritten_in_step_when_the_models_change(repository):
     shutil.rmtree(repository / DECODE_MODEL)
     write_photo_ensemble(repository)
     assert image_output(128) in {o.name for o in config(repository, DECODE_MODEL).output}
+
+
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])
+def test_the_gpu_bench_serves_the_same_configuration_with_cuda_twins(repository, tmp_path, kind):
+    from services.drivers.bench_gpu import gpu_repository
+
+    classifiers, decode_path = gpu_repository(repository, tmp_path / "gpu", kind)
+    assert sorted(classifiers) == sorted(MODELS) and decode_path == [DECODE_MODEL, ENSEMBLE_MODEL]
+    for name in classifiers + [DECODE_MODEL]:
+        served = config(tmp_path / "gpu", name)
+        assert served.backend == "python" and not served.platform
+        kinds = {"gpu": model_config_pb2.ModelInstanceGroup.KIND_GPU, "cpu": model_config_pb2.ModelInstanceGroup.KIND_CPU}
+        assert [g.kind for g in served.instance_group] == [kinds[kind]]
+        assert list(served.input) == list(config(repository, name).input)
+        assert list(served.output) == list(config(repository, name).output)
+    assert "onnx2torch" in (tmp_path / "gpu" / "resnet50" / "1" / "model.py").read_text()
+    assert "nvJPEG" in (tmp_path / "gpu" / DECODE_MODEL / "1" / "model.py").read_text()
+    assert config(tmp_path / "gpu", ENSEMBLE_MODEL) == config(repository, ENSEMBLE_MODEL)

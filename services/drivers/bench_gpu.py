@@ -1,0 +1,464 @@
+"""`make bench-gpu`: on a machine with an NVIDIA GPU, the model repository served by the real tritonserver on the GPU,
+and the two ways a listing's photo can reach it, side by side on the same machine.
+
+- **CPU path** (the default deployment): worker processes do what the preprocessing service does per photo (decode,
+  find the product, one uint8 tensor per input size, the operators' thumbnail; services/preprocessing/images.py) and
+  send one request per model per batch.
+- **GPU decode path** (PREPROCESSING_DECODE_IN_TRITON=true): worker processes check the header only, make the
+  thumbnail and send the photo's bytes to `photo_ensemble`, which decodes (nvJPEG) and resizes on the GPU before
+  every CNN.
+
+Both paths run with the same worker counts over the same photos (real validation photos, half of them re-encoded at
+about 2 megapixels as phones upload them); each reports listings/s and CPU-ms per listing of the workers and of
+Triton. Also: each CNN straight through Triton (images/s), the CNNs on the GPU without Triton (PyTorch FP16: what the
+card itself does), and the accuracy of the real fine-tuned model on both paths (the GPU decode path skips the product
+crop). Prints a table, then one line of JSON.
+
+What can run on a lent GPU machine is bounded by what can be carried there (64 MiB, no network): no onnxruntime-gpu,
+TensorRT or DALI. The CNNs therefore run in Python-backend models executing the published ONNX graphs with PyTorch on
+CUDA (services/drivers/gpu/torch_onnx_model.py) and `photo_decode` is its nvJPEG twin
+(services/drivers/gpu/photo_decode_nvjpeg.py). `python -m services.drivers.gpu.carry` packs what travels into .gpu/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+GPU_MODELS = Path(__file__).with_name("gpu")
+BATCH = 32
+THUMBNAIL_SIZE = 256  # the preprocessing service's default
+
+
+# ---- photos ---------------------------------------------------------------------------------------------------------
+
+def load_photos(folder: Path, two_megapixel_share: float = 0.5) -> list[tuple[str, bytes]]:
+    """(label, bytes) of every photo under folder/<label>/; every other one re-encoded at about 2 megapixels."""
+    from PIL import Image
+
+    photos = []
+    for path in sorted(folder.glob("*/*")):
+        if path.is_file():
+            photos.append((path.parent.name, path.read_bytes()))
+    step = max(1, round(1 / two_megapixel_share)) if two_megapixel_share else 0
+    for index in range(0, len(photos), step or len(photos) + 1):
+        label, data = photos[index]
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        scale = (2_000_000 / (image.width * image.height)) ** 0.5
+        buffer = io.BytesIO()
+        image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC).save(
+            buffer, "JPEG", quality=90)
+        photos[index] = (label, buffer.getvalue())
+    return photos
+
+
+# ---- the model repository -------------------------------------------------------------------------------------------
+
+def filled_onnx(source: Path, destination: Path, seed: int = 0) -> bool:
+    """Copies an ONNX file; a graph whose weights were stripped for the trip (carry.py) gets random ones of the same
+    shapes. Returns True when the weights are real."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    stripped = any(p.key == "weights_stripped" for p in model.metadata_props)
+    if stripped:
+        generator = np.random.default_rng(seed)
+        for index, tensor in enumerate(model.graph.initializer):
+            if tensor.data_type == onnx.TensorProto.FLOAT and not tensor.raw_data and not tensor.float_data:
+                shape = list(tensor.dims)
+                fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+                values = (generator.standard_normal(shape) * (1.0 / max(fan_in, 1)) ** 0.5).astype(np.float32)
+                if len(shape) == 1:
+                    values = np.ones(shape, np.float32) if "var" in tensor.name or "gamma" in tensor.name \
+                        or "scale" in tensor.name else np.zeros(shape, np.float32)
+                model.graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(destination))
+    return not stripped
+
+
+def production_repository(models: Path, destination: Path) -> dict[str, bool]:
+    """triton_models/'s configs with the carried ONNX files as version 1; returns model -> real weights."""
+    shutil.rmtree(destination, ignore_errors=True)
+    real = {}
+    for config in sorted((REPOSITORY_ROOT / "triton_models").glob("*/config.pbtxt")):
+        name = config.parent.name
+        target = destination / name
+        target.mkdir(parents=True)
+        for extra in config.parent.iterdir():
+            if extra.is_file():
+                shutil.copy(extra, target / extra.name)
+        if (models / f"{name}.onnx").exists():
+            real[name] = filled_onnx(models / f"{name}.onnx", target / "1" / "model.onnx")
+    return real
+
+
+def gpu_repository(production: Path, destination: Path, kind: str = "cpu") -> tuple[list[str], list[str]]:
+    """The CUDA twins of every model, on Triton instances of `kind`. They run on the GPU whenever PyTorch sees one,
+    whatever the kind. KIND_CPU instances that use the GPU themselves are what was measured on the H200 (2026-11-26);
+    KIND_GPU was tried only before the DLPack fix (both kinds then answered empty outputs)."""
+    from tritonclient.grpc import model_config_pb2
+
+    from services.localstack.triton_cpu import build_python_repository
+
+    kinds = {"gpu": model_config_pb2.ModelInstanceGroup.KIND_GPU, "cpu": model_config_pb2.ModelInstanceGroup.KIND_CPU}
+    return build_python_repository(production, destination, GPU_MODELS / "torch_onnx_model.py",
+                                   GPU_MODELS / "photo_decode_nvjpeg.py", kinds[kind])
+
+
+# ---- measuring ------------------------------------------------------------------------------------------------------
+
+def process_tree_cpu_s(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root] + root.children(recursive=True):
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.Error:
+        return float("nan")
+
+
+def _model_specs(url: str) -> list[dict]:
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(url)
+    specs = []
+    for name in ("efficientnet_lite0", "resnet50", "inception_v3"):
+        if client.is_model_ready(name):
+            config = client.get_model_config(name).config
+            specs.append({"name": name, "input": config.input[0].name, "size": int(config.input[0].dims[0]),
+                          "output": config.output[0].name})
+    client.close()
+    return specs
+
+
+def _cpu_path_worker(job: tuple[str, list[dict], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
+    import tritonclient.grpc as triton_grpc
+
+    from services.preprocessing.images import ImageLimits, prepare_image
+
+    url, specs, photos = job
+    client = triton_grpc.InferenceServerClient(url)
+    sizes = sorted({s["size"] for s in specs})
+    limits = ImageLimits()
+    began = time.process_time()
+    top1: dict[str, list[int]] = {s["name"]: [] for s in specs}
+    for start in range(0, len(photos), BATCH):
+        prepared = [prepare_image(data, sizes, limits, THUMBNAIL_SIZE) for data in photos[start:start + BATCH]]
+        for spec in specs:
+            tensor = np.stack([p.tensors[spec["size"]] for p in prepared])
+            model_input = triton_grpc.InferInput(spec["input"], list(tensor.shape), "UINT8")
+            model_input.set_data_from_numpy(tensor)
+            result = client.infer(spec["name"], [model_input],
+                                  outputs=[triton_grpc.InferRequestedOutput(spec["output"])])
+            top1[spec["name"]] += result.as_numpy(spec["output"]).argmax(axis=1).tolist()
+    client.close()
+    return len(photos), time.process_time() - began, top1
+
+
+def _gpu_path_worker(job: tuple[str, list[dict], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
+    import tritonclient.grpc as triton_grpc
+
+    from services.common.decode_path import ENSEMBLE_MODEL, PHOTO_INPUT, probabilities_output
+    from services.preprocessing.images import ImageLimits, prepare_encoded
+
+    url, specs, photos = job
+    client = triton_grpc.InferenceServerClient(url)
+    limits = ImageLimits()
+    began = time.process_time()
+    top1: dict[str, list[int]] = {s["name"]: [] for s in specs}
+    for start in range(0, len(photos), BATCH):
+        prepared = [prepare_encoded(data, limits, THUMBNAIL_SIZE) for data in photos[start:start + BATCH]]
+        longest = max(len(p.encoded) for p in prepared)
+        batch = np.zeros((len(prepared), longest), np.uint8)
+        for row, p in enumerate(prepared):
+            batch[row, :len(p.encoded)] = np.frombuffer(p.encoded, np.uint8)
+        model_input = triton_grpc.InferInput(PHOTO_INPUT, list(batch.shape), "UINT8")
+        model_input.set_data_from_numpy(batch)
+        outputs = [triton_grpc.InferRequestedOutput(probabilities_output(s["name"])) for s in specs]
+        result = client.infer(ENSEMBLE_MODEL, [model_input], outputs=outputs)
+        for spec in specs:
+            top1[spec["name"]] += result.as_numpy(probabilities_output(spec["name"])).argmax(axis=1).tolist()
+    client.close()
+    return len(photos), time.process_time() - began, top1
+
+
+def run_path(worker, url: str, specs: list[dict], photos: list[bytes], workers: int, triton_pid: int) -> dict:
+    """Every photo through `workers` processes, each handed a contiguous share (batches of BATCH)."""
+    share = -(-len(photos) // workers)
+    jobs = [(url, specs, photos[i:i + share]) for i in range(0, len(photos), share)]
+    with get_context("spawn").Pool(len(jobs)) as pool:
+        pool.map(worker, [(url, specs, photos[:BATCH])] * len(jobs))  # warm: imports, connections, Triton's kernels
+        triton_before = process_tree_cpu_s(triton_pid)
+        started = time.perf_counter()
+        results = pool.map(worker, jobs)
+        elapsed = time.perf_counter() - started
+        triton_cpu = process_tree_cpu_s(triton_pid) - triton_before
+    count = sum(r[0] for r in results)
+    top1 = {name: sum((r[2][name] for r in results), []) for name in results[0][2]}
+    return {"workers": len(jobs), "listings": count, "listings_per_s": round(count / elapsed, 1),
+            "workers_cpu_ms_per_listing": round(1000 * sum(r[1] for r in results) / count, 3),
+            "triton_cpu_ms_per_listing": round(1000 * triton_cpu / count, 3), "top1": top1}
+
+
+def triton_direct(url: str, spec: dict, tensors: np.ndarray, concurrency: int, rounds: int) -> float:
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(url)
+    model_input = triton_grpc.InferInput(spec["input"], list(tensors.shape), "UINT8")
+    model_input.set_data_from_numpy(tensors)
+    wanted = [triton_grpc.InferRequestedOutput(spec["output"])]
+
+    def call(_):
+        client.infer(spec["name"], [model_input], outputs=wanted)
+
+    answer = client.infer(spec["name"], [model_input], outputs=wanted).as_numpy(spec["output"])
+    if answer is None or answer.shape[0] != len(tensors) or not np.allclose(answer.sum(axis=1), 1, atol=1e-2):
+        raise RuntimeError(f"{spec['name']} answered {None if answer is None else answer.shape}, not probabilities")
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(call, range(concurrency)))
+        started = time.perf_counter()
+        list(pool.map(call, range(rounds)))
+        elapsed = time.perf_counter() - started
+    client.close()
+    return len(tensors) * rounds / elapsed
+
+
+def torch_direct(models: Path, batch: int) -> dict[str, float]:
+    """Images/s of each CNN on the GPU without Triton: the published graphs (onnx2torch) and, at the research's input
+    sizes, torchvision's ResNet50 (224) and InceptionV3 (299), FP16 autocast, uint8 in."""
+    import onnx
+    import torch
+
+    from services.drivers.gpu.onnx_torch import to_torch
+
+    figures = {}
+    candidates = {}
+    for path in sorted(models.glob("*.onnx")):
+        filled = models.parent / "filled" / path.name
+        filled_onnx(path, filled)
+        graph = onnx.load(str(filled))
+        dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim[1:]]
+        candidates[f"{path.stem} ({dims[0]} px, published graph)"] = (lambda f=filled: to_torch(f), dims, "nhwc")
+    try:
+        import torchvision
+
+        candidates["resnet50 (224 px, torchvision)"] = (lambda: torchvision.models.resnet50(num_classes=10),
+                                                       [3, 224, 224], "nchw")
+        candidates["inception_v3 (299 px, torchvision)"] = (
+            lambda: torchvision.models.inception_v3(num_classes=10, aux_logits=False, init_weights=False),
+            [3, 299, 299], "nchw")
+    except ImportError:
+        pass
+    for label, (build, dims, layout) in candidates.items():
+        model = build().eval().cuda()
+        if layout == "nhwc":
+            images = torch.randint(0, 256, [batch] + dims, dtype=torch.uint8, device="cuda")
+        else:
+            model = model.to(memory_format=torch.channels_last)
+            images = torch.rand([batch] + dims, device="cuda").to(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            for _ in range(3):
+                model(images)
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            times = []
+            for _ in range(5):
+                start.record()
+                for _ in range(10):
+                    model(images)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 10)
+        figures[label] = round(batch / (float(np.median(times)) / 1000), 1)
+        print(f"  torch direct {label}: {figures[label]:.0f} images/s (batch {batch}, FP16)", flush=True)
+        del model
+        torch.cuda.empty_cache()
+    return figures
+
+
+def decode_direct(photos: list[bytes]) -> dict[str, float]:
+    """Decode and resize to 224 and 80 (both sizes the served models take): nvJPEG batches on the GPU against the
+    preprocessing service's Pillow path on one CPU core. Images/s and CPU-ms per image."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from services.preprocessing.images import ImageLimits, prepare_image
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in photos]
+
+    def gpu_round():
+        for start in range(0, len(tensors), BATCH):
+            for image in decode_jpeg(tensors[start:start + BATCH], mode=ImageReadMode.RGB, device="cuda"):
+                for size in (224, 80):
+                    _, h, w = image.shape
+                    scale = size / max(h, w)
+                    F.interpolate(image[None].float(), size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                                  mode="bilinear", antialias=True)
+        torch.cuda.synchronize()
+
+    gpu_round()
+    cpu_began, began = time.process_time(), time.perf_counter()
+    gpu_round()
+    gpu_s, gpu_cpu_s = time.perf_counter() - began, time.process_time() - cpu_began
+    limits = ImageLimits()
+    sample = photos[:min(len(photos), 120)]
+    cpu_began, began = time.process_time(), time.perf_counter()
+    for data in sample:
+        prepare_image(data, [80, 224], limits)
+    pillow_s = time.perf_counter() - began
+    return {"nvjpeg_images_per_s": round(len(photos) / gpu_s, 1),
+            "nvjpeg_cpu_ms_per_image": round(1000 * gpu_cpu_s / len(photos), 3),
+            "pillow_one_core_images_per_s": round(len(sample) / pillow_s, 1),
+            "pillow_cpu_ms_per_image": round(1000 * (time.process_time() - cpu_began) / len(sample), 3)}
+
+
+def environment() -> dict:
+    import torch
+
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        smi = ""
+    return {"gpu": smi or (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
+            "torch": torch.__version__, "cpu_cores": os.cpu_count(), "python": platform.python_version(),
+            "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name")), platform.processor())}
+
+
+def python_library_dirs(bundle: Path) -> list[str]:
+    """The Python backend's stub for this interpreter links libpython; finds it (a Python built without the shared
+    library has none, and the stub cannot start) or raises with what is missing."""
+    import glob
+    import sysconfig
+
+    stub = bundle / "pytriton" / "tritonserver" / "python_backend_stubs" / \
+        f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    name = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    candidates = (sysconfig.get_config_var("LIBDIR"), f"{sys.base_prefix}/lib", "/usr/lib/x86_64-linux-gnu",
+                  "/usr/local/lib")
+    dirs = [d for d in candidates if d and glob.glob(f"{d}/{name}")] or [sysconfig.get_config_var("LIBDIR") or ""]
+    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(dirs + [str(bundle / "nvidia_pytriton.libs")])}
+    missing = [line.strip() for line in subprocess.run(["ldd", str(stub)], capture_output=True, text=True,
+                                                       env=env).stdout.splitlines() if "not found" in line]
+    if missing:
+        raise RuntimeError(f"the Python backend stub cannot start here: {'; '.join(missing)}")
+    return dirs
+
+
+def accuracy(top1: list[int], labels: list[str], categories: list[str]) -> float:
+    return round(float(np.mean([categories[p] == label for p, label in zip(top1, labels)])), 4)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--carried", type=Path, default=REPOSITORY_ROOT / ".gpu", help="what carry.py packed")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-gpu"))
+    parser.add_argument("--workers", default="4,14", help="worker processes per path, comma-separated")
+    parser.add_argument("--instance-kind", choices=("gpu", "cpu"), default="cpu",
+                        help="Triton's instance kind for the models (they use the GPU themselves either way)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
+    parser.add_argument("--repeat", type=int, default=4, help="each path sends every photo this many times")
+    parser.add_argument("--direct-rounds", type=int, default=160, help="requests per model straight to Triton")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench-gpu-out")))
+    options = parser.parse_args()
+    sys.path.insert(0, str(options.carried / "site"))  # tritonclient, onnx2torch, protobuf: not on a GPU machine
+    options.out.mkdir(parents=True, exist_ok=True)
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"environment": environment()}
+    print(json.dumps(report["environment"]), flush=True)
+
+    photos = load_photos(options.carried / "photos")
+    photos = photos[:options.limit] if options.limit else photos
+    labels, encoded = [p[0] for p in photos], [p[1] for p in photos]
+    print(f"{len(photos)} validation photos, every other one re-encoded at about 2 MP", flush=True)
+
+    bundle = options.work_dir / "tritonserver"
+    if not bundle.exists():
+        bundle.mkdir()
+        subprocess.run(["tar", "-xJf", str(options.carried / "tritonserver.tar.xz"), "-C", str(bundle)], check=True)
+    os.environ["TRITONSERVER_BUNDLE"] = str(bundle)
+    # the Python backend's stubs embed this interpreter (found on PATH, with its site-packages) but ignore
+    # PYTHONPATH: the models put what was carried on their path from this variable
+    os.environ["GPU_BENCH_PYTHONPATH"] = ":".join([str(options.carried / "site"), str(REPOSITORY_ROOT)]
+                                                  + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p])
+
+    from services.localstack.triton_cpu import LocalTriton
+
+    real = production_repository(options.carried / "models", options.work_dir / "production")
+    report["real_weights"] = real
+    triton = LocalTriton(options.work_dir / "production", options.work_dir / "triton",
+                         build_repository=lambda source, target: gpu_repository(source, target, options.instance_kind))
+    try:
+        os.environ["LD_LIBRARY_PATH"] = ":".join(python_library_dirs(bundle)
+                                                 + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p])
+        began = time.perf_counter()
+        triton.start(timeout_s=240)
+        print(f"tritonserver ready on the GPU in {time.perf_counter() - began:.0f} s", flush=True)
+        specs = _model_specs(triton.grpc_url)
+        categories = (REPOSITORY_ROOT / "triton_models" / "efficientnet_lite0" / "labels.txt").read_text().split()
+        pid = triton._process.process.pid
+
+        from services.preprocessing.images import ImageLimits, prepare_image
+
+        prepared = [prepare_image(d, [s["size"] for s in specs], ImageLimits()) for d in encoded[:BATCH]]
+        report["triton_direct_images_per_s"] = {}
+        for spec in specs:
+            tensors = np.stack([p.tensors[spec["size"]] for p in prepared])
+            rate = triton_direct(triton.grpc_url, spec, tensors, concurrency=8, rounds=options.direct_rounds)
+            report["triton_direct_images_per_s"][f"{spec['name']} ({spec['size']} px)"] = round(rate, 1)
+            print(f"  triton direct {spec['name']} at {spec['size']} px: {rate:.0f} images/s "
+                  f"(batch {BATCH}, 8 in flight)", flush=True)
+
+        report["paths"] = {}
+        for workers in [int(w) for w in options.workers.split(",")]:
+            for path_name, worker in (("cpu_path", _cpu_path_worker), ("gpu_decode_path", _gpu_path_worker)):
+                figures = run_path(worker, triton.grpc_url, specs, encoded * options.repeat, workers, pid)
+                top1 = figures.pop("top1")
+                figures["efficientnet_lite0_top1"] = accuracy(top1["efficientnet_lite0"][:len(labels)], labels,
+                                                              categories) if real.get("efficientnet_lite0") else None
+                report["paths"][f"{path_name}, {workers} workers"] = figures
+                print(f"  {path_name}, {workers} workers: {json.dumps(figures)}", flush=True)
+    except Exception as error:  # noqa: BLE001  (the torch figures below still come back)
+        report["triton_error"] = f"{type(error).__name__}: {error}"
+        print(f"Triton part failed: {report['triton_error']}", flush=True)
+    finally:
+        triton.stop()
+        log = options.work_dir / "triton" / "tritonserver.log"
+        if log.exists():
+            shutil.copy(log, options.out / "tritonserver.log")
+
+    import torch
+
+    if torch.cuda.is_available():  # without a GPU (a smoke test of this command) the rest says nothing
+        report["decode_direct"] = decode_direct(encoded)
+        print(f"  decode direct: {json.dumps(report['decode_direct'])}", flush=True)
+        report["torch_direct_images_per_s"] = torch_direct(options.carried / "models", batch=256)
+    (options.out / "bench_gpu.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

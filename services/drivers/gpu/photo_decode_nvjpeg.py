@@ -1,0 +1,94 @@
+"""Triton Python-backend twin of the DALI `photo_decode` model for a GPU: nvJPEG decoding and resizing on CUDA.
+
+The DALI backend is not in the tritonserver bundle that can travel to a lent GPU machine, so `make bench-gpu` serves
+`photo_decode` with this file: the same steps as the DALI pipeline (services/trainer/photo_ensemble.py) with the same
+decoder, nvJPEG, through torchvision (a batch of JPEGs in one call); then the longer side resized to each output's size
+(bilinear, antialiased) and padded to a centred square of the configured colour, on the GPU. A photo that is not a
+JPEG is decoded on the CPU (DALI does the same for formats nvJPEG lacks). A photo that does not decode fails its own
+request with the reason; the others are answered. Outputs are copied to the host (what any Triton backend accepts);
+GPU_BENCH_DECODE_ON_GPU=1 hands them to the CNNs on the GPU through DLPack instead.
+"""
+
+import json
+import os
+import sys
+
+# The Python backend's stub ignores PYTHONPATH; what was carried to the machine is named here instead.
+sys.path[:0] = [p for p in os.environ.get("GPU_BENCH_PYTHONPATH", "").split(":") if p]
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import triton_python_backend_utils as pb_utils
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+MAX_PIXELS = 50_000_000  # the service checks the header first; this guards callers that do not
+JPEG_START = bytes([0xFF, 0xD8, 0xFF])
+
+
+def trimmed(row: np.ndarray) -> np.ndarray:
+    """The photo's bytes without the batch's zero padding (a JPEG ends with FFD9, so never with a zero)."""
+    end = len(row)
+    nonzero = np.flatnonzero(row)
+    if len(nonzero):
+        end = int(nonzero[-1]) + 1
+    return row[:end]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.outputs = [(o["name"], int(o["dims"][0])) for o in config["output"]]
+        self.pad_value = int(config.get("parameters", {}).get("pad_value", {}).get("string_value", "255"))
+        cuda = torch.cuda.is_available()  # without a GPU (a smoke test of this file) torchvision decodes on the CPU
+        device_id = int(args.get("model_instance_device_id") or 0)  # absent on KIND_CPU instances
+        self.device = torch.device("cuda", device_id) if cuda else torch.device("cpu")
+        self.to_cpu = os.environ.get("GPU_BENCH_DECODE_ON_GPU") != "1"
+
+    def _square(self, image, size):
+        _, height, width = image.shape
+        scale = size / max(width, height)
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        resized = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True,
+                                align_corners=False)[0].round_().clamp_(0, 255).to(torch.uint8)
+        square = torch.full((3, size, size), self.pad_value, dtype=torch.uint8, device=self.device)
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        square[:, top:top + new_h, left:left + new_w] = resized
+        return square.permute(1, 2, 0)
+
+    def _decode(self, rows):
+        photos = [torch.from_numpy(trimmed(row).copy()) for row in rows]
+        images = [None] * len(photos)
+        jpegs = [i for i, p in enumerate(photos) if bytes(p[:3].tolist()) == JPEG_START]
+        if jpegs:
+            for i, image in zip(jpegs, decode_jpeg([photos[i] for i in jpegs], mode=ImageReadMode.RGB,
+                                                   device=self.device)):
+                images[i] = image
+        for i, photo in enumerate(photos):
+            if images[i] is None:
+                images[i] = decode_image(photo, mode=ImageReadMode.RGB).to(self.device)
+        for image in images:
+            if image.shape[1] * image.shape[2] > MAX_PIXELS:
+                raise ValueError(f"{image.shape[2]}x{image.shape[1]} pixels is over the limit")
+        return images
+
+    def _tensor(self, name, batch):
+        # DLPack, never the stub's numpy bridge (see torch_onnx_model.py)
+        batch = batch.cpu() if self.to_cpu else batch
+        return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(batch.contiguous()))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            photos = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, self.input_name).to_dlpack()).numpy()
+            try:
+                with torch.inference_mode():
+                    images = self._decode(photos)
+                    tensors = [self._tensor(name, torch.stack([self._square(image, size) for image in images]))
+                               for name, size in self.outputs]
+                responses.append(pb_utils.InferenceResponse(tensors))
+            except Exception as error:  # noqa: BLE001  (a photo that does not decode fails its request only)
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"photo_decode: the photo cannot be decoded: {error}")))
+        return responses
