@@ -383,6 +383,12 @@ def main() -> int:
     parser.add_argument("--direct-rounds", type=int, default=160, help="requests per model straight to Triton")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench-gpu-out")))
     options = parser.parse_args()
+    missing = [name for name in ("photos", "models", "site", "tritonserver.tar.xz")
+               if not (options.carried / name).exists()]
+    if missing:
+        print(f"{options.carried} lacks {', '.join(missing)}: run `make gpu-carry` first (on a machine with the "
+              "models and the project's .venv)", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(options.carried / "site"))  # tritonclient, onnx2torch, protobuf: not on a GPU machine
     options.out.mkdir(parents=True, exist_ok=True)
     options.work_dir.mkdir(parents=True, exist_ok=True)
