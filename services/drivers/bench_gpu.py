@@ -136,77 +136,60 @@ def process_tree_cpu_s(pid: int) -> float:
         return float("nan")
 
 
-def _model_specs(url: str) -> list[dict]:
-    import tritonclient.grpc as triton_grpc
-
-    client = triton_grpc.InferenceServerClient(url)
-    specs = []
-    for name in ("efficientnet_lite0", "resnet50", "inception_v3"):
-        if client.is_model_ready(name):
-            config = client.get_model_config(name).config
-            specs.append({"name": name, "input": config.input[0].name, "size": int(config.input[0].dims[0]),
-                          "output": config.output[0].name})
-    client.close()
-    return specs
-
-
-def _cpu_path_worker(job: tuple[str, list[dict], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
-    import tritonclient.grpc as triton_grpc
-
+def _cpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
+    """The preprocessing service's CPU path: its own image code and its own Triton client (every model called once per
+    batch, the calls in parallel)."""
     from services.preprocessing.images import ImageLimits, prepare_image
+    from services.preprocessing.triton_models import TritonClassifier
 
-    url, specs, photos = job
-    client = triton_grpc.InferenceServerClient(url)
-    sizes = sorted({s["size"] for s in specs})
+    url, names, photos = job
+    classifier = TritonClassifier(url, names)
+    classifier.start()
+    sizes = sorted(set(classifier.input_sizes()))
     limits = ImageLimits()
     began = time.process_time()
-    top1: dict[str, list[int]] = {s["name"]: [] for s in specs}
+    top1: dict[str, list[int]] = {name: [] for name in names}
     for start in range(0, len(photos), BATCH):
         prepared = [prepare_image(data, sizes, limits, THUMBNAIL_SIZE) for data in photos[start:start + BATCH]]
-        for spec in specs:
-            tensor = np.stack([p.tensors[spec["size"]] for p in prepared])
-            model_input = triton_grpc.InferInput(spec["input"], list(tensor.shape), "UINT8")
-            model_input.set_data_from_numpy(tensor)
-            result = client.infer(spec["name"], [model_input],
-                                  outputs=[triton_grpc.InferRequestedOutput(spec["output"])])
-            top1[spec["name"]] += result.as_numpy(spec["output"]).argmax(axis=1).tolist()
-    client.close()
-    return len(photos), time.process_time() - began, top1
+        answers = classifier.classify({size: np.stack([p.tensors[size] for p in prepared]) for size in sizes})
+        for name in names:
+            top1[name] += answers[name].argmax(axis=1).tolist()
+    elapsed = time.process_time() - began
+    classifier.stop()
+    return len(photos), elapsed, top1
 
 
-def _gpu_path_worker(job: tuple[str, list[dict], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
-    import tritonclient.grpc as triton_grpc
-
-    from services.common.decode_path import ENSEMBLE_MODEL, PHOTO_INPUT, probabilities_output
+def _gpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
+    """The preprocessing service's GPU decode path: the header check, digest and thumbnail, then its own client
+    sending the bytes to photo_ensemble."""
+    from services.common.decode_path import ENSEMBLE_MODEL
     from services.preprocessing.images import ImageLimits, prepare_encoded
+    from services.preprocessing.triton_models import TritonClassifier
 
-    url, specs, photos = job
-    client = triton_grpc.InferenceServerClient(url)
+    url, names, photos = job
+    classifier = TritonClassifier(url, names, ensemble=ENSEMBLE_MODEL)
+    classifier.start()
     limits = ImageLimits()
     began = time.process_time()
-    top1: dict[str, list[int]] = {s["name"]: [] for s in specs}
+    top1: dict[str, list[int]] = {name: [] for name in names}
     for start in range(0, len(photos), BATCH):
         prepared = [prepare_encoded(data, limits, THUMBNAIL_SIZE) for data in photos[start:start + BATCH]]
-        longest = max(len(p.encoded) for p in prepared)
-        batch = np.zeros((len(prepared), longest), np.uint8)
-        for row, p in enumerate(prepared):
-            batch[row, :len(p.encoded)] = np.frombuffer(p.encoded, np.uint8)
-        model_input = triton_grpc.InferInput(PHOTO_INPUT, list(batch.shape), "UINT8")
-        model_input.set_data_from_numpy(batch)
-        outputs = [triton_grpc.InferRequestedOutput(probabilities_output(s["name"])) for s in specs]
-        result = client.infer(ENSEMBLE_MODEL, [model_input], outputs=outputs)
-        for spec in specs:
-            top1[spec["name"]] += result.as_numpy(probabilities_output(spec["name"])).argmax(axis=1).tolist()
-    client.close()
-    return len(photos), time.process_time() - began, top1
+        answers, failed = classifier.classify_photos([p.encoded for p in prepared])
+        if failed:
+            raise RuntimeError(f"photo_ensemble refused {len(failed)} photos: {next(iter(failed.values()))}")
+        for name in names:
+            top1[name] += answers[name].argmax(axis=1).tolist()
+    elapsed = time.process_time() - began
+    classifier.stop()
+    return len(photos), elapsed, top1
 
 
-def run_path(worker, url: str, specs: list[dict], photos: list[bytes], workers: int, triton_pid: int) -> dict:
+def run_path(worker, url: str, names: list[str], photos: list[bytes], workers: int, triton_pid: int) -> dict:
     """Every photo through `workers` processes, each handed a contiguous share (batches of BATCH)."""
     share = -(-len(photos) // workers)
-    jobs = [(url, specs, photos[i:i + share]) for i in range(0, len(photos), share)]
+    jobs = [(url, names, photos[i:i + share]) for i in range(0, len(photos), share)]
     with get_context("spawn").Pool(len(jobs)) as pool:
-        pool.map(worker, [(url, specs, photos[:BATCH])] * len(jobs))  # warm: imports, connections, Triton's kernels
+        pool.map(worker, [(url, names, photos[:BATCH])] * len(jobs))  # warm: imports, connections, Triton's kernels
         triton_before = process_tree_cpu_s(triton_pid)
         started = time.perf_counter()
         results = pool.map(worker, jobs)
@@ -219,20 +202,21 @@ def run_path(worker, url: str, specs: list[dict], photos: list[bytes], workers: 
             "triton_cpu_ms_per_listing": round(1000 * triton_cpu / count, 3), "top1": top1}
 
 
-def triton_direct(url: str, spec: dict, tensors: np.ndarray, concurrency: int, rounds: int) -> float:
+def triton_direct(url: str, spec, tensors: np.ndarray, concurrency: int, rounds: int) -> float:
+    """Images/s of one model (spec: its ModelSpec) for `rounds` requests of `tensors`, `concurrency` in flight."""
     import tritonclient.grpc as triton_grpc
 
     client = triton_grpc.InferenceServerClient(url)
-    model_input = triton_grpc.InferInput(spec["input"], list(tensors.shape), "UINT8")
+    model_input = triton_grpc.InferInput(spec.input_name, list(tensors.shape), "UINT8")
     model_input.set_data_from_numpy(tensors)
-    wanted = [triton_grpc.InferRequestedOutput(spec["output"])]
+    wanted = [triton_grpc.InferRequestedOutput(spec.output_name)]
 
     def call(_):
-        client.infer(spec["name"], [model_input], outputs=wanted)
+        client.infer(spec.name, [model_input], outputs=wanted)
 
-    answer = client.infer(spec["name"], [model_input], outputs=wanted).as_numpy(spec["output"])
+    answer = client.infer(spec.name, [model_input], outputs=wanted).as_numpy(spec.output_name)
     if answer is None or answer.shape[0] != len(tensors) or not np.allclose(answer.sum(axis=1), 1, atol=1e-2):
-        raise RuntimeError(f"{spec['name']} answered {None if answer is None else answer.shape}, not probabilities")
+        raise RuntimeError(f"{spec.name} answered {None if answer is None else answer.shape}, not probabilities")
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(call, range(concurrency)))
@@ -422,25 +406,31 @@ def main() -> int:
         began = time.perf_counter()
         triton.start(timeout_s=240)
         print(f"tritonserver ready on the GPU in {time.perf_counter() - began:.0f} s", flush=True)
-        specs = _model_specs(triton.grpc_url)
+        names = sorted(triton.model_names)  # the classifiers, each also a step of photo_ensemble
         categories = (REPOSITORY_ROOT / "triton_models" / "efficientnet_lite0" / "labels.txt").read_text().split()
         pid = triton._process.process.pid
 
-        from services.preprocessing.images import ImageLimits, prepare_image
+        import tritonclient.grpc as triton_grpc
 
-        prepared = [prepare_image(d, [s["size"] for s in specs], ImageLimits()) for d in encoded[:BATCH]]
+        from services.preprocessing.images import ImageLimits, prepare_image
+        from services.preprocessing.triton_models import read_model_spec
+
+        client = triton_grpc.InferenceServerClient(triton.grpc_url)
+        specs = [read_model_spec(client, name) for name in names]
+        client.close()
+        prepared = [prepare_image(d, [s.input_size for s in specs], ImageLimits()) for d in encoded[:BATCH]]
         report["triton_direct_images_per_s"] = {}
         for spec in specs:
-            tensors = np.stack([p.tensors[spec["size"]] for p in prepared])
+            tensors = np.stack([p.tensors[spec.input_size] for p in prepared])
             rate = triton_direct(triton.grpc_url, spec, tensors, concurrency=8, rounds=options.direct_rounds)
-            report["triton_direct_images_per_s"][f"{spec['name']} ({spec['size']} px)"] = round(rate, 1)
-            print(f"  triton direct {spec['name']} at {spec['size']} px: {rate:.0f} images/s "
+            report["triton_direct_images_per_s"][f"{spec.name} ({spec.input_size} px)"] = round(rate, 1)
+            print(f"  triton direct {spec.name} at {spec.input_size} px: {rate:.0f} images/s "
                   f"(batch {BATCH}, 8 in flight)", flush=True)
 
         report["paths"] = {}
         for workers in [int(w) for w in options.workers.split(",")]:
             for path_name, worker in (("cpu_path", _cpu_path_worker), ("gpu_decode_path", _gpu_path_worker)):
-                figures = run_path(worker, triton.grpc_url, specs, encoded * options.repeat, workers, pid)
+                figures = run_path(worker, triton.grpc_url, names, encoded * options.repeat, workers, pid)
                 top1 = figures.pop("top1")
                 figures["efficientnet_lite0_top1"] = accuracy(top1["efficientnet_lite0"][:len(labels)], labels,
                                                               categories) if real.get("efficientnet_lite0") else None
