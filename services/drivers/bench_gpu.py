@@ -280,9 +280,22 @@ def torch_direct(models: Path, batch: int) -> dict[str, float]:
     return figures
 
 
-def decode_direct(photos: list[bytes]) -> dict[str, float]:
-    """Decode and resize to 224 and 80 (both sizes the served models take): nvJPEG batches on the GPU against the
-    preprocessing service's Pillow path on one CPU core. Images/s and CPU-ms per image."""
+def called_models(repository: Path) -> list[str]:
+    """The models the published fusion calls, as photo_ensemble's steps name them (fusion.json itself is not
+    committed, so it does not travel to the lent machine; the ensemble's configuration, written with it, does)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from services.common.decode_path import DECODE_MODEL, ENSEMBLE_MODEL
+
+    config = text_format.Parse((repository / ENSEMBLE_MODEL / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    return sorted(step.model_name for step in config.ensemble_scheduling.step if step.model_name != DECODE_MODEL)
+
+
+def decode_direct(photos: list[bytes], sizes: list[int]) -> dict[str, float]:
+    """Decode and resize to each size the called models take: nvJPEG batches on the GPU against the preprocessing
+    service's Pillow path on one CPU core. Images/s and CPU-ms per image."""
     import torch
     import torch.nn.functional as F
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -294,7 +307,7 @@ def decode_direct(photos: list[bytes]) -> dict[str, float]:
     def gpu_round():
         for start in range(0, len(tensors), BATCH):
             for image in decode_jpeg(tensors[start:start + BATCH], mode=ImageReadMode.RGB, device="cuda"):
-                for size in (224, 80):
+                for size in sizes:
                     _, h, w = image.shape
                     scale = size / max(h, w)
                     F.interpolate(image[None].float(), size=(max(1, round(h * scale)), max(1, round(w * scale))),
@@ -309,7 +322,7 @@ def decode_direct(photos: list[bytes]) -> dict[str, float]:
     sample = photos[:min(len(photos), 120)]
     cpu_began, began = time.process_time(), time.perf_counter()
     for data in sample:
-        prepare_image(data, [80, 224], limits)
+        prepare_image(data, sizes, limits)
     pillow_s = time.perf_counter() - began
     return {"nvjpeg_images_per_s": round(len(photos) / gpu_s, 1),
             "nvjpeg_cpu_ms_per_image": round(1000 * gpu_cpu_s / len(photos), 3),
@@ -406,7 +419,7 @@ def main() -> int:
         began = time.perf_counter()
         triton.start(timeout_s=240)
         print(f"tritonserver ready on the GPU in {time.perf_counter() - began:.0f} s", flush=True)
-        names = sorted(triton.model_names)  # the classifiers, each also a step of photo_ensemble
+        names = called_models(REPOSITORY_ROOT / "triton_models")  # what preprocessing calls, on either path
         categories = (REPOSITORY_ROOT / "triton_models" / "efficientnet_lite0" / "labels.txt").read_text().split()
         pid = triton._process.process.pid
 
@@ -416,7 +429,7 @@ def main() -> int:
         from services.preprocessing.triton_models import read_model_spec
 
         client = triton_grpc.InferenceServerClient(triton.grpc_url)
-        specs = [read_model_spec(client, name) for name in names]
+        specs = [read_model_spec(client, name) for name in sorted(triton.model_names)]  # every served model
         client.close()
         prepared = [prepare_image(d, [s.input_size for s in specs], ImageLimits()) for d in encoded[:BATCH]]
         report["triton_direct_images_per_s"] = {}
@@ -448,7 +461,8 @@ def main() -> int:
     import torch
 
     if torch.cuda.is_available():  # without a GPU (a smoke test of this command) the rest says nothing
-        report["decode_direct"] = decode_direct(encoded)
+        sizes = sorted({spec.input_size for spec in specs if spec.name in names})
+        report["decode_direct"] = decode_direct(encoded, sizes)
         print(f"  decode direct: {json.dumps(report['decode_direct'])}", flush=True)
         report["torch_direct_images_per_s"] = torch_direct(options.carried / "models", batch=256)
     (options.out / "bench_gpu.json").write_text(json.dumps(report, indent=2))

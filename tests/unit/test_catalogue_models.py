@@ -36,15 +36,17 @@ def catalogue(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(catalogue, tmp_path_factory):
     repository = tmp_path_factory.mktemp("repository")
-    build = CatalogueBuild(fine_tune=FineTuneSettings(epochs=1, views=2, batch_size=8), research_epochs=1,
-                           research_input_size=75, min_per_category=4)
+    tiny = FineTuneSettings(epochs=1, views=2, batch_size=8)
+    build = CatalogueBuild(fine_tune={"efficientnet_lite0": tiny,
+                                      "efficientnet_lite1": tiny.model_copy(update={"frozen_blocks": 16})},
+                           research_epochs=1, research_input_size=75, min_per_category=4)
     build = build.model_copy(update={"research": build.research.model_copy(update={"batch_size": 8})})
     return build_catalogue_models(catalogue, repository, build, description="test", progress=False), repository
 
 
 def test_every_model_is_published_and_agrees_with_its_framework(built, catalogue):
     result, repository = built
-    assert set(result.exported) == {"efficientnet_lite0", "resnet50", "inception_v3"}
+    assert set(result.exported) == {"efficientnet_lite0", "efficientnet_lite1", "resnet50", "inception_v3"}
     validation = load_catalogue_sizes(catalogue / "validation", [224], 1, categories=CATEGORIES, progress=False)[224]
     session = onnxruntime.InferenceSession(str(repository / "efficientnet_lite0" / "1" / "model.onnx"),
                                            providers=["CPUExecutionProvider"])
@@ -60,7 +62,10 @@ def test_every_model_is_published_and_agrees_with_its_framework(built, catalogue
 def test_the_fitted_fusion_is_published_beside_the_versions(built):
     result, repository = built
     document = json.loads((repository / "fusion.json").read_text())
-    assert set(document["models"]) == {"efficientnet_lite0", "resnet50", "inception_v3"}
+    assert set(document["models"]) == {"efficientnet_lite0", "efficientnet_lite1", "resnet50", "inception_v3"}
+    assert "dims: 240" in (repository / "efficientnet_lite1" / "config.pbtxt").read_text()
+    chosen = document["figures"]["selection"]["chosen"]
+    assert chosen == [name for name, entry in document["models"].items() if entry["weight"] > 0]
     assert {str(e["version"]) for e in document["models"].values()} == {"1"}
     assert document["labels"] == CATEGORIES and 0.0 <= document["review_threshold"] <= 1.0
     config = FusionConfig.load(repository / "fusion.json")
@@ -80,6 +85,31 @@ def test_fitting_prefers_the_model_that_is_right():
     assert fitted["weights"]["good"] > 1.0 and fitted["weights"]["noise"] < 0.2
     # 0.7 confidence on answers that are always right is under-confident; the fit sharpens it.
     assert fitted["figures"]["fitted_cross_validated"]["ece"] < expected_calibration_error(good, labels)
+
+
+def test_selection_calls_the_models_that_help_and_scores_every_set():
+    """Two good models that err on different photos, and one that is noise: the noise model gets weight zero (not
+    called), the two good ones fused beat either alone, and every set of models was scored."""
+    rng = np.random.default_rng(1)
+    count, classes = 400, 5
+    labels = rng.integers(0, classes, count)
+
+    def model(wrong_share: float) -> np.ndarray:
+        answer = np.where(rng.random(count) < wrong_share, rng.integers(0, classes, count), labels)
+        logits = rng.normal(0.0, 1.0, (count, classes))
+        logits[np.arange(count), answer] += 2.5
+        logits[np.arange(count), labels] += 1.0
+        return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+    first, second, noise = model(0.15), model(0.15), rng.dirichlet(np.ones(classes), count)
+    fitted = fit_fusion({"first": first, "noise": noise, "second": second}, labels)
+    selection = fitted["figures"]["selection"]
+    assert selection["chosen"] == ["first", "second"] and fitted["weights"]["noise"] == 0.0
+    assert fitted["weights"]["first"] > 0 and fitted["weights"]["second"] > 0
+    single = max(fitted["figures"]["per_model"][n]["top1"] for n in ("first", "second"))
+    assert fitted["figures"]["fitted_cross_validated"]["top1"] > single
+    scores = {tuple(row["models"]): row["log_loss"] for row in selection["candidates"]}
+    assert len(scores) == 7 and scores[("first", "second")] == min(scores.values())
 
 
 def test_review_threshold_meets_the_precision_target():

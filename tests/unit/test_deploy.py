@@ -66,6 +66,17 @@ def test_compose_builds_every_service_and_sets_only_real_settings():
     assert services["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
+def test_compose_triton_loads_and_waits_for_every_served_model():
+    """Explicit model control loads only what is named: every CNN in triton_models/ must be named and checked."""
+    triton = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["triton"]
+    served = {config.parent.name for config in (ROOT / "triton_models").glob("*/config.pbtxt")
+              if (config.parent / "labels.txt").exists()}  # the classifiers (the decode path's steps have none)
+    assert {"efficientnet_lite0", "efficientnet_lite1", "resnet50", "inception_v3"} <= served
+    loaded = {part.removeprefix("--load-model=") for part in triton["command"] if part.startswith("--load-model=")}
+    assert loaded == served
+    assert all(f"/v2/models/{name}/ready" in triton["healthcheck"]["test"][1] for name in served)
+
+
 def rendered(overlay: str) -> list[dict]:
     output = subprocess.run([tool("kubectl"), "kustomize", str(ROOT / "deploy" / overlay)], check=True,
                             capture_output=True, text=True).stdout

@@ -5,9 +5,10 @@ That machine has PyTorch, torchvision, onnx and onnxruntime (CPU) but no tritons
 - tritonserver.tar.xz: the tritonserver binary, its Python backend and the Python 3.12 stub, with their libraries,
   from the installed nvidia-pytriton wheel (about 27 MB compressed);
 - site/: tritonclient, onnx2torch and protobuf for Python 3.12, unpacked;
-- models/: efficientnet_lite0.onnx with its real weights (the accuracy figures); resnet50.onnx and inception_v3.onnx
-  with their float weights stripped (about 90 MB each otherwise), which bench_gpu.py refills with random values of
-  the same shapes: the same graph does the same work, so the speed is theirs, the accuracy is not;
+- models/: efficientnet_lite0.onnx with its real weights (the accuracy figures); every other served model
+  (efficientnet_lite1, resnet50, inception_v3) with its float weights stripped (21 and about 90 MB each otherwise),
+  which bench_gpu.py refills with random values of the same shapes: the same graph does the same work, so the speed
+  is theirs, the accuracy is not;
 - photos/: the validation photos (folder per category).
 
 With --training it packs .gpu-train/ instead, for `python -m services.trainer.full_size` there: the clothing photos
@@ -33,6 +34,13 @@ TRAINING_PACKAGES = ("keras==3.15.1", "namex==0.1.0", "optree==0.20.0", "pydanti
                      "protobuf==6.33.6")  # the contracts were generated for protobuf 6
 TRAINING_LONGER_SIDE = 299  # the largest input size
 STUB_PYTHON = "3.12"  # the GPU machines' python3
+ACCURACY_MODEL = "efficientnet_lite0"  # the one model carried with its real weights
+
+
+def served_classifiers(repository: Path) -> list[str]:
+    """The classifiers in the model repository (the decode path's steps have no labels.txt)."""
+    return sorted(config.parent.name for config in repository.glob("*/config.pbtxt")
+                  if (config.parent / "labels.txt").exists())
 
 
 def pack_tritonserver(destination: Path) -> None:
@@ -134,9 +142,10 @@ def main() -> int:
     shutil.rmtree(models, ignore_errors=True)
     models.mkdir()
     repository = REPOSITORY_ROOT / "triton_models"
-    shutil.copy(published_onnx(repository, "efficientnet_lite0"), models / "efficientnet_lite0.onnx")
-    for name in ("resnet50", "inception_v3"):
-        strip_weights(published_onnx(repository, name), models / f"{name}.onnx")
+    shutil.copy(published_onnx(repository, ACCURACY_MODEL), models / f"{ACCURACY_MODEL}.onnx")
+    for name in served_classifiers(repository):
+        if name != ACCURACY_MODEL:
+            strip_weights(published_onnx(repository, name), models / f"{name}.onnx")
     shutil.rmtree(destination / "photos", ignore_errors=True)
     shutil.copytree(options.catalogue / "validation", destination / "photos")
     return report_size(destination)
