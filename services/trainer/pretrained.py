@@ -72,6 +72,8 @@ class FineTuneSettings(BaseModel):
     dropout: float = Field(0.3, description="dropout before the classifier (0 turns it off)")
     frozen_blocks: int = Field(11, description="MBConv blocks frozen after the stem (Lite0 has 16)")
     grey_stream: bool = Field(False, description="fuse a grey-level stream with the RGB features")
+    input_size: int | None = Field(None, description="the resolution it is trained and served at; None: the one its "
+                                   "ImageNet weights were trained at")
     seed: int = 0
 
 

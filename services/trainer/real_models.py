@@ -15,16 +15,20 @@ from pathlib import Path
 
 from services.common.fusion_file import FUSION_FILE
 from services.trainer.photo_ensemble import write_photo_ensemble
+from services.trainer.pretrained import LITE_VARIANTS
 from services.trainer.catalogue_models import CatalogueBuild, DatasetError, build_catalogue_models, summary
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-# A build's description names its models, so a checkout whose cached build predates the current set of default models
-# (or any build not made by `make models`) is built again; one made with MODELS_ARGS is kept.
+# A build's description names its models and their input sizes, so a checkout whose cached build predates the
+# current default models (or any build not made by `make models`) is built again; one made with MODELS_ARGS is kept.
 BUILD_DESCRIPTION = "real-photo models (clothing-dataset-small), make models:"
+CUSTOM_BUILD = " (MODELS_ARGS)"
 
 
 def build_description(build: CatalogueBuild) -> str:
-    return f"{BUILD_DESCRIPTION} {', '.join(build.pretrained + build.research_models)}"
+    sizes = {name: build.fine_tune_for(name).input_size or LITE_VARIANTS[name].input_size for name in build.pretrained}
+    sizes.update({name: build.research_input_size for name in build.research_models})
+    return f"{BUILD_DESCRIPTION} {', '.join(f'{name} at {size} px' for name, size in sizes.items())}"
 
 
 def clothing_dataset() -> Path:
@@ -32,15 +36,21 @@ def clothing_dataset() -> Path:
                 or REPOSITORY_ROOT.parent / "shared" / "datasets" / "clothing-dataset-small")
 
 
-def published(repository: Path, description: str = BUILD_DESCRIPTION) -> bool:
-    """True when fusion.json is a build whose description starts with `description` and every model version it names
-    is on disk."""
+def published(repository: Path, description: str | None = None) -> bool:
+    """True when fusion.json is the build `description` names (by default today's default build, or any build made
+    with MODELS_ARGS) and every model version it names is on disk."""
     path = repository / FUSION_FILE
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return str(document.get("description", "")).startswith(description) and all(
+    found = str(document.get("description", ""))
+    if description is not None:
+        wanted = found == description
+    else:
+        wanted = found == build_description(CatalogueBuild()) or (found.startswith(BUILD_DESCRIPTION)
+                                                                   and found.endswith(CUSTOM_BUILD))
+    return wanted and all(
         (repository / name / str(entry["version"]) / "model.onnx").exists()
         and (repository / name / str(entry["version"]) / "model.onnx").stat().st_size > 0
         for name, entry in document.get("models", {}).items())
@@ -72,7 +82,8 @@ def main() -> int:
     print(f"training the served models on the real photos in {catalogue} (about 15 minutes on 2 CPU cores; cached "
           "afterwards)", flush=True)
     try:
-        result = build_catalogue_models(catalogue, options.repository, build, description=build_description(build),
+        description = build_description(build) + (CUSTOM_BUILD if updates or options.epochs else "")
+        result = build_catalogue_models(catalogue, options.repository, build, description=description,
                                         progress=sys.stderr.isatty() or bool(os.environ.get("PROGRESS")))
     except DatasetError as error:
         print(f"cannot train: {error}", file=sys.stderr)

@@ -13,7 +13,6 @@ from services.common.fusion_file import FusionConfig
 from services.trainer.catalogue_models import CatalogueBuild, build_catalogue_models
 from services.trainer.dataset import load_catalogue_sizes
 from services.trainer.fusion_fit import expected_calibration_error, fit_fusion, review_threshold
-from services.trainer.pretrained import FineTuneSettings
 from services.trainer.real_models import clothing_dataset, published
 
 CATEGORIES = ["hat", "pants", "shoes"]
@@ -36,9 +35,10 @@ def catalogue(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(catalogue, tmp_path_factory):
     repository = tmp_path_factory.mktemp("repository")
-    tiny = FineTuneSettings(epochs=1, views=2, batch_size=8)
-    build = CatalogueBuild(fine_tune={"efficientnet_lite0": tiny,
-                                      "efficientnet_lite1": tiny.model_copy(update={"frozen_blocks": 16})},
+    tiny = {"epochs": 1, "views": 2, "batch_size": 8}
+    defaults = CatalogueBuild()
+    build = CatalogueBuild(fine_tune={name: defaults.fine_tune_for(name).model_copy(update=tiny)
+                                      for name in defaults.pretrained},
                            research_epochs=1, research_input_size=75, min_per_category=4)
     build = build.model_copy(update={"research": build.research.model_copy(update={"batch_size": 8})})
     return build_catalogue_models(catalogue, repository, build, description="test", progress=False), repository
@@ -63,7 +63,7 @@ def test_the_fitted_fusion_is_published_beside_the_versions(built):
     result, repository = built
     document = json.loads((repository / "fusion.json").read_text())
     assert set(document["models"]) == {"efficientnet_lite0", "efficientnet_lite1", "resnet50", "inception_v3"}
-    assert "dims: 240" in (repository / "efficientnet_lite1" / "config.pbtxt").read_text()
+    assert "dims: 224" in (repository / "efficientnet_lite1" / "config.pbtxt").read_text()  # not its own 240
     chosen = document["figures"]["selection"]["chosen"]
     assert chosen == [name for name, entry in document["models"].items() if entry["weight"] > 0]
     assert {str(e["version"]) for e in document["models"].values()} == {"1"}
@@ -118,3 +118,22 @@ def test_review_threshold_meets_the_precision_target():
     labels = np.array([0, 0, 0, 1, 0])  # the 0.7 answer is wrong
     threshold, share = review_threshold(probabilities, labels, precision=0.98)
     assert threshold == pytest.approx(0.8) and share == pytest.approx(0.4)
+
+
+def test_make_models_rebuilds_a_cached_build_of_other_default_models_and_keeps_a_custom_one(tmp_path):
+    from services.trainer.real_models import BUILD_DESCRIPTION, CUSTOM_BUILD, build_description
+
+    (tmp_path / "efficientnet_lite0" / "1").mkdir(parents=True)
+    (tmp_path / "efficientnet_lite0" / "1" / "model.onnx").write_bytes(b"onnx")
+
+    def cached(description: str) -> bool:
+        (tmp_path / "fusion.json").write_text(json.dumps({"description": description, "models": {
+            "efficientnet_lite0": {"version": 1, "weight": 1.0}}}))
+        return published(tmp_path)
+
+    today = build_description(CatalogueBuild())
+    assert cached(today) and cached(f"{BUILD_DESCRIPTION} efficientnet_lite0 at 260 px{CUSTOM_BUILD}")
+    assert not cached(f"{BUILD_DESCRIPTION} efficientnet_lite0 at 224 px, resnet50 at 80 px")  # an older default
+    assert not cached("real-photo models (clothing-dataset-small), make models")  # before builds named their models
+    (tmp_path / "efficientnet_lite0" / "1" / "model.onnx").write_bytes(b"")
+    assert not cached(today)  # a version it names is missing
