@@ -19,3 +19,9 @@ def image_output(size: int) -> str:
 def probabilities_output(model: str) -> str:
     """The ensemble's output for one model: its probabilities, float32 (classes,)."""
     return f"{model}_probabilities"
+
+
+# The console's thumbnail, made by photo_decode from the decoded photo (so the service never decodes it):
+THUMBNAIL_SIDE = 256  # the longer side, the service's default thumbnail size; a larger setting decodes locally
+THUMBNAIL_OUTPUT = "thumbnail"  # uint8 (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3): the whole photo, top-left, zero-padded
+THUMBNAIL_SHAPE_OUTPUT = "thumbnail_shape"  # int32 (3,): the thumbnail's height, width, channels inside that square

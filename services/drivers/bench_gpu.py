@@ -160,10 +160,10 @@ def _cpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, floa
 
 
 def _gpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
-    """The preprocessing service's GPU decode path: the header check, digest and thumbnail, then its own client
-    sending the bytes to photo_ensemble."""
-    from services.common.decode_path import ENSEMBLE_MODEL
-    from services.preprocessing.images import ImageLimits, prepare_encoded
+    """The preprocessing service's GPU decode path: the header check and digest, then its own client sending the
+    bytes to photo_ensemble, which also makes the thumbnail; the worker encodes it as the service does."""
+    from services.common.decode_path import ENSEMBLE_MODEL, THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT
+    from services.preprocessing.images import ImageLimits, prepare_encoded, thumbnail_from_pixels
     from services.preprocessing.triton_models import TritonClassifier
 
     url, names, photos = job
@@ -173,10 +173,14 @@ def _gpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, floa
     began = time.process_time()
     top1: dict[str, list[int]] = {name: [] for name in names}
     for start in range(0, len(photos), BATCH):
-        prepared = [prepare_encoded(data, limits, THUMBNAIL_SIZE) for data in photos[start:start + BATCH]]
-        answers, failed = classifier.classify_photos([p.encoded for p in prepared])
+        prepared = [prepare_encoded(data, limits, THUMBNAIL_SIZE, thumbnail_in_triton=True)
+                    for data in photos[start:start + BATCH]]
+        answers, failed = classifier.classify_photos([p.encoded for p in prepared], thumbnails=True)
         if failed:
             raise RuntimeError(f"photo_ensemble refused {len(failed)} photos: {next(iter(failed.values()))}")
+        for row, image in enumerate(prepared):
+            thumbnail_from_pixels(answers[THUMBNAIL_OUTPUT][row], answers[THUMBNAIL_SHAPE_OUTPUT][row],
+                                  image.orientation, THUMBNAIL_SIZE)
         for name in names:
             top1[name] += answers[name].argmax(axis=1).tolist()
     elapsed = time.process_time() - began

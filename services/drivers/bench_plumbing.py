@@ -7,12 +7,15 @@ half re-encoded at about 2 megapixels); classifications come out on the output t
 (/proc: the process and its children) is read before and after every run.
 
 Runs, on PostgreSQL (the production store): one preprocessing worker and one result replica; then a second
-preprocessing worker (same consumer group); then a second result replica as well. Prints one line of JSON last.
+preprocessing worker (same consumer group); then a second result replica as well; then the GPU decode path
+(PREPROCESSING_DECODE_IN_TRITON) with the thumbnail made by Triton's ensemble, and made by the service
+(`--decode-path-only`: only these two). Prints one line of JSON last.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -93,7 +96,8 @@ def build_stand_ins(production: Path, destination: Path) -> list[str]:
             export=lambda path, size=input_size, count=len(labels): stand_in_onnx(path, size, count),
             predict=lambda images, count=len(labels): stand_in_reference(images, count), framework="numpy")
         versions[name] = str(exported.version)
-    publish_fusion(destination, {"weights": dict(fusion.weights), "review_threshold": fusion.review_threshold or 0.0,
+    called = {name: weight for name, weight in fusion.weights.items() if name in versions}  # not the weight-0 ones
+    publish_fusion(destination, {"weights": called, "review_threshold": fusion.review_threshold or 0.0,
                                  "figures": {}}, versions, list(fusion.labels), "stand-in models for bench-plumbing")
     return list(versions)
 
@@ -255,6 +259,8 @@ def main() -> None:
     parser.add_argument("--listings", type=int, default=600)
     parser.add_argument("--profile", action="store_true", help="sample preprocessing and results with py-spy during "
                         "the first run; prints their top entries (own time)")
+    parser.add_argument("--decode-path-only", action="store_true", help="only the GPU decode path's runs (the "
+                        "thumbnail made by Triton, then made by the service)")
     options = parser.parse_args()
     shutil.rmtree(WORK / "stack", ignore_errors=True)
     models = WORK / "models"
@@ -268,50 +274,71 @@ def main() -> None:
         admin.execute(f'CREATE DATABASE "{database}"')
     try:
         url = f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{database}"
-        with LocalStack(StackOptions(work_dir=WORK / "stack", model_repository=models, database_url=url,
-                                     extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true"})) as stack:
-            run(stack, warm, "warm-1")
-            profiles = Profiles(stack, ["preprocessing", "results"]) if options.profile else None
-            one = run(stack, photos, "one")
-            print(f"1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
-            if profiles is not None:
-                for name, entries in profiles.stop().items():
-                    print(f"{name}: where its busy time goes (own time, py-spy):", flush=True)
-                    for frame, share in entries:
-                        print(f"  {share:6.1%}  {frame}", flush=True)
-            stack.add_service("preprocessing-2")
-            split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
-            run(stack, warm, "warm-2")
-            two_workers = run(stack, photos, "two-workers")
-            print(f"2 preprocessing workers (partitions {split}): {json.dumps(two_workers)}", flush=True)
-            stack.add_service("results-2")
-            run(stack, warm, "warm-3")
-            two_results = run(stack, photos, "two-results")
-            print(f"2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
+        one = two_workers = two_results = None
+        with (contextlib.nullcontext() if options.decode_path_only else LocalStack(
+            StackOptions(work_dir=WORK / "stack", model_repository=models, database_url=url,
+                         extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true"}))) as stack:
+            if stack is not None:
+                one, two_workers, two_results = cpu_path_runs(stack, photos, warm, options.profile)
         # The GPU decode path on this CPU: the bytes go to photo_ensemble, whose decode step is the Pillow twin of
         # the DALI pipeline inside Triton. Decoding moves from preprocessing into Triton's process (on a GPU host,
-        # onto the GPU), so the services' own cost is what this run is about.
-        with LocalStack(StackOptions(work_dir=WORK / "stack-decode-in-triton", model_repository=models,
-                                     database_url=url, extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true",
-                                                                  "PREPROCESSING_DECODE_IN_TRITON": "true"})) as stack:
-            run(stack, warm, "warm-4")
-            in_triton = run(stack, photos, "decode-in-triton")
-            print(f"decode in Triton (photo_ensemble), 1 worker, 1 replica: {json.dumps(in_triton)}", flush=True)
+        # onto the GPU), so the services' own cost is what these runs are about: with the thumbnail made by the
+        # ensemble (the default) and made here (PREPROCESSING_THUMBNAIL_IN_TRITON=false).
+        in_triton = {}
+        for thumbnails, label in (("true", "decode-in-triton"), ("false", "decode-in-triton-thumbnail-here")):
+            with LocalStack(StackOptions(work_dir=WORK / f"stack-{label}", model_repository=models, database_url=url,
+                                         extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true",
+                                                    "PREPROCESSING_DECODE_IN_TRITON": "true",
+                                                    "PREPROCESSING_THUMBNAIL_IN_TRITON": thumbnails})) as stack:
+                run(stack, warm, f"warm-{label}")
+                in_triton[label] = run(stack, photos, label)
+                maker = "by Triton" if thumbnails == "true" else "here"
+                print(f"decode in Triton (photo_ensemble), thumbnail made {maker}, 1 worker, 1 replica: "
+                      f"{json.dumps(in_triton[label])}", flush=True)
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     kinds = {kind: sum(1 for _, k in photos if k == kind) for _, kind in photos}
+    figures = {}
+    if one is not None:
+        figures = {
+            "listings_per_s": one["listings_per_s"], "cpu_ms_per_listing": one["cpu_ms_per_listing"],
+            "listings_per_s_2_preprocessing_workers": two_workers["listings_per_s"],
+            "preprocessing_scale_ratio": round(two_workers["listings_per_s"] / one["listings_per_s"], 2),
+            "cpu_ms_per_listing_2_preprocessing_workers": two_workers["cpu_ms_per_listing"],
+            "listings_per_s_2_result_replicas": two_results["listings_per_s"],
+            "results_scale_ratio": round(two_results["listings_per_s"] / two_workers["listings_per_s"], 2)}
     print(json.dumps({
-        "listings_per_s": one["listings_per_s"], "cpu_ms_per_listing": one["cpu_ms_per_listing"],
-        "listings_per_s_2_preprocessing_workers": two_workers["listings_per_s"],
-        "preprocessing_scale_ratio": round(two_workers["listings_per_s"] / one["listings_per_s"], 2),
-        "cpu_ms_per_listing_2_preprocessing_workers": two_workers["cpu_ms_per_listing"],
-        "listings_per_s_2_result_replicas": two_results["listings_per_s"],
-        "results_scale_ratio": round(two_results["listings_per_s"] / two_workers["listings_per_s"], 2),
-        "listings_per_s_decode_in_triton": in_triton["listings_per_s"],
-        "cpu_ms_per_listing_decode_in_triton": in_triton["cpu_ms_per_listing"],
+        **figures,
+        "listings_per_s_decode_in_triton": in_triton["decode-in-triton"]["listings_per_s"],
+        "cpu_ms_per_listing_decode_in_triton": in_triton["decode-in-triton"]["cpu_ms_per_listing"],
+        "cpu_ms_per_listing_decode_in_triton_thumbnail_here":
+            in_triton["decode-in-triton-thumbnail-here"]["cpu_ms_per_listing"],
         "store": "postgresql", "photos": kinds, "models": "stand-ins (" + ", ".join(names) + ")",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}))
+
+
+def cpu_path_runs(stack: LocalStack, photos, warm, profile: bool) -> tuple[dict, dict, dict]:
+    """One preprocessing worker and one result replica, then two workers, then two result replicas as well."""
+    run(stack, warm, "warm-1")
+    profiles = Profiles(stack, ["preprocessing", "results"]) if profile else None
+    one = run(stack, photos, "one")
+    print(f"1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
+    if profiles is not None:
+        for name, entries in profiles.stop().items():
+            print(f"{name}: where its busy time goes (own time, py-spy):", flush=True)
+            for frame, share in entries:
+                print(f"  {share:6.1%}  {frame}", flush=True)
+    stack.add_service("preprocessing-2")
+    split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
+    run(stack, warm, "warm-2")
+    two_workers = run(stack, photos, "two-workers")
+    print(f"2 preprocessing workers (partitions {split}): {json.dumps(two_workers)}", flush=True)
+    stack.add_service("results-2")
+    run(stack, warm, "warm-3")
+    two_results = run(stack, photos, "two-results")
+    print(f"2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
+    return one, two_workers, two_results
 
 
 if __name__ == "__main__":

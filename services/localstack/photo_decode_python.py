@@ -2,8 +2,9 @@
 
 The local Triton bundle has no DALI backend, so `photo_decode` is served here under the same name and tensors by this
 file, doing the DALI pipeline's steps with Pillow: decode (no EXIF orientation, as nvJPEG), resize the longer side to
-each output's size (bilinear, antialiased), pad to a centred square with the configured colour. A photo that does not
-decode fails its own request with the reason; the others of the batch are answered.
+each output's size (bilinear, antialiased), pad to a centred square with the configured colour; and the console's
+thumbnail (the longer side resized to the `thumbnail` output's size, top-left in a zero-padded square) with its shape.
+A photo that does not decode fails its own request with the reason; the others of the batch are answered.
 """
 
 import io
@@ -14,13 +15,16 @@ import triton_python_backend_utils as pb_utils
 from PIL import Image
 
 MAX_PIXELS = 50_000_000  # the service checks the header first; this guards callers that do not
+THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT = "thumbnail", "thumbnail_shape"  # services/common/decode_path.py
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.input_name = config["input"][0]["name"]
-        self.outputs = [(o["name"], int(o["dims"][0])) for o in config["output"]]
+        self.outputs = [(o["name"], int(o["dims"][0])) for o in config["output"]
+                        if o["name"] not in (THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT)]
+        self.thumbnail_side = next((int(o["dims"][0]) for o in config["output"] if o["name"] == THUMBNAIL_OUTPUT), 0)
         self.pad_value = int(config.get("parameters", {}).get("pad_value", {}).get("string_value", "255"))
 
     def _square(self, image, size):
@@ -31,6 +35,16 @@ class TritonPythonModel:
         top, left = (size - resized.height) // 2, (size - resized.width) // 2
         square[top:top + resized.height, left:left + resized.width] = np.asarray(resized)
         return square
+
+    def _thumbnail(self, image):
+        """(side, side, 3) with the resized photo top-left and zeros elsewhere, and its (height, width, 3)."""
+        width, height = image.size
+        scale = self.thumbnail_side / max(width, height)
+        resized = np.asarray(image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                          Image.BILINEAR))
+        square = np.zeros((self.thumbnail_side, self.thumbnail_side, 3), np.uint8)
+        square[:resized.shape[0], :resized.shape[1]] = resized
+        return square, np.array(resized.shape, np.int32)
 
     def _decode(self, row):
         image = Image.open(io.BytesIO(row.tobytes()))  # trailing zeros (the batch's padding) are past the end
@@ -46,6 +60,10 @@ class TritonPythonModel:
                 images = [self._decode(row) for row in photos]
                 tensors = [pb_utils.Tensor(name, np.stack([self._square(image, size) for image in images]))
                            for name, size in self.outputs]
+                if self.thumbnail_side:
+                    thumbnails = [self._thumbnail(image) for image in images]
+                    tensors += [pb_utils.Tensor(THUMBNAIL_OUTPUT, np.stack([t[0] for t in thumbnails])),
+                                pb_utils.Tensor(THUMBNAIL_SHAPE_OUTPUT, np.stack([t[1] for t in thumbnails]))]
                 responses.append(pb_utils.InferenceResponse(tensors))
             except Exception as error:  # noqa: BLE001  (a photo that does not decode fails its request only)
                 responses.append(pb_utils.InferenceResponse(

@@ -37,7 +37,8 @@ def main() -> None:
                                   settings.parallel_model_calls,
                                   ensemble=settings.ensemble_model if settings.decode_in_triton else None)
     predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads,
-                                 settings.fetch_threads, settings.thumbnail_size, settings.decode_in_triton)
+                                 settings.fetch_threads, settings.thumbnail_size, settings.decode_in_triton,
+                                 settings.thumbnail_in_triton)
     producer = make_producer(kafka, "preprocessing")
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],

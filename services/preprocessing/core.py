@@ -15,7 +15,9 @@ from services.common.contracts.product_classification.v1 import common_pb2, even
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.validation import check_listing
 from services.common.metrics import PREPROCESS_SECONDS
-from services.preprocessing.images import ImageLimits, PreparedImage, prepare_encoded, prepare_image
+from services.common.decode_path import THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE
+from services.preprocessing.images import (ImageLimits, PreparedImage, prepare_encoded, prepare_image,
+                                           thumbnail_from_pixels)
 from services.preprocessing.settings import PreprocessingSettings
 from services.preprocessing.sources import FetchSettings, image_bytes
 from services.preprocessing.triton_models import TritonClassifier
@@ -52,10 +54,12 @@ class ListingPredictor:
     """
 
     def __init__(self, classifier: TritonClassifier, limits: ImageLimits, fetch: FetchSettings, decode_threads: int = 2,
-                 fetch_threads: int = 16, thumbnail_size: int = 0, decode_in_triton: bool = False):
+                 fetch_threads: int = 16, thumbnail_size: int = 0, decode_in_triton: bool = False,
+                 thumbnail_in_triton: bool = True):
         self.classifier = classifier
         # The GPU decode path: only the header is checked here; Triton's ensemble decodes and resizes.
         self.decode_in_triton = decode_in_triton
+        self.thumbnail_in_triton = thumbnail_in_triton
         self.thumbnail_size = thumbnail_size
         self.limits = limits
         self.fetch = fetch
@@ -68,13 +72,24 @@ class ListingPredictor:
         self._fetchers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
 
-    def _prepare(self, request: ListingRequest, sizes: list[int]) -> PreparedImage | ClassificationError:
+    def _thumbnails_from_triton(self) -> bool:
+        """On the GPU decode path the ensemble makes the thumbnail too, when it can make one of the size asked for
+        (and a repository written before it could is still served: the thumbnail is then made here)."""
+        if not (self.decode_in_triton and self.thumbnail_in_triton and 0 < self.thumbnail_size <= THUMBNAIL_SIDE):
+            return False
+        try:
+            return self.classifier.ensemble_makes_thumbnails()
+        except ClassificationError:
+            return False  # Triton unreachable: the batch will say so; its thumbnails would be made here
+
+    def _prepare(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool = False
+                 ) -> PreparedImage | ClassificationError:
         try:
             validate_listing(request.listing)
             with PREPROCESS_SECONDS.time():
                 data = image_bytes(request.listing, self.fetch)
                 if self.decode_in_triton:
-                    return prepare_encoded(data, self.limits, self.thumbnail_size)
+                    return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton)
                 return prepare_image(data, sizes, self.limits, self.thumbnail_size)
         except ClassificationError as error:
             return error
@@ -91,26 +106,36 @@ class ListingPredictor:
             return ClassificationError(ErrorKind.INVALID_IMAGE, "decoding the image took longer than "
                                        f"{self.limits.decode_timeout_s:.0f} s")
 
-    def _submit(self, request: ListingRequest, sizes: list[int]):
+    def _submit(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool):
         pool = self._fetchers if request.listing.WhichOneof("image") == "image_url" else self._decoders
-        return pool.submit(self._prepare, request, sizes)
+        return pool.submit(self._prepare, request, sizes, thumbnail_in_triton)
 
     def predict(self, requests: list[ListingRequest], deadline: float | None = None
                 ) -> list[events_pb2.PredictionMade | ClassificationError]:
         sizes = [] if self.decode_in_triton else self.classifier.input_sizes()
+        thumbnail_in_triton = self._thumbnails_from_triton()
         began = time.perf_counter()
         started = time.monotonic()
-        jobs = [self._submit(r, sizes) for r in requests]
+        jobs = [self._submit(r, sizes, thumbnail_in_triton) for r in requests]
         prepared = [self._result_within_limit(job, started) for job in jobs]
         good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
         if not good:
             return prepared  # type: ignore[return-value]
         decoded = time.perf_counter()
+        thumbnails: dict[int, bytes] = {}
         if self.decode_in_triton:
-            probabilities, refused = self.classifier.classify_photos([prepared[i].encoded for i in good], deadline)
+            probabilities, refused = self.classifier.classify_photos([prepared[i].encoded for i in good], deadline,
+                                                                     thumbnails=thumbnail_in_triton)
             for position, error in refused.items():
                 prepared[good[position]] = error
             good = [index for position, index in enumerate(good) if position not in refused]
+            if thumbnail_in_triton:  # only a small JPEG encode here, in the decoders' threads
+                encoded = self._decoders.map(
+                    lambda row: thumbnail_from_pixels(probabilities[THUMBNAIL_OUTPUT][row],
+                                                      probabilities[THUMBNAIL_SHAPE_OUTPUT][row],
+                                                      prepared[good[row]].orientation, self.thumbnail_size),
+                    range(len(good)))
+                thumbnails = dict(zip(good, encoded))
         else:
             batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
             probabilities = self.classifier.classify(batches, deadline)
@@ -129,7 +154,7 @@ class ListingPredictor:
                 predictions=[common_pb2.ModelPrediction(model_name=s.name, model_version=s.version, labels=s.labels,
                                                         probabilities=probabilities[s.name][row].tolist())
                              for s in specs],
-                predicted_at=now, thumbnail_jpeg=image.thumbnail_jpeg)
+                predicted_at=now, thumbnail_jpeg=thumbnails.get(index, image.thumbnail_jpeg))
             if request.submitted_at is not None:
                 event.submitted_at.CopyFrom(request.submitted_at)
             results[index] = event

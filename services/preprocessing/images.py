@@ -41,6 +41,7 @@ class PreparedImage:
     decoded_size: tuple[int, int]  # width, height as decoded (JPEGs may decode reduced)
     thumbnail_jpeg: bytes = b""  # for the operators' console; empty when none was asked for
     encoded: bytes = b""  # the original bytes, when Triton decodes them itself (the GPU decode path)
+    orientation: int = 1  # EXIF orientation from the header, for a thumbnail Triton makes (nvJPEG ignores it)
 
 
 MAX_THUMBNAIL_BYTES = 64 * 1024  # the result service keeps nothing larger
@@ -58,6 +59,33 @@ def thumbnail_jpeg(image: Image.Image, longest_side: int) -> bytes:
         if buffer.tell() <= MAX_THUMBNAIL_BYTES:
             return buffer.getvalue()
     return b""
+
+
+EXIF_ORIENTATION = 0x0112
+_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 to 8) from an opened image's header; 1 when there is none or it is not one of them."""
+    try:
+        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001  (a broken EXIF block only loses the orientation)
+        return 1
+    return value if value in _ORIENTATION_TRANSPOSE else 1
+
+
+def thumbnail_from_pixels(pixels: np.ndarray, shape: np.ndarray, orientation: int, longest_side: int) -> bytes:
+    """The thumbnail Triton's photo_decode made (the top-left height x width of a padded square) as the console's
+    JPEG, turned the way the photo's EXIF orientation says. Empty when the shape does not fit the pixels."""
+    height, width = int(shape[0]), int(shape[1])
+    if not (0 < height <= pixels.shape[0] and 0 < width <= pixels.shape[1]) or pixels.shape[-1] != 3:
+        return b""
+    image = Image.fromarray(np.ascontiguousarray(pixels[:height, :width], dtype=np.uint8))
+    if orientation in _ORIENTATION_TRANSPOSE:
+        image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    return thumbnail_jpeg(image, longest_side)
 
 
 def image_digest(data: bytes) -> str:
@@ -183,12 +211,15 @@ def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thum
                          box, image.size, thumbnail_jpeg(image, thumbnail_size) if thumbnail_size else b"")
 
 
-def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0) -> PreparedImage:
+def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0, thumbnail_in_triton: bool = False
+                    ) -> PreparedImage:
     """For the GPU decode path (Triton's photo_ensemble decodes and resizes): the bytes, checked from their header
-    only (format, byte size, pixel count), their digest, and the thumbnail when asked for (a JPEG decoded at a
-    reduced DCT scale, so it costs a fraction of a full decode)."""
+    only (format, byte size, pixel count), their digest, and the thumbnail when asked for: with thumbnail_in_triton
+    the ensemble makes it and only the EXIF orientation is read here (the photo is never decoded in the service);
+    otherwise it is made here (a JPEG decoded at a reduced DCT scale, so a fraction of a full decode)."""
     image = open_checked(data, limits)
     thumbnail = b""
-    if thumbnail_size:
+    if thumbnail_size and not thumbnail_in_triton:
         thumbnail = thumbnail_jpeg(decode_rgb(data, limits, thumbnail_size), thumbnail_size)
-    return PreparedImage(image_digest(data), {}, (0, 0, *image.size), image.size, thumbnail, data)
+    return PreparedImage(image_digest(data), {}, (0, 0, *image.size), image.size, thumbnail, data,
+                         exif_orientation(image) if thumbnail_in_triton else 1)

@@ -29,6 +29,9 @@ class PreprocessingSettings(GrpcServiceSettings):
     decode_in_triton: bool = Field(False, description="the GPU decode path: send each photo's bytes (checked from "
                                    "their header) to Triton's ensemble_model, which decodes and resizes them on the "
                                    "GPU (NVIDIA DALI) before the models; false (the default): decode here on the CPU")
+    thumbnail_in_triton: bool = Field(True, description="on the GPU decode path, the ensemble also makes the "
+                                      "console's thumbnail (up to 256 px) and only its JPEG encoding is done here; "
+                                      "false: the photo is decoded here for it (at a reduced scale)")
     ensemble_model: str = Field("photo_ensemble", description="the ensemble of the GPU decode path "
                                 "(services/trainer/photo_ensemble.py)")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="larger images are rejected")

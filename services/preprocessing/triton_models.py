@@ -12,7 +12,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from services.common.decode_path import PHOTO_INPUT, probabilities_output
+from services.common.decode_path import PHOTO_INPUT, THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, probabilities_output
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.metrics import TRITON_BATCH_SIZE, TRITON_LATENCY
 
@@ -82,6 +82,7 @@ class TritonClassifier:
         self.timeout_s = timeout_s
         self._client: triton_grpc.InferenceServerClient | None = None
         self._specs: dict[str, ModelSpec] = {}
+        self._ensemble_outputs: frozenset[str] | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(model_names)), thread_name_prefix="triton")
 
@@ -103,6 +104,18 @@ class TritonClassifier:
                 except InferenceServerException as error:
                     raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton: {error.message()}") from None
             return [self._specs[n] for n in self.model_names]
+
+    def ensemble_makes_thumbnails(self) -> bool:
+        """Whether the ensemble returns the console's thumbnail (one written before it existed does not), read from
+        the server on first use and after a failure."""
+        with self._lock:
+            if self._ensemble_outputs is None:
+                try:
+                    metadata = self._client.get_model_metadata(self.ensemble, as_json=True)
+                except InferenceServerException as error:
+                    raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton: {error.message()}") from None
+                self._ensemble_outputs = frozenset(o["name"] for o in metadata.get("outputs", []))
+            return {THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT} <= self._ensemble_outputs
 
     def ready(self) -> bool:
         try:
@@ -155,38 +168,42 @@ class TritonClassifier:
             outputs.append(result.as_numpy(spec.output_name))
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
-    def classify_photos(self, photos: list[bytes], deadline: float | None = None
+    def classify_photos(self, photos: list[bytes], deadline: float | None = None, thumbnails: bool = False
                         ) -> tuple[dict[str, np.ndarray], dict[int, ClassificationError]]:
         """The GPU decode path: encoded photos through the ensemble, max_batch_size at a time (each call one uint8
         row per photo, zero-padded to the longest). Returns model name -> (N, classes) for the photos that decoded
         (rows in input order, the others left out) and photo index -> error for those that did not: a batch that
-        fails is retried one photo at a time, so one undecodable photo fails alone. Triton unreachable raises."""
+        fails is retried one photo at a time, so one undecodable photo fails alone. Triton unreachable raises.
+        With thumbnails, the same rows of THUMBNAIL_OUTPUT and THUMBNAIL_SHAPE_OUTPUT come in the first dict too."""
         specs = self.specs
         chunk_size = min(spec.max_batch_size for spec in specs)
-        rows: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
+        extra = [THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT] if thumbnails else []
+        rows: dict[str, list[np.ndarray]] = {name: [] for name in [spec.name for spec in specs] + extra}
         failed: dict[int, ClassificationError] = {}
         for start in range(0, len(photos), chunk_size):
             chunk = list(range(start, min(len(photos), start + chunk_size)))
             try:
-                answers = self._infer_photos(specs, [photos[i] for i in chunk], deadline)
+                answers = self._infer_photos(specs, [photos[i] for i in chunk], deadline, extra)
             except _PhotoRefused:
                 answers = None
             if answers is not None:
-                for spec in specs:
-                    rows[spec.name].append(answers[spec.name])
+                for name in rows:
+                    rows[name].append(answers[name])
                 continue
             for index in chunk:  # which photo was it: one at a time
                 try:
-                    single = self._infer_photos(specs, [photos[index]], deadline)
+                    single = self._infer_photos(specs, [photos[index]], deadline, extra)
                 except _PhotoRefused as refused:
                     failed[index] = ClassificationError(ErrorKind.INVALID_IMAGE, refused.reason)
                     continue
-                for spec in specs:
-                    rows[spec.name].append(single[spec.name])
+                for name in rows:
+                    rows[name].append(single[name])
         empty = {spec.name: np.zeros((0, len(spec.labels)), np.float32) for spec in specs}
-        return {name: np.concatenate(parts) if parts else empty[name] for name, parts in rows.items()}, failed
+        return {name: np.concatenate(parts) if parts else empty.get(name, np.zeros((0,), np.uint8))
+                for name, parts in rows.items()}, failed
 
-    def _infer_photos(self, specs: list[ModelSpec], photos: list[bytes], deadline: float | None) -> dict[str, np.ndarray]:
+    def _infer_photos(self, specs: list[ModelSpec], photos: list[bytes], deadline: float | None,
+                      extra_outputs: list[str]) -> dict[str, np.ndarray]:
         longest = max(len(photo) for photo in photos)
         batch = np.zeros((len(photos), longest), np.uint8)
         for row, photo in enumerate(photos):
@@ -198,15 +215,17 @@ class TritonClassifier:
         try:
             result = self._client.infer(self.ensemble, [model_input], client_timeout=self._timeout(deadline),
                                         outputs=[triton_grpc.InferRequestedOutput(probabilities_output(s.name))
-                                                 for s in specs])
+                                                 for s in specs]
+                                        + [triton_grpc.InferRequestedOutput(name) for name in extra_outputs])
         except InferenceServerException as error:
             if _refused_the_input(error):
                 raise _PhotoRefused(f"Triton could not decode the photo: {error.message()}"[:500]) from None
             with self._lock:
-                self._specs = {}
+                self._specs, self._ensemble_outputs = {}, None
             raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton {self.ensemble}: {error.message()}") from None
         TRITON_LATENCY.labels(self.ensemble).observe(time.perf_counter() - began)
-        return {s.name: result.as_numpy(probabilities_output(s.name)).astype(np.float32, copy=False) for s in specs}
+        answers = {s.name: result.as_numpy(probabilities_output(s.name)).astype(np.float32, copy=False) for s in specs}
+        return {**answers, **{name: result.as_numpy(name) for name in extra_outputs}}
 
 
 class _PhotoRefused(Exception):

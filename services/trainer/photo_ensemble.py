@@ -5,7 +5,11 @@ PREPROCESSING_DECODE_IN_TRITON=true the preprocessing service checks each photo 
 size, pixel count: the hostile-image limits) and sends the bytes to `photo_ensemble`, which runs
 
   photo_decode (NVIDIA DALI backend: nvJPEG decode on the GPU, the longer side resized to each model's input size,
-  padded to a centred square)  ->  every called model  ->  one probabilities output per model.
+  padded to a centred square; and the console's thumbnail, the longer side resized to THUMBNAIL_SIDE)
+  ->  every called model  ->  one probabilities output per model, and the thumbnail with its shape.
+
+The service then only encodes the thumbnail as a small JPEG (turned by the EXIF orientation it read from the header):
+it never decodes the photo on this path.
 
 Written into the model repository whenever the models are published (from fusion.json: the called models, their
 input sizes and batch limits), so it is always in step with them; `python -m services.trainer.photo_ensemble` writes
@@ -27,7 +31,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.common.decode_path import DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, image_output, probabilities_output
+from services.common.decode_path import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, THUMBNAIL_OUTPUT,
+                                         THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE, image_output, probabilities_output)
 from services.common.fusion_file import FUSION_FILE, FusionConfig
 
 PAD_VALUE = 255  # white: product photos are mostly shot on light backgrounds
@@ -62,11 +67,13 @@ from nvidia.dali.plugin.triton import autoserialize
 
 SIZES = {sizes!r}
 PAD_VALUE = {pad_value}
+THUMBNAIL_SIDE = {thumbnail_side}
 
 
 @autoserialize
 @dali.pipeline_def(batch_size={max_batch_size}, num_threads=4, device_id=0,
-                   output_dtype=[types.UINT8] * len(SIZES), output_ndim=[3] * len(SIZES))
+                   output_dtype=[types.UINT8] * len(SIZES) + [types.UINT8, types.INT32],
+                   output_ndim=[3] * len(SIZES) + [3, 1])
 def photo_decode():
     photos = fn.external_source(device="cpu", name="{photo_input}", no_copy=True)
     images = fn.decoders.image(photos, device="mixed", output_type=types.RGB)  # nvJPEG on the GPU
@@ -75,7 +82,12 @@ def photo_decode():
         resized = fn.resize(images, resize_longer=size, interp_type=types.INTERP_LINEAR, antialias=True)
         squares.append(fn.crop(resized, crop=(size, size), out_of_bounds_policy="pad",
                                fill_values=(PAD_VALUE, PAD_VALUE, PAD_VALUE)))  # centred: crop_pos 0.5
-    return tuple(squares)
+    # {thumbnail_output}: the whole photo for the console, top-left in a zero-padded square, and its shape
+    thumbnail = fn.resize(images, resize_longer=THUMBNAIL_SIDE, interp_type=types.INTERP_LINEAR, antialias=True)
+    shape = fn.shapes(thumbnail, dtype=types.INT32)
+    thumbnail = fn.crop(thumbnail, crop=(THUMBNAIL_SIDE, THUMBNAIL_SIDE), crop_pos_x=0.0, crop_pos_y=0.0,
+                        out_of_bounds_policy="pad", fill_values=(0, 0, 0))
+    return tuple(squares) + (thumbnail, shape)
 '''
 
 
@@ -84,17 +96,25 @@ def decode_config(sizes: list[int], max_batch_size: int) -> model_config_pb2.Mod
         name=DECODE_MODEL, backend="dali", max_batch_size=max_batch_size,
         input=[model_config_pb2.ModelInput(name=PHOTO_INPUT, data_type=model_config_pb2.TYPE_UINT8, dims=[-1])],
         output=[model_config_pb2.ModelOutput(name=image_output(size), data_type=model_config_pb2.TYPE_UINT8,
-                                             dims=[size, size, 3]) for size in sizes],
+                                             dims=[size, size, 3]) for size in sizes] + thumbnail_outputs(),
         instance_group=[model_config_pb2.ModelInstanceGroup(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_GPU)],
         dynamic_batching=model_config_pb2.ModelDynamicBatching(max_queue_delay_microseconds=2000),
         parameters={"pad_value": model_config_pb2.ModelParameter(string_value=str(PAD_VALUE))})
 
 
+def thumbnail_outputs() -> list[model_config_pb2.ModelOutput]:
+    """The thumbnail photo_decode makes and the ensemble returns beside the probabilities."""
+    return [model_config_pb2.ModelOutput(name=THUMBNAIL_OUTPUT, data_type=model_config_pb2.TYPE_UINT8,
+                                         dims=[THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3]),
+            model_config_pb2.ModelOutput(name=THUMBNAIL_SHAPE_OUTPUT, data_type=model_config_pb2.TYPE_INT32, dims=[3])]
+
+
 def ensemble_config(models: list[ServedModel], max_batch_size: int) -> model_config_pb2.ModelConfig:
     sizes = sorted({m.input_size for m in models})
+    thumbnail = {THUMBNAIL_OUTPUT: THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT: THUMBNAIL_SHAPE_OUTPUT}
     steps = [model_config_pb2.ModelEnsembling.Step(
         model_name=DECODE_MODEL, model_version=-1, input_map={PHOTO_INPUT: PHOTO_INPUT},
-        output_map={image_output(size): image_output(size) for size in sizes})]
+        output_map={**{image_output(size): image_output(size) for size in sizes}, **thumbnail})]
     steps += [model_config_pb2.ModelEnsembling.Step(
         model_name=m.name, model_version=-1, input_map={m.input_name: image_output(m.input_size)},
         output_map={m.output_name: probabilities_output(m.name)}) for m in models]
@@ -102,7 +122,7 @@ def ensemble_config(models: list[ServedModel], max_batch_size: int) -> model_con
         name=ENSEMBLE_MODEL, platform="ensemble", max_batch_size=max_batch_size,
         input=[model_config_pb2.ModelInput(name=PHOTO_INPUT, data_type=model_config_pb2.TYPE_UINT8, dims=[-1])],
         output=[model_config_pb2.ModelOutput(name=probabilities_output(m.name), data_type=model_config_pb2.TYPE_FP32,
-                                             dims=[m.class_count]) for m in models],
+                                             dims=[m.class_count]) for m in models] + thumbnail_outputs(),
         ensemble_scheduling=model_config_pb2.ModelEnsembling(step=steps))
 
 
@@ -116,7 +136,8 @@ def write_photo_ensemble(repository: Path) -> list[Path]:
     for config, version_file, text in (
             (decode_config(sizes, max_batch_size), "model.dali",
              DALI_PIPELINE.format(sizes=tuple(sizes), pad_value=PAD_VALUE, max_batch_size=max_batch_size,
-                                  photo_input=PHOTO_INPUT)),
+                                  photo_input=PHOTO_INPUT, thumbnail_side=THUMBNAIL_SIDE,
+                                  thumbnail_output=THUMBNAIL_OUTPUT)),
             (ensemble_config(models, max_batch_size), None, None)):
         folder = repository / config.name
         (folder / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs a version folder, even empty

@@ -4,14 +4,18 @@ the models. The hostile-image limits are still checked here, from the header, be
 
 from __future__ import annotations
 
+import io
+
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.drivers.poison import oversized_image_listing
 from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.stack import LocalStack, StackOptions
+from services.preprocessing.images import ImageLimits, prepare_image
 from services.preprocessing.triton_models import TritonClassifier
 from services.common.decode_path import ENSEMBLE_MODEL
 
@@ -71,11 +75,33 @@ def test_a_photo_that_does_not_decode_fails_alone_and_the_header_limits_hold_bef
     assert bomb.kind == common_pb2.ERROR_KIND_IMAGE_TOO_LARGE and "pixels" in bomb.reason
 
 
-def test_the_decode_path_keeps_sending_thumbnails(decode_in_triton):
-    listing = sample_listings(1, seed=181, prefix="decode-thumb")[0].listing
-    with decode_in_triton.internal_channel("preprocessing", "gateway") as channel:
-        from services.common.contracts.product_classification.v1 import preprocessing_pb2, preprocessing_pb2_grpc
+def test_the_decode_path_sends_the_thumbnail_triton_made_turned_as_the_exif_says(decode_in_triton):
+    """photo_decode makes the thumbnail (the service never decodes the photo on this path); it is the picture the
+    CPU path's thumbnail shows, turned by the EXIF orientation the service read from the header."""
+    from services.common.contracts.product_classification.v1 import preprocessing_pb2, preprocessing_pb2_grpc
 
-        prediction = preprocessing_pb2_grpc.ImagePredictorStub(channel).PredictListing(
-            preprocessing_pb2.PredictListingRequest(listing=listing), timeout=60)
-    assert prediction.thumbnail_jpeg[:2] == b"\xff\xd8" and len(prediction.thumbnail_jpeg) <= 64 * 1024
+    photo = Image.open(io.BytesIO(sample_listings(1, seed=181, prefix="decode-thumb")[0].listing.image_bytes))
+    listings = []
+    for orientation in (1, 6):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        photo.convert("RGB").save(buffer, format="JPEG", quality=90, exif=exif.tobytes())
+        listings.append(common_pb2.Listing(listing_id=f"decode-thumb-{orientation}", marketplace="de-modehaus",
+                                           image_bytes=buffer.getvalue()))
+    with decode_in_triton.internal_channel("preprocessing", "gateway") as channel:
+        stub = preprocessing_pb2_grpc.ImagePredictorStub(channel)
+        thumbnails = [stub.PredictListing(preprocessing_pb2.PredictListingRequest(listing=listing),
+                                          timeout=60).thumbnail_jpeg for listing in listings]
+    for listing, thumbnail in zip(listings, thumbnails):
+        assert thumbnail[:2] == b"\xff\xd8" and len(thumbnail) <= 64 * 1024
+        made_here = prepare_image(listing.image_bytes, [224], ImageLimits(), thumbnail_size=256).thumbnail_jpeg
+        got, expected = Image.open(io.BytesIO(thumbnail)), Image.open(io.BytesIO(made_here))
+        assert abs(got.width - expected.width) <= 1 and abs(got.height - expected.height) <= 1
+        got = np.asarray(got.resize(expected.size), np.int16)
+        right = np.abs(got - np.asarray(expected, np.int16)).mean()
+        wrong = np.abs(got - np.asarray(expected.transpose(Image.Transpose.ROTATE_180), np.int16)).mean()
+        # the same picture the same way up (decoded at another scale, so not to the pixel), not another one
+        assert right < 12 and right < wrong / 2, (right, wrong)
+    upright, turned = (Image.open(io.BytesIO(t)).size for t in thumbnails)
+    assert turned == (upright[1], upright[0])

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from services.common.errors import ClassificationError, ErrorKind
-from services.preprocessing.images import ImageLimits, prepare_image, product_box, square_tensor
+from services.preprocessing.images import (ImageLimits, prepare_encoded, prepare_image, product_box,
+                                           square_tensor, thumbnail_from_pixels)
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
@@ -90,6 +91,47 @@ def test_the_thumbnail_is_a_small_jpeg_of_the_whole_photo_within_the_bound():
         assert abs(thumbnail.size[0] / thumbnail.size[1] - image.size[0] / image.size[1]) < 0.02  # not the crop
         assert 0 < len(prepared.thumbnail_jpeg) <= 64 * 1024
     assert prepare_image(encode(product_on_white()), [224], ImageLimits()).thumbnail_jpeg == b""
+
+
+def exif_rotated_jpeg(orientation: int) -> tuple[bytes, Image.Image]:
+    """A landscape photo whose EXIF says how to turn it, and how it should look once turned."""
+    image = product_on_white(600, 400, box=(50, 50, 200, 150))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    turned = {6: image.transpose(Image.Transpose.ROTATE_270), 3: image.transpose(Image.Transpose.ROTATE_180)}
+    return encode(image, quality=95, exif=exif.tobytes()), turned[orientation]
+
+
+def test_the_decode_path_reads_the_orientation_from_the_header_and_never_decodes():
+    data, _ = exif_rotated_jpeg(6)
+    prepared = prepare_encoded(data, ImageLimits(), thumbnail_size=256, thumbnail_in_triton=True)
+    assert prepared.orientation == 6 and prepared.thumbnail_jpeg == b"" and prepared.encoded == data
+    # a sound header over a body that stops half-way: nothing here decodes it, so nothing here fails
+    truncated = prepare_encoded(data[:len(data) // 2], ImageLimits(), 256, thumbnail_in_triton=True)
+    assert truncated.orientation == 6
+    made_here = prepare_encoded(data, ImageLimits(), thumbnail_size=256)
+    assert made_here.orientation == 1 and Image.open(io.BytesIO(made_here.thumbnail_jpeg)).size == (171, 256)
+    plain = prepare_encoded(encode(product_on_white()), ImageLimits(), 256, thumbnail_in_triton=True)
+    assert plain.orientation == 1
+
+
+def test_a_thumbnail_triton_made_is_cropped_turned_and_encoded_like_one_made_here():
+    for orientation in (6, 3):
+        data, turned = exif_rotated_jpeg(orientation)
+        # what photo_decode returns: the longer side resized to 256, top-left in a zero-padded square, and its shape
+        resized = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((256, 171), Image.BILINEAR))
+        square = np.zeros((256, 256, 3), np.uint8)
+        square[:171, :256] = resized
+        jpeg = thumbnail_from_pixels(square, np.array([171, 256, 3], np.int32), orientation, 256)
+        thumbnail = Image.open(io.BytesIO(jpeg))
+        local = Image.open(io.BytesIO(prepare_image(data, [224], ImageLimits(), thumbnail_size=256).thumbnail_jpeg))
+        assert thumbnail.format == "JPEG" and thumbnail.size == local.size == turned.resize(local.size).size
+        difference = np.abs(np.asarray(thumbnail, np.int16) - np.asarray(local, np.int16)).mean()
+        assert difference < 4, difference  # the same picture, the padding cropped away, turned the same way
+    smaller = Image.open(io.BytesIO(thumbnail_from_pixels(square, np.array([171, 256, 3]), 1, 128)))
+    assert smaller.size == (128, 86)  # a smaller setting resizes further
+    for shape in ([0, 256, 3], [300, 256, 3], [171, 999, 3]):
+        assert thumbnail_from_pixels(square, np.array(shape), 1, 256) == b""  # a shape that does not fit
 
 
 def _reference_product_box(image: Image.Image, margin=0.06, threshold=40, analysis_side=128):

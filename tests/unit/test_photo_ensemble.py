@@ -14,8 +14,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.localstack.triton_cpu import build_cpu_repository
-from services.common.decode_path import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, image_output,
-                                         probabilities_output)
+from services.common.decode_path import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, THUMBNAIL_OUTPUT,
+                                         THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE, image_output, probabilities_output)
 from services.trainer.photo_ensemble import write_photo_ensemble
 from services.trainer.triton_export import production_config
 
@@ -59,20 +59,26 @@ def test_every_step_maps_tensors_that_exist_with_matching_shapes(repository):
     for output in ensemble.output:
         assert produced[output.name] == (list(output.dims), output.data_type)
     assert {o.name for o in ensemble.output} == {probabilities_output(n) for n in ("efficientnet_lite0", "resnet50",
-                                                                                    "inception_v3")}
+                                                                                    "inception_v3")} | {
+        THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT}  # the console's thumbnail, so the service never decodes
 
 
 def test_the_decode_step_is_dali_on_the_gpu_with_one_square_per_input_size(repository):
     decode = config(repository, DECODE_MODEL)
     assert decode.backend == "dali"
     assert decode.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert {o.name: list(o.dims) for o in decode.output} == {image_output(s): [s, s, 3] for s in (80, 96, 224)}
+    assert {o.name: list(o.dims) for o in decode.output} == {
+        **{image_output(s): [s, s, 3] for s in (80, 96, 224)},
+        THUMBNAIL_OUTPUT: [THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3], THUMBNAIL_SHAPE_OUTPUT: [3]}
     pipeline = (repository / DECODE_MODEL / "1" / "model.dali").read_text()
     tree = ast.parse(pipeline)  # valid Python, as the DALI backend's autoserialisation needs
     sizes = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
                  and getattr(node.targets[0], "id", "") == "SIZES")
     assert ast.literal_eval(sizes) == (80, 96, 224)  # in the order of the config's outputs
-    assert [o.name for o in decode.output] == [image_output(s) for s in (80, 96, 224)]
+    # the DALI backend maps the pipeline's outputs to the config's in order: squares, then the thumbnail and its shape
+    assert [o.name for o in decode.output] == [image_output(s) for s in (80, 96, 224)] + [THUMBNAIL_OUTPUT,
+                                                                                          THUMBNAIL_SHAPE_OUTPUT]
+    assert "return tuple(squares) + (thumbnail, shape)" in pipeline and "fn.shapes(thumbnail" in pipeline
     assert '@autoserialize' in pipeline and 'device="mixed"' in pipeline and f'name="{PHOTO_INPUT}"' in pipeline
 
 
@@ -82,7 +88,9 @@ def test_the_local_cpu_triton_serves_the_same_configuration_with_its_pillow_twin
     twin = config(tmp_path / "cpu", DECODE_MODEL)
     assert twin.backend == "python" and twin.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert list(twin.output) == list(config(repository, DECODE_MODEL).output)  # same tensors
-    assert (tmp_path / "cpu" / DECODE_MODEL / "1" / "model.py").read_text().startswith('"""Triton Python-backend twin')
+    twin_code = (tmp_path / "cpu" / DECODE_MODEL / "1" / "model.py").read_text()
+    assert twin_code.startswith('"""Triton Python-backend twin')
+    assert f'"{THUMBNAIL_OUTPUT}", "{THUMBNAIL_SHAPE_OUTPUT}"' in twin_code  # standalone: the names are spelt out
     assert config(tmp_path / "cpu", ENSEMBLE_MODEL) == config(repository, ENSEMBLE_MODEL)
     assert (tmp_path / "cpu" / ENSEMBLE_MODEL / "1").is_dir()
 
@@ -108,5 +116,6 @@ def test_the_gpu_bench_serves_the_same_configuration_with_cuda_twins(repository,
         assert list(served.input) == list(config(repository, name).input)
         assert list(served.output) == list(config(repository, name).output)
     assert "onnx2torch" in (tmp_path / "gpu" / "resnet50" / "1" / "model.py").read_text()
-    assert "nvJPEG" in (tmp_path / "gpu" / DECODE_MODEL / "1" / "model.py").read_text()
+    nvjpeg_twin = (tmp_path / "gpu" / DECODE_MODEL / "1" / "model.py").read_text()
+    assert "nvJPEG" in nvjpeg_twin and f'"{THUMBNAIL_OUTPUT}", "{THUMBNAIL_SHAPE_OUTPUT}"' in nvjpeg_twin
     assert config(tmp_path / "gpu", ENSEMBLE_MODEL) == config(repository, ENSEMBLE_MODEL)
