@@ -46,8 +46,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
 def fit_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
     """Non-negative weights minimising the log-loss of the fused distribution."""
     def loss(weights: np.ndarray) -> float:
-        fused = fuse_arrays(probabilities, weights)
-        return float(-np.log(np.maximum(fused[np.arange(len(labels)), labels], 1e-12)).mean())
+        return log_loss(fuse_arrays(probabilities, weights), labels)
 
     start = np.ones(len(probabilities)) / len(probabilities)
     result = minimize(loss, start, method="L-BFGS-B", bounds=[(0.0, 20.0)] * len(probabilities))
@@ -114,7 +113,7 @@ def _candidate_sets(count: int, score) -> dict[tuple[int, ...], dict[str, float]
     scored: dict[tuple[int, ...], dict[str, float]] = {}
     chosen: tuple[int, ...] = ()
     while len(chosen) < count:
-        options = {tuple(sorted(chosen + (i,))): None for i in range(count) if i not in chosen}
+        options = [tuple(sorted(chosen + (i,))) for i in range(count) if i not in chosen]
         for members in options:
             scored[members] = score(members)
         chosen = min(options, key=lambda members: scored[members]["log_loss"])
@@ -143,9 +142,8 @@ def fit_fusion(model_probabilities: dict[str, np.ndarray], labels: np.ndarray, p
     chosen_weights = fit_weights([model_probabilities[n] for n in chosen], labels)
     weights = np.array([chosen_weights[chosen.index(n)] if n in chosen else 0.0 for n in names])
     equal = fuse_arrays(arrays, np.ones(len(arrays)) / len(arrays))
-    honest_chosen = cross_fitted([model_probabilities[n] for n in chosen], labels)
+    honest = cross_fitted([model_probabilities[n] for n in chosen], labels)
     honest_all = cross_fitted(arrays, labels)
-    honest = honest_chosen
     threshold, review_share = review_threshold(honest, labels, precision)
     per_model = {n: {"top1": float((p.argmax(1) == labels).mean()), "ece": expected_calibration_error(p, labels)}
                  for n, p in model_probabilities.items()}
