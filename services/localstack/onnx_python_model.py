@@ -22,6 +22,10 @@ class TritonPythonModel:
         threads = int(os.environ.get("LOCAL_TRITON_ONNX_THREADS", "0"))
         if threads:
             options.intra_op_num_threads = threads
+        # onnxruntime's pool threads spin between runs by default: on a machine whose few cores the services share,
+        # that is CPU taken from them for nothing (LOCAL_TRITON_ONNX_SPIN=1 turns it back on)
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if os.environ.get("LOCAL_TRITON_ONNX_SPIN") == "1" else "0")
         model_path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = onnxruntime.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         self.session_input = self.session.get_inputs()[0].name
