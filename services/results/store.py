@@ -370,6 +370,20 @@ class ClassificationStore:
             parameters.append(marketplace)
         return self._select(" AND ".join(where), tuple(parameters), "ASC", limit)
 
+    def sequences_after(self, after_sequence: int, limit: int = 10_000) -> list[int]:
+        """The sequences of the rows after after_sequence, oldest first: the index alone, no payload read."""
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(f"SELECT sequence FROM classifications WHERE sequence > ? ORDER BY sequence "
+                                     f"LIMIT {int(limit)}"), (after_sequence,))
+            return [int(row[0]) for row in cursor.fetchall()]
+
+    def by_sequences(self, sequences: list[int]) -> list[common_pb2.Classification]:
+        """These rows (those that exist), oldest first."""
+        if not sequences:
+            return []
+        marks = ", ".join([self._placeholder] * len(sequences))
+        return self._select(f"sequence IN ({marks})", tuple(sequences), "ASC", len(sequences))
+
     def last_sequence(self) -> int:
         with self._transaction() as cursor:
             cursor.execute("SELECT COALESCE(MAX(sequence), 0) FROM classifications")

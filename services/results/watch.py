@@ -22,6 +22,7 @@ from services.results.store import ClassificationStore
 
 log = logging.getLogger(__name__)
 PAGE = 200
+SEQUENCE_PAGE = 10_000
 
 
 class _Subscriber:
@@ -100,18 +101,37 @@ class WatchHub:
                 history.popleft()
             floor = history[0][1]
             try:
-                fresh = await self._read_after(floor, "", sent)
+                fresh = await self._read_new(floor, sent)
             except ClassificationError:
                 continue  # the store is away for a moment: the streams stay, the next poll tries again
             except Exception as error:  # noqa: BLE001  (the hub must outlive any surprise)
                 log.warning("watch poll failed", extra={"error": repr(error)})
                 continue
-            for classification in fresh:
-                sent.add(classification.sequence)
-                self._position = max(self._position, classification.sequence)
-                for subscriber in list(self._subscribers):
-                    subscriber.offer(classification)
+            for sequence, classification in fresh:
+                sent.add(sequence)
+                self._position = max(self._position, sequence)
+                if classification is not None:
+                    for subscriber in list(self._subscribers):
+                        subscriber.offer(classification)
             sent = {sequence for sequence in sent if sequence > floor}
+
+    async def _read_new(self, floor: int, sent: set[int]) -> list[tuple[int, common_pb2.Classification | None]]:
+        """(sequence, row) of the rows after floor not sent yet, oldest first. The look-back window is read as
+        sequences only (the index); rows are read only for the new ones, and only while a stream is open: with none,
+        the hub keeps its position and reads no row (it used to read and parse the whole window on every write)."""
+        new = []
+        while True:
+            page = await self._store(self.store.sequences_after, floor, SEQUENCE_PAGE)
+            new.extend(sequence for sequence in page if sequence not in sent)
+            if len(page) < SEQUENCE_PAGE:
+                break
+            floor = page[-1]
+        if not self._subscribers:
+            return [(sequence, None) for sequence in new]
+        rows = {}
+        for start in range(0, len(new), PAGE):
+            rows.update((c.sequence, c) for c in await self._store(self.store.by_sequences, new[start:start + PAGE]))
+        return [(sequence, rows[sequence]) for sequence in new if sequence in rows]
 
     async def _read_after(self, cursor: int, marketplace: str, skip: set[int]) -> list[common_pb2.Classification]:
         """Rows after cursor not in skip, oldest first, paging past the skipped ones."""

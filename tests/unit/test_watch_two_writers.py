@@ -130,3 +130,31 @@ def test_streams_are_bounded_in_total_and_per_caller():
             assert "3 watch streams are open" in raised.value.reason
     with limits.held("a"), limits.held("a"), limits.held("c"):
         pass  # released: capacity is back
+
+
+def test_with_no_stream_open_the_hub_reads_no_row_and_a_stream_opened_later_gets_what_follows(postgres_url, loop):
+    store = ClassificationStore(postgres_url)
+    store.start()
+    rows_read: list[int] = []
+    read_rows = store.by_sequences
+    store.by_sequences = lambda sequences: rows_read.extend(sequences) or read_rows(sequences)  # counts, then reads
+    writer = psycopg.connect(postgres_url, autocommit=True)
+    hub = WatchHub(store, poll_s=0.05, lookback_s=10)
+    seen: list[str] = []
+    try:
+        hub.start(loop)
+        unwatched = [insert(writer.cursor(), f"unwatched-{i}") for i in range(20)]
+        wait_until(lambda: hub._position >= unwatched[-1])
+        assert hub._position == unwatched[-1]  # the hub kept its place...
+        assert rows_read == []  # ...from the sequences alone: no row was read for nobody
+        reading = collect(loop, hub, "de-modehaus", 0, seen)
+        watched = insert(writer.cursor(), "watched")
+        wait_until(lambda: "watched" in seen)
+        time.sleep(0.3)  # a few more polls: nothing is delivered twice
+        assert seen == ["watched"]
+        assert rows_read == [watched]  # only the new row was read, once
+        reading.cancel()
+    finally:
+        hub.stop()
+        writer.close()
+        store.stop()
