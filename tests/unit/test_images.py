@@ -37,6 +37,19 @@ def test_crop_finds_the_product_on_a_plain_background():
     assert 220 <= left <= 250 and 70 <= top <= 100 and 400 <= right <= 430 and 300 <= bottom <= 330
 
 
+@pytest.mark.parametrize("width, height", [(1013, 677), (257, 131), (129, 3000), (90, 60)])
+def test_crop_holds_the_product_and_little_else_whatever_the_image_size(width, height):
+    # sizes the analysis scale does not divide, a very tall one, and one smaller than the analysis side
+    product = (width * 2 // 5, height // 3, width * 3 // 5, height * 2 // 3)
+    left, top, right, bottom = product_box(product_on_white(width, height, product))
+    assert 0 <= left <= product[0] and 0 <= top <= product[1]
+    assert product[2] <= right <= width and product[3] <= bottom <= height
+    # the 6% margin, and two analysis pixels either side for the shrunk image's blur
+    slack = 0.06 * max(product[2] - product[0], product[3] - product[1]) + 2 * max(1, max(width, height) / 128)
+    assert left >= product[0] - slack and top >= product[1] - slack
+    assert right <= product[2] + slack + 1 and bottom <= product[3] + slack + 1
+
+
 def test_crop_falls_back_to_the_whole_image_on_a_busy_background():
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
