@@ -9,7 +9,9 @@ half re-encoded at about 2 megapixels); classifications come out on the output t
 Runs, on PostgreSQL (the production store): one preprocessing worker and one result replica; then a second
 preprocessing worker (same consumer group); then a second result replica as well; then the GPU decode path
 (PREPROCESSING_DECODE_IN_TRITON) with the thumbnail made by Triton's ensemble, and made by the service
-(`--decode-path-only`: only these two). Prints one line of JSON last.
+(`--decode-path-only`: only these two), each after 10 s with nothing in flight that measure the processes' idle
+floor. Each run also reports how many cores the machine had busy: a second worker can only add what is left.
+Prints one line of JSON last.
 """
 
 from __future__ import annotations
@@ -165,6 +167,12 @@ def postgres_cpu_s() -> float:
     return total
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (every core, every process: /proc/stat less idle and iowait)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / TICKS
+
+
 def cpu_snapshot(stack: LocalStack) -> dict[str, float]:
     snapshot = {name: process_tree_cpu_s(service.process.process.pid) for name, service in stack.services.items()}
     snapshot["broker"] = process_tree_cpu_s(stack.broker._process.process.pid)
@@ -203,6 +211,13 @@ class Profiles:
         return {name: top_entries(path) for name, path in self.outputs.items() if path.exists()}
 
 
+def print_profiles(profiles: dict[str, list[tuple[str, float]]]) -> None:
+    for name, entries in profiles.items():
+        print(f"{name}: where its busy time goes (own time, py-spy):", flush=True)
+        for frame, share in entries:
+            print(f"  {share:6.1%}  {frame}", flush=True)
+
+
 def top_entries(path: Path, count: int = 8) -> list[tuple[str, float]]:
     """Own-time share of the functions that were busy (idle waits in the event loop and queues left out)."""
     own: dict[str, int] = {}
@@ -230,35 +245,62 @@ def listings(photos: list[tuple[bytes, str]], prefix: str) -> list[common_pb2.Li
     return made
 
 
+def grouped_by_service(values: dict[str, float]) -> dict[str, float]:
+    """preprocessing-2 and the like counted with their service; services_total for gateway, preprocessing, results."""
+    grouped: dict[str, float] = {}
+    for name, value in values.items():
+        group = name.split("-")[0]
+        grouped[group] = round(grouped.get(group, 0.0) + value, 3)
+    grouped["services_total"] = round(sum(grouped.get(n, 0.0) for n in ("gateway", "preprocessing", "results")), 3)
+    return grouped
+
+
+def idle_floor(stack: LocalStack, seconds: float = 10.0) -> dict[str, float]:
+    """CPU-ms per second each process spends with no listing in flight (Kafka polls and heartbeats, the watch hub's
+    poll, health checks): a run's CPU-ms per listing holds this floor times its seconds over its listings."""
+    before = cpu_snapshot(stack)
+    began = time.perf_counter()
+    time.sleep(seconds)
+    after = cpu_snapshot(stack)
+    elapsed = time.perf_counter() - began
+    return grouped_by_service({name: (after[name] - before[name]) * 1000 / elapsed for name in after})
+
+
+def less_idle(run_figures: dict, floor: dict[str, float]) -> float:
+    """The services' CPU-ms per listing less what their idle floor accounts for over the run."""
+    idle_ms = floor["services_total"] * run_figures["seconds"] / max(run_figures["classified"], 1)
+    return round(run_figures["cpu_ms_per_listing"]["services_total"] - idle_ms, 3)
+
+
 def run(stack: LocalStack, photos, prefix: str) -> dict:
     batch = listings(photos, prefix)
     wanted = {listing.listing_id for listing in batch}
     reader = TopicReader(stack.kafka_settings, stack.kafka_settings.topics.listing_classified)
     try:
         before = cpu_snapshot(stack)
+        busy_before = machine_busy_s()
         began = time.perf_counter()
         submit_listings(stack.kafka_settings, batch)
         records = reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), 900)
         elapsed = time.perf_counter() - began
+        busy = machine_busy_s() - busy_before
         after = cpu_snapshot(stack)
     finally:
         reader.close()
     done = len(wanted & set(classified_by_listing(records)))
-    per_listing = {name: round((after[name] - before[name]) * 1000 / max(done, 1), 3) for name in after}
-    grouped: dict[str, float] = {}
-    for name, value in per_listing.items():
-        group = name.split("-")[0]
-        grouped[group] = round(grouped.get(group, 0.0) + value, 3)
-    grouped["services_total"] = round(sum(grouped.get(n, 0.0) for n in ("gateway", "preprocessing", "results")), 3)
+    grouped = grouped_by_service({name: (after[name] - before[name]) * 1000 / max(done, 1) for name in after})
     return {"listings": len(batch), "classified": done, "seconds": round(elapsed, 2),
-            "listings_per_s": round(done / elapsed, 1), "cpu_ms_per_listing": grouped}
+            "listings_per_s": round(done / elapsed, 1), "cpu_ms_per_listing": grouped,
+            # how many of the machine's cores were busy on average: a second worker can only add what is left
+            "cores_busy": round(busy / elapsed, 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listings", type=int, default=600)
     parser.add_argument("--profile", action="store_true", help="sample preprocessing and results with py-spy during "
-                        "the first run; prints their top entries (own time)")
+                        "the first run (with --decode-path-only: the decode path's first run); prints their top "
+                        "entries (own time)")
     parser.add_argument("--decode-path-only", action="store_true", help="only the GPU decode path's runs (the "
                         "thumbnail made by Triton, then made by the service)")
     options = parser.parse_args()
@@ -284,14 +326,21 @@ def main() -> None:
         # the DALI pipeline inside Triton. Decoding moves from preprocessing into Triton's process (on a GPU host,
         # onto the GPU), so the services' own cost is what these runs are about: with the thumbnail made by the
         # ensemble (the default) and made here (PREPROCESSING_THUMBNAIL_IN_TRITON=false).
-        in_triton = {}
+        in_triton, floors = {}, {}
+        profile_decode_path = options.profile and options.decode_path_only
         for thumbnails, label in (("true", "decode-in-triton"), ("false", "decode-in-triton-thumbnail-here")):
             with LocalStack(StackOptions(work_dir=WORK / f"stack-{label}", model_repository=models, database_url=url,
                                          extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true",
                                                     "PREPROCESSING_DECODE_IN_TRITON": "true",
                                                     "PREPROCESSING_THUMBNAIL_IN_TRITON": thumbnails})) as stack:
                 run(stack, warm, f"warm-{label}")
+                floors[label] = idle_floor(stack)
+                profiles = Profiles(stack, ["preprocessing", "results"]) if profile_decode_path else None
                 in_triton[label] = run(stack, photos, label)
+                in_triton[label]["services_total_less_idle"] = less_idle(in_triton[label], floors[label])
+                if profiles is not None:
+                    print_profiles(profiles.stop())
+                    profile_decode_path = False  # the first of the two runs only
                 maker = "by Triton" if thumbnails == "true" else "here"
                 print(f"decode in Triton (photo_ensemble), thumbnail made {maker}, 1 worker, 1 replica: "
                       f"{json.dumps(in_triton[label])}", flush=True)
@@ -305,6 +354,7 @@ def main() -> None:
             "listings_per_s": one["listings_per_s"], "cpu_ms_per_listing": one["cpu_ms_per_listing"],
             "listings_per_s_2_preprocessing_workers": two_workers["listings_per_s"],
             "preprocessing_scale_ratio": round(two_workers["listings_per_s"] / one["listings_per_s"], 2),
+            "cores_busy_1_worker": one["cores_busy"], "cores_busy_2_workers": two_workers["cores_busy"],
             "cpu_ms_per_listing_2_preprocessing_workers": two_workers["cpu_ms_per_listing"],
             "listings_per_s_2_result_replicas": two_results["listings_per_s"],
             "results_scale_ratio": round(two_results["listings_per_s"] / two_workers["listings_per_s"], 2)}
@@ -314,6 +364,10 @@ def main() -> None:
         "cpu_ms_per_listing_decode_in_triton": in_triton["decode-in-triton"]["cpu_ms_per_listing"],
         "cpu_ms_per_listing_decode_in_triton_thumbnail_here":
             in_triton["decode-in-triton-thumbnail-here"]["cpu_ms_per_listing"],
+        # At this CPU twin's rate the services' idle floor is a large share of each listing; a GPU host's rate is not
+        "idle_cpu_ms_per_s_decode_in_triton": floors["decode-in-triton"],
+        "services_cpu_ms_per_listing_less_idle_decode_in_triton":
+            in_triton["decode-in-triton"]["services_total_less_idle"],
         "store": "postgresql", "photos": kinds, "models": "stand-ins (" + ", ".join(names) + ")",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}))
 
@@ -325,10 +379,7 @@ def cpu_path_runs(stack: LocalStack, photos, warm, profile: bool) -> tuple[dict,
     one = run(stack, photos, "one")
     print(f"1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
     if profiles is not None:
-        for name, entries in profiles.stop().items():
-            print(f"{name}: where its busy time goes (own time, py-spy):", flush=True)
-            for frame, share in entries:
-                print(f"  {share:6.1%}  {frame}", flush=True)
+        print_profiles(profiles.stop())
     stack.add_service("preprocessing-2")
     split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
     run(stack, warm, "warm-2")
