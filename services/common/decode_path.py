@@ -1,7 +1,8 @@
-"""The names the GPU decode path's Triton models share with their caller.
+"""The names Triton's ensembles and the GPU decode path's models share with their caller.
 
-The trainer writes `photo_decode` and `photo_ensemble` with these tensors (services/trainer/photo_ensemble.py) and the
-preprocessing service calls the ensemble by them; both images carry services/common, not each other's packages.
+The trainer writes `photo_decode`, `photo_ensemble` and `pixels_ensemble` with these tensors
+(services/trainer/photo_ensemble.py) and the preprocessing service calls the ensembles by them; both images carry
+services/common, not each other's packages.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 DECODE_MODEL = "photo_decode"
 ENSEMBLE_MODEL = "photo_ensemble"
 PHOTO_INPUT = "photo"  # uint8, one row of encoded bytes per photo, zero-padded to the batch's longest
+# The CPU path's ensemble: a batch's decoded squares, one input per model input size (image_output(size)), go to Triton
+# in one request and it runs every called model on them (instead of one request per model carrying the same pixels).
+PIXELS_ENSEMBLE = "pixels_ensemble"
 
 
 def image_output(size: int) -> str:
-    """photo_decode's output for one model input size: uint8 (size, size, 3)."""
+    """photo_decode's output, and pixels_ensemble's input, for one model input size: uint8 (size, size, 3)."""
     return f"image_{size}"
 
 

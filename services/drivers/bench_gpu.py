@@ -3,7 +3,7 @@ and the two ways a listing's photo can reach it, side by side on the same machin
 
 - **CPU path** (the default deployment): worker processes do what the preprocessing service does per photo (decode,
   find the product, one uint8 tensor per input size, the operators' thumbnail; services/preprocessing/images.py) and
-  send one request per model per batch.
+  send one request per batch to `pixels_ensemble`, which runs every called model.
 - **GPU decode path** (PREPROCESSING_DECODE_IN_TRITON=true): worker processes check the header only, make the
   thumbnail and send the photo's bytes to `photo_ensemble`, which decodes (nvJPEG) and resizes on the GPU before
   every CNN.
@@ -137,13 +137,14 @@ def process_tree_cpu_s(pid: int) -> float:
 
 
 def _cpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
-    """The preprocessing service's CPU path: its own image code and its own Triton client (every model called once per
-    batch, the calls in parallel)."""
+    """The preprocessing service's CPU path: its own image code and its own Triton client (one request per batch to
+    pixels_ensemble, the service's default, which runs every called model)."""
+    from services.common.decode_path import PIXELS_ENSEMBLE
     from services.preprocessing.images import ImageLimits, prepare_image
     from services.preprocessing.triton_models import TritonClassifier
 
     url, names, photos = job
-    classifier = TritonClassifier(url, names)
+    classifier = TritonClassifier(url, names, pixels_ensemble=PIXELS_ENSEMBLE)
     classifier.start()
     sizes = sorted(set(classifier.input_sizes()))
     limits = ImageLimits()

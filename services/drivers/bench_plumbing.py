@@ -37,7 +37,7 @@ from services.drivers.bench_scale import wait_for_split
 from services.drivers.traffic import MARKETPLACES, TopicReader, classified_by_listing, submit_listings
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
 from services.trainer.fusion_fit import publish_fusion
-from services.trainer.photo_ensemble import write_photo_ensemble
+from services.trainer.photo_ensemble import write_ensembles
 from services.trainer.real_models import clothing_dataset
 from services.trainer.triton_export import publish_onnx
 
@@ -307,7 +307,7 @@ def main() -> None:
     shutil.rmtree(WORK / "stack", ignore_errors=True)
     models = WORK / "models"
     names = build_stand_ins(REPOSITORY_ROOT / "triton_models", models)
-    write_photo_ensemble(models)  # the GPU decode path's ensemble over the stand-ins, for the last run
+    write_ensembles(models)  # over the stand-ins: the CPU path's pixels_ensemble, the decode path's for the last runs
     print(f"stand-in models: {', '.join(names)} in {models}", flush=True)
     photos = seller_photos(options.listings)
     warm = seller_photos(64)

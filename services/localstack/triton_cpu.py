@@ -37,8 +37,8 @@ def _pytriton_root() -> Path:
 
 
 def build_cpu_repository(production: Path, destination: Path) -> tuple[list[str], list[str]]:
-    """Writes the CPU twin of the production repository; returns the classifiers' names and the GPU decode path's
-    (photo_decode, served by a Python twin of its DALI pipeline, and the ensemble, which Triton itself runs)."""
+    """Writes the CPU twin of the production repository; returns the classifiers' names and the composed models'
+    (photo_decode, served by a Python twin of its DALI pipeline, and the ensembles, which Triton itself runs)."""
     return build_python_repository(production, destination, _PYTHON_MODEL, _DECODE_MODEL,
                                    model_config_pb2.ModelInstanceGroup.KIND_CPU)
 
@@ -49,7 +49,7 @@ def build_python_repository(production: Path, destination: Path, classifier_mode
     but runs as a Python-backend model: classifier_model beside a link to the same model.onnx, decode_model for the
     DALI step, on instances of `kind` (KIND_CPU here; KIND_GPU for the GPU bench's CUDA twins)."""
     shutil.rmtree(destination, ignore_errors=True)
-    classifiers, decode_path = [], []
+    classifiers, composed = [], []
     for config_path in sorted(production.glob("*/config.pbtxt")):
         source = config_path.parent
         config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
@@ -63,7 +63,7 @@ def build_python_repository(production: Path, destination: Path, classifier_mode
             (target / "config.pbtxt").write_text(text_format.MessageToString(config))
             if config.backend == "python":
                 shutil.copy(decode_model, target / "1" / "model.py")
-            decode_path.append(config.name)
+            composed.append(config.name)
             continue
         if config.platform != "onnxruntime_onnx":
             raise StartupError(f"{config_path}: only onnxruntime_onnx models can be served by the Python backend here")
@@ -84,7 +84,7 @@ def build_python_repository(production: Path, destination: Path, classifier_mode
             shutil.copy(classifier_model, target / version.name / "model.py")
             (target / version.name / "model.onnx").symlink_to((version / "model.onnx").resolve())
         classifiers.append(config.name)
-    return classifiers, decode_path
+    return classifiers, composed
 
 
 def _backend_directory(work_dir: Path) -> Path:
@@ -113,7 +113,8 @@ class LocalTriton:
         self.http_port = free_port()
         self.metrics_port = free_port()
         self.model_names: list[str] = []  # the classifiers
-        self.decode_path_models: list[str] = []  # photo_decode and photo_ensemble, when the repository has them
+        # photo_decode and the ensembles (photo_ensemble, pixels_ensemble), when the repository has them
+        self.composed_models: list[str] = []
         self._process: ChildProcess | None = None
 
     @property
@@ -122,7 +123,7 @@ class LocalTriton:
 
     def start(self, timeout_s: float = 120.0) -> None:
         repository = self.work_dir / "model_repository"
-        self.model_names, self.decode_path_models = self.build_repository(self.production_repository, repository)
+        self.model_names, self.composed_models = self.build_repository(self.production_repository, repository)
         backends = _backend_directory(self.work_dir)
         root = _pytriton_root()
         env = dict(os.environ)
@@ -148,7 +149,7 @@ class LocalTriton:
         client = triton_grpc.InferenceServerClient(self.grpc_url)
         try:
             self._process.wait_until(
-                lambda: client.is_server_ready() and all(client.is_model_ready(n) for n in self.model_names + self.decode_path_models),
+                lambda: client.is_server_ready() and all(client.is_model_ready(n) for n in self.model_names + self.composed_models),
                 timeout_s, "ready")
         finally:
             client.close()

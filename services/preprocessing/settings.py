@@ -24,6 +24,9 @@ class PreprocessingSettings(GrpcServiceSettings):
                                 description="consumer group on the listing-submitted topic")
     max_batch_listings: int = Field(32, description="listings polled and sent to Triton together")
     batch_linger_s: float = Field(0.05, description="once listings arrive, how long to wait for a fuller batch")
+    pixels_ensemble: str = Field("pixels_ensemble", description="the CPU path's Triton ensemble: a batch's squares go "
+                                 "to Triton in one request and it runs every called model on them; empty, or not "
+                                 "served by Triton for exactly the called models: one request per model")
     parallel_model_calls: bool = Field(True, description="call the models at once (GPU Triton); false runs them "
                                        "one after the other, faster where Triton shares a few CPU cores")
     decode_in_triton: bool = Field(False, description="the GPU decode path: send each photo's bytes (checked from "

@@ -12,7 +12,8 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from services.common.decode_path import PHOTO_INPUT, THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, probabilities_output
+from services.common.decode_path import (PHOTO_INPUT, THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, image_output,
+                                         probabilities_output)
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.metrics import TRITON_BATCH_SIZE, TRITON_LATENCY
 
@@ -70,13 +71,18 @@ def _read_labels(client, name, version, input_name, shape, output_name, class_co
 
 
 class TritonClassifier:
-    """Runs batches of images through every configured model, each model called once per batch, in parallel."""
+    """Runs batches of images through every configured model: one request per batch to pixels_ensemble where Triton
+    serves it for exactly these models, otherwise each model called once per batch, in parallel."""
 
     def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0, parallel: bool = True,
-                 ensemble: str | None = None):
+                 ensemble: str | None = None, pixels_ensemble: str | None = None):
         self.url = url
         # The GPU decode path: photos' bytes go to this ensemble, which decodes them and runs every model.
         self.ensemble = ensemble
+        # The CPU path: a batch's squares go to this ensemble once, and it runs every model on them. Optional: a
+        # Triton that does not serve it (or serves it for other models) gets one request per model.
+        self.pixels_ensemble = pixels_ensemble
+        self._pixels_ensemble_batch: int | None = None  # its max batch size; 0: not usable; None: not read yet
         self.parallel = parallel
         self.model_names = model_names
         self.timeout_s = timeout_s
@@ -99,6 +105,7 @@ class TritonClassifier:
         """The models' specs, read from the server on first use and after a failure (a reload may change them)."""
         with self._lock:
             if len(self._specs) != len(self.model_names):
+                self._pixels_ensemble_batch = None  # read again too: it may have been loaded or changed
                 try:
                     self._specs = {n: read_model_spec(self._client, n) for n in self.model_names}
                 except InferenceServerException as error:
@@ -134,11 +141,71 @@ class TritonClassifier:
         deadline (time.monotonic()) bounds every Triton call, so a caller's gRPC deadline reaches Triton.
         """
         specs = self.specs
+        pixels_batch = self._pixels_ensemble_batch_size(specs)
+        if pixels_batch:
+            return self._infer_pixels(specs, tensors_by_size, pixels_batch, deadline)
         if not self.parallel:
             return {spec.name: self._infer(spec, tensors_by_size[spec.input_size], deadline) for spec in specs}
         jobs = {spec.name: self._pool.submit(self._infer, spec, tensors_by_size[spec.input_size], deadline)
                 for spec in specs}
         return {name: job.result() for name, job in jobs.items()}
+
+    def _pixels_ensemble_batch_size(self, specs: list[ModelSpec]) -> int:
+        """pixels_ensemble's max batch size when Triton serves it with one input per input size of these models and
+        exactly their probabilities as outputs; 0 otherwise. Read on first use and after a failure."""
+        if not self.pixels_ensemble:
+            return 0
+        with self._lock:
+            if self._pixels_ensemble_batch is None:
+                self._pixels_ensemble_batch = self._read_pixels_ensemble(specs)
+            return self._pixels_ensemble_batch
+
+    def _read_pixels_ensemble(self, specs: list[ModelSpec]) -> int:
+        name = self.pixels_ensemble
+        try:
+            if not self._client.is_model_ready(name):
+                log.warning("Triton does not serve %s: one request per model and batch", name)
+                return 0
+            metadata = self._client.get_model_metadata(name, as_json=True)
+            config = self._client.get_model_config(name, as_json=True)["config"]
+        except InferenceServerException as error:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton: {error.message()}") from None
+        inputs = {i["name"]: [int(d) for d in i["shape"]][1:] for i in metadata.get("inputs", [])}
+        outputs = {o["name"] for o in metadata.get("outputs", [])}
+        wanted_inputs = {image_output(s.input_size): [s.input_size, s.input_size, 3] for s in specs}
+        wanted_outputs = {probabilities_output(s.name) for s in specs}
+        if inputs != wanted_inputs or outputs != wanted_outputs:
+            log.warning("%s does not serve exactly the called models (%s): one request per model and batch", name,
+                        ", ".join(s.name for s in specs))
+            return 0
+        return int(config.get("max_batch_size", 1)) or 1
+
+    def _infer_pixels(self, specs: list[ModelSpec], tensors_by_size: dict[int, np.ndarray], max_batch_size: int,
+                      deadline: float | None) -> dict[str, np.ndarray]:
+        """One request per max_batch_size images to pixels_ensemble, carrying each input size's squares once."""
+        count = len(next(iter(tensors_by_size.values())))
+        outputs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
+        for start in range(0, count, max_batch_size):
+            inputs = []
+            for size, batch in tensors_by_size.items():
+                chunk = np.ascontiguousarray(batch[start:start + max_batch_size])
+                inputs.append(triton_grpc.InferInput(image_output(size), list(chunk.shape), "UINT8"))
+                inputs[-1].set_data_from_numpy(chunk)
+            TRITON_BATCH_SIZE.labels(self.pixels_ensemble).observe(min(max_batch_size, count - start))
+            began = time.perf_counter()
+            try:
+                result = self._client.infer(self.pixels_ensemble, inputs, client_timeout=self._timeout(deadline),
+                                            outputs=[triton_grpc.InferRequestedOutput(probabilities_output(s.name))
+                                                     for s in specs])
+            except InferenceServerException as error:
+                with self._lock:  # reloaded, replaced or unloaded: read both again next time
+                    self._specs, self._pixels_ensemble_batch = {}, None
+                raise ClassificationError(ErrorKind.UNAVAILABLE,
+                                          f"Triton {self.pixels_ensemble}: {error.message()}") from None
+            TRITON_LATENCY.labels(self.pixels_ensemble).observe(time.perf_counter() - began)
+            for spec in specs:
+                outputs[spec.name].append(result.as_numpy(probabilities_output(spec.name)))
+        return {name: np.concatenate(parts).astype(np.float32, copy=False) for name, parts in outputs.items()}
 
     def _timeout(self, deadline: float | None) -> float:
         if deadline is None:

@@ -25,7 +25,7 @@ from services.trainer.dataset import Dataset, DatasetError, load_catalogue_sizes
 from services.trainer.evaluation import metrics, write_report
 from services.trainer.fusion_fit import fit_fusion, publish_fusion
 from services.trainer.pretrained import LITE_VARIANTS, FineTuneSettings, export_onnx, fine_tune, onnx_session, run_onnx
-from services.trainer.photo_ensemble import write_photo_ensemble
+from services.trainer.photo_ensemble import write_ensembles
 from services.trainer.triton_export import ExportedVersion, publish_onnx, publish_version
 from services.trainer.training import DISTILLATION_FROM_SCRATCH, TrainingSettings, train_model
 
@@ -149,7 +149,7 @@ def build_catalogue_models(catalogue: Path, repository: Path, build: CatalogueBu
     fusion = fit_fusion(probabilities, labels)
     versions = {name: str(e.version) for name, e in exported.items()}
     fusion_path = publish_fusion(repository, fusion, versions, categories, description)
-    write_photo_ensemble(repository)  # the GPU decode path, in step with the models just published
+    write_ensembles(repository)  # the ensembles (both paths), in step with the models just published
     weights = fusion["weights"]
     from services.results.fusion import fuse_arrays
 

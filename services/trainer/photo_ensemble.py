@@ -20,6 +20,11 @@ local CPU Triton has no DALI backend: it serves `photo_decode` with a Python-bac
 What differs from the CPU path (services/preprocessing/images.py), and must be measured on a GPU before choosing it:
 no product segmentation (the whole photo is resized), a constant padding colour (white) instead of the border's
 median, and EXIF orientation is not applied (nvJPEG ignores it).
+
+Beside them the same function writes `pixels_ensemble`, for the CPU path (the default): the preprocessing service
+decodes, segments and resizes each photo itself and sends a batch's squares once, one input per model input size;
+Triton hands them to every called model. Without it the same pixels travel once per model (Lite0 and Lite1 both take
+224 px).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.common.decode_path import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, THUMBNAIL_OUTPUT,
-                                         THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE, image_output, probabilities_output)
+from services.common.decode_path import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, PIXELS_ENSEMBLE,
+                                         THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE, image_output,
+                                         probabilities_output)
 from services.common.fusion_file import FUSION_FILE, FusionConfig
 
 PAD_VALUE = 255  # white: product photos are mostly shot on light backgrounds
@@ -126,8 +132,24 @@ def ensemble_config(models: list[ServedModel], max_batch_size: int) -> model_con
         ensemble_scheduling=model_config_pb2.ModelEnsembling(step=steps))
 
 
-def write_photo_ensemble(repository: Path) -> list[Path]:
-    """Writes photo_decode and photo_ensemble for the models fusion.json calls; returns the files written."""
+def pixels_ensemble_config(models: list[ServedModel], max_batch_size: int) -> model_config_pb2.ModelConfig:
+    """The CPU path's ensemble: one uint8 square input per model input size, every model's probabilities out."""
+    sizes = sorted({m.input_size for m in models})
+    steps = [model_config_pb2.ModelEnsembling.Step(
+        model_name=m.name, model_version=-1, input_map={m.input_name: image_output(m.input_size)},
+        output_map={m.output_name: probabilities_output(m.name)}) for m in models]
+    return model_config_pb2.ModelConfig(
+        name=PIXELS_ENSEMBLE, platform="ensemble", max_batch_size=max_batch_size,
+        input=[model_config_pb2.ModelInput(name=image_output(size), data_type=model_config_pb2.TYPE_UINT8,
+                                           dims=[size, size, 3]) for size in sizes],
+        output=[model_config_pb2.ModelOutput(name=probabilities_output(m.name), data_type=model_config_pb2.TYPE_FP32,
+                                             dims=[m.class_count]) for m in models],
+        ensemble_scheduling=model_config_pb2.ModelEnsembling(step=steps))
+
+
+def write_ensembles(repository: Path) -> list[Path]:
+    """Writes photo_decode, photo_ensemble and pixels_ensemble for the models fusion.json calls; returns the files
+    written."""
     fusion = FusionConfig.load(repository / FUSION_FILE)
     models = [ServedModel.read(repository, name) for name in fusion.called_models]
     max_batch_size = min(m.max_batch_size for m in models)
@@ -138,7 +160,8 @@ def write_photo_ensemble(repository: Path) -> list[Path]:
              DALI_PIPELINE.format(sizes=tuple(sizes), pad_value=PAD_VALUE, max_batch_size=max_batch_size,
                                   photo_input=PHOTO_INPUT, thumbnail_side=THUMBNAIL_SIDE,
                                   thumbnail_output=THUMBNAIL_OUTPUT)),
-            (ensemble_config(models, max_batch_size), None, None)):
+            (ensemble_config(models, max_batch_size), None, None),
+            (pixels_ensemble_config(models, max_batch_size), None, None)):
         folder = repository / config.name
         (folder / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs a version folder, even empty
         (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
@@ -152,7 +175,7 @@ def write_photo_ensemble(repository: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=Path(__file__).resolve().parents[2] / "triton_models")
-    for path in write_photo_ensemble(parser.parse_args().repository):
+    for path in write_ensembles(parser.parse_args().repository):
         print(f"wrote {path}")
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from services.common.fusion_file import FUSION_FILE
-from services.trainer.photo_ensemble import write_photo_ensemble
+from services.trainer.photo_ensemble import write_ensembles
 from services.trainer.pretrained import LITE_VARIANTS
 from services.trainer.catalogue_models import CatalogueBuild, DatasetError, build_catalogue_models, summary
 
@@ -68,7 +68,7 @@ def main() -> int:
                         "(efficientnet_lite0, efficientnet_lite1, efficientnet_lite2)")
     options = parser.parse_args()
     if published(options.repository) and not options.force:
-        write_photo_ensemble(options.repository)  # a checkout from before the GPU decode path existed lacks it
+        write_ensembles(options.repository)  # a checkout from before an ensemble existed lacks it
         print(f"real-photo models already trained and published in {options.repository} (use --force to retrain)")
         return 0
     catalogue = options.catalogue or clothing_dataset()

@@ -1,10 +1,12 @@
-"""The production default calls the models at once (GPU Triton); the local stack calls them one after the other.
-Both paths, through the real Triton, give the same answers."""
+"""The ways preprocessing calls the models through the real Triton give the same answers: the models at once (GPU
+Triton), one after the other (the local stack's per-model calls), and pixels_ensemble, one request per batch for
+every called model (the default where Triton serves it)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from services.common.decode_path import PIXELS_ENSEMBLE
 from services.preprocessing.images import ImageLimits, prepare_image
 from services.preprocessing.triton_models import TritonClassifier
 from services.drivers.traffic import sample_listings
@@ -27,3 +29,48 @@ def test_parallel_and_sequential_model_calls_agree(stack):
     for name in outputs[True]:
         assert outputs[True][name].shape == (6, 10)
         assert np.allclose(outputs[True][name], outputs[False][name], atol=1e-5), name
+
+
+def _success_count(client, model: str) -> int:
+    [stats] = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    return int(stats["inference_stats"]["success"].get("count", 0))
+
+
+def test_the_pixels_ensemble_answers_as_the_models_do_in_one_request_per_batch(stack):
+    """The CPU path's default: a batch's squares go to pixels_ensemble once. Its answers are the models' own, one
+    request carries the batch (each model still runs once), and a Triton that does not serve the ensemble, or serves
+    it for other models, gets one request per model instead, with the same answers."""
+    photos = sample_listings(40, seed=139, prefix="ensemble")  # more than the models' max batch: two requests
+    names = stack.called_models
+    per_model = TritonClassifier(stack.triton.grpc_url, names, parallel=False)
+    ensemble = TritonClassifier(stack.triton.grpc_url, names, pixels_ensemble=PIXELS_ENSEMBLE)
+    missing = TritonClassifier(stack.triton.grpc_url, names, pixels_ensemble="no_such_ensemble")
+    other_models = TritonClassifier(stack.triton.grpc_url, names[:1], pixels_ensemble=PIXELS_ENSEMBLE)
+    classifiers = [per_model, ensemble, missing, other_models]
+    for classifier in classifiers:
+        classifier.start()
+    try:
+        sizes = per_model.input_sizes()
+        prepared = [prepare_image(p.listing.image_bytes, sizes, ImageLimits()) for p in photos]
+        batches = {size: np.stack([p.tensors[size] for p in prepared]) for size in set(sizes)}
+        expected = per_model.classify(batches)
+        client = ensemble._client
+        batch_limit = min(spec.max_batch_size for spec in ensemble.specs)  # read (with a blank call each) first
+        before = {name: _success_count(client, name) for name in [PIXELS_ENSEMBLE, *names]}
+        answers = ensemble.classify(batches)
+        after = {name: _success_count(client, name) for name in before}
+        requests = -(-len(photos) // batch_limit)
+        assert after[PIXELS_ENSEMBLE] - before[PIXELS_ENSEMBLE] == requests
+        for name in names:
+            assert after[name] - before[name] == requests  # each model once per request, not once per model call
+            assert answers[name].shape == (len(photos), 10) and answers[name].dtype == np.float32
+            assert np.allclose(answers[name], expected[name], atol=1e-5), name
+        for fallback in (missing, other_models):
+            counted = _success_count(client, PIXELS_ENSEMBLE)
+            answered = fallback.classify({size: batches[size] for size in set(fallback.input_sizes())})
+            assert _success_count(client, PIXELS_ENSEMBLE) == counted  # not called
+            for name in fallback.model_names:
+                assert np.allclose(answered[name], expected[name], atol=1e-5), name
+    finally:
+        for classifier in classifiers:
+            classifier.stop()

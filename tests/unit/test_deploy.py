@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.common.decode_path import PIXELS_ENSEMBLE
 from services.common.settings import KafkaSettings, Topics
 from services.console.settings import ConsoleSettings
 from services.gateway.settings import GatewaySettings
@@ -67,14 +68,15 @@ def test_compose_builds_every_service_and_sets_only_real_settings():
 
 
 def test_compose_triton_loads_and_waits_for_every_served_model():
-    """Explicit model control loads only what is named: every CNN in triton_models/ must be named and checked."""
+    """Explicit model control loads only what is named: every CNN in triton_models/ must be named and checked, and
+    the CPU path's pixels_ensemble (the GPU decode path's photo_ensemble is a deployment choice, loaded by hand)."""
     triton = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["triton"]
     served = {config.parent.name for config in (ROOT / "triton_models").glob("*/config.pbtxt")
               if (config.parent / "labels.txt").exists()}  # the classifiers (the decode path's steps have none)
     assert {"efficientnet_lite0", "efficientnet_lite1", "resnet50", "inception_v3"} <= served
     loaded = {part.removeprefix("--load-model=") for part in triton["command"] if part.startswith("--load-model=")}
-    assert loaded == served
-    assert all(f"/v2/models/{name}/ready" in triton["healthcheck"]["test"][1] for name in served)
+    assert loaded == served | {PIXELS_ENSEMBLE}
+    assert all(f"/v2/models/{name}/ready" in triton["healthcheck"]["test"][1] for name in loaded)
 
 
 def rendered(overlay: str) -> list[dict]:

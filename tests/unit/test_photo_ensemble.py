@@ -1,6 +1,7 @@
-"""The GPU decode path's Triton configuration, written beside the models: every tensor an ensemble step names exists
-in the model it names, with the shape and type the next step expects; the DALI pipeline is valid Python that makes
-one square per input size; the local CPU Triton serves the same configuration with its Pillow twin."""
+"""The ensembles' Triton configuration, written beside the models: every tensor an ensemble step names exists in the
+model it names, with the shape and type the next step expects; the DALI pipeline is valid Python that makes one square
+per input size; the local CPU Triton serves the same configuration with its Pillow twin. The CPU path's
+pixels_ensemble takes one square per input size and feeds every called model."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.localstack.triton_cpu import build_cpu_repository
-from services.common.decode_path import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, THUMBNAIL_OUTPUT,
-                                         THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE, image_output, probabilities_output)
-from services.trainer.photo_ensemble import write_photo_ensemble
+from services.common.decode_path import (DECODE_MODEL, ENSEMBLE_MODEL, PHOTO_INPUT, PIXELS_ENSEMBLE,
+                                         THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE, image_output,
+                                         probabilities_output)
+from services.trainer.photo_ensemble import write_ensembles
 from services.trainer.triton_export import production_config
 
 MODELS = {"efficientnet_lite0": 224, "resnet50": 80, "inception_v3": 96, "unused": 64}
@@ -32,7 +34,7 @@ def repository(tmp_path) -> Path:
     weights = {"efficientnet_lite0": 0.8, "resnet50": 0.1, "inception_v3": 0.1, "unused": 0.0}
     (tmp_path / "fusion.json").write_text(json.dumps({"models": {n: {"weight": w, "version": 1}
                                                                  for n, w in weights.items()}}))
-    write_photo_ensemble(tmp_path)
+    write_ensembles(tmp_path)
     return tmp_path
 
 
@@ -63,6 +65,26 @@ def test_every_step_maps_tensors_that_exist_with_matching_shapes(repository):
         THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT}  # the console's thumbnail, so the service never decodes
 
 
+def test_the_pixels_ensemble_feeds_each_called_model_the_square_of_its_size(repository):
+    ensemble = config(repository, PIXELS_ENSEMBLE)
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 16  # the smallest of the models it feeds
+    produced = {i.name: (list(i.dims), i.data_type) for i in ensemble.input}
+    assert produced == {image_output(s): ([s, s, 3], model_config_pb2.TYPE_UINT8) for s in (80, 96, 224)}
+    for step in ensemble.ensemble_scheduling.step:
+        model = config(repository, step.model_name)
+        [model_input] = model.input
+        assert dict(step.input_map) == {model_input.name: image_output(model_input.dims[0])}
+        assert produced[step.input_map[model_input.name]] == (list(model_input.dims), model_input.data_type)
+        outputs = {o.name: (list(o.dims), o.data_type) for o in model.output}
+        for model_output, tensor in step.output_map.items():
+            produced[tensor] = outputs[model_output]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["efficientnet_lite0", "resnet50",
+                                                                          "inception_v3"]  # not 'unused'
+    assert {o.name: list(o.dims) for o in ensemble.output} == {probabilities_output(n): [10] for n in (
+        "efficientnet_lite0", "resnet50", "inception_v3")}
+    assert all(produced[o.name] == (list(o.dims), o.data_type) for o in ensemble.output)
+
+
 def test_the_decode_step_is_dali_on_the_gpu_with_one_square_per_input_size(repository):
     decode = config(repository, DECODE_MODEL)
     assert decode.backend == "dali"
@@ -83,8 +105,8 @@ def test_the_decode_step_is_dali_on_the_gpu_with_one_square_per_input_size(repos
 
 
 def test_the_local_cpu_triton_serves_the_same_configuration_with_its_pillow_twin(repository, tmp_path):
-    classifiers, decode_path = build_cpu_repository(repository, tmp_path / "cpu")
-    assert sorted(classifiers) == sorted(MODELS) and decode_path == [DECODE_MODEL, ENSEMBLE_MODEL]
+    classifiers, composed = build_cpu_repository(repository, tmp_path / "cpu")
+    assert sorted(classifiers) == sorted(MODELS) and composed == [DECODE_MODEL, ENSEMBLE_MODEL, PIXELS_ENSEMBLE]
     twin = config(tmp_path / "cpu", DECODE_MODEL)
     assert twin.backend == "python" and twin.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert list(twin.output) == list(config(repository, DECODE_MODEL).output)  # same tensors
@@ -92,13 +114,14 @@ def test_the_local_cpu_triton_serves_the_same_configuration_with_its_pillow_twin
     assert twin_code.startswith('"""Triton Python-backend twin')
     assert f'"{THUMBNAIL_OUTPUT}", "{THUMBNAIL_SHAPE_OUTPUT}"' in twin_code  # standalone: the names are spelt out
     assert config(tmp_path / "cpu", ENSEMBLE_MODEL) == config(repository, ENSEMBLE_MODEL)
+    assert config(tmp_path / "cpu", PIXELS_ENSEMBLE) == config(repository, PIXELS_ENSEMBLE)
     assert (tmp_path / "cpu" / ENSEMBLE_MODEL / "1").is_dir()
 
 
 def test_rewritten_in_step_when_the_models_change(repository):
     (repository / "resnet50" / "config.pbtxt").write_text(production_config("resnet50", 128, 10, 32))
     shutil.rmtree(repository / DECODE_MODEL)
-    write_photo_ensemble(repository)
+    write_ensembles(repository)
     assert image_output(128) in {o.name for o in config(repository, DECODE_MODEL).output}
 
 
@@ -106,8 +129,8 @@ def test_rewritten_in_step_when_the_models_change(repository):
 def test_the_gpu_bench_serves_the_same_configuration_with_cuda_twins(repository, tmp_path, kind):
     from services.drivers.bench_gpu import gpu_repository
 
-    classifiers, decode_path = gpu_repository(repository, tmp_path / "gpu", kind)
-    assert sorted(classifiers) == sorted(MODELS) and decode_path == [DECODE_MODEL, ENSEMBLE_MODEL]
+    classifiers, composed = gpu_repository(repository, tmp_path / "gpu", kind)
+    assert sorted(classifiers) == sorted(MODELS) and composed == [DECODE_MODEL, ENSEMBLE_MODEL, PIXELS_ENSEMBLE]
     for name in classifiers + [DECODE_MODEL]:
         served = config(tmp_path / "gpu", name)
         assert served.backend == "python" and not served.platform
@@ -119,3 +142,4 @@ def test_the_gpu_bench_serves_the_same_configuration_with_cuda_twins(repository,
     nvjpeg_twin = (tmp_path / "gpu" / DECODE_MODEL / "1" / "model.py").read_text()
     assert "nvJPEG" in nvjpeg_twin and f'"{THUMBNAIL_OUTPUT}", "{THUMBNAIL_SHAPE_OUTPUT}"' in nvjpeg_twin
     assert config(tmp_path / "gpu", ENSEMBLE_MODEL) == config(repository, ENSEMBLE_MODEL)
+    assert config(tmp_path / "gpu", PIXELS_ENSEMBLE) == config(repository, PIXELS_ENSEMBLE)
