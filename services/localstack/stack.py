@@ -103,7 +103,7 @@ class StackOptions:
     database_url: str | None = None  # default: SQLite in work_dir
     partitions: int = 4
     model_repository: Path = REPOSITORY_ROOT / "triton_models"
-    onnx_threads: int = 0  # 0: onnxruntime decides
+    onnx_threads: int = 0  # per model; 0: the cores shared among pixels_ensemble's models (every core without it)
     extra_env: dict[str, str] = field(default_factory=dict)
     console: bool = False  # also start the operators' review console
     console_port: int = 0  # 0: any free port

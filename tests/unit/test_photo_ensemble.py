@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -143,3 +144,11 @@ def test_the_gpu_bench_serves_the_same_configuration_with_cuda_twins(repository,
     assert "nvJPEG" in nvjpeg_twin and f'"{THUMBNAIL_OUTPUT}", "{THUMBNAIL_SHAPE_OUTPUT}"' in nvjpeg_twin
     assert config(tmp_path / "gpu", ENSEMBLE_MODEL) == config(repository, ENSEMBLE_MODEL)
     assert config(tmp_path / "gpu", PIXELS_ENSEMBLE) == config(repository, PIXELS_ENSEMBLE)
+
+
+def test_the_local_triton_shares_the_cores_among_the_models_the_pixels_ensemble_runs_at_once(repository, tmp_path):
+    from services.localstack.triton_cpu import ensemble_share_of_cores
+
+    assert ensemble_share_of_cores(repository) == max(1, (os.cpu_count() or 1) // 3)  # three called models
+    shutil.rmtree(repository / PIXELS_ENSEMBLE)
+    assert ensemble_share_of_cores(repository) == 0  # onnxruntime decides, as before the ensemble existed
