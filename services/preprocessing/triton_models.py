@@ -203,9 +203,30 @@ class TritonClassifier:
                 raise ClassificationError(ErrorKind.UNAVAILABLE,
                                           f"Triton {self.pixels_ensemble}: {error.message()}") from None
             TRITON_LATENCY.labels(self.pixels_ensemble).observe(time.perf_counter() - began)
+            self._check_versions_still_served(specs)
             for spec in specs:
                 outputs[spec.name].append(result.as_numpy(probabilities_output(spec.name)))
         return {name: np.concatenate(parts).astype(np.float32, copy=False) for name, parts in outputs.items()}
+
+    def _check_versions_still_served(self, specs: list[ModelSpec]) -> None:
+        """After an ensemble's answer: its steps run each model's latest version, and the answer does not say which,
+        so the versions the predictions will name (read before) must still be the latest ready ones. A model
+        reloaded at a new version meanwhile makes the call UNAVAILABLE (retried, with the versions read again),
+        never an answer labelled with the version before. One small call per request."""
+        try:
+            index = self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+        except InferenceServerException as error:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton: {error.message()}") from None
+        ready: dict[str, int] = {}
+        for entry in index.get("models", []):
+            if entry.get("state") == "READY" and str(entry.get("version", "")).isdigit():
+                ready[entry["name"]] = max(ready.get(entry["name"], 0), int(entry["version"]))
+        changed = [s.versioned_name for s in specs if ready.get(s.name) != int(s.version)]
+        if changed:
+            with self._lock:
+                self._specs, self._pixels_ensemble_batch, self._ensemble_outputs = {}, None, None
+            raise ClassificationError(ErrorKind.UNAVAILABLE, f"{', '.join(changed)} no longer the latest version "
+                                      "served: a model was reloaded during the call; the batch is retried")
 
     def _timeout(self, deadline: float | None) -> float:
         if deadline is None:
@@ -291,6 +312,7 @@ class TritonClassifier:
                 self._specs, self._ensemble_outputs = {}, None
             raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton {self.ensemble}: {error.message()}") from None
         TRITON_LATENCY.labels(self.ensemble).observe(time.perf_counter() - began)
+        self._check_versions_still_served(specs)
         answers = {s.name: result.as_numpy(probabilities_output(s.name)).astype(np.float32, copy=False) for s in specs}
         return {**answers, **{name: result.as_numpy(name) for name in extra_outputs}}
 

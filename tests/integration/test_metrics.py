@@ -1,6 +1,7 @@
 """Every service exposes Prometheus metrics that move with the traffic: a scrape before and after, compared."""
 
 from services.common.contracts.product_classification.v1 import gateway_pb2
+from services.common.decode_path import PIXELS_ENSEMBLE
 from services.drivers.metrics_reader import scrape, total
 from services.drivers.traffic import sample_listings, submit_and_collect
 
@@ -23,7 +24,11 @@ def test_metrics_follow_the_traffic(stack, kafka, gateway):
     # 4 through Kafka; the synchronous call goes through preprocessing's gRPC API, not its consumer
     assert grew("preprocessing", "product_classification_kafka_messages_consumed_total", "listing-submitted") == 4
     assert grew("preprocessing", "product_classification_kafka_messages_produced_total", "prediction-made") == 4
+    # one call per batch to pixels_ensemble, which runs every called model, and no call to a model by itself
+    assert PIXELS_ENSEMBLE in stack.triton.composed_models
     for model in stack.called_models:
+        assert grew("preprocessing", "product_classification_triton_batch_images_count", f"model={model}") == 0
+    for model in [PIXELS_ENSEMBLE]:
         assert grew("preprocessing", "product_classification_triton_batch_images_count", f"model={model}") >= 1
         assert grew("preprocessing", "product_classification_triton_call_seconds_sum", f"model={model}") > 0
     assert grew("preprocessing", "product_classification_preprocess_seconds_count") == 5
