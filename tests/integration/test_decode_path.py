@@ -5,6 +5,7 @@ the models. The hostile-image limits are still checked here, from the header, be
 from __future__ import annotations
 
 import io
+import json
 
 import grpc
 import numpy as np
@@ -105,3 +106,17 @@ def test_the_decode_path_sends_the_thumbnail_triton_made_turned_as_the_exif_says
         assert right < 12 and right < wrong / 2, (right, wrong)
     upright, turned = (Image.open(io.BytesIO(t)).size for t in thumbnails)
     assert turned == (upright[1], upright[0])
+
+
+def test_a_model_reloaded_at_a_new_version_is_named_by_the_answers_it_gave(decode_in_triton):
+    """photo_ensemble runs each model's latest version and its answer does not say which: the predictions name the
+    version that answered, before and after a reload, and nothing is lost. Last here: it changes the stack's models."""
+    from services.drivers import chaos
+
+    result = chaos.model_reloaded(decode_in_triton, 120)
+    assert result.lost == 0 and result.duplicated == 0 and result.dead_lettered == 0, result
+    assert result.classified == 120, result
+    notes = json.loads(result.notes)
+    versions = notes["model_versions"]
+    assert any(notes["old"] in v.split(",") for v in versions), versions
+    assert any(notes["new"] in v.split(",") for v in versions), versions
