@@ -282,6 +282,7 @@ def run(stack: LocalStack, photos, prefix: str) -> dict:
         busy_before = machine_busy_s()
         began = time.perf_counter()
         submit_listings(stack.kafka_settings, batch)
+        submitted = time.perf_counter() - began
         records = reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), 900)
         elapsed = time.perf_counter() - began
         busy = machine_busy_s() - busy_before
@@ -292,6 +293,8 @@ def run(stack: LocalStack, photos, prefix: str) -> dict:
     grouped = grouped_by_service({name: (after[name] - before[name]) * 1000 / max(done, 1) for name in after})
     return {"listings": len(batch), "classified": done, "seconds": round(elapsed, 2),
             "listings_per_s": round(done / elapsed, 1), "cpu_ms_per_listing": grouped,
+            # how long the load generator took to have every listing acknowledged: a run cannot end sooner
+            "submitted_s": round(submitted, 2),
             # how many of the machine's cores were busy on average: a second worker can only add what is left
             "cores_busy": round(busy / elapsed, 2)}
 
