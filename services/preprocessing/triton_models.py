@@ -140,7 +140,26 @@ class TritonClassifier:
 
         deadline (time.monotonic()) bounds every Triton call, so a caller's gRPC deadline reaches Triton.
         """
+        return self._once_more_after_a_reload(self._classify, tensors_by_size, deadline)
+
+    def _once_more_after_a_reload(self, call, *args, **kwargs):
+        """A model reloaded at a new version during an ensemble's call: the versions were read again, so the call is
+        made once more at once (the caller sees nothing); a second reload in a row makes it UNAVAILABLE (retried)."""
+        try:
+            return call(*args, **kwargs)
+        except _ModelsReloaded:
+            pass
+        try:
+            return call(*args, **kwargs)
+        except _ModelsReloaded as reloaded:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, reloaded.reason) from None
+
+    def _classify(self, tensors_by_size: dict[int, np.ndarray], deadline: float | None) -> dict[str, np.ndarray]:
         specs = self.specs
+        missing = sorted({spec.input_size for spec in specs} - set(tensors_by_size))
+        if missing:  # a model reloaded at another input size since the batch was prepared
+            raise ClassificationError(ErrorKind.UNAVAILABLE, f"the models now take {missing} px squares, which the "
+                                      "batch was not prepared at: it is prepared again")
         pixels_batch = self._pixels_ensemble_batch_size(specs)
         if pixels_batch:
             return self._infer_pixels(specs, tensors_by_size, pixels_batch, deadline)
@@ -211,8 +230,8 @@ class TritonClassifier:
     def _check_versions_still_served(self, specs: list[ModelSpec]) -> None:
         """After an ensemble's answer: its steps run each model's latest version, and the answer does not say which,
         so the versions the predictions will name (read before) must still be the latest ready ones. A model
-        reloaded at a new version meanwhile makes the call UNAVAILABLE (retried, with the versions read again),
-        never an answer labelled with the version before. One small call per request."""
+        reloaded at a new version meanwhile raises _ModelsReloaded (the call is made again with the versions read
+        again), never an answer labelled with the version before. One small call per request."""
         try:
             index = self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
         except InferenceServerException as error:
@@ -225,8 +244,8 @@ class TritonClassifier:
         if changed:
             with self._lock:
                 self._specs, self._pixels_ensemble_batch, self._ensemble_outputs = {}, None, None
-            raise ClassificationError(ErrorKind.UNAVAILABLE, f"{', '.join(changed)} no longer the latest version "
-                                      "served: a model was reloaded during the call; the batch is retried")
+            raise _ModelsReloaded(f"{', '.join(changed)} no longer the latest version served: a model was reloaded "
+                                  "during the call")
 
     def _timeout(self, deadline: float | None) -> float:
         if deadline is None:
@@ -263,6 +282,10 @@ class TritonClassifier:
         (rows in input order, the others left out) and photo index -> error for those that did not: a batch that
         fails is retried one photo at a time, so one undecodable photo fails alone. Triton unreachable raises.
         With thumbnails, the same rows of THUMBNAIL_OUTPUT and THUMBNAIL_SHAPE_OUTPUT come in the first dict too."""
+        return self._once_more_after_a_reload(self._classify_photos, photos, deadline, thumbnails)
+
+    def _classify_photos(self, photos: list[bytes], deadline: float | None, thumbnails: bool
+                         ) -> tuple[dict[str, np.ndarray], dict[int, ClassificationError]]:
         specs = self.specs
         chunk_size = min(spec.max_batch_size for spec in specs)
         extra = [THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT] if thumbnails else []
@@ -315,6 +338,12 @@ class TritonClassifier:
         self._check_versions_still_served(specs)
         answers = {s.name: result.as_numpy(probabilities_output(s.name)).astype(np.float32, copy=False) for s in specs}
         return {**answers, **{name: result.as_numpy(name) for name in extra_outputs}}
+
+
+class _ModelsReloaded(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _PhotoRefused(Exception):
