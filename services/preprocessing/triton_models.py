@@ -202,12 +202,13 @@ class TritonClassifier:
     def _infer_pixels(self, specs: list[ModelSpec], tensors_by_size: dict[int, np.ndarray], max_batch_size: int,
                       deadline: float | None) -> dict[str, np.ndarray]:
         """One request per max_batch_size images to pixels_ensemble, carrying each input size's squares once."""
-        count = len(next(iter(tensors_by_size.values())))
+        sizes = sorted({spec.input_size for spec in specs})  # the ensemble's inputs (squares of other sizes stay)
+        count = len(tensors_by_size[sizes[0]])
         outputs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
         for start in range(0, count, max_batch_size):
             inputs = []
-            for size, batch in tensors_by_size.items():
-                chunk = np.ascontiguousarray(batch[start:start + max_batch_size])
+            for size in sizes:
+                chunk = np.ascontiguousarray(tensors_by_size[size][start:start + max_batch_size])
                 inputs.append(triton_grpc.InferInput(image_output(size), list(chunk.shape), "UINT8"))
                 inputs[-1].set_data_from_numpy(chunk)
             TRITON_BATCH_SIZE.labels(self.pixels_ensemble).observe(min(max_batch_size, count - start))
