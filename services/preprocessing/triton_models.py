@@ -341,16 +341,20 @@ class TritonClassifier:
         return {**answers, **{name: result.as_numpy(name) for name in extra_outputs}}
 
 
-class _ModelsReloaded(Exception):
+class _CallOutcome(Exception):
+    """An answer from Triton the caller handles itself (not a transport failure), with its reason."""
+
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
 
 
-class _PhotoRefused(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+class _ModelsReloaded(_CallOutcome):
+    """A model was reloaded at a new version during an ensemble's call: its answer cannot be named."""
+
+
+class _PhotoRefused(_CallOutcome):
+    """Triton could not decode a photo of the batch."""
 
 
 def _refused_the_input(error: InferenceServerException) -> bool:
