@@ -2,7 +2,9 @@
 
 The local Triton bundle has no onnxruntime backend, so each production model (platform onnxruntime_onnx) is served
 here under the same name, tensors, batch size and batcher by this file, copied as `<version>/model.py` beside a
-link to the same `model.onnx`. Requests the dynamic batcher groups are run as one onnxruntime call.
+link to the same `model.onnx`. Requests the dynamic batcher groups are run as one onnxruntime call. Tensors come in
+through DLPack; they go out through DLPack under numpy 2 (the stub's own numpy bridge answers empty arrays there) and
+through that bridge under numpy 1 (whose capsules complain, once per response, when the stub consumes them).
 """
 
 import json
@@ -11,6 +13,13 @@ import os
 import numpy as np
 import onnxruntime
 import triton_python_backend_utils as pb_utils
+
+NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def output_tensor(name, array):
+    array = np.ascontiguousarray(array)
+    return pb_utils.Tensor.from_dlpack(name, array) if NUMPY_2 else pb_utils.Tensor(name, array)
 
 
 class TritonPythonModel:
@@ -31,13 +40,13 @@ class TritonPythonModel:
         self.session_input = self.session.get_inputs()[0].name
 
     def execute(self, requests):
-        batches = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        batches = [np.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name)) for r in requests]
         outputs = self.session.run(None, {self.session_input: np.concatenate(batches)})[0]
         responses, start = [], 0
         for batch in batches:
             part = outputs[start:start + len(batch)]
             start += len(batch)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part.astype(np.float32))]))
+            responses.append(pb_utils.InferenceResponse([output_tensor(self.output_name, part.astype(np.float32))]))
         return responses
 
     def finalize(self):

@@ -14,6 +14,15 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from PIL import Image
 
+NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def output_tensor(name, array):
+    """Through DLPack under numpy 2, where the stub's numpy bridge answers empty arrays; through that bridge under
+    numpy 1, whose capsules complain when the stub consumes them (each model file stands alone in its repository)."""
+    array = np.ascontiguousarray(array)
+    return pb_utils.Tensor.from_dlpack(name, array) if NUMPY_2 else pb_utils.Tensor(name, array)
+
 MAX_PIXELS = 50_000_000  # the service checks the header first; this guards callers that do not
 THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT = "thumbnail", "thumbnail_shape"  # services/common/decode_path.py
 
@@ -55,15 +64,17 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            photos = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            # DLPack, not the stub's own numpy bridge, which answers empty arrays under numpy 2 (onnx_python_model.py)
+            photos = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, self.input_name))
             try:
                 images = [self._decode(row) for row in photos]
-                tensors = [pb_utils.Tensor(name, np.stack([self._square(image, size) for image in images]))
+                tensors = [output_tensor(name, np.stack([self._square(image, size) for image in images]))
                            for name, size in self.outputs]
                 if self.thumbnail_side:
                     thumbnails = [self._thumbnail(image) for image in images]
-                    tensors += [pb_utils.Tensor(THUMBNAIL_OUTPUT, np.stack([t[0] for t in thumbnails])),
-                                pb_utils.Tensor(THUMBNAIL_SHAPE_OUTPUT, np.stack([t[1] for t in thumbnails]))]
+                    tensors += [output_tensor(THUMBNAIL_OUTPUT, np.stack([t[0] for t in thumbnails])),
+                                output_tensor(THUMBNAIL_SHAPE_OUTPUT,
+                                                            np.stack([t[1] for t in thumbnails]))]
                 responses.append(pb_utils.InferenceResponse(tensors))
             except Exception as error:  # noqa: BLE001  (a photo that does not decode fails its request only)
                 responses.append(pb_utils.InferenceResponse(
