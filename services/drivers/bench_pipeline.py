@@ -23,7 +23,7 @@ import tritonclient.grpc as triton_grpc
 
 from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.drivers.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
+from services.drivers.traffic import AllClassified, TopicReader, classified_by_listing, sample_listings, submit_listings
 from services.preprocessing.images import ImageLimits, prepare_image
 from services.preprocessing.triton_models import read_model_spec
 from services.trainer.build_untrained import build_untrained_models
@@ -75,7 +75,7 @@ def main() -> None:
         wanted = {s.listing.listing_id for s in samples}
         started = time.perf_counter()
         submit_listings(kafka, [s.listing for s in samples])
-        records = reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), 600)
+        records = reader.read(AllClassified(wanted), 600)
         pipeline_s = time.perf_counter() - started
         done = len(wanted & set(classified_by_listing(records)))
         reader.close()

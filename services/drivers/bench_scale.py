@@ -39,10 +39,12 @@ def run_phase(stack: LocalStack, count: int, seed: int, prefix: str) -> tuple[fl
 
 
 def wait_for_split(stack: LocalStack, workers: list[str], timeout_s: float = 60) -> list[int]:
+    """The listing topic's partitions each worker holds, once every partition is held and each worker has one (or
+    once timeout_s has passed)."""
     deadline = time.monotonic() + timeout_s
     while True:
         held = [int(total(scrape(stack.services[w].metrics_url), ASSIGNED, "listing-submitted")) for w in workers]
-        if sum(held) == PARTITIONS and min(held) > 0 or time.monotonic() > deadline:
+        if sum(held) == stack.options.partitions and min(held) > 0 or time.monotonic() > deadline:
             return held
         time.sleep(0.5)
 

@@ -13,7 +13,7 @@ import grpc
 
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.drivers.traffic import TopicReader, classified_by_listing, sample_listings, submit_listings
+from services.drivers.traffic import AllClassified, TopicReader, classified_by_listing, sample_listings, submit_listings
 
 
 def describe(c: common_pb2.Classification, true_label: str = "", photo: str = "") -> str:
@@ -57,7 +57,7 @@ def main() -> int:
         submit_listings(stack.kafka_settings, [s.listing for s in listings])
         print(f"submitted {len(listings)} listings with real validation photos (never seen in training) to "
               f"{stack.kafka_settings.topics.listing_submitted}", flush=True)
-        records = reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), options.timeout)
+        records = reader.read(AllClassified(wanted), options.timeout)
         elapsed = time.monotonic() - sent_at
         reader.close()
         found = classified_by_listing(records)

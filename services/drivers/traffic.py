@@ -21,7 +21,6 @@ from services.common.contracts.product_classification.v1 import common_pb2, even
 from services.common.kafka import payload_headers
 from services.common.settings import KafkaSettings
 from services.trainer.dataset import IMAGE_SUFFIXES
-from services.trainer.real_models import clothing_dataset
 
 # The example marketplaces (services/results/config/marketplaces) and a locale each of their listings arrives in.
 MARKETPLACES = (("de-modehaus", "de-DE"), ("fr-boutique", "fr-FR"), ("jp-ichiba", "ja-JP"), ("br-loja", "pt-BR"))
@@ -36,7 +35,10 @@ class SampleListing:
 
 def labelled_photos(folder: Path | None = None) -> list[tuple[Path, str]]:
     """(photo, label) for every photo of a folder-per-category set; default: the clothing validation split."""
-    folder = folder or clothing_dataset() / "validation"
+    if folder is None:
+        from services.trainer.real_models import clothing_dataset  # the trainer's imports (torch) only when needed
+
+        folder = clothing_dataset() / "validation"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no photos (set CLOTHING_DATASET_DIR to the clothing dataset)")
     return [(path, category.name) for category in sorted(p for p in folder.iterdir() if p.is_dir())
@@ -137,6 +139,23 @@ def classified_by_listing(records: list) -> dict[str, list[events_pb2.ListingCla
     return found
 
 
+class AllClassified:
+    """A TopicReader's stopping condition: every wanted listing published as classified. Parses each record once:
+    parsing everything read so far after every poll cost the load generator most of a core at 1,400 listings on a
+    GPU host, and the run's end was seen late."""
+
+    def __init__(self, wanted: set[str]):
+        self.wanted = set(wanted)
+        self.seen: set[str] = set()
+        self._parsed = 0
+
+    def __call__(self, records: list) -> bool:
+        for record in records[self._parsed:]:
+            self.seen.add(events_pb2.ListingClassified.FromString(record.value).classification.listing_id)
+        self._parsed = len(records)
+        return self.wanted <= self.seen
+
+
 def submit_and_collect(settings: KafkaSettings, listings: list[common_pb2.Listing], timeout_s: float
                        ) -> dict[str, list[events_pb2.ListingClassified]]:
     """Submits the listings through Kafka and waits until each is published as classified (or the time is up)."""
@@ -144,7 +163,7 @@ def submit_and_collect(settings: KafkaSettings, listings: list[common_pb2.Listin
     reader = TopicReader(settings, settings.topics.listing_classified)
     try:
         submit_listings(settings, listings)
-        records = reader.read(lambda rs: wanted <= set(classified_by_listing(rs)), timeout_s)
+        records = reader.read(AllClassified(wanted), timeout_s)
     finally:
         reader.close()
     return {k: v for k, v in classified_by_listing(records).items() if k in wanted}

@@ -1,0 +1,133 @@
+"""One run of listings through a running LocalStack, and what it cost: listings/s and each process's CPU-ms per
+listing (read from /proc before and after), for the benchmarks that measure the whole pipeline (bench-plumbing here,
+bench-gpu's pipeline part on a lent GPU machine). Imports nothing a GPU machine lacks (no psycopg, no trainer)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from services.common.contracts.product_classification.v1 import common_pb2
+from services.drivers.traffic import AllClassified, MARKETPLACES, TopicReader, classified_by_listing, submit_listings
+from services.localstack.stack import LocalStack
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- CPU time per process
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and every descendant alive now (Triton's Python-backend stubs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        except (OSError, IndexError):
+            continue
+        stack.extend(children.get(current, []))
+    return total
+
+
+def postgres_cpu_s() -> float:
+    """Every postgres process of the machine's server (shared: other activity would count too)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / TICKS
+            except (OSError, IndexError):
+                continue
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (every core, every process: /proc/stat less idle and iowait)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / TICKS
+
+
+def cpu_snapshot(stack: LocalStack) -> dict[str, float]:
+    snapshot = {name: process_tree_cpu_s(service.process.process.pid) for name, service in stack.services.items()}
+    snapshot["broker"] = process_tree_cpu_s(stack.broker._process.process.pid)
+    snapshot["triton"] = process_tree_cpu_s(stack.triton._process.process.pid)
+    snapshot["postgres"] = postgres_cpu_s()
+    times = os.times()
+    snapshot["load_generator"] = times.user + times.system
+    return snapshot
+
+
+# -- a run
+
+def listings(photos: list[tuple[bytes, str]], prefix: str) -> list[common_pb2.Listing]:
+    made = []
+    for index, (data, kind) in enumerate(photos):
+        marketplace, locale = MARKETPLACES[index % len(MARKETPLACES)]
+        made.append(common_pb2.Listing(listing_id=f"{prefix}-{index:05d}-{kind}", marketplace=marketplace,
+                                       locale=locale, image_bytes=data))
+    return made
+
+
+def grouped_by_service(values: dict[str, float]) -> dict[str, float]:
+    """preprocessing-2 and the like counted with their service; services_total for gateway, preprocessing, results."""
+    grouped: dict[str, float] = {}
+    for name, value in values.items():
+        group = name.split("-")[0]
+        grouped[group] = round(grouped.get(group, 0.0) + value, 3)
+    grouped["services_total"] = round(sum(grouped.get(n, 0.0) for n in ("gateway", "preprocessing", "results")), 3)
+    return grouped
+
+
+def idle_floor(stack: LocalStack, seconds: float = 10.0) -> dict[str, float]:
+    """CPU-ms per second each process spends with no listing in flight (Kafka polls and heartbeats, the watch hub's
+    poll, health checks): a run's CPU-ms per listing holds this floor times its seconds over its listings."""
+    before = cpu_snapshot(stack)
+    began = time.perf_counter()
+    time.sleep(seconds)
+    after = cpu_snapshot(stack)
+    elapsed = time.perf_counter() - began
+    return grouped_by_service({name: (after[name] - before[name]) * 1000 / elapsed for name in after})
+
+
+def less_idle(run_figures: dict, floor: dict[str, float]) -> float:
+    """The services' CPU-ms per listing less what their idle floor accounts for over the run."""
+    idle_ms = floor["services_total"] * run_figures["seconds"] / max(run_figures["classified"], 1)
+    return round(run_figures["cpu_ms_per_listing"]["services_total"] - idle_ms, 3)
+
+
+def run(stack: LocalStack, photos, prefix: str) -> dict:
+    batch = listings(photos, prefix)
+    wanted = {listing.listing_id for listing in batch}
+    reader = TopicReader(stack.kafka_settings, stack.kafka_settings.topics.listing_classified)
+    try:
+        before = cpu_snapshot(stack)
+        busy_before = machine_busy_s()
+        began = time.perf_counter()
+        submit_listings(stack.kafka_settings, batch)
+        submitted = time.perf_counter() - began
+        records = reader.read(AllClassified(wanted), 900)
+        elapsed = time.perf_counter() - began
+        busy = machine_busy_s() - busy_before
+        after = cpu_snapshot(stack)
+    finally:
+        reader.close()
+    done = len(wanted & set(classified_by_listing(records)))
+    grouped = grouped_by_service({name: (after[name] - before[name]) * 1000 / max(done, 1) for name in after})
+    return {"listings": len(batch), "classified": done, "seconds": round(elapsed, 2),
+            "listings_per_s": round(done / elapsed, 1), "cpu_ms_per_listing": grouped,
+            # how long the load generator took to have every listing acknowledged: a run cannot end sooner
+            "submitted_s": round(submitted, 2),
+            # how many of the machine's cores were busy on average: a second worker can only add what is left
+            "cores_busy": round(busy / elapsed, 2)}
