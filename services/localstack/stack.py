@@ -20,7 +20,6 @@ from services.common.grpc_security import TlsFiles, secure_channel, with_api_key
 from services.common.kafka import create_topics
 from services.common.settings import KafkaSettings
 from services.localstack.broker import LocalBroker
-from services.localstack.pki import LocalPki
 from services.localstack.processes import ChildProcess, free_port
 from services.localstack.triton_cpu import LocalTriton
 
@@ -109,6 +108,8 @@ class StackOptions:
     console_port: int = 0  # 0: any free port
     broker_link: bool = False  # clients reach the broker through a relay that fault scenarios can cut
     tls: bool = False  # gRPC over TLS everywhere, mTLS (AUTH_MODE=mtls) at every service, from a CA of the stack's own
+    # A Triton already serving model_repository (the GPU bench's, on the GPU): the stack uses it and leaves it running
+    triton: LocalTriton | None = None
 
 
 class LocalStack:
@@ -117,7 +118,7 @@ class LocalStack:
         work = options.work_dir
         work.mkdir(parents=True, exist_ok=True)
         self.broker = LocalBroker(work, with_link=options.broker_link)
-        self.triton = LocalTriton(options.model_repository, work / "triton", options.onnx_threads)
+        self.triton = options.triton or LocalTriton(options.model_repository, work / "triton", options.onnx_threads)
         self.database_url = options.database_url or f"sqlite:///{work / 'results.sqlite3'}"
         self.services: dict[str, ServiceProcess] = {}
         # Generated per run: callers use gateway_channel() (and results_channel()), which send them.
@@ -127,7 +128,11 @@ class LocalStack:
                               for service, callers in (("results", ("gateway", "console", "localstack")),
                                                        ("preprocessing", ("gateway", "localstack")))}
         self.console: ConsoleProcess | None = None
-        self.pki = LocalPki(work / "pki") if options.tls else None
+        self.pki = None
+        if options.tls:
+            from services.localstack.pki import LocalPki  # cryptography: only for a TLS stack
+
+            self.pki = LocalPki(work / "pki")
         self.run_id = secrets.token_hex(4)
         self._started: list = []
 
@@ -220,8 +225,9 @@ class LocalStack:
             self._started.append(self.broker)
             self.broker.start()
             create_topics(self.kafka_settings, self.options.partitions)
-            self._started.append(self.triton)
-            self.triton.start()
+            if self.options.triton is None:
+                self._started.append(self.triton)
+                self.triton.start()
             for name in ("results", "preprocessing", "gateway"):
                 self.add_service(name)
             if self.options.console:

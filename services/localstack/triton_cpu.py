@@ -45,10 +45,11 @@ def build_cpu_repository(production: Path, destination: Path) -> tuple[list[str]
 
 
 def build_python_repository(production: Path, destination: Path, classifier_model: Path, decode_model: Path,
-                            kind: int) -> tuple[list[str], list[str]]:
+                            kind: int, instances: int = 0) -> tuple[list[str], list[str]]:
     """Writes a repository where every production model keeps its name, tensors, max batch size, batcher and labels
     but runs as a Python-backend model: classifier_model beside a link to the same model.onnx, decode_model for the
-    DALI step, on instances of `kind` (KIND_CPU here; KIND_GPU for the GPU bench's CUDA twins)."""
+    DALI step, on instances of `kind` (KIND_CPU here; KIND_GPU for the GPU bench's CUDA twins), `instances` of each
+    (0: as many as the production config says)."""
     shutil.rmtree(destination, ignore_errors=True)
     classifiers, composed = [], []
     for config_path in sorted(production.glob("*/config.pbtxt")):
@@ -60,6 +61,7 @@ def build_python_repository(production: Path, destination: Path, classifier_mode
                 config.backend = "python"
                 for group in config.instance_group:
                     group.kind = kind
+                    group.count = instances or group.count
             (target / "1").mkdir(parents=True)
             (target / "config.pbtxt").write_text(text_format.MessageToString(config))
             if config.backend == "python":
@@ -75,6 +77,7 @@ def build_python_repository(production: Path, destination: Path, classifier_mode
         config.backend = "python"
         for group in config.instance_group:
             group.kind = kind
+            group.count = instances or group.count
         target.mkdir(parents=True)
         (target / "config.pbtxt").write_text(text_format.MessageToString(config))
         for extra in source.iterdir():

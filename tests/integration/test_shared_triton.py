@@ -1,0 +1,30 @@
+"""A second stack on the Triton another already runs (what bench-gpu's pipeline part does with the Triton it serves on
+the GPU): its listings go through Kafka to classifications, what each process spent is measured, and stopping it
+leaves that Triton serving."""
+
+from __future__ import annotations
+
+import tritonclient.grpc as triton_grpc
+
+from services.drivers.pipeline_runs import run
+from services.drivers.traffic import labelled_photos
+from services.localstack.stack import LocalStack, StackOptions
+
+
+def test_a_stack_on_a_shared_triton_classifies_through_kafka_and_leaves_that_triton_serving(stack, tmp_path):
+    photos = [(path.read_bytes(), "original") for path, _ in labelled_photos()[:12]]
+    options = StackOptions(work_dir=tmp_path / "second", triton=stack.triton,  # SQLite: the embedded default
+                           extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true"})
+    with LocalStack(options) as second:
+        assert second.triton is stack.triton
+        assert second.services["preprocessing"].process.env["PREPROCESSING_TRITON_URL"] == stack.triton.grpc_url
+        figures = run(second, photos, "shared-triton")
+    assert figures["classified"] == len(photos) and figures["listings_per_s"] > 0
+    spent = figures["cpu_ms_per_listing"]
+    assert {"gateway", "preprocessing", "results", "services_total", "broker", "triton", "load_generator"} <= set(spent)
+    assert spent["preprocessing"] > 0 and spent["triton"] > 0  # the shared Triton did the models' work
+    client = triton_grpc.InferenceServerClient(stack.triton.grpc_url)
+    try:
+        assert client.is_server_ready() and all(client.is_model_ready(name) for name in stack.triton.model_names)
+    finally:
+        client.close()
