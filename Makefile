@@ -84,7 +84,9 @@ bench-watch: models
 	$(PY) -m services.drivers.bench_watch
 
 ## On a machine with an NVIDIA GPU and CUDA PyTorch with torchvision (its own python3): Triton on the GPU, the CPU path
-## against the GPU decode path, the CNNs with and without Triton; JSON line last. `make gpu-carry` packs .gpu/ first.
+## against the GPU decode path at Triton's door and through the whole pipeline (Kafka, the three services), the CNNs
+## with and without Triton; JSON line last. `make gpu-carry` packs .gpu/ first (BENCH_ARGS=--cpu-twins rehearses it
+## on a machine without a GPU).
 bench-gpu:
 	python3 -m services.drivers.bench_gpu $(BENCH_ARGS)
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import lzma
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import get_context
@@ -68,32 +70,49 @@ def load_photos(folder: Path, two_megapixel_share: float = 0.5) -> list[tuple[st
 # ---- the model repository -------------------------------------------------------------------------------------------
 
 def filled_onnx(source: Path, destination: Path, seed: int = 0) -> bool:
-    """Copies an ONNX file; a graph whose weights were stripped for the trip (carry.py) gets random ones of the same
-    shapes. Returns True when the weights are real."""
+    """Copies an ONNX file as it was before the trip (carry.py): a graph whose weights were stripped gets random ones
+    of the same shapes, one whose weights were halved gets them back as float32. Returns True when the weights are
+    real."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(source))
-    stripped = any(p.key == "weights_stripped" for p in model.metadata_props)
-    if stripped:
-        generator = np.random.default_rng(seed)
-        for index, tensor in enumerate(model.graph.initializer):
-            if tensor.data_type == onnx.TensorProto.FLOAT and not tensor.raw_data and not tensor.float_data:
-                shape = list(tensor.dims)
-                fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-                values = (generator.standard_normal(shape) * (1.0 / max(fan_in, 1)) ** 0.5).astype(np.float32)
-                if len(shape) == 1:
-                    values = np.ones(shape, np.float32) if "var" in tensor.name or "gamma" in tensor.name \
-                        or "scale" in tensor.name else np.zeros(shape, np.float32)
-                model.graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    metadata = {p.key: p.value for p in model.metadata_props}
+    stripped = "weights_stripped" in metadata
+    halved = set(metadata.get("weights_halved", "").split("\n")) - {""}
+    generator = np.random.default_rng(seed)
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name in halved and tensor.data_type == onnx.TensorProto.FLOAT16:
+            values = numpy_helper.to_array(tensor).astype(np.float32)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
+        elif stripped and tensor.data_type == onnx.TensorProto.FLOAT and not tensor.raw_data and not tensor.float_data:
+            shape = list(tensor.dims)
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+            values = (generator.standard_normal(shape) * (1.0 / max(fan_in, 1)) ** 0.5).astype(np.float32)
+            if len(shape) == 1:
+                values = np.ones(shape, np.float32) if "var" in tensor.name or "gamma" in tensor.name \
+                    or "scale" in tensor.name else np.zeros(shape, np.float32)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    for key in ("weights_stripped", "weights_halved"):
+        kept = [p for p in model.metadata_props if p.key != key]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
     destination.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(destination))
     return not stripped
 
 
 def production_repository(models: Path, destination: Path) -> dict[str, bool]:
-    """triton_models/'s configs with the carried ONNX files as version 1; returns model -> real weights."""
+    """triton_models/'s configs with the carried ONNX files, each as the version the carried fusion.json names (1
+    without one), and that fusion.json beside them (what the services read); returns model -> real weights."""
+    from services.common.fusion_file import FUSION_FILE, FusionConfig
+
     shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True)
+    versions = {}
+    if (models / FUSION_FILE).exists():
+        shutil.copy(models / FUSION_FILE, destination / FUSION_FILE)
+        versions = FusionConfig.load(models / FUSION_FILE).versions
     real = {}
     for config in sorted((REPOSITORY_ROOT / "triton_models").glob("*/config.pbtxt")):
         name = config.parent.name
@@ -103,11 +122,12 @@ def production_repository(models: Path, destination: Path) -> dict[str, bool]:
             if extra.is_file():
                 shutil.copy(extra, target / extra.name)
         if (models / f"{name}.onnx").exists():
-            real[name] = filled_onnx(models / f"{name}.onnx", target / "1" / "model.onnx")
+            real[name] = filled_onnx(models / f"{name}.onnx", target / str(versions.get(name, 1)) / "model.onnx")
     return real
 
 
-def gpu_repository(production: Path, destination: Path, kind: str = "cpu") -> tuple[list[str], list[str]]:
+def gpu_repository(production: Path, destination: Path, kind: str = "cpu", instances: int = 0
+                   ) -> tuple[list[str], list[str]]:
     """The CUDA twins of every model, on Triton instances of `kind`. They run on the GPU whenever PyTorch sees one,
     whatever the kind. KIND_CPU instances that use the GPU themselves are what was measured on the H200 (2026-11-26);
     KIND_GPU was tried only before the DLPack fix (both kinds then answered empty outputs)."""
@@ -117,24 +137,10 @@ def gpu_repository(production: Path, destination: Path, kind: str = "cpu") -> tu
 
     kinds = {"gpu": model_config_pb2.ModelInstanceGroup.KIND_GPU, "cpu": model_config_pb2.ModelInstanceGroup.KIND_CPU}
     return build_python_repository(production, destination, GPU_MODELS / "torch_onnx_model.py",
-                                   GPU_MODELS / "photo_decode_nvjpeg.py", kinds[kind])
+                                   GPU_MODELS / "photo_decode_nvjpeg.py", kinds[kind], instances)
 
 
 # ---- measuring ------------------------------------------------------------------------------------------------------
-
-def process_tree_cpu_s(pid: int) -> float:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        total = 0.0
-        for process in [root] + root.children(recursive=True):
-            times = process.cpu_times()
-            total += times.user + times.system
-        return total
-    except psutil.Error:
-        return float("nan")
-
 
 def _cpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, float, dict[str, list[int]]]:
     """The preprocessing service's CPU path: its own image code and its own Triton client (one request per batch to
@@ -191,6 +197,7 @@ def _gpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, floa
 
 def run_path(worker, url: str, names: list[str], photos: list[bytes], workers: int, triton_pid: int) -> dict:
     """Every photo through `workers` processes, each handed a contiguous share (batches of BATCH)."""
+    from services.drivers.pipeline_runs import process_tree_cpu_s  # after the carried packages are on the path
     share = -(-len(photos) // workers)
     jobs = [(url, names, photos[i:i + share]) for i in range(0, len(photos), share)]
     with get_context("spawn").Pool(len(jobs)) as pool:
@@ -207,21 +214,28 @@ def run_path(worker, url: str, names: list[str], photos: list[bytes], workers: i
             "triton_cpu_ms_per_listing": round(1000 * triton_cpu / count, 3), "top1": top1}
 
 
-def triton_direct(url: str, spec, tensors: np.ndarray, concurrency: int, rounds: int) -> float:
-    """Images/s of one model (spec: its ModelSpec) for `rounds` requests of `tensors`, `concurrency` in flight."""
+def triton_direct(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], concurrency: int,
+                  rounds: int) -> float:
+    """Images/s through one model or ensemble for `rounds` requests of `inputs` (name -> uint8 batch), `concurrency`
+    in flight; every output is checked to be probabilities first."""
     import tritonclient.grpc as triton_grpc
 
     client = triton_grpc.InferenceServerClient(url)
-    model_input = triton_grpc.InferInput(spec.input_name, list(tensors.shape), "UINT8")
-    model_input.set_data_from_numpy(tensors)
-    wanted = [triton_grpc.InferRequestedOutput(spec.output_name)]
+    request = []
+    for name, tensors in inputs.items():
+        request.append(triton_grpc.InferInput(name, list(tensors.shape), "UINT8"))
+        request[-1].set_data_from_numpy(tensors)
+    wanted = [triton_grpc.InferRequestedOutput(name) for name in outputs]
+    images = len(next(iter(inputs.values())))
 
     def call(_):
-        client.infer(spec.name, [model_input], outputs=wanted)
+        client.infer(model, request, outputs=wanted)
 
-    answer = client.infer(spec.name, [model_input], outputs=wanted).as_numpy(spec.output_name)
-    if answer is None or answer.shape[0] != len(tensors) or not np.allclose(answer.sum(axis=1), 1, atol=1e-2):
-        raise RuntimeError(f"{spec.name} answered {None if answer is None else answer.shape}, not probabilities")
+    answer = client.infer(model, request, outputs=wanted)
+    for name in outputs:
+        values = answer.as_numpy(name)
+        if values is None or values.shape[0] != images or not np.allclose(values.sum(axis=1), 1, atol=1e-2):
+            raise RuntimeError(f"{model} answered {name} {None if values is None else values.shape}, not probabilities")
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(call, range(concurrency)))
@@ -229,7 +243,7 @@ def triton_direct(url: str, spec, tensors: np.ndarray, concurrency: int, rounds:
         list(pool.map(call, range(rounds)))
         elapsed = time.perf_counter() - started
     client.close()
-    return len(tensors) * rounds / elapsed
+    return images * rounds / elapsed
 
 
 def torch_direct(models: Path, batch: int) -> dict[str, float]:
@@ -335,16 +349,44 @@ def decode_direct(photos: list[bytes], sizes: list[int]) -> dict[str, float]:
             "pillow_cpu_ms_per_image": round(1000 * (time.process_time() - cpu_began) / len(sample), 3)}
 
 
-def environment() -> dict:
-    import torch
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # a rehearsal with --cpu-twins on a machine without PyTorch
+        return False
+    return torch.cuda.is_available()
 
+
+def environment() -> dict:
+    try:
+        import torch
+    except ImportError:
+        torch = None
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
                               "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     except OSError:
         smi = ""
-    return {"gpu": smi or (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
-            "torch": torch.__version__, "cpu_cores": os.cpu_count(), "python": platform.python_version(),
+    try:  # whether this machine's ONNX Runtime could run the published graphs on the GPU itself
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+    except ImportError:
+        providers = []
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+
+    cuda = torch is not None and torch.cuda.is_available()
+    return {"gpu": smi or (torch.cuda.get_device_name(0) if cuda else "none"),
+            "torch": torch.__version__ if torch else "absent", "cpu_cores": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime_providers": providers,
+            "packages": {name: installed(name) for name in ("numpy", "pillow", "grpcio", "protobuf", "onnxruntime",
+                                                            "onnxruntime-gpu", "tensorrt", "nvidia-dali-cuda120")},
             "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                          if line.startswith("model name")), platform.processor())}
 
@@ -373,52 +415,101 @@ def accuracy(top1: list[int], labels: list[str], categories: list[str]) -> float
     return round(float(np.mean([categories[p] == label for p, label in zip(top1, labels)])), 4)
 
 
+def unpack_carried(carried: Path, work_dir: Path) -> None:
+    """What the carried folder holds beside the models and photos, made usable here: the tritonserver bundle, the
+    services' packages for this Python (wheels, installed into work_dir/site) and the broker's binary. Sets the
+    variables the stack's processes find them by (PYTHONPATH, TRITONSERVER_BUNDLE, TANSU_BINARY)."""
+    bundle = work_dir / "tritonserver"
+    if not bundle.exists():
+        bundle.mkdir()
+        subprocess.run(["tar", "-xJf", str(carried / "tritonserver.tar.xz"), "-C", str(bundle)], check=True)
+    os.environ["TRITONSERVER_BUNDLE"] = str(bundle)
+    site = work_dir / "site"
+    if not site.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--target", str(site), *map(str, sorted((carried / "wheels").glob("*.whl")))], check=True)
+    paths = [str(site), str(REPOSITORY_ROOT)]
+    for path in reversed(paths):
+        sys.path.insert(0, path)
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
+    # the services run as `python -m services.<name>` and see these; the Python backend's stubs embed this
+    # interpreter but ignore PYTHONPATH: the models put what was carried on their path from GPU_BENCH_PYTHONPATH
+    os.environ["PYTHONPATH"] = os.environ["GPU_BENCH_PYTHONPATH"] = ":".join(paths + inherited)
+    packed_broker = carried / "tansu.xz"
+    if packed_broker.exists():
+        broker = work_dir / "tansu"
+        if not broker.exists():
+            with lzma.open(packed_broker) as source, broker.open("wb") as target:
+                shutil.copyfileobj(source, target)
+            broker.chmod(0o755)
+        os.environ["TANSU_BINARY"] = str(broker)
+
+
+def efficiency(pipeline: dict[str, dict], direct_listings_per_s: float | None) -> dict[str, float]:
+    """Each pipeline run's listings/s over what Triton alone allows (pixels_ensemble straight, batch 32)."""
+    if not direct_listings_per_s:
+        return {}
+    return {key: round(run["listings_per_s"] / direct_listings_per_s, 3) for key, run in pipeline.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--carried", type=Path, default=REPOSITORY_ROOT / ".gpu", help="what carry.py packed")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-gpu"))
-    parser.add_argument("--workers", default="4,14", help="worker processes per path, comma-separated")
+    parser.add_argument("--workers", default="4,14", help="worker processes per path at Triton's door, comma-separated "
+                        "(empty: skip that part)")
+    parser.add_argument("--pipeline-workers", default="1,2,4", help="preprocessing workers per path for the whole "
+                        "pipeline through Kafka, comma-separated (empty: skip it)")
+    parser.add_argument("--pipeline-repeat", type=int, default=6, help="each pipeline run sends every photo this "
+                        "many times (as listings of their own)")
     parser.add_argument("--instance-kind", choices=("gpu", "cpu"), default="cpu",
                         help="Triton's instance kind for the models (they use the GPU themselves either way)")
+    parser.add_argument("--instances", type=int, default=0, help="Triton instances of each Python-backend twin (0: "
+                        "the production config's count; each twin spends a Python round per request)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
-    parser.add_argument("--repeat", type=int, default=4, help="each path sends every photo this many times")
+    parser.add_argument("--repeat", type=int, default=4, help="each path at Triton's door sends every photo this "
+                        "many times")
     parser.add_argument("--direct-rounds", type=int, default=160, help="requests per model straight to Triton")
+    parser.add_argument("--cpu-twins", action="store_true", help="serve the models as the local stack does "
+                        "(onnxruntime on the CPU, no PyTorch needed): a rehearsal of this command on a machine "
+                        "without a GPU, with what `make gpu-carry` packed")
+    parser.add_argument("--skip-direct", action="store_true", help="skip nvJPEG against Pillow and the CNNs in "
+                        "PyTorch without Triton (measured before: README)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench-gpu-out")))
     options = parser.parse_args()
-    missing = [name for name in ("photos", "models", "site", "tritonserver.tar.xz")
+    missing = [name for name in ("photos", "models", "wheels", "tritonserver.tar.xz")
                if not (options.carried / name).exists()]
     if missing:
         print(f"{options.carried} lacks {', '.join(missing)}: run `make gpu-carry` first (on a machine with the "
               "models and the project's .venv)", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(options.carried / "site"))  # tritonclient, onnx2torch, protobuf: not on a GPU machine
     options.out.mkdir(parents=True, exist_ok=True)
     options.work_dir.mkdir(parents=True, exist_ok=True)
-    report: dict = {"environment": environment()}
-    print(json.dumps(report["environment"]), flush=True)
+    unpack_carried(options.carried, options.work_dir)
 
+    def save(report: dict) -> None:  # after every part: a run cut short still leaves what it measured
+        (options.out / "bench_gpu.json").write_text(json.dumps(report, indent=2))
+
+    report: dict = {"environment": environment(), "options": {k: str(v) for k, v in vars(options).items()}}
+    print(json.dumps(report["environment"]), flush=True)
     photos = load_photos(options.carried / "photos")
     photos = photos[:options.limit] if options.limit else photos
     labels, encoded = [p[0] for p in photos], [p[1] for p in photos]
     print(f"{len(photos)} validation photos, every other one re-encoded at about 2 MP", flush=True)
 
-    bundle = options.work_dir / "tritonserver"
-    if not bundle.exists():
-        bundle.mkdir()
-        subprocess.run(["tar", "-xJf", str(options.carried / "tritonserver.tar.xz"), "-C", str(bundle)], check=True)
-    os.environ["TRITONSERVER_BUNDLE"] = str(bundle)
-    # the Python backend's stubs embed this interpreter (found on PATH, with its site-packages) but ignore
-    # PYTHONPATH: the models put what was carried on their path from this variable
-    os.environ["GPU_BENCH_PYTHONPATH"] = ":".join([str(options.carried / "site"), str(REPOSITORY_ROOT)]
-                                                  + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p])
+    from services.common.decode_path import PIXELS_ENSEMBLE
+    from services.localstack.triton_cpu import LocalTriton, build_cpu_repository
 
-    from services.localstack.triton_cpu import LocalTriton
-
-    real = production_repository(options.carried / "models", options.work_dir / "production")
+    production = options.work_dir / "production"
+    real = production_repository(options.carried / "models", production)
     report["real_weights"] = real
-    triton = LocalTriton(options.work_dir / "production", options.work_dir / "triton",
-                         build_repository=lambda source, target: gpu_repository(source, target, options.instance_kind))
+    triton = LocalTriton(production, options.work_dir / "triton",
+                         build_repository=build_cpu_repository if options.cpu_twins else
+                         lambda source, target: gpu_repository(source, target, options.instance_kind,
+                                                               options.instances))
+    names, specs = [], []
     try:
+        bundle = Path(os.environ["TRITONSERVER_BUNDLE"])
         os.environ["LD_LIBRARY_PATH"] = ":".join(python_library_dirs(bundle)
                                                  + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p])
         began = time.perf_counter()
@@ -440,13 +531,23 @@ def main() -> int:
         report["triton_direct_images_per_s"] = {}
         for spec in specs:
             tensors = np.stack([p.tensors[spec.input_size] for p in prepared])
-            rate = triton_direct(triton.grpc_url, spec, tensors, concurrency=8, rounds=options.direct_rounds)
+            rate = triton_direct(triton.grpc_url, spec.name, {spec.input_name: tensors}, [spec.output_name],
+                                 concurrency=8, rounds=options.direct_rounds)
             report["triton_direct_images_per_s"][f"{spec.name} ({spec.input_size} px)"] = round(rate, 1)
             print(f"  triton direct {spec.name} at {spec.input_size} px: {rate:.0f} images/s "
                   f"(batch {BATCH}, 8 in flight)", flush=True)
+        # What the CPU path asks of Triton per batch: every called model at once through pixels_ensemble; a listing
+        # needs each of them, so this is the most listings/s the models allow (the pipeline's efficiency is over it)
+        called_sizes = sorted({spec.input_size for spec in specs if spec.name in names})
+        rate = triton_direct(triton.grpc_url, PIXELS_ENSEMBLE,
+                             {f"image_{size}": np.stack([p.tensors[size] for p in prepared]) for size in called_sizes},
+                             [f"{name}_probabilities" for name in names], concurrency=8, rounds=options.direct_rounds)
+        report["triton_direct_listings_per_s"] = round(rate, 1)
+        print(f"  triton direct {PIXELS_ENSEMBLE} ({', '.join(names)}): {rate:.0f} listings/s", flush=True)
+        save(report)
 
         report["paths"] = {}
-        for workers in [int(w) for w in options.workers.split(",")]:
+        for workers in [int(w) for w in options.workers.split(",") if w]:
             for path_name, worker in (("cpu_path", _cpu_path_worker), ("gpu_decode_path", _gpu_path_worker)):
                 figures = run_path(worker, triton.grpc_url, names, encoded * options.repeat, workers, pid)
                 top1 = figures.pop("top1")
@@ -454,23 +555,42 @@ def main() -> int:
                                                               categories) if real.get("efficientnet_lite0") else None
                 report["paths"][f"{path_name}, {workers} workers"] = figures
                 print(f"  {path_name}, {workers} workers: {json.dumps(figures)}", flush=True)
-    except Exception as error:  # noqa: BLE001  (the torch figures below still come back)
+                save(report)
+
+        pipeline_workers = [int(w) for w in options.pipeline_workers.split(",") if w]
+        if pipeline_workers:
+            from services.drivers.gpu.pipeline import pipeline_runs
+
+            report["pipeline"] = {}
+
+            def pipeline_run_done(key: str, figures: dict) -> None:
+                report["pipeline"][key] = figures
+                report["pipeline_efficiency"] = efficiency(report["pipeline"], report["triton_direct_listings_per_s"])
+                save(report)
+
+            kinds = ["2mp" if index % 2 == 0 else "original" for index in range(len(encoded))]  # as load_photos made
+            pipeline_runs(triton, production, list(zip(encoded, kinds)) * options.pipeline_repeat,
+                          options.work_dir / "pipeline", pipeline_workers, report=pipeline_run_done)
+    except Exception as error:  # noqa: BLE001  (what was measured, and the torch figures below, still come back)
         report["triton_error"] = f"{type(error).__name__}: {error}"
         print(f"Triton part failed: {report['triton_error']}", flush=True)
     finally:
         triton.stop()
-        log = options.work_dir / "triton" / "tritonserver.log"
-        if log.exists():
-            shutil.copy(log, options.out / "tritonserver.log")
+        # one archive: a lent machine sends back at most 8 files
+        with tarfile.open(options.out / "logs.tar.gz", "w:gz") as logs:
+            for log in [options.work_dir / "triton" / "tritonserver.log",
+                        *sorted((options.work_dir / "pipeline").glob("*/*.log"))]:
+                if log.exists():
+                    logs.add(log, str(log.relative_to(options.work_dir)))
+        save(report)
 
-    import torch
-
-    if torch.cuda.is_available():  # without a GPU (a smoke test of this command) the rest says nothing
+    if not (options.skip_direct or options.cpu_twins) and cuda_available():  # without a GPU they say nothing
         sizes = sorted({spec.input_size for spec in specs if spec.name in names})
         report["decode_direct"] = decode_direct(encoded, sizes)
         print(f"  decode direct: {json.dumps(report['decode_direct'])}", flush=True)
+        save(report)
         report["torch_direct_images_per_s"] = torch_direct(options.carried / "models", batch=256)
-    (options.out / "bench_gpu.json").write_text(json.dumps(report, indent=2))
+    save(report)
     print(json.dumps(report))
     return 0
 
