@@ -4,20 +4,24 @@ and the two ways a listing's photo can reach it, side by side on the same machin
 - **CPU path** (the default deployment): worker processes do what the preprocessing service does per photo (decode,
   find the product, one uint8 tensor per input size, the operators' thumbnail; services/preprocessing/images.py) and
   send one request per batch to `pixels_ensemble`, which runs every called model.
-- **GPU decode path** (PREPROCESSING_DECODE_IN_TRITON=true): worker processes check the header only, make the
-  thumbnail and send the photo's bytes to `photo_ensemble`, which decodes (nvJPEG) and resizes on the GPU before
-  every CNN.
+- **GPU decode path** (PREPROCESSING_DECODE_IN_TRITON=true): worker processes check the header only and send the
+  photo's bytes to `photo_ensemble`, which decodes (nvJPEG) and resizes on the GPU before every CNN and makes the
+  thumbnail, which the workers encode.
 
 Both paths run with the same worker counts over the same photos (real validation photos, half of them re-encoded at
-about 2 megapixels as phones upload them); each reports listings/s and CPU-ms per listing of the workers and of
-Triton. Also: each CNN straight through Triton (images/s), the CNNs on the GPU without Triton (PyTorch FP16: what the
-card itself does), and the accuracy of the real fine-tuned model on both paths (the GPU decode path skips the product
-crop). Prints a table, then one line of JSON.
+about 2 megapixels as phones upload them), first at Triton's door (worker processes running the service's own code),
+then through the whole pipeline (services/drivers/gpu/pipeline.py: the broker, the three services and the store as
+the local stack runs them, listing events in on Kafka, classifications out, on the Triton already running); each
+reports listings/s and CPU-ms per listing of each process. Also: each CNN and pixels_ensemble straight through Triton,
+the CNNs on the GPU without Triton (PyTorch FP16: what the card itself does), nvJPEG against Pillow, and the accuracy
+of the real fine-tuned model on both paths (the GPU decode path skips the product crop). Prints progress, then one
+line of JSON; the JSON is also written to --out after every part, with the logs in one archive.
 
 What can run on a lent GPU machine is bounded by what can be carried there (64 MiB, no network): no onnxruntime-gpu,
 TensorRT or DALI. The CNNs therefore run in Python-backend models executing the published ONNX graphs with PyTorch on
 CUDA (services/drivers/gpu/torch_onnx_model.py) and `photo_decode` is its nvJPEG twin
-(services/drivers/gpu/photo_decode_nvjpeg.py). `python -m services.drivers.gpu.carry` packs what travels into .gpu/.
+(services/drivers/gpu/photo_decode_nvjpeg.py). `python -m services.drivers.gpu.carry` packs what travels into .gpu/;
+`--cpu-twins` runs this command with what it packed on a machine without a GPU (the local stack's onnxruntime twins).
 """
 
 from __future__ import annotations
