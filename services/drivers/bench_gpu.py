@@ -423,6 +423,12 @@ def unpack_carried(carried: Path, work_dir: Path) -> None:
     """What the carried folder holds beside the models and photos, made usable here: the tritonserver bundle, the
     services' packages for this Python (wheels, installed into work_dir/site) and the broker's binary. Sets the
     variables the stack's processes find them by (PYTHONPATH, TRITONSERVER_BUNDLE, TANSU_BINARY)."""
+    from services.drivers.gpu.carry import STUB_PYTHON
+
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if running != STUB_PYTHON:
+        raise SystemExit(f"the carried wheels and Triton's Python stub are for Python {STUB_PYTHON} (the GPU machines'): "
+                         f"run this with a Python {STUB_PYTHON}, not {running}")
     bundle = work_dir / "tritonserver"
     if not bundle.exists():
         bundle.mkdir()
@@ -518,7 +524,7 @@ def main() -> int:
                                                  + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p])
         began = time.perf_counter()
         triton.start(timeout_s=240)
-        print(f"tritonserver ready on the GPU in {time.perf_counter() - began:.0f} s", flush=True)
+        print(f"tritonserver ready in {time.perf_counter() - began:.0f} s", flush=True)
         names = called_models(REPOSITORY_ROOT / "triton_models")  # what preprocessing calls, on either path
         categories = (REPOSITORY_ROOT / "triton_models" / "efficientnet_lite0" / "labels.txt").read_text().split()
         pid = triton._process.process.pid
