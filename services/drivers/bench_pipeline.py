@@ -17,7 +17,6 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import numpy as np
 import tritonclient.grpc as triton_grpc
 

@@ -7,9 +7,6 @@ import shutil
 import signal
 import sys
 import time
-from pathlib import Path
-
-import grpc
 
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
