@@ -74,9 +74,10 @@ def main() -> None:
         wanted = {s.listing.listing_id for s in samples}
         started = time.perf_counter()
         submit_listings(kafka, [s.listing for s in samples])
-        records = reader.read(AllClassified(wanted), 600)
+        classified = AllClassified(wanted)
+        reader.read(classified, 600)
         pipeline_s = time.perf_counter() - started
-        done = len(wanted & set(classified_by_listing(records)))
+        done = len(wanted & classified.seen)
         reader.close()
         pipeline_rate = done / pipeline_s
         print(f"pipeline: {done}/{len(wanted)} listings in {pipeline_s:.2f} s = {pipeline_rate:.2f} listings/s",

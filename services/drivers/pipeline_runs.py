@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from services.common.contracts.product_classification.v1 import common_pb2
-from services.drivers.traffic import AllClassified, MARKETPLACES, TopicReader, classified_by_listing, submit_listings
+from services.drivers.traffic import AllClassified, MARKETPLACES, TopicReader, submit_listings
 from services.localstack.stack import LocalStack
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -117,13 +117,14 @@ def run(stack: LocalStack, photos, prefix: str) -> dict:
         began = time.perf_counter()
         submit_listings(stack.kafka_settings, batch)
         submitted = time.perf_counter() - began
-        records = reader.read(AllClassified(wanted), 900)
+        classified = AllClassified(wanted)
+        reader.read(classified, 900)
         elapsed = time.perf_counter() - began
         busy = machine_busy_s() - busy_before
         after = cpu_snapshot(stack)
     finally:
         reader.close()
-    done = len(wanted & set(classified_by_listing(records)))
+    done = len(wanted & classified.seen)
     grouped = grouped_by_service({name: (after[name] - before[name]) * 1000 / max(done, 1) for name in after})
     return {"listings": len(batch), "classified": done, "seconds": round(elapsed, 2),
             "listings_per_s": round(done / elapsed, 1), "cpu_ms_per_listing": grouped,
