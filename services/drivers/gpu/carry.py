@@ -33,13 +33,15 @@ from pathlib import Path
 from services.common.fusion_file import FUSION_FILE
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
-PACKAGES = ("tritonclient==2.73.0", "python-rapidjson==1.25", "onnx2torch==1.5.15", "protobuf==6.33.6")
+# The bench's own needs there beyond the services' (onnx2torch turns the published graphs into PyTorch modules).
+PACKAGES = ("onnx2torch==1.5.15",)
 TRAINING_PACKAGES = ("keras==3.15.1", "namex==0.1.0", "optree==0.20.0", "pydantic==2.14.4", "pydantic_core==2.50.5",
                      "annotated-types==0.8.0", "typing-inspection==0.4.5", "typing_extensions==4.16.0",
                      "protobuf==6.33.6")  # the contracts were generated for protobuf 6
-# What the gateway, preprocessing and results import that a GPU machine lacks (SQLite store, no console, no TLS).
-SERVICE_PACKAGES = ("kafka-python", "crc32c", "pydantic", "pydantic_core", "pydantic-settings", "python-dotenv",
-                    "annotated-types", "typing-inspection", "typing_extensions", "grpcio", "grpcio-health-checking",
+# What the gateway, preprocessing and results (and the bench's Triton client) import that a GPU machine lacks (SQLite
+# store, no console, no TLS), at the service images' pins.
+SERVICE_PACKAGES = ("tritonclient", "python-rapidjson", "protobuf", "kafka-python", "crc32c", "pydantic",
+                    "pydantic_core", "pydantic-settings", "python-dotenv", "annotated-types", "typing-inspection", "typing_extensions", "grpcio", "grpcio-health-checking",
                     "grpcio-reflection", "opentelemetry-api", "opentelemetry-sdk",
                     "opentelemetry-semantic-conventions", "importlib_metadata", "zipp")
 TRAINING_LONGER_SIDE = 299  # the largest input size
