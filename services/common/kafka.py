@@ -64,6 +64,9 @@ def make_producer(settings: KafkaSettings, client_id: str) -> KafkaProducer:
     # batch_size: a prediction carries its thumbnail (up to 64 KiB), so the default 16 KiB batch held one record and a
     # handled batch went out as one produce request per record, one at a time (max_in_flight 1 keeps the order).
     # A loop flushes after each handled batch, so linger_ms adds no latency there.
+    # No compression: what the topics carry is JPEG. Measured on 32 real records, gzip level 1 saved 7% of a prediction
+    # (mostly its thumbnail) for 0.22 CPU-ms each and 0.9% of a listing's photo for 0.91 CPU-ms; the CPU per listing is
+    # what limits throughput, not the network.
     return KafkaProducer(**settings.client_options(), client_id=client_id, acks="all", linger_ms=5,
                          batch_size=1024 * 1024, retries=5, max_in_flight_requests_per_connection=1,
                          max_request_size=16 * 1024 * 1024)
