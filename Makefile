@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo up export-corrections evaluate test browser bench bench-plumbing bench-preprocess bench-scale bench-watch bench-gpu gpu-carry chaos lock clean
+.PHONY: install contracts contracts-check models train ablation demo up export-corrections evaluate test browser bench bench-plumbing bench-preprocess bench-scale bench-watch bench-gpu gpu-carry gpu-carry-ort chaos lock clean
 
 install: $(INSTALLED)
 
@@ -86,13 +86,17 @@ bench-watch: models
 ## On a machine with an NVIDIA GPU and CUDA PyTorch with torchvision (its own python3): Triton on the GPU, the CPU path
 ## against the GPU decode path at Triton's door and through the whole pipeline (Kafka, the three services), the CNNs
 ## with and without Triton; JSON line last. `make gpu-carry` packs .gpu/ first (BENCH_ARGS=--cpu-twins rehearses it
-## on a machine without a GPU).
+## on a machine without a GPU); BENCH_ARGS=--engine=ort-cuda runs the CNNs on ONNX Runtime's CUDA provider in FP16.
 bench-gpu:
 	python3 -m services.drivers.bench_gpu $(BENCH_ARGS)
 
 ## What bench-gpu (.gpu/) or, with GPU_CARRY_ARGS=--training, services.trainer.full_size (.gpu-train/) needs there.
 gpu-carry: models
 	$(PY) -m services.drivers.gpu.carry $(GPU_CARRY_ARGS)
+
+## onnxruntime-gpu in parts of one device call each (.gpu-ort/p00, p01), for BENCH_ARGS=--engine=ort-cuda there.
+gpu-carry-ort: install
+	$(PY) -m services.drivers.gpu.ort_gpu
 
 ## Fault injection on the local stack: prints one line of JSON last (lost and duplicated must be 0).
 chaos: models

@@ -17,10 +17,11 @@ the CNNs on the GPU without Triton (PyTorch FP16: what the card itself does), nv
 of the real fine-tuned model on both paths (the GPU decode path skips the product crop). Prints progress, then one
 line of JSON; the JSON is also written to --out after every part, with the logs in one archive.
 
-What can run on a lent GPU machine is bounded by what can be carried there (64 MiB, no network): no onnxruntime-gpu,
-TensorRT or DALI. The CNNs therefore run in Python-backend models executing the published ONNX graphs with PyTorch on
-CUDA (services/drivers/gpu/torch_onnx_model.py) and `photo_decode` is its nvJPEG twin
-(services/drivers/gpu/photo_decode_nvjpeg.py). `python -m services.drivers.gpu.carry` packs what travels into .gpu/;
+What can run on a lent GPU machine is bounded by what can be carried there (64 MiB a call, no network): no TensorRT
+or DALI. The CNNs therefore run in Python-backend models executing the published ONNX graphs with PyTorch on CUDA
+(services/drivers/gpu/torch_onnx_model.py) or, with --engine ort-cuda, with ONNX Runtime's CUDA provider in FP16
+(services/drivers/gpu/ort_cuda_model.py; onnxruntime-gpu travels first in parts: gpu/ort_gpu.py), and `photo_decode`
+is its nvJPEG twin (services/drivers/gpu/photo_decode_nvjpeg.py). `python -m services.drivers.gpu.carry` packs what travels into .gpu/;
 `--cpu-twins` runs this command with what it packed on a machine without a GPU (the local stack's onnxruntime twins).
 """
 
@@ -130,18 +131,25 @@ def production_repository(models: Path, destination: Path) -> dict[str, bool]:
     return real
 
 
-def gpu_repository(production: Path, destination: Path, kind: str = "cpu", instances: int = 0
-                   ) -> tuple[list[str], list[str]]:
-    """The CUDA twins of every model, on Triton instances of `kind`. They run on the GPU whenever PyTorch sees one,
-    whatever the kind. KIND_CPU instances that use the GPU themselves are what was measured on the H200 (2026-11-26);
-    KIND_GPU was tried only before the DLPack fix (both kinds then answered empty outputs)."""
+# What runs the CNNs in their Python-backend models: PyTorch on the graphs converted by onnx2torch, FP16 autocast; or
+# ONNX Runtime's CUDA provider on the graphs converted to FP16 (onnxruntime-gpu carried in parts: gpu/ort_gpu.py).
+ENGINES = {"torch": GPU_MODELS / "torch_onnx_model.py", "ort-cuda": GPU_MODELS / "ort_cuda_model.py"}
+
+
+def gpu_repository(production: Path, destination: Path, kind: str = "cpu", instances: int = 0,
+                   engine: str = "torch", pillow_decode: bool = False) -> tuple[list[str], list[str]]:
+    """The CUDA twins of every model, on Triton instances of `kind`. They run on the GPU whenever CUDA is there,
+    whatever the kind (and on the CPU without one: a rehearsal). KIND_CPU instances that use the GPU themselves are
+    what was measured on the H200 (2026-11-26); KIND_GPU was tried only before the DLPack fix (both kinds then
+    answered empty outputs). pillow_decode: photo_decode is the local stack's Pillow twin instead of nvJPEG's."""
     from tritonclient.grpc import model_config_pb2
 
     from services.localstack.triton_cpu import build_python_repository
 
     kinds = {"gpu": model_config_pb2.ModelInstanceGroup.KIND_GPU, "cpu": model_config_pb2.ModelInstanceGroup.KIND_CPU}
-    return build_python_repository(production, destination, GPU_MODELS / "torch_onnx_model.py",
-                                   GPU_MODELS / "photo_decode_nvjpeg.py", kinds[kind], instances)
+    decode = (REPOSITORY_ROOT / "services" / "localstack" / "photo_decode_python.py" if pillow_decode
+              else GPU_MODELS / "photo_decode_nvjpeg.py")
+    return build_python_repository(production, destination, ENGINES[engine], decode, kinds[kind], instances)
 
 
 # ---- measuring ------------------------------------------------------------------------------------------------------
@@ -419,10 +427,22 @@ def accuracy(top1: list[int], labels: list[str], categories: list[str]) -> float
     return round(float(np.mean([categories[p] == label for p, label in zip(top1, labels)])), 4)
 
 
-def unpack_carried(carried: Path, work_dir: Path) -> None:
+def nvidia_library_dirs() -> list[str]:
+    """The CUDA libraries the GPU image's PyTorch installed as packages (nvidia/<name>/lib, nvidia/cu13/lib), which
+    onnxruntime-gpu's CUDA provider links by name."""
+    found = []
+    for entry in sys.path:
+        for lib in sorted(Path(entry or ".").glob("nvidia/*/lib")):
+            if lib.is_dir() and str(lib) not in found:
+                found.append(str(lib))
+    return found
+
+
+def unpack_carried(carried: Path, work_dir: Path, first: tuple[Path, ...] = ()) -> None:
     """What the carried folder holds beside the models and photos, made usable here: the tritonserver bundle, the
     services' packages for this Python (wheels, installed into work_dir/site) and the broker's binary. Sets the
-    variables the stack's processes find them by (PYTHONPATH, TRITONSERVER_BUNDLE, TANSU_BINARY)."""
+    variables the stack's processes find them by (PYTHONPATH, TRITONSERVER_BUNDLE, TANSU_BINARY). `first`: folders
+    of packages that go before everything else (onnxruntime-gpu before the machine's own onnxruntime)."""
     from services.drivers.gpu.carry import STUB_PYTHON
 
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -438,7 +458,7 @@ def unpack_carried(carried: Path, work_dir: Path) -> None:
     if not site.exists():
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--target", str(site), *map(str, sorted((carried / "wheels").glob("*.whl")))], check=True)
-    paths = [str(site), str(REPOSITORY_ROOT)]
+    paths = [*map(str, first), str(site), str(REPOSITORY_ROOT)]
     for path in reversed(paths):
         sys.path.insert(0, path)
     inherited = [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
@@ -480,9 +500,15 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=4, help="each path at Triton's door sends every photo this "
                         "many times")
     parser.add_argument("--direct-rounds", type=int, default=160, help="requests per model straight to Triton")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="torch", help="what runs the CNNs: PyTorch "
+                        "(FP16 autocast) or ONNX Runtime's CUDA provider (FP16 graph; onnxruntime-gpu must have "
+                        "arrived in parts first: python -m services.drivers.gpu.ort_gpu)")
     parser.add_argument("--cpu-twins", action="store_true", help="serve the models as the local stack does "
                         "(onnxruntime on the CPU, no PyTorch needed): a rehearsal of this command on a machine "
-                        "without a GPU, with what `make gpu-carry` packed")
+                        "without a GPU, with what `make gpu-carry` packed; with --engine ort-cuda, that engine's "
+                        "model on the CPU provider, photo_decode the Pillow twin")
+    parser.add_argument("--ort-parts", type=Path, default=REPOSITORY_ROOT / ".gpu-ort",
+                        help="where the parts of onnxruntime-gpu arrived (--engine ort-cuda)")
     parser.add_argument("--skip-direct", action="store_true", help="skip nvJPEG against Pillow and the CNNs in "
                         "PyTorch without Triton (measured before: README)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench-gpu-out")))
@@ -495,7 +521,16 @@ def main() -> int:
         return 2
     options.out.mkdir(parents=True, exist_ok=True)
     options.work_dir.mkdir(parents=True, exist_ok=True)
-    unpack_carried(options.carried, options.work_dir)
+    first = ()
+    if options.engine == "ort-cuda":
+        from services.drivers.gpu.ort_gpu import PackError, assemble
+
+        try:
+            first = (assemble(options.ort_parts, options.work_dir / "ort-site"),)
+        except PackError as error:
+            print(f"--engine ort-cuda: {error}", file=sys.stderr)
+            return 2
+    unpack_carried(options.carried, options.work_dir, first)
 
     def save(report: dict) -> None:  # after every part: a run cut short still leaves what it measured
         (options.out / "bench_gpu.json").write_text(json.dumps(report, indent=2))
@@ -514,13 +549,13 @@ def main() -> int:
     real = production_repository(options.carried / "models", production)
     report["real_weights"] = real
     triton = LocalTriton(production, options.work_dir / "triton",
-                         build_repository=build_cpu_repository if options.cpu_twins else
+                         build_repository=build_cpu_repository if options.cpu_twins and options.engine == "torch" else
                          lambda source, target: gpu_repository(source, target, options.instance_kind,
-                                                               options.instances))
+                                                               options.instances, options.engine, options.cpu_twins))
     names, specs = [], []
     try:
         bundle = Path(os.environ["TRITONSERVER_BUNDLE"])
-        os.environ["LD_LIBRARY_PATH"] = ":".join(python_library_dirs(bundle)
+        os.environ["LD_LIBRARY_PATH"] = ":".join(python_library_dirs(bundle) + nvidia_library_dirs()
                                                  + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p])
         began = time.perf_counter()
         triton.start(timeout_s=240)

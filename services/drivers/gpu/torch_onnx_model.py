@@ -1,7 +1,7 @@
 """Triton Python-backend model for a GPU: runs a production model.onnx with PyTorch on CUDA, FP16 under autocast.
 
-For `make bench-gpu` on a lent GPU machine, whose only inference engine that fits what can travel there is PyTorch
-(onnxruntime-gpu's wheel is 256 MB, TensorRT's is not on the package index; the transfer is capped at 64 MiB): the
+For `make bench-gpu` on a lent GPU machine, whose own inference engine is PyTorch (TensorRT cannot travel there;
+onnxruntime-gpu can, in parts, for --engine ort-cuda: ort_cuda_model.py; the transfer is capped at 64 MiB a call): the
 ONNX graph is converted with onnx2torch (services/drivers/gpu/onnx_torch.py), so the network computed is the
 published one. Requests the dynamic batcher
 groups run as one CUDA call; inputs may arrive on the GPU (from photo_decode) or on the CPU (from a client).
