@@ -75,6 +75,7 @@ def build_python_repository(production: Path, destination: Path, classifier_mode
             raise StartupError(f"{source} has no model version: run `make models` first")
         config.platform = ""
         config.backend = "python"
+        config.ClearField("optimization")  # TensorRT in FP16 is the GPU Triton's; this twin runs the graph itself
         for group in config.instance_group:
             group.kind = kind
             group.count = instances or group.count

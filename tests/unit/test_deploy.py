@@ -79,6 +79,52 @@ def test_compose_triton_loads_and_waits_for_every_served_model():
     assert all(f"/v2/models/{name}/ready" in triton["healthcheck"]["test"][1] for name in loaded)
 
 
+def test_served_classifiers_run_on_tensorrt_in_fp16_with_one_profile_and_a_mounted_engine_cache(tmp_path):
+    """Each committed config is what the export writes; TensorRT's one optimisation profile spans every batch the
+    dynamic batcher can form (no engine rebuilt at run time); its engine cache is a writable volume in both
+    deployments; and the local Python-backend twins drop the accelerator (TensorRT is the GPU Triton's)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from services.localstack.triton_cpu import build_python_repository
+    from services.trainer.triton_export import TRT_ENGINE_CACHE, production_config
+
+    classifiers = []
+    for path in sorted((ROOT / "triton_models").glob("*/config.pbtxt")):
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        if config.platform != "onnxruntime_onnx":
+            continue
+        classifiers.append(config.name)
+        size, batch = config.input[0].dims[0], config.max_batch_size
+        assert path.read_text() == production_config(config.name, size, config.output[0].dims[0], batch)
+        [accelerator] = config.optimization.execution_accelerators.gpu_execution_accelerator
+        parameters = dict(accelerator.parameters)
+        assert accelerator.name == "tensorrt" and parameters["precision_mode"] == "FP16"
+        shape = f"{size}x{size}x3"
+        assert parameters["trt_profile_min_shapes"] == f"{config.input[0].name}:1x{shape}"
+        assert parameters["trt_profile_max_shapes"] == f"{config.input[0].name}:{batch}x{shape}"
+        assert max(config.dynamic_batching.preferred_batch_size) <= batch
+        assert parameters["trt_engine_cache_enable"] == "1" and parameters["trt_engine_cache_path"] == TRT_ENGINE_CACHE
+        (tmp_path / "production" / config.name / "1").mkdir(parents=True)
+        (tmp_path / "production" / config.name / "config.pbtxt").write_text(path.read_text())
+        (tmp_path / "production" / config.name / "1" / "model.onnx").write_bytes(b"")
+    assert len(classifiers) == 4
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert any(volume.split(":")[1] == TRT_ENGINE_CACHE and volume.split(":")[0] in compose["volumes"]
+               for volume in compose["services"]["triton"]["volumes"])
+    [triton] = [doc for doc in rendered("overlays/production") if doc["kind"] == "Deployment"
+                and doc["metadata"]["name"].endswith("triton")]
+    mounts = triton["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert any(m["mountPath"] == TRT_ENGINE_CACHE and not m.get("readOnly") for m in mounts)
+    twins, _ = build_python_repository(tmp_path / "production", tmp_path / "twins", Path(__file__),
+                                       Path(__file__), model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    assert sorted(twins) == classifiers
+    for name in twins:
+        twin = text_format.Parse((tmp_path / "twins" / name / "config.pbtxt").read_text(),
+                                 model_config_pb2.ModelConfig())
+        assert twin.backend == "python" and not twin.HasField("optimization")
+
+
 def rendered(overlay: str) -> list[dict]:
     output = subprocess.run([tool("kubectl"), "kustomize", str(ROOT / "deploy" / overlay)], check=True,
                             capture_output=True, text=True).stdout
