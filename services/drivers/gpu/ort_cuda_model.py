@@ -53,13 +53,13 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.cuda = cuda_usable()
         self.device_id = int(args.get("model_instance_device_id") or 0)  # absent on KIND_CPU instances
+        fp16 = os.environ.get("GPU_BENCH_PRECISION", "fp16") == "fp16"
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         # the CPU pool's threads spin between runs by default: CPU taken from the services for nothing
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.cuda:
             options.intra_op_num_threads = 1  # the GPU computes; the host only launches
-            fp16 = os.environ.get("GPU_BENCH_PRECISION", "fp16") == "fp16"
             # HEURISTIC: an exhaustive search would run again for every batch size the dynamic batcher forms
             provider = (CUDA_PROVIDER, {"device_id": self.device_id, "cudnn_conv_algo_search": "HEURISTIC",
                                         "do_copy_in_default_stream": True})
@@ -69,6 +69,10 @@ class TritonPythonModel:
                 raise RuntimeError(f"ONNX Runtime did not take the CUDA provider: {self.session.get_providers()}")
         else:
             self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        logger = getattr(pb_utils, "Logger", None)  # into tritonserver.log, which the bench sends back
+        if logger is not None:
+            logger.log_info(f"{config.get('name')}: onnxruntime {onnxruntime.__version__} ({onnxruntime.__file__}), "
+                            f"providers {self.session.get_providers()}, FP16 {self.cuda and fp16}")
         dims = [int(d) for d in config["input"][0]["dims"]]
         for batch in (1, max(1, int(config.get("max_batch_size", 1)))):  # kernels and workspaces picked here
             self._run_numpy(np.zeros([batch] + dims, np.uint8))
