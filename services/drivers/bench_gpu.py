@@ -21,8 +21,9 @@ What can run on a lent GPU machine is bounded by what can be carried there (64 M
 or DALI. The CNNs therefore run in Python-backend models executing the published ONNX graphs with PyTorch on CUDA
 (services/drivers/gpu/torch_onnx_model.py) or, with --engine ort-cuda, with ONNX Runtime's CUDA provider in FP16
 (services/drivers/gpu/ort_cuda_model.py; onnxruntime-gpu travels first in parts: gpu/ort_gpu.py), and `photo_decode`
-is its nvJPEG twin (services/drivers/gpu/photo_decode_nvjpeg.py). `python -m services.drivers.gpu.carry` packs what travels into .gpu/;
-`--cpu-twins` runs this command with what it packed on a machine without a GPU (the local stack's onnxruntime twins).
+is its nvJPEG twin (services/drivers/gpu/photo_decode_nvjpeg.py). `python -m services.drivers.gpu.carry` packs what
+travels into .gpu/; `--cpu-twins` runs this command with what it packed on a machine without a GPU (the local stack's
+onnxruntime twins).
 """
 
 from __future__ import annotations
