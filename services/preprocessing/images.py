@@ -23,6 +23,9 @@ Image.MAX_IMAGE_PIXELS = None
 # The formats sellers upload on the web. Every other decoder Pillow has (PSD, DDS, FLI, SGI, ...) stays closed: a
 # file is only ever handed to these.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+# A JPEG as phones write it: one carrying a second picture (MPF: the HDR gain map or depth map appended after the
+# photo) opens as Pillow's "MPO", a JPEG whose first frame is the photo; both decode at a reduced DCT scale.
+JPEG_FORMATS = ("JPEG", "MPO")
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> I
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             width, height = image.size
-            if image.format == "JPEG":
+            if image.format in JPEG_FORMATS:
                 # Decode at the smallest DCT scale (1/2, 1/4, 1/8) whose longer side still covers the input size:
                 # tensors are padded squares, so the longer side is the one that sets the resolution.
                 longer = max(width, height)

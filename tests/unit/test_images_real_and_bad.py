@@ -106,6 +106,17 @@ def test_decompression_bomb_is_rejected_before_decoding():
     assert raised.value.kind is ErrorKind.IMAGE_TOO_LARGE and "100000x100000" in raised.value.reason
 
 
+def test_a_phone_jpeg_carrying_a_second_picture_decodes_its_first_at_a_reduced_scale():
+    """Phones append an HDR gain map or a depth map (MPF); Pillow opens such a file as MPO, a JPEG."""
+    first = photo("astronaut.png").resize((2048, 2048))
+    multi = encode(first, "MPO", save_all=True, append_images=[Image.new("RGB", first.size)])
+    assert Image.open(io.BytesIO(multi)).format == "MPO"
+    plain = decode_rgb(encode(first, "JPEG"), ImageLimits(), 224)
+    decoded = decode_rgb(multi, ImageLimits(), 224)
+    assert decoded.size == plain.size == (256, 256)  # an eighth of the side: 2,048 / 8
+    assert np.array_equal(np.asarray(decoded), np.asarray(plain))
+
+
 def test_a_real_bomb_compressed_small_is_rejected_too():
     data = encode(Image.new("L", (12_000, 10_000)), "PNG", optimize=True)  # 120 MP of black, well under a MB
     assert len(data) < 1_000_000
