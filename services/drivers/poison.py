@@ -1,7 +1,9 @@
-"""Listings that can never be classified, for fault tests: a corrupt image and a decompression bomb."""
+"""Listings that can never be classified, for fault tests: a corrupt image and a decompression bomb; and a JPEG whose
+endless scans would hold a decoder for minutes."""
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -16,6 +18,18 @@ def png_header_bomb(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + chunk(b"IEND", b""))
+
+
+def jpeg_scan_bomb(side: int, extra_scans: int) -> bytes:
+    """A valid progressive JPEG of side x side pixels of one colour whose last scan (a few bytes: a flat image leaves
+    it next to nothing to code) is repeated extra_scans times: each repeat is another pass over every block."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 130, 140)).save(buffer, "JPEG", quality=75, progressive=True)
+    data = buffer.getvalue()
+    last_scan = data[data.rindex(b"\xff\xda"):-2]  # up to the end-of-image marker
+    return data[:-2] + last_scan * extra_scans + b"\xff\xd9"
 
 
 def corrupt_image_listing(listing_id: str) -> common_pb2.Listing:

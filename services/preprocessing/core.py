@@ -36,7 +36,8 @@ def preprocessing_limits(settings: PreprocessingSettings) -> tuple[ImageLimits, 
     """The image limits and fetch settings, the same for the service and the operator's tool."""
     allowed = frozenset(h.strip() for h in settings.fetch_allowed_hosts.split(",") if h.strip())
     formats = tuple(f.strip().upper() for f in settings.image_formats.split(",") if f.strip())
-    return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s, formats),
+    return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s, formats,
+                        settings.max_jpeg_scans),
             FetchSettings(timeout_s=settings.fetch_timeout_s, total_timeout_s=settings.fetch_total_timeout_s,
                           max_bytes=settings.max_image_bytes, attempts=settings.fetch_attempts,
                           allowed_hosts=allowed, proxy=settings.fetch_proxy))

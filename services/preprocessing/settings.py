@@ -42,6 +42,8 @@ class PreprocessingSettings(GrpcServiceSettings):
     image_formats: str = Field("JPEG,PNG,WEBP,GIF,BMP,TIFF,AVIF", description="the only decoders a file reaches "
                                "(Pillow format names); anything else is refused from its header as INVALID_IMAGE")
     decode_timeout_s: float = Field(10.0, description="longest a caller waits for one image's decode")
+    max_jpeg_scans: int = Field(100, ge=1, description="JPEGs with more scans are refused from their markers "
+                                "(a progressive JPEG has about 10; each scan is another pass over the whole image)")
     fetch_timeout_s: float = Field(5.0, description="connect/read timeout for image URLs")
     fetch_total_timeout_s: float = Field(15.0, description="longest one image URL may take, every attempt and byte "
                                          "included; a slower host fails its own listing as SOURCE_TOO_SLOW")

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from services.common.errors import ClassificationError, ErrorKind
-from services.drivers.poison import png_header_bomb
-from services.preprocessing.images import ImageLimits, decode_rgb, prepare_image
+from services.drivers.poison import jpeg_scan_bomb, png_header_bomb
+from services.preprocessing.images import ImageLimits, decode_rgb, prepare_encoded, prepare_image
 
 PHOTOS = Path(skimage.__file__).parent / "data"  # real photographs shipped in the scikit-image wheel
 SIZES = [224, 299]
@@ -104,6 +104,18 @@ def test_decompression_bomb_is_rejected_before_decoding():
     with pytest.raises(ClassificationError) as raised:
         prepare_image(png_header_bomb(100_000, 100_000), SIZES, ImageLimits())
     assert raised.value.kind is ErrorKind.IMAGE_TOO_LARGE and "100000x100000" in raised.value.reason
+
+
+def test_a_jpeg_of_endless_scans_is_refused_from_its_markers_and_a_real_progressive_photo_is_not():
+    bomb = jpeg_scan_bomb(1000, 2000)
+    assert len(bomb) < 100_000
+    assert decode_rgb(bomb, ImageLimits(max_jpeg_scans=10**6), 224).size == (250, 250)  # a JPEG that does decode
+    with pytest.raises(ClassificationError) as error:
+        prepare_image(bomb, SIZES, ImageLimits())
+    assert error.value.kind is ErrorKind.INVALID_IMAGE and "over the limit of 100" in str(error.value)
+    with pytest.raises(ClassificationError, match="scans"):  # the GPU decode path checks the same header
+        prepare_encoded(bomb, ImageLimits())
+    assert_tensors(encode(photo("astronaut.png"), "JPEG", progressive=True))
 
 
 def test_a_phone_jpeg_carrying_a_second_picture_decodes_its_first_at_a_reduced_scale():
