@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from services.common.errors import ClassificationError, ErrorKind
-from services.preprocessing.images import (ImageLimits, prepare_encoded, prepare_image, product_box,
+from services.preprocessing.images import (ImageLimits, decode_rgb, prepare_encoded, prepare_image, product_box,
                                            square_tensor, thumbnail_from_pixels)
 
 
@@ -72,6 +72,31 @@ def test_transparent_png_is_composited_on_white():
     image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     tensor = prepare_image(encode(image, "PNG"), [32], ImageLimits()).tensors[32]
     assert tensor.min() >= 250
+
+
+def transparent_with_a_product(mode: str) -> bytes:
+    """2403x1601, transparent (hiding black) but for an opaque red product whose edges straddle averaging windows."""
+    if mode == "P":
+        image = Image.new("P", (2403, 1601), 0)
+        image.putpalette([0, 0, 0, 220, 20, 20])
+        image.paste(1, (601, 401, 1803, 1201))
+        return encode(image, "PNG", transparency=0)
+    image = Image.new("RGBA", (2403, 1601), (0, 0, 0, 0))
+    image.paste((220, 20, 20, 255), (601, 401, 1803, 1201))
+    return encode(image, "PNG")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P"])
+def test_a_large_image_in_another_format_is_averaged_down_once_decoded_without_dark_edges(mode):
+    """As a JPEG decodes at a reduced DCT scale, a PNG far larger than the models need is averaged down by a whole
+    factor right after decoding (its longer side still covers the input); transparent pixels' hidden black is
+    weighted by their alpha, so every pixel is the product's red, white, or a blend of the two."""
+    decoded = decode_rgb(transparent_with_a_product(mode), ImageLimits(), 224)
+    assert decoded.size == (241, 161)  # 2403 // 224 = 10
+    pixels = np.asarray(decoded).astype(int)
+    assert pixels[..., 0].min() >= 219 and (pixels[..., 1] == pixels[..., 2]).all()
+    assert (pixels[..., 1] < 30).any() and (pixels[..., 1] > 250).any() and ((pixels[..., 1] > 30)
+                                                                           & (pixels[..., 1] < 250)).any()
 
 
 @pytest.mark.parametrize("data, kind", [
