@@ -253,11 +253,12 @@ def produced_twice(stack: LocalStack, count: int = 100) -> ScenarioResult:
 
 
 def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResult:
-    from services.drivers.poison import corrupt_image_listing, oversized_image_listing
+    from services.drivers.poison import corrupt_image_listing, oversized_image_listing, scan_bomb_listing
 
     samples = sample_listings(good_count, seed=79, prefix="chaos-poison")
     good_ids = {s.listing.listing_id for s in samples}
-    poison = [corrupt_image_listing("chaos-poison-corrupt"), oversized_image_listing("chaos-poison-bomb")]
+    poison = [corrupt_image_listing("chaos-poison-corrupt"), oversized_image_listing("chaos-poison-bomb"),
+              scan_bomb_listing("chaos-poison-scans")]
     # A listing sent twice with different images must come out in the order it went in.
     ordered = sample_listings(2, seed=83, prefix="chaos-order")
     ordered[1].listing.listing_id = ordered[0].listing.listing_id
@@ -275,7 +276,8 @@ def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResul
         poison_ids = {"chaos-poison-garbage", *(p.listing_id for p in poison)}
         order_id = ordered[0].listing.listing_id
         outcomes.wait_for(good_ids | poison_ids | {order_id}, 300)
-        result = outcomes.result("poison interleaved with good events", good_ids | poison_ids, len(good_ids) + 3)
+        result = outcomes.result("poison interleaved with good events", good_ids | poison_ids,
+                                 len(good_ids) + len(poison_ids))
         reasons = {f.listing_id: f.reason for f in outcomes.failed if f.listing_id in poison_ids}
         digests = [e.classification.image_digest for _, e in outcomes.published
                    if e.classification.listing_id == order_id]

@@ -39,3 +39,9 @@ def corrupt_image_listing(listing_id: str) -> common_pb2.Listing:
 def oversized_image_listing(listing_id: str) -> common_pb2.Listing:
     return common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
                               image_bytes=png_header_bomb(100_000, 100_000))
+
+
+def scan_bomb_listing(listing_id: str) -> common_pb2.Listing:
+    """A 2000x2000 progressive JPEG of 20,000 scans (about 300 KB): several CPU-seconds to decode, were it decoded."""
+    return common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
+                              image_bytes=jpeg_scan_bomb(2000, 20_000))

@@ -70,12 +70,13 @@ def test_the_same_events_twice_are_stored_and_published_once(chaos_stack):
 
 def test_poison_is_dead_lettered_and_good_events_go_on_in_order(chaos_stack):
     result = chaos.poison_interleaved(chaos_stack, 60)
-    assert_nothing_lost_or_doubled(result, dead_lettered=3)
+    assert_nothing_lost_or_doubled(result, dead_lettered=4)
     assert result.classified == 60
     notes = json.loads(result.notes)
     assert notes["order_kept"]
     assert "cannot be decoded" in notes["poison_reasons"]["chaos-poison-corrupt"]
     assert "100000x100000" in notes["poison_reasons"]["chaos-poison-bomb"]
+    assert "scans, over the limit" in notes["poison_reasons"]["chaos-poison-scans"]
     assert notes["poison_reasons"]["chaos-poison-garbage"].startswith("not a ListingSubmitted")
 
 
