@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 
-import grpc
 import numpy as np
 import pytest
 from PIL import Image
