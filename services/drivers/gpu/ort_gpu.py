@@ -11,8 +11,8 @@ onnxruntime-gpu wheel is 244 MiB, most of it CUDA kernels compiled for six GPU g
   with the manifest (the archive's sha256 and the number of parts).
 
 On the lent machine each part travels in a call of its own while the machine stays warm (what a call carried stays in
-its checkout), then bench_gpu.py joins them, checks the digest and unpacks the package (assemble()). README's GPU
-section gives the calls.
+its checkout), then bench_gpu.py joins them, checks the digest and unpacks the package (assemble()). README
+(`make bench-gpu`, "ONNX Runtime's CUDA provider in FP16") gives the calls.
 """
 
 from __future__ import annotations
@@ -186,17 +186,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wheel", type=Path, help="an onnxruntime-gpu wheel already here (else downloaded)")
     options = parser.parse_args()
-    for name in (PARTS.name, CACHE.name):
-        exclude = REPOSITORY_ROOT / ".git" / "info" / "exclude"
-        if exclude.parent.exists() and f"/{name}/" not in (exclude.read_text() if exclude.exists() else ""):
-            with exclude.open("a") as handle:
-                handle.write(f"/{name}/\n")
     folders = pack(PARTS, options.wheel or download_wheel())
     for folder in folders:
         size = sum(p.stat().st_size for p in folder.iterdir())
         print(f"{folder.relative_to(REPOSITORY_ROOT)}: {size / 2**20:.1f} MiB")
     print("on the lent machine, one call per part while it stays warm (carry names the part), then bench-gpu with "
-          "--engine ort-cuda carrying .gpu: README, 'A GPU'")
+          "--engine ort-cuda carrying .gpu: README, `make bench-gpu`, 'ONNX Runtime's CUDA provider in FP16'")
     return 0
 
 
