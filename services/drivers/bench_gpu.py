@@ -48,6 +48,7 @@ import numpy as np
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 GPU_MODELS = Path(__file__).with_name("gpu")
 BATCH = 32
+PIPELINE_PATHS = ("gpu_decode_path", "cpu_path")  # services/drivers/gpu/pipeline.py's PATHS (imported only there)
 THUMBNAIL_SIZE = 256  # the preprocessing service's default
 
 
@@ -491,12 +492,16 @@ def main() -> int:
                         "(empty: skip that part)")
     parser.add_argument("--pipeline-workers", default="1,2,4", help="preprocessing workers per path for the whole "
                         "pipeline through Kafka, comma-separated (empty: skip it)")
+    parser.add_argument("--pipeline-paths", default="gpu_decode_path,cpu_path", help="which paths the pipeline runs "
+                        "take, in this order (comma-separated: gpu_decode_path, cpu_path)")
     parser.add_argument("--pipeline-repeat", type=int, default=6, help="each pipeline run sends every photo this "
                         "many times (as listings of their own)")
     parser.add_argument("--instance-kind", choices=("gpu", "cpu"), default="cpu",
                         help="Triton's instance kind for the models (they use the GPU themselves either way)")
     parser.add_argument("--instances", type=int, default=0, help="Triton instances of each Python-backend twin (0: "
                         "the production config's count; each twin spends a Python round per request)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="PyTorch's CPU threads in each GPU model's "
+                        "stub process (0: PyTorch's default, one per core in every stub)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
     parser.add_argument("--repeat", type=int, default=4, help="each path at Triton's door sends every photo this "
                         "many times")
@@ -514,6 +519,10 @@ def main() -> int:
                         "PyTorch without Triton (measured before: README)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench-gpu-out")))
     options = parser.parse_args()
+    pipeline_paths = [p for p in options.pipeline_paths.split(",") if p]
+    if unknown := sorted(set(pipeline_paths) - set(PIPELINE_PATHS)):
+        parser.error(f"--pipeline-paths: unknown {', '.join(unknown)} (known: {', '.join(PIPELINE_PATHS)})")
+    os.environ["GPU_BENCH_TORCH_THREADS"] = str(options.torch_threads)  # read by the stubs (gpu/torch_threads.py)
     missing = [name for name in ("photos", "models", "wheels", "tritonserver.tar.xz")
                if not (options.carried / name).exists()]
     if missing:
@@ -616,7 +625,7 @@ def main() -> int:
 
             kinds = ["2mp" if index % 2 == 0 else "original" for index in range(len(encoded))]  # as load_photos made
             pipeline_runs(triton, production, list(zip(encoded, kinds)) * options.pipeline_repeat,
-                          options.work_dir / "pipeline", pipeline_workers, report=pipeline_run_done)
+                          options.work_dir / "pipeline", pipeline_workers, pipeline_paths, report=pipeline_run_done)
     except Exception as error:  # noqa: BLE001  (what was measured, and the torch figures below, still come back)
         report["triton_error"] = f"{type(error).__name__}: {error}"
         print(f"Triton part failed: {report['triton_error']}", flush=True)

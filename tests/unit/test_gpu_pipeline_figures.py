@@ -24,3 +24,27 @@ def test_a_runs_triton_calls_are_the_counters_differences_per_request():
         "photo_decode": {"requests": 2, "images_per_request": 32.0, "images_per_execution": 64.0, "request_ms": 10.0,
                          "queue_ms": 0.0, "compute_ms": 10.0},
         "preprocessing": {"calls": 20, "images_per_call": 30.0, "call_ms": 100.0}}
+
+
+def test_the_bench_names_the_pipelines_paths_as_the_pipeline_runs_them():
+    from services.drivers.bench_gpu import PIPELINE_PATHS
+    from services.drivers.gpu.pipeline import PATHS
+
+    assert sorted(PIPELINE_PATHS) == sorted(PATHS)
+
+
+def test_a_gpu_stub_cuts_torchs_cpu_pool_and_a_cpu_one_keeps_it(monkeypatch):
+    import torch
+
+    from services.drivers.gpu.torch_threads import TORCH_THREADS_ENV, limit_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(TORCH_THREADS_ENV, "0")
+        assert limit_cpu_threads(True) == before  # 0: PyTorch's own default
+        monkeypatch.setenv(TORCH_THREADS_ENV, "1")
+        assert limit_cpu_threads(False) == before  # without a GPU the pool computes: left alone
+        monkeypatch.delenv(TORCH_THREADS_ENV)
+        assert limit_cpu_threads(True) == 1  # the default on a GPU
+    finally:
+        torch.set_num_threads(before)

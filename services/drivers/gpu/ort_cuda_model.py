@@ -59,6 +59,9 @@ class TritonPythonModel:
         # the CPU pool's threads spin between runs by default: CPU taken from the services for nothing
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.cuda:
+            from services.drivers.gpu.torch_threads import limit_cpu_threads
+
+            limit_cpu_threads(True)  # torch only moves tensors here
             options.intra_op_num_threads = 1  # the GPU computes; the host only launches
             # HEURISTIC: an exhaustive search would run again for every batch size the dynamic batcher forms
             provider = (CUDA_PROVIDER, {"device_id": self.device_id, "cudnn_conv_algo_search": "HEURISTIC",

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from services.drivers.gpu.torch_threads import limit_cpu_threads
+
 MAX_PIXELS = 50_000_000  # the service checks the header first; this guards callers that do not
 JPEG_START = bytes([0xFF, 0xD8, 0xFF])
 THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT = "thumbnail", "thumbnail_shape"  # services/common/decode_path.py
@@ -48,6 +50,7 @@ class TritonPythonModel:
         cuda = torch.cuda.is_available()  # without a GPU (a smoke test of this file) torchvision decodes on the CPU
         device_id = int(args.get("model_instance_device_id") or 0)  # absent on KIND_CPU instances
         self.device = torch.device("cuda", device_id) if cuda else torch.device("cpu")
+        limit_cpu_threads(cuda)
         self.to_cpu = os.environ.get("GPU_BENCH_DECODE_ON_GPU") != "1"
 
     @staticmethod

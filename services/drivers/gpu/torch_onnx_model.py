@@ -18,6 +18,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from services.drivers.gpu.onnx_torch import to_torch
+from services.drivers.gpu.torch_threads import limit_cpu_threads
 
 
 def as_torch(tensor):
@@ -35,6 +36,7 @@ class TritonPythonModel:
         cuda = torch.cuda.is_available()  # without a GPU (a smoke test of this file) it runs on the CPU, in FP32
         device_id = int(args.get("model_instance_device_id") or 0)  # absent on KIND_CPU instances
         self.device = torch.device("cuda", device_id) if cuda else torch.device("cpu")
+        limit_cpu_threads(cuda)
         self.fp16 = cuda and os.environ.get("GPU_BENCH_PRECISION", "fp16") == "fp16"
         self.model = to_torch(path).eval().to(self.device)
         dims = [int(d) for d in config["input"][0]["dims"]]
