@@ -77,10 +77,7 @@ class TritonPythonModel:
             logger.log_info(f"{config.get('name')}: onnxruntime {onnxruntime.__version__} ({onnxruntime.__file__}), "
                             f"providers {self.session.get_providers()}, FP16 {self.cuda and fp16}")
         dims = [int(d) for d in config["input"][0]["dims"]]
-        largest = max(1, int(config.get("max_batch_size", 1)))
-        # Kernels, cuDNN algorithms and workspaces are picked per input shape, on the CPU, the first time a shape is
-        # run: on the GPU every batch size the dynamic batcher can form is run once here, not first under load
-        for batch in range(1, largest + 1) if self.cuda else (1, largest):
+        for batch in (1, max(1, int(config.get("max_batch_size", 1)))):  # kernels and workspaces picked here
             self._run_numpy(np.zeros([batch] + dims, np.uint8))
 
     def _run_numpy(self, images: np.ndarray) -> np.ndarray:
