@@ -500,7 +500,7 @@ def main() -> int:
                         help="Triton's instance kind for the models (they use the GPU themselves either way)")
     parser.add_argument("--instances", type=int, default=0, help="Triton instances of each Python-backend twin (0: "
                         "the production config's count; each twin spends a Python round per request)")
-    parser.add_argument("--torch-threads", type=int, default=1, help="PyTorch's CPU threads in each GPU model's "
+    parser.add_argument("--torch-threads", type=int, default=0, help="PyTorch's CPU threads in each GPU model's "
                         "stub process (0: PyTorch's default, one per core in every stub)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
     parser.add_argument("--repeat", type=int, default=4, help="each path at Triton's door sends every photo this "

@@ -44,7 +44,9 @@ def test_a_gpu_stub_cuts_torchs_cpu_pool_and_a_cpu_one_keeps_it(monkeypatch):
         assert limit_cpu_threads(True) == before  # 0: PyTorch's own default
         monkeypatch.setenv(TORCH_THREADS_ENV, "1")
         assert limit_cpu_threads(False) == before  # without a GPU the pool computes: left alone
+        assert limit_cpu_threads(True) == 1
         monkeypatch.delenv(TORCH_THREADS_ENV)
-        assert limit_cpu_threads(True) == 1  # the default on a GPU
+        torch.set_num_threads(before)
+        assert limit_cpu_threads(True) == before  # unset: PyTorch's default, as the fifth session measured
     finally:
         torch.set_num_threads(before)

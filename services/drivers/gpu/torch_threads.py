@@ -13,8 +13,9 @@ TORCH_THREADS_ENV = "GPU_BENCH_TORCH_THREADS"
 
 
 def limit_cpu_threads(cuda: bool) -> int:
-    """On a GPU, PyTorch's CPU pool is cut to GPU_BENCH_TORCH_THREADS (default 1); returns the count in force."""
-    threads = int(os.environ.get(TORCH_THREADS_ENV) or "1")
+    """On a GPU, PyTorch's CPU pool is cut to GPU_BENCH_TORCH_THREADS (0, the default: as PyTorch sets it).
+    Returns the count in force."""
+    threads = int(os.environ.get(TORCH_THREADS_ENV) or "0")
     if cuda and threads > 0:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
