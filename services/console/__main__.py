@@ -40,6 +40,7 @@ def serve(settings: ConsoleSettings) -> int:
     import uvicorn
 
     from services.console.app import create_app
+    from services.console.http_guard import guarded_http_protocol
 
     configure_logging("console", settings.log_level)
     try:
@@ -48,6 +49,7 @@ def serve(settings: ConsoleSettings) -> int:
         print(f"console: refusing to start: {error}", file=sys.stderr)
         return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            http=guarded_http_protocol(settings.connection_limits()),
                             ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
                             ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
                             timeout_keep_alive=5, timeout_graceful_shutdown=5, limit_concurrency=1000,

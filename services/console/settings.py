@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.grpc_security import TlsFiles
+from services.console.http_guard import ConnectionLimits
 
 
 class ConsoleSettings(BaseSettings):
@@ -39,6 +40,14 @@ class ConsoleSettings(BaseSettings):
                                                     "operators can share one office address)")
     login_lockout_max_s: float = Field(900.0, description="the longest wait after repeated failures")
     max_feed_clients: int = Field(200, description="browsers on the live feed at once on this replica")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this, or its "
+                                    "connection is closed (a client holding sockets open without finishing a "
+                                    "request would otherwise fill the server)")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this after its "
+                                  "headers")
+    max_connections_per_client: int = Field(64, ge=0, description="connections open at once from one address; one "
+                                            "more is answered 429 (0: no limit; behind a proxy every operator "
+                                            "shares the proxy's address)")
     default_locale: str = Field("en", description="the language of operators created without one")
     log_level: str = "INFO"
 
@@ -49,6 +58,10 @@ class ConsoleSettings(BaseSettings):
     @property
     def port(self) -> int:
         return int(self.http_address.rsplit(":", 1)[1])
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
+                                per_client=self.max_connections_per_client)
 
     @property
     def cookies_secure(self) -> bool:

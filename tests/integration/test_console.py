@@ -8,6 +8,7 @@ import http.cookiejar
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -148,6 +149,31 @@ def test_repeated_bad_passwords_are_slowed_even_for_the_right_one_afterwards(con
     assert status == 429 and int(headers["retry-after"]) >= 1 and b"Too many failed attempts" in body
     time.sleep(int(headers["retry-after"]) + 0.2)
     assert visitor.login(name, password)[0] == 303
+
+
+def test_sockets_held_open_by_one_machine_neither_fill_the_console_nor_stay_open(console):
+    """Slowloris from 127.0.0.2: more idle sockets than the server's concurrency limit (1,000), which turned every
+    operator away with 503 before the console had a header deadline and a cap per address."""
+    port = int(console.url.rsplit(":", 1)[1].strip("/"))
+    held = []
+    try:
+        for _ in range(1100):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)))
+        time.sleep(0.5)
+        assert Visitor(console.url).request("/login")[0] == 200
+        refused = 0
+        for sock in held:
+            sock.settimeout(0.01)
+            try:
+                refused += sock.recv(64).startswith(b"HTTP/1.1 429 ")
+            except TimeoutError:
+                pass
+        assert refused >= 1100 - 64
+        held[0].settimeout(15)  # a held one is closed at the header deadline (10 s)
+        assert held[0].recv(64) == b""
+    finally:
+        for sock in held:
+            sock.close()
 
 
 @pytest.fixture(scope="module")
