@@ -6,10 +6,17 @@ Names say what they count; labels are bounded (method, status, topic, model, out
 from __future__ import annotations
 
 import inspect
+import logging
+import socket
+import socketserver
+import threading
 import time
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+
+log = logging.getLogger(__name__)
 
 GRPC_REQUESTS = Counter("product_classification_grpc_requests_total", "gRPC calls handled, by method and status code",
                         ["method", "code"])
@@ -39,9 +46,59 @@ CLASSIFICATIONS = Counter("product_classification_classifications_total",
                           "classifications stored, by marketplace and outcome", ["marketplace", "outcome"])
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002  (the base class's name)
+        pass
+
+
+class BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    """prometheus_client's server starts a thread per connection and waits for its request for ever, so sockets held
+    open on the metrics port pile up threads and file descriptors in the service itself. This one serves at most
+    `slots` connections at once (one more is closed at once: a scrape is retried), and drops a connection whose
+    request does not arrive within `read_timeout_s`."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], slots: int = 8, read_timeout_s: float = 5.0):
+        handler = type("MetricsRequestHandler", (_QuietHandler,), {"timeout": read_timeout_s})
+        self.slots = threading.BoundedSemaphore(slots)
+        super().__init__(address, handler)
+        self.set_app(make_wsgi_app())
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def handle_error(self, request, client_address):
+        log.debug("metrics request from %s dropped", client_address, exc_info=True)  # a timeout or a hang-up
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def serve_metrics(port: int, address: str = "0.0.0.0", slots: int = 8,
+                  read_timeout_s: float = 5.0) -> BoundedMetricsServer:
+    """Serves /metrics on (address, port) from a daemon thread; returns the server (its shutdown() stops it)."""
+    family, *_, socket_address = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server_class = type("MetricsServer", (BoundedMetricsServer,), {"address_family": family})
+    server = server_class((socket_address[0], port), slots, read_timeout_s)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
+
+
 def start_metrics_server(port: int, address: str = "0.0.0.0") -> None:
     if port:
-        start_http_server(port, addr=address)
+        serve_metrics(port, address)
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
