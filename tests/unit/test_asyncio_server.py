@@ -87,8 +87,8 @@ def test_two_hundred_open_streams_hold_no_thread_and_blocking_calls_past_the_poo
         # Two worker threads, two hundred open streams: a blocking call still gets a thread at once.
         began = time.perf_counter()
         assert results.GetClassification(results_pb2.GetClassificationRequest(listing_id="fast"), metadata=metadata,
-                                          timeout=5).listing_id == "fast"
-        assert time.perf_counter() - began < 1.0
+                                          timeout=20).listing_id == "fast"
+        assert time.perf_counter() - began < 3  # at once, not queued behind the streams (room for a busy machine)
         # Both threads held by slow calls: the third blocking call is refused on the event loop, at once.
         with ThreadPoolExecutor(2) as pool:
             slow = [pool.submit(results.GetClassification, results_pb2.GetClassificationRequest(listing_id="slow"),
@@ -101,9 +101,9 @@ def test_two_hundred_open_streams_hold_no_thread_and_blocking_calls_past_the_poo
             began = time.perf_counter()
             with pytest.raises(grpc.RpcError) as refused:
                 results.GetClassification(results_pb2.GetClassificationRequest(listing_id="third"),
-                                          metadata=metadata, timeout=5)
+                                          metadata=metadata, timeout=20)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert time.perf_counter() - began < 0.5
+            assert time.perf_counter() - began < 3  # refused, not left to wait for its 20 s deadline
             servicer.release.set()
             assert [f.result().listing_id for f in slow] == ["slow", "slow"]
         for stream in streams:
