@@ -14,11 +14,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.metrics import MetricsInterceptor
+from services.common.request_arrival import RequestArrivalDeadline
 from services.common.tracing import TracingServerInterceptor
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# A connection that has not finished its HTTP/2 (and TLS) handshake by then is closed (gRPC's default: 120 s, during
+# which sockets opened and left silent each hold a file descriptor of the service).
+HANDSHAKE_TIMEOUT_MS = 10_000
 
 # (add_servicer_to_server function, servicer, full service name)
 ServiceRegistration = tuple[Callable, object, str]
@@ -109,19 +113,22 @@ class GrpcServer:
     """Serves the given services plus health and reflection. Health says SERVING only while ready() holds.
 
     At most max_workers calls run at once (streams included); one more is refused at once with RESOURCE_EXHAUSTED
-    instead of waiting in the thread pool's queue until its deadline passes.
+    instead of waiting in the thread pool's queue until its deadline passes. A call's request message must arrive
+    within 10 s of its headers (request_arrival.py), so silent calls cannot hold those workers.
     """
 
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, credentials: grpc.ServerCredentials | None = None,
-                 interceptors: Sequence[grpc.ServerInterceptor] = ()):
+                 interceptors: Sequence[grpc.ServerInterceptor] = (),
+                 request_arrival: RequestArrivalDeadline | None = None):
         self.address = address
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS)]
         self.max_workers = max_workers
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                                  interceptors=[MetricsInterceptor(), TracingServerInterceptor(), *interceptors,
+                                  interceptors=[request_arrival or RequestArrivalDeadline(), MetricsInterceptor(),
+                                                TracingServerInterceptor(), *interceptors,
                                                 MalformedRequestInterceptor()],
                                   maximum_concurrent_rpcs=max_workers)
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -218,7 +225,8 @@ class AsyncioGrpcServer:
 
         async def build():
             options = [("grpc.max_receive_message_length", max_message_bytes),
-                       ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
+                       ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0),
+                       ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS)]
             chain = [_ThreadBound(max_workers)] + [_OnAsyncio(i) for i in (
                 MetricsInterceptor(), TracingServerInterceptor(), *interceptors, MalformedRequestInterceptor())]
             server = grpc.aio.server(migration_thread_pool=self.pool, options=options, interceptors=chain,

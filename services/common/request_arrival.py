@@ -1,0 +1,136 @@
+"""A call's request message must arrive soon after its headers, or the call is cancelled.
+
+gRPC counts a call against the server's limit of concurrent calls (and, on the thread-pool server, gives it a
+thread) as soon as its headers arrive, then waits for the request message without any limit. So a caller that opens
+calls and never sends their message, to any method (`grpc.health.v1.Health/Check` needs no key), holds them for as
+long as it likes: as many silent calls as the server has workers (32 on the gateway) turned every other caller away
+with RESOURCE_EXHAUSTED. `RequestArrivalDeadline` serves each method that takes one request message as a
+request-streaming one, reads that message with a deadline (`seconds`), and cancels the call when it does not come;
+then the method runs as before. Since a caller could open new silent calls as fast as old ones expire, one address
+may have `per_address` calls waiting for their message at once: a call still without it 50 ms after its headers
+counts as waiting, and is cancelled then if its address already has that many (a client sends the message with the
+headers, so only a silent call, or one of many large uploads at once from one address, ever waits). Methods that take
+a stream of requests read it themselves.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import grpc
+
+DEFAULT_ARRIVAL_S = 10.0
+DEFAULT_WAITING_PER_ADDRESS = 8
+ARRIVAL_GRACE_S = 0.05  # a call whose message came within this never counts as waiting
+
+
+def peer_address(peer: str) -> str:
+    """'ipv4:10.0.0.7:53012' -> 'ipv4:10.0.0.7', 'ipv6:[::1]:5' -> 'ipv6:[::1]' (the port is the connection's)."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rpartition(':')[0]}"
+    return peer
+
+
+class Watchdog:
+    """Runs actions at their deadlines from one daemon thread (a timer per call would be a thread per call)."""
+
+    def __init__(self, name: str = "grpc-arrival-watchdog"):
+        self._heap: list[tuple[float, int, list]] = []
+        self._order = itertools.count()
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def after(self, seconds: float, action: Callable[[], None]) -> list:
+        """Schedules `action`; returns a handle for cancel()."""
+        entry = [action]
+        with self._condition:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), entry))
+            self._condition.notify()
+        return entry
+
+    @staticmethod
+    def cancel(handle: list) -> None:
+        handle[0] = None  # left in the heap; dropped when its time comes
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._condition.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                _, _, entry = heapq.heappop(self._heap)
+            action = entry[0]
+            if action is not None:
+                try:
+                    action()
+                except Exception:  # noqa: BLE001  (a call that ended meanwhile; nothing else may stop the thread)
+                    pass
+
+
+class RequestArrivalDeadline(grpc.ServerInterceptor):
+    """Put first in a thread-pool server's interceptors, so it wraps the handler the others chose."""
+
+    def __init__(self, seconds: float = DEFAULT_ARRIVAL_S, per_address: int = DEFAULT_WAITING_PER_ADDRESS,
+                 watchdog: Watchdog | None = None):
+        self.seconds = seconds
+        self.per_address = per_address
+        self._watchdog = watchdog or Watchdog()
+        self._waiting: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        first = self._first_request
+        if handler.response_streaming:
+            behaviour = handler.unary_stream
+
+            def stream_out(requests, context):
+                yield from behaviour(first(requests, context), context)
+            return grpc.stream_stream_rpc_method_handler(stream_out, handler.request_deserializer,
+                                                         handler.response_serializer)
+        behaviour = handler.unary_unary
+
+        def unary_out(requests, context):
+            return behaviour(first(requests, context), context)
+        return grpc.stream_unary_rpc_method_handler(unary_out, handler.request_deserializer,
+                                                    handler.response_serializer)
+
+    def _first_request(self, requests, context):
+        address = peer_address(context.peer())
+        call = {"done": False, "counted": False, "deadline": None}
+
+        def still_waiting() -> None:  # ARRIVAL_GRACE_S after the headers, on the watchdog's thread
+            with self._lock:
+                if call["done"]:
+                    return
+                crowded = self._waiting[address] >= self.per_address
+                if not crowded:
+                    self._waiting[address] += 1
+                    call["counted"] = True
+                    call["deadline"] = self._watchdog.after(self.seconds - ARRIVAL_GRACE_S, context.cancel)
+            if crowded:
+                context.cancel()
+
+        grace = self._watchdog.after(ARRIVAL_GRACE_S, still_waiting)
+        try:
+            return next(requests)
+        except StopIteration:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message")
+        finally:
+            self._watchdog.cancel(grace)
+            with self._lock:
+                call["done"] = True
+                if call["deadline"] is not None:
+                    self._watchdog.cancel(call["deadline"])
+                if call["counted"]:
+                    self._waiting[address] -= 1
+                    if not self._waiting[address]:
+                        del self._waiting[address]

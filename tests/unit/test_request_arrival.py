@@ -1,0 +1,120 @@
+"""Calls that send their headers and never their request message (an RPC-level slowloris) against the thread-pool
+gRPC server the gateway and preprocessing run on: real servers on loopback, real clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.grpc_server import GrpcServer
+from services.common.request_arrival import RequestArrivalDeadline, peer_address
+
+SERVICE = "test.Echo"
+
+
+def _echo(request: bytes, context) -> bytes:
+    return request
+
+
+def _count(request: bytes, context):
+    for i in range(int(request or b"3")):
+        yield str(i).encode()
+
+
+def _add_echo(servicer, server) -> None:
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "Echo": grpc.unary_unary_rpc_method_handler(_echo),
+        "Count": grpc.unary_stream_rpc_method_handler(_count)}),))
+
+
+@pytest.fixture
+def release():
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def silent_calls(channel: grpc.Channel, count: int, release: threading.Event, method: str = "/grpc.health.v1.Health/Check"):
+    """Calls whose headers go out and whose message never does (until `release`)."""
+    def never():
+        release.wait()
+        yield health_pb2.HealthCheckRequest()
+    call = channel.stream_unary(method, request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                                response_deserializer=health_pb2.HealthCheckResponse.FromString)
+    return [call.future(never()) for _ in range(count)]
+
+
+def check(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+
+def test_without_the_deadline_as_many_silent_calls_as_workers_turn_everyone_away(release):
+    """The attack, against a plain thread-pool server configured as ours was before (fails if gRPC fixes it)."""
+    server = grpc.server(futures.ThreadPoolExecutor(8), maximum_concurrent_rpcs=8)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            held = silent_calls(channel, 12, release)  # kept: a call object collected is a call cancelled
+            time.sleep(1)
+            with pytest.raises(grpc.RpcError) as refused:
+                check(f"127.0.0.1:{port}")
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        release.set()
+        server.stop(0)
+
+
+def test_silent_calls_hold_at_most_their_share_and_are_cancelled_at_the_deadline(release):
+    server = GrpcServer("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16,
+                        request_arrival=RequestArrivalDeadline(seconds=1.5, per_address=4))
+    server.set_serving(True)
+    server.start()
+    address = f"127.0.0.1:{server.port}"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            held = silent_calls(channel, 60, release)
+            time.sleep(0.5)
+            assert check(address) == health_pb2.HealthCheckResponse.SERVING  # from the same address
+            cancelled_early = sum(f.done() for f in held)
+            assert cancelled_early >= 60 - 4  # past the address's share: cancelled 50 ms after their headers
+            began = time.monotonic()
+            codes = [f.exception(timeout=10).code() for f in held]
+            # cancelled by the deadlines, or refused by the server's own limit while the burst arrived
+            assert set(codes) <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert grpc.StatusCode.CANCELLED in codes
+            assert time.monotonic() - began < 5  # the 4 that waited, at their 1.5 s deadline
+    finally:
+        release.set()
+        server.stop(0)
+
+
+def test_callers_that_send_their_message_are_served_as_before_many_at_once():
+    server = GrpcServer("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16,
+                        request_arrival=RequestArrivalDeadline(seconds=1.5, per_address=2))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, futures.ThreadPoolExecutor(12) as pool:
+            echo = channel.unary_unary(f"/{SERVICE}/Echo")
+            count = channel.unary_stream(f"/{SERVICE}/Count")
+            payloads = [bytes([i]) * 2_000_000 for i in range(24)]  # 2 MB each, 12 at once from one address
+            assert list(pool.map(lambda p: echo(p, timeout=30), payloads)) == payloads
+            assert list(count(b"5", timeout=10)) == [b"0", b"1", b"2", b"3", b"4"]
+            with pytest.raises(grpc.RpcError) as empty:  # a client that half-closes without a message
+                channel.stream_unary(f"/{SERVICE}/Echo")(iter(()), timeout=5)
+            assert empty.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL)
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize("peer, address", [("ipv4:10.0.0.7:53012", "ipv4:10.0.0.7"), ("ipv6:[::1]:5", "ipv6:[::1]"),
+                                           ("unix:/run/x.sock", "unix:/run/x.sock")])
+def test_peer_address_drops_the_connections_port(peer, address):
+    assert peer_address(peer) == address
