@@ -64,6 +64,7 @@ def test_without_the_deadline_as_many_silent_calls_as_workers_turn_everyone_away
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             held = silent_calls(channel, 12, release)  # kept: a call object collected is a call cancelled
             time.sleep(1)
+            assert sum(f.done() for f in held) == 4  # refused past the 8 slots; the 8 hold theirs
             with pytest.raises(grpc.RpcError) as refused:
                 check(f"127.0.0.1:{port}")
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
