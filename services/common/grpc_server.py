@@ -172,7 +172,11 @@ class _OnAsyncio(grpc.aio.ServerInterceptor):
 
 class _ThreadBound(grpc.aio.ServerInterceptor):
     """Blocking (thread-pool) calls beyond the pool's size are refused at once with RESOURCE_EXHAUSTED, on the event
-    loop, instead of queueing for a thread until their deadline; asyncio streams are not counted (they hold none)."""
+    loop, instead of queueing for a thread until their deadline; asyncio streams are not counted (they hold none).
+
+    A call takes its place when its request message arrives (grpc.aio reads it on the loop, then hands the call to a
+    thread), not when its headers do: a call whose message never came, or that was cancelled before, used to keep
+    its place for ever, and as many of them as threads refused every blocking call of the replica from then on."""
 
     def __init__(self, threads: int):
         self.threads = threads
@@ -188,15 +192,22 @@ class _ThreadBound(grpc.aio.ServerInterceptor):
         behaviour = getattr(handler, kind) if kind else None
         if behaviour is None or inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
             return handler
-        with self._lock:
-            if self.busy >= self.threads:
-                async def refuse(_request, context):
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.threads} calls are in "
-                                        "progress, the most this replica runs at once; retry later")
-                if kind == "unary_unary":
-                    return handler._replace(unary_unary=refuse)
-                return handler  # (no blocking streaming methods are served this way)
-            self.busy += 1
+        if self.busy >= self.threads:
+            async def refuse(_request, context):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.threads} calls are in "
+                                    "progress, the most this replica runs at once; retry later")
+            if kind == "unary_unary":
+                return handler._replace(unary_unary=refuse)
+            return handler  # (no blocking streaming methods are served this way)
+        if handler.request_streaming:
+            return handler  # (none are served this way: their requests would be read in the thread)
+        deserialize = handler.request_deserializer
+
+        def take_place(data):  # on the loop, once, as the message arrives
+            request = deserialize(data) if deserialize else data
+            with self._lock:
+                self.busy += 1
+            return request
 
         def counted(request, context):
             try:
@@ -204,7 +215,7 @@ class _ThreadBound(grpc.aio.ServerInterceptor):
             finally:
                 with self._lock:
                     self.busy -= 1
-        return handler._replace(**{kind: counted})
+        return handler._replace(**{kind: counted, "request_deserializer": take_place})
 
 
 class AsyncioGrpcServer:

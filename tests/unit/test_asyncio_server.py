@@ -108,3 +108,35 @@ def test_two_hundred_open_streams_hold_no_thread_and_blocking_calls_past_the_poo
             assert [f.result().listing_id for f in slow] == ["slow", "slow"]
         for stream in streams:
             stream.cancel()
+
+
+def test_blocking_calls_whose_message_never_came_do_not_keep_their_thread_places():
+    """Calls opened and then cancelled (or left silent) before their request message: each used to keep a place of
+    the thread pool for ever, and after as many as threads every blocking call of the replica was refused."""
+    service = "test.Echo"
+
+    def add(_servicer, server):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {
+            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}),))
+
+    server = AsyncioGrpcServer("127.0.0.1:0", [(add, None, service)], max_workers=4)
+    server.start()
+    never = threading.Event()
+
+    def silent():
+        never.wait()
+        yield b"x"
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            cancelled = [channel.stream_unary(f"/{service}/Echo").future(silent()) for _ in range(4)]
+            left_silent = [channel.stream_unary(f"/{service}/Echo").future(silent()) for _ in range(8)]
+            time.sleep(0.5)
+            for call in cancelled:
+                call.cancel()
+            time.sleep(0.5)
+            echo = channel.unary_unary(f"/{service}/Echo")
+            assert [echo(b"%d" % i, timeout=10) for i in range(8)] == [b"%d" % i for i in range(8)]
+            assert not any(call.done() for call in left_silent)
+    finally:
+        never.set()
+        server.stop(0)
