@@ -14,7 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.metrics import MetricsInterceptor
-from services.common.request_arrival import RequestArrivalDeadline
+from services.common.request_arrival import (DEFAULT_ARRIVAL_S, DEFAULT_WAITING_PER_ADDRESS,
+                                             AsyncRequestArrivalDeadline, RequestArrivalDeadline)
 from services.common.tracing import TracingServerInterceptor
 
 log = logging.getLogger(__name__)
@@ -119,15 +120,16 @@ class GrpcServer:
 
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, credentials: grpc.ServerCredentials | None = None,
-                 interceptors: Sequence[grpc.ServerInterceptor] = (),
-                 request_arrival: RequestArrivalDeadline | None = None):
+                 interceptors: Sequence[grpc.ServerInterceptor] = (), request_arrival_s: float = DEFAULT_ARRIVAL_S,
+                 waiting_per_address: int = DEFAULT_WAITING_PER_ADDRESS):
         self.address = address
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS)]
         self.max_workers = max_workers
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                                  interceptors=[request_arrival or RequestArrivalDeadline(), MetricsInterceptor(),
+                                  interceptors=[RequestArrivalDeadline(request_arrival_s, waiting_per_address),
+                                                MetricsInterceptor(),
                                                 TracingServerInterceptor(), *interceptors,
                                                 MalformedRequestInterceptor()],
                                   maximum_concurrent_rpcs=max_workers)
@@ -226,7 +228,8 @@ class AsyncioGrpcServer:
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
                  max_streams: int = 1000, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  credentials: grpc.ServerCredentials | None = None,
-                 interceptors: Sequence[grpc.ServerInterceptor] = ()):
+                 interceptors: Sequence[grpc.ServerInterceptor] = (), request_arrival_s: float = DEFAULT_ARRIVAL_S,
+                 waiting_per_address: int = DEFAULT_WAITING_PER_ADDRESS):
         self.address = address
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-asyncio", daemon=True)
@@ -238,7 +241,8 @@ class AsyncioGrpcServer:
             options = [("grpc.max_receive_message_length", max_message_bytes),
                        ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0),
                        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS)]
-            chain = [_ThreadBound(max_workers)] + [_OnAsyncio(i) for i in (
+            chain = [AsyncRequestArrivalDeadline(self.pool, request_arrival_s, waiting_per_address),
+                     _ThreadBound(max_workers)] + [_OnAsyncio(i) for i in (
                 MetricsInterceptor(), TracingServerInterceptor(), *interceptors, MalformedRequestInterceptor())]
             server = grpc.aio.server(migration_thread_pool=self.pool, options=options, interceptors=chain,
                                      maximum_concurrent_rpcs=max_workers + max_streams)

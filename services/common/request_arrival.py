@@ -15,14 +15,18 @@ a stream of requests read it themselves.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import inspect
 import itertools
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import grpc
+from grpc._cython import cygrpc  # _SyncServicerContext: the context grpc.aio gives a blocking method's thread
 
 DEFAULT_ARRIVAL_S = 10.0
 DEFAULT_WAITING_PER_ADDRESS = 8
@@ -73,15 +77,37 @@ class Watchdog:
                     pass
 
 
+class WaitingCalls:
+    """Calls waiting for their request message, per caller address (thread-safe)."""
+
+    def __init__(self, per_address: int):
+        self.per_address = per_address
+        self._waiting: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def enter(self, address: str) -> bool:
+        """Counts one more waiting call for `address`; False (and nothing counted) when it already has its share."""
+        with self._lock:
+            if self._waiting[address] >= self.per_address:
+                return False
+            self._waiting[address] += 1
+            return True
+
+    def leave(self, address: str) -> None:
+        with self._lock:
+            self._waiting[address] -= 1
+            if self._waiting[address] <= 0:
+                del self._waiting[address]
+
+
 class RequestArrivalDeadline(grpc.ServerInterceptor):
     """Put first in a thread-pool server's interceptors, so it wraps the handler the others chose."""
 
     def __init__(self, seconds: float = DEFAULT_ARRIVAL_S, per_address: int = DEFAULT_WAITING_PER_ADDRESS,
                  watchdog: Watchdog | None = None):
         self.seconds = seconds
-        self.per_address = per_address
         self._watchdog = watchdog or Watchdog()
-        self._waiting: Counter[str] = Counter()
+        self._waiting = WaitingCalls(per_address)
         self._lock = threading.Lock()
 
     def intercept_service(self, continuation, handler_call_details):
@@ -111,12 +137,10 @@ class RequestArrivalDeadline(grpc.ServerInterceptor):
             with self._lock:
                 if call["done"]:
                     return
-                crowded = self._waiting[address] >= self.per_address
-                if not crowded:
-                    self._waiting[address] += 1
-                    call["counted"] = True
+                call["counted"] = self._waiting.enter(address)
+                if call["counted"]:
                     call["deadline"] = self._watchdog.after(self.seconds - ARRIVAL_GRACE_S, context.cancel)
-            if crowded:
+            if not call["counted"]:
                 context.cancel()
 
         grace = self._watchdog.after(ARRIVAL_GRACE_S, still_waiting)
@@ -131,6 +155,73 @@ class RequestArrivalDeadline(grpc.ServerInterceptor):
                 if call["deadline"] is not None:
                     self._watchdog.cancel(call["deadline"])
                 if call["counted"]:
-                    self._waiting[address] -= 1
-                    if not self._waiting[address]:
-                        del self._waiting[address]
+                    self._waiting.leave(address)
+
+
+class AsyncRequestArrivalDeadline(grpc.aio.ServerInterceptor):
+    """The same on a grpc.aio server (put first in its interceptors): the message is awaited on the event loop, and a
+    blocking method then runs in `pool` as grpc.aio itself would run it (with its thread-side context)."""
+
+    def __init__(self, pool: Executor, seconds: float = DEFAULT_ARRIVAL_S,
+                 per_address: int = DEFAULT_WAITING_PER_ADDRESS):
+        self.pool = pool
+        self.seconds = seconds
+        self._waiting = WaitingCalls(per_address)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        first = self._first_request
+        if handler.response_streaming:
+            behaviour = handler.unary_stream
+            if not inspect.isasyncgenfunction(behaviour):
+                return handler  # (no blocking response streams are served this way)
+
+            async def stream_out(requests, context):
+                async for response in behaviour(await first(requests, context), context):
+                    yield response
+            return grpc.stream_stream_rpc_method_handler(stream_out, handler.request_deserializer,
+                                                         handler.response_serializer)
+        behaviour = handler.unary_unary
+        pool = self.pool
+
+        async def unary_out(requests, context):
+            request = await first(requests, context)
+            if inspect.iscoroutinefunction(behaviour):
+                return await behaviour(request, context)
+            return await asyncio.get_running_loop().run_in_executor(pool, behaviour, request,
+                                                                    cygrpc._SyncServicerContext(context))
+        return grpc.stream_unary_rpc_method_handler(unary_out, handler.request_deserializer,
+                                                    handler.response_serializer)
+
+    async def _first_request(self, requests, context):
+        address = peer_address(context.peer())
+        read = asyncio.ensure_future(requests.__anext__())
+        read.add_done_callback(_consume_outcome)  # aborting the call ends the read with an error nobody awaits
+        counted = False
+        try:
+            done, _ = await asyncio.wait({read}, timeout=ARRIVAL_GRACE_S)
+            if not done:
+                counted = self._waiting.enter(address)
+                if not counted:
+                    await context.abort(grpc.StatusCode.CANCELLED, "too many calls from this address are waiting "
+                                        "for their request message")
+                done, _ = await asyncio.wait({read}, timeout=self.seconds - ARRIVAL_GRACE_S)
+                if not done:
+                    await context.abort(grpc.StatusCode.CANCELLED, f"the request message did not arrive within "
+                                        f"{self.seconds:.0f} s of the call's headers")
+            try:
+                return read.result()
+            except StopAsyncIteration:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message")
+        finally:
+            if not read.done():
+                read.cancel()
+            if counted:
+                self._waiting.leave(address)
+
+
+def _consume_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()

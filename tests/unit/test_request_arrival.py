@@ -1,5 +1,6 @@
-"""Calls that send their headers and never their request message (an RPC-level slowloris) against the thread-pool
-gRPC server the gateway and preprocessing run on: real servers on loopback, real clients."""
+"""Calls that send their headers and never their request message (an RPC-level slowloris) against both gRPC servers:
+the thread-pool one the gateway and preprocessing run on, and the grpc.aio one of the result service. Real servers on
+loopback, real clients."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common.grpc_server import GrpcServer
-from services.common.request_arrival import RequestArrivalDeadline, peer_address
+from services.common.grpc_server import AsyncioGrpcServer, GrpcServer
+from services.common.request_arrival import peer_address
 
 SERVICE = "test.Echo"
 
@@ -26,10 +27,21 @@ def _count(request: bytes, context):
         yield str(i).encode()
 
 
+async def _count_on_asyncio(request: bytes, context):
+    for i in range(int(request or b"3")):
+        yield str(i).encode()
+
+
 def _add_echo(servicer, server) -> None:
+    count = _count_on_asyncio if isinstance(server, grpc.aio.Server) else _count
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-        "Echo": grpc.unary_unary_rpc_method_handler(_echo),
-        "Count": grpc.unary_stream_rpc_method_handler(_count)}),))
+        "Echo": grpc.unary_unary_rpc_method_handler(_echo),  # a blocking method (a thread on either server)
+        "Count": grpc.unary_stream_rpc_method_handler(count)}),))
+
+
+@pytest.fixture(params=["thread-pool", "asyncio"])
+def server_kind(request):
+    return {"thread-pool": GrpcServer, "asyncio": AsyncioGrpcServer}[request.param]
 
 
 @pytest.fixture
@@ -73,9 +85,9 @@ def test_without_the_deadline_as_many_silent_calls_as_workers_turn_everyone_away
         server.stop(0)
 
 
-def test_silent_calls_hold_at_most_their_share_and_are_cancelled_at_the_deadline(release):
-    server = GrpcServer("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16,
-                        request_arrival=RequestArrivalDeadline(seconds=1.5, per_address=4))
+def test_silent_calls_hold_at_most_their_share_and_are_cancelled_at_the_deadline(server_kind, release):
+    server = server_kind("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16, request_arrival_s=1.5,
+                         waiting_per_address=4)
     server.set_serving(True)
     server.start()
     address = f"127.0.0.1:{server.port}"
@@ -97,9 +109,9 @@ def test_silent_calls_hold_at_most_their_share_and_are_cancelled_at_the_deadline
         server.stop(0)
 
 
-def test_callers_that_send_their_message_are_served_as_before_many_at_once():
-    server = GrpcServer("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16,
-                        request_arrival=RequestArrivalDeadline(seconds=1.5, per_address=2))
+def test_callers_that_send_their_message_are_served_as_before_many_at_once(server_kind):
+    server = server_kind("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16, request_arrival_s=1.5,
+                         waiting_per_address=2)
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, futures.ThreadPoolExecutor(12) as pool:
