@@ -1,0 +1,101 @@
+"""Every open port of the stack held at once, the way a cheap attack holds them: idle TCP sockets on the three gRPC
+ports, the three metrics ports and the console, and gRPC calls that send their headers and never their message (to
+`Health/Check`, which needs no key, and to each service's own methods without one). Meanwhile listings are still
+classified, through the gateway and through Kafka, every service says SERVING, and once the attacker lets go the
+metrics answer again."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.contracts.product_classification.v1 import gateway_pb2
+from services.drivers.traffic import sample_listings, submit_and_collect
+
+pytestmark = pytest.mark.integration
+
+METHODS = {"gateway": "/product_classification.v1.ListingClassifier/ClassifyListing",
+           "preprocessing": "/product_classification.v1.ImagePredictor/PredictListing",
+           "results": "/product_classification.v1.ClassificationResults/GetClassification"}
+
+
+class Attacker:
+    def __init__(self):
+        self.sockets: list[socket.socket] = []
+        self.channels: list[grpc.Channel] = []
+        self.calls: list[grpc.Future] = []
+        self.release = threading.Event()
+
+    def hold_sockets(self, port: int, count: int) -> None:
+        for _ in range(count):
+            self.sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+
+    def silent_calls(self, address: str, method: str, count: int) -> None:
+        # a connection of its own (channels to one address otherwise share one)
+        channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.channels.append(channel)
+
+        def never():
+            self.release.wait()
+            yield b""
+        call = channel.stream_unary(method)
+        self.calls += [call.future(never()) for _ in range(count)]
+
+    def close(self) -> None:
+        self.release.set()
+        for sock in self.sockets:
+            sock.close()
+        for channel in self.channels:
+            channel.close()
+
+
+def serving(address: str) -> int:
+    with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+
+
+def test_every_port_held_at_once_and_the_stack_still_classifies(stack, kafka, gateway):
+    attacker = Attacker()
+    try:
+        for name, service in stack.services.items():
+            attacker.hold_sockets(service.grpc_port, 200)
+            attacker.hold_sockets(int(service.metrics_url.rsplit(":", 1)[1].split("/")[0]), 100)
+            attacker.silent_calls(service.address, "/grpc.health.v1.Health/Check", 300)
+            attacker.silent_calls(service.address, METHODS[name], 300)
+        attacker.hold_sockets(int(stack.console.url.rsplit(":", 1)[1]), 60)
+        time.sleep(1)
+
+        for name, service in stack.services.items():
+            assert serving(service.address) == health_pb2.HealthCheckResponse.SERVING, name
+        direct, queued = sample_listings(2, seed=151, prefix="held-ports")
+        answer = gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=direct.listing), timeout=60)
+        assert answer.listing_id == direct.listing.listing_id and answer.label and answer.candidates
+        assert len(submit_and_collect(kafka, [queued.listing], 90)) == 1
+        login_page = urllib.request.urlopen(stack.console.url + "/login", timeout=10)
+        assert login_page.status == 200
+        # the silent calls were cancelled by the servers (past each address's share at once, the rest at 10 s)
+        deadline = time.monotonic() + 20
+        while not all(call.done() for call in attacker.calls) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(call.done() for call in attacker.calls)
+        assert {call.exception().code() for call in attacker.calls} <= {grpc.StatusCode.CANCELLED,
+                                                                       grpc.StatusCode.RESOURCE_EXHAUSTED}
+    finally:
+        attacker.close()
+    for name, service in stack.services.items():
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(service.metrics_url, timeout=5) as response:
+                    assert b"product_classification_grpc_requests_total" in response.read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"{name}'s metrics did not answer again"
+                time.sleep(0.5)
+        assert service.process.running(), name
