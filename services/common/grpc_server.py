@@ -14,8 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.metrics import MetricsInterceptor
-from services.common.request_arrival import (DEFAULT_ARRIVAL_S, DEFAULT_WAITING_PER_ADDRESS,
-                                             AsyncRequestArrivalDeadline, RequestArrivalDeadline)
+from services.common.request_arrival import ArrivalPolicy, AsyncRequestArrivalDeadline, RequestArrivalDeadline
 from services.common.tracing import TracingServerInterceptor
 
 log = logging.getLogger(__name__)
@@ -115,23 +114,22 @@ class GrpcServer:
 
     At most max_workers calls run at once (streams included); one more is refused at once with RESOURCE_EXHAUSTED
     instead of waiting in the thread pool's queue until its deadline passes. A call's request message must arrive
-    within 10 s of its headers (request_arrival.py), so silent calls cannot hold those workers.
+    soon after its headers (`arrival`, request_arrival.py), so silent calls cannot hold those workers; by default
+    callers count as identified when authentication interceptors are given.
     """
 
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, credentials: grpc.ServerCredentials | None = None,
-                 interceptors: Sequence[grpc.ServerInterceptor] = (), request_arrival_s: float = DEFAULT_ARRIVAL_S,
-                 waiting_per_address: int = DEFAULT_WAITING_PER_ADDRESS):
+                 interceptors: Sequence[grpc.ServerInterceptor] = (), arrival: ArrivalPolicy | None = None):
         self.address = address
+        arrival = arrival or ArrivalPolicy(callers_identified=bool(interceptors))
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS)]
         self.max_workers = max_workers
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                                  interceptors=[RequestArrivalDeadline(request_arrival_s, waiting_per_address),
-                                                MetricsInterceptor(),
-                                                TracingServerInterceptor(), *interceptors,
-                                                MalformedRequestInterceptor()],
+                                  interceptors=[MetricsInterceptor(), *interceptors, RequestArrivalDeadline(arrival),
+                                                TracingServerInterceptor(), MalformedRequestInterceptor()],
                                   maximum_concurrent_rpcs=max_workers)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -228,9 +226,9 @@ class AsyncioGrpcServer:
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
                  max_streams: int = 1000, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  credentials: grpc.ServerCredentials | None = None,
-                 interceptors: Sequence[grpc.ServerInterceptor] = (), request_arrival_s: float = DEFAULT_ARRIVAL_S,
-                 waiting_per_address: int = DEFAULT_WAITING_PER_ADDRESS):
+                 interceptors: Sequence[grpc.ServerInterceptor] = (), arrival: ArrivalPolicy | None = None):
         self.address = address
+        arrival = arrival or ArrivalPolicy(callers_identified=bool(interceptors))
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-asyncio", daemon=True)
         self._thread.start()
@@ -241,9 +239,9 @@ class AsyncioGrpcServer:
             options = [("grpc.max_receive_message_length", max_message_bytes),
                        ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0),
                        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS)]
-            chain = [AsyncRequestArrivalDeadline(self.pool, request_arrival_s, waiting_per_address),
-                     _ThreadBound(max_workers)] + [_OnAsyncio(i) for i in (
-                MetricsInterceptor(), TracingServerInterceptor(), *interceptors, MalformedRequestInterceptor())]
+            chain = [_OnAsyncio(i) for i in (MetricsInterceptor(), *interceptors)] + [
+                AsyncRequestArrivalDeadline(arrival, self.pool), _ThreadBound(max_workers),
+                _OnAsyncio(TracingServerInterceptor()), _OnAsyncio(MalformedRequestInterceptor())]
             server = grpc.aio.server(migration_thread_pool=self.pool, options=options, interceptors=chain,
                                      maximum_concurrent_rpcs=max_workers + max_streams)
             health_servicer = health.aio.HealthServicer()

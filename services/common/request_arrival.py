@@ -5,12 +5,16 @@ thread) as soon as its headers arrive, then waits for the request message withou
 calls and never sends their message, to any method (`grpc.health.v1.Health/Check` needs no key), holds them for as
 long as it likes: as many silent calls as the server has workers (32 on the gateway) turned every other caller away
 with RESOURCE_EXHAUSTED. `RequestArrivalDeadline` serves each method that takes one request message as a
-request-streaming one, reads that message with a deadline (`seconds`), and cancels the call when it does not come;
-then the method runs as before. Since a caller could open new silent calls as fast as old ones expire, one address
-may have `per_address` calls waiting for their message at once: a call still without it 50 ms after its headers
-counts as waiting, and is cancelled then if its address already has that many (a client sends the message with the
-headers, so only a silent call, or one of many large uploads at once from one address, ever waits). Methods that take
-a stream of requests read it themselves.
+request-streaming one, reads that message with a deadline, and cancels the call when it does not come; then the method
+runs as before. Methods that take a stream of requests read it themselves.
+
+Who the caller is decides how long it may take. It sits inside the authentication, so a call without a valid key is
+refused before anything waits for its message. A caller that showed a key (or a certificate) may take `seconds` (60:
+a 32 MiB photo at 5 Mbit/s) and as many calls at once as it likes. Anyone else (health and reflection need no key,
+and no method does on a server without authentication) gets `anonymous_seconds` (10), and one address may have
+`per_address` (8) such calls waiting at once: a call still without its message 50 ms after its headers counts as
+waiting, and is cancelled then if its address already has that many (a client sends the message with the headers, so
+only a silent call waits), so new silent calls cannot be opened as fast as old ones expire.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from concurrent.futures import Executor
 import grpc
 from grpc._cython import cygrpc  # _SyncServicerContext: the context grpc.aio gives a blocking method's thread
 
-DEFAULT_ARRIVAL_S = 10.0
+from services.common.grpc_security import UNAUTHENTICATED_METHODS
+
+DEFAULT_ARRIVAL_S = 60.0
+DEFAULT_ANONYMOUS_ARRIVAL_S = 10.0
 DEFAULT_WAITING_PER_ADDRESS = 8
 ARRIVAL_GRACE_S = 0.05  # a call whose message came within this never counts as waiting
 
@@ -77,6 +84,24 @@ class Watchdog:
                     pass
 
 
+class ArrivalPolicy:
+    """How long a call's message may take, and whether the per-address share applies (see the module's text)."""
+
+    def __init__(self, callers_identified: bool, seconds: float = DEFAULT_ARRIVAL_S,
+                 anonymous_seconds: float = DEFAULT_ANONYMOUS_ARRIVAL_S,
+                 per_address: int = DEFAULT_WAITING_PER_ADDRESS):
+        self.callers_identified = callers_identified
+        self.seconds = seconds
+        self.anonymous_seconds = anonymous_seconds
+        self.waiting = WaitingCalls(per_address)
+
+    def for_method(self, method: str) -> tuple[float, WaitingCalls | None]:
+        """(deadline in seconds, the per-address count or None) for a call of `method` that got this far."""
+        if self.callers_identified and not method.startswith(UNAUTHENTICATED_METHODS):
+            return self.seconds, None
+        return self.anonymous_seconds, self.waiting
+
+
 class WaitingCalls:
     """Calls waiting for their request message, per caller address (thread-safe)."""
 
@@ -101,20 +126,22 @@ class WaitingCalls:
 
 
 class RequestArrivalDeadline(grpc.ServerInterceptor):
-    """Put first in a thread-pool server's interceptors, so it wraps the handler the others chose."""
+    """On a thread-pool server: put inside the authentication (a refused call then never waits) and outside the
+    interceptors that wrap unary methods (they see the method as it was)."""
 
-    def __init__(self, seconds: float = DEFAULT_ARRIVAL_S, per_address: int = DEFAULT_WAITING_PER_ADDRESS,
-                 watchdog: Watchdog | None = None):
-        self.seconds = seconds
+    def __init__(self, policy: ArrivalPolicy, watchdog: Watchdog | None = None):
+        self.policy = policy
         self._watchdog = watchdog or Watchdog()
-        self._waiting = WaitingCalls(per_address)
         self._lock = threading.Lock()
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
-        first = self._first_request
+        seconds, waiting = self.policy.for_method(handler_call_details.method)
+
+        def first(requests, context):
+            return self._first_request(requests, context, seconds, waiting)
         if handler.response_streaming:
             behaviour = handler.unary_stream
 
@@ -129,7 +156,7 @@ class RequestArrivalDeadline(grpc.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(unary_out, handler.request_deserializer,
                                                     handler.response_serializer)
 
-    def _first_request(self, requests, context):
+    def _first_request(self, requests, context, seconds: float, waiting: WaitingCalls | None):
         address = peer_address(context.peer())
         call = {"done": False, "counted": False, "deadline": None}
 
@@ -137,42 +164,45 @@ class RequestArrivalDeadline(grpc.ServerInterceptor):
             with self._lock:
                 if call["done"]:
                     return
-                call["counted"] = self._waiting.enter(address)
+                call["counted"] = waiting.enter(address)
                 if call["counted"]:
-                    call["deadline"] = self._watchdog.after(self.seconds - ARRIVAL_GRACE_S, context.cancel)
+                    call["deadline"] = self._watchdog.after(seconds - ARRIVAL_GRACE_S, context.cancel)
             if not call["counted"]:
                 context.cancel()
 
-        grace = self._watchdog.after(ARRIVAL_GRACE_S, still_waiting)
+        first_check = (self._watchdog.after(ARRIVAL_GRACE_S, still_waiting) if waiting is not None
+                       else self._watchdog.after(seconds, context.cancel))
         try:
             return next(requests)
         except StopIteration:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message")
         finally:
-            self._watchdog.cancel(grace)
+            self._watchdog.cancel(first_check)
             with self._lock:
                 call["done"] = True
                 if call["deadline"] is not None:
                     self._watchdog.cancel(call["deadline"])
                 if call["counted"]:
-                    self._waiting.leave(address)
+                    waiting.leave(address)
 
 
 class AsyncRequestArrivalDeadline(grpc.aio.ServerInterceptor):
-    """The same on a grpc.aio server (put first in its interceptors): the message is awaited on the event loop, and a
-    blocking method then runs in `pool` as grpc.aio itself would run it (with its thread-side context)."""
+    """The same on a grpc.aio server (put inside the authentication and outside the thread bound): the message is
+    awaited on the event loop, and a blocking method then runs in `pool` as grpc.aio itself would run it (with its
+    thread-side context)."""
 
-    def __init__(self, pool: Executor, seconds: float = DEFAULT_ARRIVAL_S,
-                 per_address: int = DEFAULT_WAITING_PER_ADDRESS):
+    def __init__(self, policy: ArrivalPolicy, pool: Executor):
+        self.policy = policy
         self.pool = pool
-        self.seconds = seconds
-        self._waiting = WaitingCalls(per_address)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
-        first = self._first_request
+        seconds, waiting = self.policy.for_method(handler_call_details.method)
+
+        async def first(requests, context):
+            return await self._first_request(requests, context, seconds, waiting)
         if handler.response_streaming:
             behaviour = handler.unary_stream
             if not inspect.isasyncgenfunction(behaviour):
@@ -195,22 +225,23 @@ class AsyncRequestArrivalDeadline(grpc.aio.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(unary_out, handler.request_deserializer,
                                                     handler.response_serializer)
 
-    async def _first_request(self, requests, context):
+    @staticmethod
+    async def _first_request(requests, context, seconds: float, waiting: WaitingCalls | None):
         address = peer_address(context.peer())
         read = asyncio.ensure_future(requests.__anext__())
         read.add_done_callback(_consume_outcome)  # aborting the call ends the read with an error nobody awaits
         counted = False
         try:
-            done, _ = await asyncio.wait({read}, timeout=ARRIVAL_GRACE_S)
-            if not done:
-                counted = self._waiting.enter(address)
+            done, _ = await asyncio.wait({read}, timeout=ARRIVAL_GRACE_S if waiting is not None else seconds)
+            if not done and waiting is not None:
+                counted = waiting.enter(address)
                 if not counted:
                     await context.abort(grpc.StatusCode.CANCELLED, "too many calls from this address are waiting "
                                         "for their request message")
-                done, _ = await asyncio.wait({read}, timeout=self.seconds - ARRIVAL_GRACE_S)
-                if not done:
-                    await context.abort(grpc.StatusCode.CANCELLED, f"the request message did not arrive within "
-                                        f"{self.seconds:.0f} s of the call's headers")
+                done, _ = await asyncio.wait({read}, timeout=seconds - ARRIVAL_GRACE_S)
+            if not done:
+                await context.abort(grpc.StatusCode.CANCELLED, f"the request message did not arrive within "
+                                    f"{seconds:.0f} s of the call's headers")
             try:
                 return read.result()
             except StopAsyncIteration:
@@ -219,7 +250,7 @@ class AsyncRequestArrivalDeadline(grpc.aio.ServerInterceptor):
             if not read.done():
                 read.cancel()
             if counted:
-                self._waiting.leave(address)
+                waiting.leave(address)
 
 
 def _consume_outcome(task: asyncio.Future) -> None:

@@ -8,6 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common.grpc_security import secure_channel, server_credentials, with_api_key
 from services.common.grpc_server import MAX_MESSAGE_BYTES, GrpcServer
+from services.common.request_arrival import ArrivalPolicy
 from services.common.kafka import make_producer, send_event
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
@@ -53,7 +54,8 @@ def main() -> None:
                           ListingClassifierServicer(gateway, settings.max_listings_per_call),
                           gateway_pb2.DESCRIPTOR.services_by_name["ListingClassifier"].full_name)],
                         max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()),
-                        interceptors=settings.authentication())
+                        interceptors=settings.authentication(),
+                        arrival=ArrivalPolicy(callers_identified=settings.auth_mode != "none"))
 
     def ready() -> bool:
         # The submission topic's metadata proves the broker answers (kafka-python closes its bootstrap connection).

@@ -7,6 +7,7 @@ import sys
 from services.common.contracts.product_classification.v1 import preprocessing_pb2, preprocessing_pb2_grpc
 from services.common.grpc_security import server_credentials
 from services.common.grpc_server import GrpcServer
+from services.common.request_arrival import ArrivalPolicy
 from services.common.kafka import ConsumeLoop, make_consumer, make_producer
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
@@ -49,7 +50,8 @@ def main() -> None:
                         [(preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server, ImagePredictorServicer(predictor),
                           preprocessing_pb2.DESCRIPTOR.services_by_name["ImagePredictor"].full_name)],
                         max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()),
-                        interceptors=settings.authentication())
+                        interceptors=settings.authentication(),
+                        arrival=ArrivalPolicy(callers_identified=settings.auth_mode != "none"))
 
     def start() -> None:
         classifier.start()

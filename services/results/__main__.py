@@ -7,6 +7,7 @@ import sys
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
 from services.common.grpc_security import server_credentials
 from services.common.grpc_server import AsyncioGrpcServer
+from services.common.request_arrival import ArrivalPolicy
 from services.common.kafka import ConsumeLoop, make_consumer, make_producer, send_event
 from services.common.lifecycle import run_until_signalled
 from services.common.logs import configure_logging
@@ -81,7 +82,8 @@ def main() -> None:
               recorder, hub, StreamLimits(settings.max_watch_streams, settings.max_watch_streams_per_caller), desk),
           results_pb2.DESCRIPTOR.services_by_name["ClassificationResults"].full_name)],
         max_workers=settings.grpc_workers, max_streams=settings.max_watch_streams,
-        credentials=server_credentials(settings.server_tls()), interceptors=settings.authentication(METHOD_CALLERS))
+        credentials=server_credentials(settings.server_tls()), interceptors=settings.authentication(METHOD_CALLERS),
+        arrival=ArrivalPolicy(callers_identified=settings.auth_mode != "none"))
 
     def start() -> None:
         store.start()

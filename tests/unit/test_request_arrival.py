@@ -12,8 +12,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.grpc_security import ApiKeyInterceptor
 from services.common.grpc_server import AsyncioGrpcServer, GrpcServer
-from services.common.request_arrival import peer_address
+from services.common.request_arrival import ArrivalPolicy, peer_address
 
 SERVICE = "test.Echo"
 
@@ -86,8 +87,8 @@ def test_without_the_deadline_as_many_silent_calls_as_workers_turn_everyone_away
 
 
 def test_silent_calls_hold_at_most_their_share_and_are_cancelled_at_the_deadline(server_kind, release):
-    server = server_kind("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16, request_arrival_s=1.5,
-                         waiting_per_address=4)
+    server = server_kind("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16,
+                         arrival=ArrivalPolicy(callers_identified=False, anonymous_seconds=1.5, per_address=4))
     server.set_serving(True)
     server.start()
     address = f"127.0.0.1:{server.port}"
@@ -110,8 +111,8 @@ def test_silent_calls_hold_at_most_their_share_and_are_cancelled_at_the_deadline
 
 
 def test_callers_that_send_their_message_are_served_as_before_many_at_once(server_kind):
-    server = server_kind("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16, request_arrival_s=1.5,
-                         waiting_per_address=2)
+    server = server_kind("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16,
+                         arrival=ArrivalPolicy(callers_identified=False, anonymous_seconds=1.5, per_address=2))
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, futures.ThreadPoolExecutor(12) as pool:
@@ -125,6 +126,45 @@ def test_callers_that_send_their_message_are_served_as_before_many_at_once(serve
             assert empty.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL)
     finally:
         server.stop(0)
+
+
+KEY = "a-key-of-the-right-length-0123456789"
+
+
+def test_callers_with_a_key_are_not_shared_out_and_callers_without_one_never_wait(server_kind, release):
+    """With authentication, a call without a valid key is refused before anything waits for its message; a caller
+    with one may have many slow uploads at once (no per-address share) but not a silent call for ever."""
+    server = server_kind("127.0.0.1:0", [(_add_echo, None, SERVICE)], max_workers=16,
+                         interceptors=[ApiKeyInterceptor({KEY: "partner"})],
+                         arrival=ArrivalPolicy(callers_identified=True, seconds=1.5, per_address=1))
+    server.set_serving(True)
+    server.start()
+    address = f"127.0.0.1:{server.port}"
+    keyed = (("authorization", f"Bearer {KEY}"),)
+    try:
+        with grpc.insecure_channel(address) as channel, futures.ThreadPoolExecutor(8) as pool:
+            without_key = [channel.stream_unary(f"/{SERVICE}/Echo").future(_never(release)) for _ in range(20)]
+            codes = {f.exception(timeout=5).code() for f in without_key}
+            assert codes == {grpc.StatusCode.UNAUTHENTICATED}  # at once: nothing waited for their messages
+
+            def slow_upload(i: int) -> bytes:  # the message 0.3 s after the headers, 8 at once from one address
+                def late():
+                    time.sleep(0.3)
+                    yield b"%d" % i
+                return channel.stream_unary(f"/{SERVICE}/Echo")(late(), metadata=keyed, timeout=10)
+            assert list(pool.map(slow_upload, range(8))) == [b"%d" % i for i in range(8)]
+
+            silent = channel.stream_unary(f"/{SERVICE}/Echo").future(_never(release), metadata=keyed)
+            assert silent.exception(timeout=6).code() == grpc.StatusCode.CANCELLED  # at its 1.5 s deadline
+            assert check(address) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        release.set()
+        server.stop(0)
+
+
+def _never(release: threading.Event):
+    release.wait()
+    yield b""
 
 
 @pytest.mark.parametrize("peer, address", [("ipv4:10.0.0.7:53012", "ipv4:10.0.0.7"), ("ipv6:[::1]:5", "ipv6:[::1]"),
