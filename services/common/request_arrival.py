@@ -20,7 +20,6 @@ only a silent call waits), so new silent calls cannot be opened as fast as old o
 from __future__ import annotations
 
 import asyncio
-import heapq
 import inspect
 import itertools
 import threading
@@ -49,39 +48,43 @@ def peer_address(peer: str) -> str:
 
 
 class Watchdog:
-    """Runs actions at their deadlines from one daemon thread (a timer per call would be a thread per call)."""
+    """Runs actions at their deadlines from one daemon thread, looking every `tick_s` while any is pending (a timer
+    per call would be a thread per call, and a heap of them a wake-up per call)."""
 
-    def __init__(self, name: str = "grpc-arrival-watchdog"):
-        self._heap: list[tuple[float, int, list]] = []
-        self._order = itertools.count()
+    def __init__(self, name: str = "grpc-arrival-watchdog", tick_s: float = 0.025):
+        self.tick_s = tick_s
+        self._pending: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._keys = itertools.count()
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def after(self, seconds: float, action: Callable[[], None]) -> list:
-        """Schedules `action`; returns a handle for cancel()."""
-        entry = [action]
+    def after(self, seconds: float, action: Callable[[], None]) -> int:
+        """Schedules `action` (run within tick_s after its time); returns a handle for cancel()."""
+        key = next(self._keys)
         with self._condition:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), entry))
-            self._condition.notify()
-        return entry
+            self._pending[key] = (time.monotonic() + seconds, action)
+            if len(self._pending) == 1:
+                self._condition.notify()
+        return key
 
-    @staticmethod
-    def cancel(handle: list) -> None:
-        handle[0] = None  # left in the heap; dropped when its time comes
+    def cancel(self, handle: int) -> None:
+        with self._condition:
+            self._pending.pop(handle, None)
 
     def _run(self) -> None:
         while True:
             with self._condition:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    self._condition.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-                _, _, entry = heapq.heappop(self._heap)
-            action = entry[0]
-            if action is not None:
+                while not self._pending:
+                    self._condition.wait()
+                now = time.monotonic()
+                due = [self._pending.pop(key)[1] for key, (at, _) in list(self._pending.items()) if at <= now]
+            for action in due:
                 try:
                     action()
                 except Exception:  # noqa: BLE001  (a call that ended meanwhile; nothing else may stop the thread)
                     pass
+            time.sleep(self.tick_s)
 
 
 class ArrivalPolicy:
