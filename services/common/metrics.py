@@ -16,6 +16,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
+from services.common.address_share import AddressShare
+
 log = logging.getLogger(__name__)
 
 GRPC_REQUESTS = Counter("product_classification_grpc_requests_total", "gRPC calls handled, by method and status code",
@@ -54,26 +56,31 @@ class _QuietHandler(WSGIRequestHandler):
 class BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
     """prometheus_client's server starts a thread per connection and waits for its request for ever, so sockets held
     open on the metrics port pile up threads and file descriptors in the service itself. This one serves at most
-    `slots` connections at once (one more is closed at once: a scrape is retried), and drops a connection whose
-    request does not arrive within `read_timeout_s`."""
+    `slots` connections at once and `per_address` from one address (one more is closed at once: a scrape is
+    retried), and drops a connection whose request does not arrive within `read_timeout_s`."""
 
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], slots: int = 8, read_timeout_s: float = 5.0):
+    def __init__(self, address: tuple[str, int], slots: int = 8, read_timeout_s: float = 5.0, per_address: int = 2):
         handler = type("MetricsRequestHandler", (_QuietHandler,), {"timeout": read_timeout_s})
         self.slots = threading.BoundedSemaphore(slots)
+        self.shares = AddressShare(per_address)
         super().__init__(address, handler)
         self.set_app(make_wsgi_app())
 
     def process_request(self, request, client_address):
+        if not self.shares.enter(client_address[0]):
+            self.shutdown_request(request)
+            return
         if not self.slots.acquire(blocking=False):
+            self.shares.leave(client_address[0])
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()
+            self._release(client_address)
             raise
 
     def handle_error(self, request, client_address):
@@ -83,15 +90,19 @@ class BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._release(client_address)
+
+    def _release(self, client_address) -> None:
+        self.slots.release()
+        self.shares.leave(client_address[0])
 
 
-def serve_metrics(port: int, address: str = "0.0.0.0", slots: int = 8,
-                  read_timeout_s: float = 5.0) -> BoundedMetricsServer:
+def serve_metrics(port: int, address: str = "0.0.0.0", slots: int = 8, read_timeout_s: float = 5.0,
+                  per_address: int = 2) -> BoundedMetricsServer:
     """Serves /metrics on (address, port) from a daemon thread; returns the server (its shutdown() stops it)."""
     family, *_, socket_address = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     server_class = type("MetricsServer", (BoundedMetricsServer,), {"address_family": family})
-    server = server_class((socket_address[0], port), slots, read_timeout_s)
+    server = server_class((socket_address[0], port), slots, read_timeout_s, per_address)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

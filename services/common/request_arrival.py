@@ -24,13 +24,13 @@ import inspect
 import itertools
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 import grpc
 from grpc._cython import cygrpc  # _SyncServicerContext: the context grpc.aio gives a blocking method's thread
 
+from services.common.address_share import AddressShare
 from services.common.grpc_security import UNAUTHENTICATED_METHODS
 
 DEFAULT_ARRIVAL_S = 60.0
@@ -96,36 +96,13 @@ class ArrivalPolicy:
         self.callers_identified = callers_identified
         self.seconds = seconds
         self.anonymous_seconds = anonymous_seconds
-        self.waiting = WaitingCalls(per_address)
+        self.waiting = AddressShare(per_address)  # calls waiting for their message
 
-    def for_method(self, method: str) -> tuple[float, WaitingCalls | None]:
+    def for_method(self, method: str) -> tuple[float, AddressShare | None]:
         """(deadline in seconds, the per-address count or None) for a call of `method` that got this far."""
         if self.callers_identified and not method.startswith(UNAUTHENTICATED_METHODS):
             return self.seconds, None
         return self.anonymous_seconds, self.waiting
-
-
-class WaitingCalls:
-    """Calls waiting for their request message, per caller address (thread-safe)."""
-
-    def __init__(self, per_address: int):
-        self.per_address = per_address
-        self._waiting: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def enter(self, address: str) -> bool:
-        """Counts one more waiting call for `address`; False (and nothing counted) when it already has its share."""
-        with self._lock:
-            if self._waiting[address] >= self.per_address:
-                return False
-            self._waiting[address] += 1
-            return True
-
-    def leave(self, address: str) -> None:
-        with self._lock:
-            self._waiting[address] -= 1
-            if self._waiting[address] <= 0:
-                del self._waiting[address]
 
 
 class RequestArrivalDeadline(grpc.ServerInterceptor):
@@ -159,7 +136,7 @@ class RequestArrivalDeadline(grpc.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(unary_out, handler.request_deserializer,
                                                     handler.response_serializer)
 
-    def _first_request(self, requests, context, seconds: float, waiting: WaitingCalls | None):
+    def _first_request(self, requests, context, seconds: float, waiting: AddressShare | None):
         address = peer_address(context.peer())
         call = {"done": False, "counted": False, "deadline": None}
 
@@ -229,7 +206,7 @@ class AsyncRequestArrivalDeadline(grpc.aio.ServerInterceptor):
                                                     handler.response_serializer)
 
     @staticmethod
-    async def _first_request(requests, context, seconds: float, waiting: WaitingCalls | None):
+    async def _first_request(requests, context, seconds: float, waiting: AddressShare | None):
         address = peer_address(context.peer())
         read = asyncio.ensure_future(requests.__anext__())
         read.add_done_callback(_consume_outcome)  # aborting the call ends the read with an error nobody awaits

@@ -8,6 +8,8 @@ import threading
 import time
 import urllib.request
 
+import pytest
+
 from services.common.metrics import serve_metrics
 from services.localstack.processes import free_port
 
@@ -57,5 +59,33 @@ def test_a_request_that_trickles_in_is_dropped_at_the_read_timeout():
         assert time.monotonic() - began < 3
         assert scrape(port)
     finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sockets_held_from_one_address_leave_the_scrapes_from_another_answered():
+    port = free_port()
+    server = serve_metrics(port, "0.0.0.0", slots=8, read_timeout_s=30, per_address=2)
+    held = []
+    try:
+        try:
+            for _ in range(50):  # from 127.0.0.2: two held, the rest closed at once
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)))
+        except OSError as error:
+            pytest.skip(f"cannot connect from 127.0.0.2: {error}")
+        time.sleep(0.3)
+        for _ in range(5):
+            assert b"product_classification_grpc_requests_total" in scrape(port)  # Prometheus, from 127.0.0.1
+        open_ones = 0
+        for sock in held:
+            sock.settimeout(0.2)
+            try:
+                sock.recv(1)
+            except TimeoutError:
+                open_ones += 1
+        assert open_ones == 2
+    finally:
+        for sock in held:
+            sock.close()
         server.shutdown()
         server.server_close()
