@@ -157,7 +157,11 @@ def test_sockets_held_open_by_one_machine_neither_fill_the_console_nor_stay_open
     port = int(console.url.rsplit(":", 1)[1].strip("/"))
     held = []
     try:
-        for _ in range(1100):
+        try:
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)))
+        except OSError as error:
+            pytest.skip(f"cannot connect from 127.0.0.2: {error}")
+        for _ in range(1099):
             held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)))
         time.sleep(0.5)
         assert Visitor(console.url).request("/login")[0] == 200
