@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from dataclasses import dataclass
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from services.common.address_share import AddressShare
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ class ConnectionLimits:
 
 def guarded_http_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
     """uvicorn's H11Protocol with `limits`; pass the class as uvicorn.Config(http=...). One class per server: the
-    per-address counts live in it (every connection of a server is served on one event loop, so no lock)."""
-    open_per_client: Counter[str] = Counter()
+    per-address counts live in it."""
+    open_per_client = AddressShare(limits.per_client) if limits.per_client else None
 
     class GuardedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
@@ -45,23 +46,20 @@ def guarded_http_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._client_host = self.client[0] if self.client else None
-            if self._client_host is not None:
-                open_per_client[self._client_host] += 1
-                if limits.per_client and open_per_client[self._client_host] > limits.per_client:
-                    log.warning("refused a connection: %d already open from %s", limits.per_client,
-                                self._client_host)
+            host = self.client[0] if self.client else None
+            if open_per_client is not None and host is not None:
+                if not open_per_client.enter(host):
+                    log.warning("refused a connection: %d already open from %s", limits.per_client, host)
                     transport.write(_TOO_MANY)
                     transport.close()
                     return
+                self._client_host = host  # counted: given back when the connection is lost
             self._await("headers", limits.header_timeout_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel()
             if self._client_host is not None:
-                open_per_client[self._client_host] -= 1
-                if open_per_client[self._client_host] <= 0:
-                    del open_per_client[self._client_host]
+                open_per_client.leave(self._client_host)
                 self._client_host = None
             super().connection_lost(exc)
 
@@ -90,7 +88,7 @@ def guarded_http_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
                 if what == "body" and not (watched is not None and watched.more_body):
                     return
                 log.info("closed a connection from %s: its request's %s did not arrive within %.0f s",
-                         self._client_host, what, seconds)
+                         self.client[0] if self.client else "?", what, seconds)
                 self.transport.close()
 
             self._deadline = self.loop.call_later(seconds, expired)
