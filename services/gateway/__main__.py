@@ -51,7 +51,9 @@ def main() -> None:
                              max_image_bytes=settings.max_image_bytes)
     server = GrpcServer(settings.grpc_address,
                         [(gateway_pb2_grpc.add_ListingClassifierServicer_to_server,
-                          ListingClassifierServicer(gateway, settings.max_listings_per_call),
+                          ListingClassifierServicer(gateway, settings.max_listings_per_call,
+                                                    max_streams=settings.max_streams,
+                                                    stream_idle_s=settings.stream_idle_s),
                           gateway_pb2.DESCRIPTOR.services_by_name["ListingClassifier"].full_name)],
                         max_workers=settings.grpc_workers, credentials=server_credentials(settings.server_tls()),
                         interceptors=settings.authentication(),

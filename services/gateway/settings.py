@@ -29,7 +29,13 @@ class GatewaySettings(GrpcServiceSettings):
                                       "sets none (a shorter caller deadline wins)")
     max_in_flight: int = Field(24, description="synchronous classifications at once; more get RESOURCE_EXHAUSTED "
                                "at once. Must be below grpc_workers, so the refusal itself always finds a thread")
-    max_listings_per_call: int = Field(100, description="listings in one ClassifyListings call")
+    max_listings_per_call: int = Field(100, description="listings in one ClassifyListings call (and pending at once "
+                                       "on one ClassifyListingStream)")
+    max_streams: int = Field(6, description="ClassifyListingStream calls open at once (each holds a gRPC worker while "
+                             "open); more get RESOURCE_EXHAUSTED. max_in_flight + max_streams must be below "
+                             "grpc_workers, so streams never take the workers unary calls and refusals need")
+    stream_idle_s: float = Field(60.0, description="a ClassifyListingStream with nothing pending is closed "
+                                 "(UNAVAILABLE) when no listing has arrived on it for this long")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="inline images larger than this are refused")
     grpc_workers: int = Field(32, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish calls in flight on SIGTERM")
@@ -45,7 +51,10 @@ class GatewaySettings(GrpcServiceSettings):
     @model_validator(mode="after")
     def _authentication_is_configured(self) -> "GatewaySettings":
         self.check_authentication("GATEWAY")
-        if self.max_in_flight >= self.grpc_workers:
-            raise ValueError(f"GATEWAY_MAX_IN_FLIGHT ({self.max_in_flight}) must be below GATEWAY_GRPC_WORKERS "
-                             f"({self.grpc_workers}): past the workers, calls would queue instead of being refused")
+        if self.max_in_flight + self.max_streams >= self.grpc_workers:
+            raise ValueError(f"GATEWAY_MAX_IN_FLIGHT ({self.max_in_flight}) + GATEWAY_MAX_STREAMS "
+                             f"({self.max_streams}) must be below GATEWAY_GRPC_WORKERS ({self.grpc_workers}): past "
+                             "the workers, calls would queue instead of being refused")
+        if self.max_streams < 1 or self.stream_idle_s <= 0:
+            raise ValueError("GATEWAY_MAX_STREAMS must be at least 1 and GATEWAY_STREAM_IDLE_S above 0")
         return self
