@@ -117,3 +117,21 @@ def test_the_bench_serves_the_engine_asked_for_and_finds_the_cuda_libraries_pyto
     monkeypatch.setattr(sys, "path", [str(tmp_path / "site"), str(tmp_path / "site")])
     assert nvidia_library_dirs() == [str(tmp_path / "site" / "nvidia/cu13/lib"),
                                      str(tmp_path / "site" / "nvidia/cudnn/lib")]
+
+
+def test_on_a_gpu_every_call_runs_at_the_max_batch_size_unless_the_config_says_as_formed(monkeypatch):
+    import pytest
+    import torch
+
+    twin_module = load_twin(monkeypatch)
+    images = torch.arange(2 * 3, dtype=torch.uint8).reshape(2, 3)
+    full = twin_module.padded(images, 5)
+    assert full.shape == (5, 3) and torch.equal(full[:2], images) and not full[2:].any()
+    assert twin_module.padded(images, 2) is images and twin_module.padded(images, 0) is images
+    monkeypatch.delenv("GPU_BENCH_ORT_BATCH", raising=False)
+    assert twin_module.batch_setting({}) == twin_module.BATCH_FIXED
+    monkeypatch.setenv("GPU_BENCH_ORT_BATCH", "as_formed")
+    assert twin_module.batch_setting({}) == twin_module.BATCH_AS_FORMED
+    assert twin_module.batch_setting({"parameters": {"batch": {"string_value": "fixed"}}}) == twin_module.BATCH_FIXED
+    with pytest.raises(ValueError):
+        twin_module.batch_setting({"parameters": {"batch": {"string_value": "32"}}})

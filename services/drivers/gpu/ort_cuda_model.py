@@ -8,6 +8,12 @@ the Python backend, so this model runs the same library inside it. onnxruntime-g
 (from photo_decode) or on the CPU (from a client); with PyTorch present they are bound to the session where they lie
 (IO binding), so nothing goes through host memory that need not. Without a GPU (a rehearsal, a test) it runs the FP32
 graph on the CPU provider.
+
+On the GPU every call runs at the model's max batch size, the rows the batcher did not fill being zeros whose answers
+are dropped (BATCH_FIXED, the default): the CUDA provider prepares its convolutions again whenever the input's shape
+differs from the call before (onnxruntime issue 23006, "x15 slower" with interleaved shapes), and the dynamic batcher
+forms a different batch size from one call to the next under load. BATCH_AS_FORMED runs each batch at its own size;
+the model config's parameter `batch` picks one, else GPU_BENCH_ORT_BATCH.
 """
 
 import json
@@ -29,6 +35,7 @@ except ImportError:
     torch = None
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
+BATCH_FIXED, BATCH_AS_FORMED = "fixed", "as_formed"
 
 
 def fp16_graph(path: str) -> bytes:
@@ -44,6 +51,22 @@ def cuda_usable() -> bool:
             and CUDA_PROVIDER in onnxruntime.get_available_providers())
 
 
+def padded(images, rows: int):
+    """images (a torch tensor) with zero rows added up to `rows` (as it is when it has as many or more)."""
+    if images.shape[0] >= rows:
+        return images
+    return torch.cat([images, images.new_zeros((rows - images.shape[0], *images.shape[1:]))])
+
+
+def batch_setting(config: dict) -> str:
+    """The model config's parameter `batch`, else GPU_BENCH_ORT_BATCH, else BATCH_FIXED."""
+    parameter = config.get("parameters", {}).get("batch", {}).get("string_value")
+    value = parameter or os.environ.get("GPU_BENCH_ORT_BATCH") or BATCH_FIXED
+    if value not in (BATCH_FIXED, BATCH_AS_FORMED):
+        raise ValueError(f"batch must be {BATCH_FIXED} or {BATCH_AS_FORMED}, not {value!r}")
+    return value
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -54,6 +77,9 @@ class TritonPythonModel:
         self.cuda = cuda_usable()
         self.device_id = int(args.get("model_instance_device_id") or 0)  # absent on KIND_CPU instances
         fp16 = os.environ.get("GPU_BENCH_PRECISION", "fp16") == "fp16"
+        batch_mode = batch_setting(config)
+        self.max_batch = max(1, int(config.get("max_batch_size", 1)))
+        self.fixed_batch = self.max_batch if batch_mode == BATCH_FIXED else 0
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         # the CPU pool's threads spin between runs by default: CPU taken from the services for nothing
@@ -75,16 +101,18 @@ class TritonPythonModel:
         logger = getattr(pb_utils, "Logger", None)  # into tritonserver.log, which the bench sends back
         if logger is not None:
             logger.log_info(f"{config.get('name')}: onnxruntime {onnxruntime.__version__} ({onnxruntime.__file__}), "
-                            f"providers {self.session.get_providers()}, FP16 {self.cuda and fp16}")
+                            f"providers {self.session.get_providers()}, FP16 {self.cuda and fp16}, batch {batch_mode}")
         dims = [int(d) for d in config["input"][0]["dims"]]
-        for batch in (1, max(1, int(config.get("max_batch_size", 1)))):  # kernels and workspaces picked here
+        for batch in (1, self.max_batch):  # kernels and workspaces picked here
             self._run_numpy(np.zeros([batch] + dims, np.uint8))
 
     def _run_numpy(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: images})[0]
 
     def _run_bound(self, images):
-        """images: a contiguous uint8 torch tensor on this GPU; returns float32 probabilities on the CPU."""
+        """images: a contiguous uint8 torch tensor on this GPU; returns float32 probabilities on the CPU, a row each."""
+        rows = images.shape[0]
+        images = padded(images, self.fixed_batch)
         outputs = torch.empty((images.shape[0], self.classes), dtype=torch.float32, device=images.device)
         binding = self.session.io_binding()
         binding.bind_input(self.input_name, "cuda", self.device_id, np.uint8, list(images.shape), images.data_ptr())
@@ -92,7 +120,7 @@ class TritonPythonModel:
                             outputs.data_ptr())
         torch.cuda.current_stream(images.device).synchronize()  # the inputs are written before ONNX Runtime reads
         self.session.run_with_iobinding(binding)  # synchronises its own stream before returning
-        return outputs.cpu()
+        return outputs[:rows].cpu()
 
     def execute(self, requests):
         tensors = [pb_utils.get_input_tensor_by_name(r, self.input_name) for r in requests]
