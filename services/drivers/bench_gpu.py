@@ -139,11 +139,15 @@ ENGINES = {"torch": GPU_MODELS / "torch_onnx_model.py", "ort-cuda": GPU_MODELS /
 
 
 def gpu_repository(production: Path, destination: Path, kind: str = "cpu", instances: int = 0,
-                   engine: str = "torch", pillow_decode: bool = False) -> tuple[list[str], list[str]]:
+                   engine: str = "torch", pillow_decode: bool = False,
+                   as_formed_copies: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """The CUDA twins of every model, on Triton instances of `kind`. They run on the GPU whenever CUDA is there,
     whatever the kind (and on the CPU without one: a rehearsal). KIND_CPU instances that use the GPU themselves are
     what was measured on the H200 (2026-11-26); KIND_GPU was tried only before the DLPack fix (both kinds then
-    answered empty outputs). pillow_decode: photo_decode is the local stack's Pillow twin instead of nvJPEG's."""
+    answered empty outputs). pillow_decode: photo_decode is the local stack's Pillow twin instead of nvJPEG's.
+    as_formed_copies: classifiers also served as `<name>_as_formed`, running each batch at the size the batcher
+    formed (ort_cuda_model.py's BATCH_AS_FORMED), for the mixed-batch measurement beside the served ones."""
+    from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     from services.localstack.triton_cpu import build_python_repository
@@ -151,7 +155,23 @@ def gpu_repository(production: Path, destination: Path, kind: str = "cpu", insta
     kinds = {"gpu": model_config_pb2.ModelInstanceGroup.KIND_GPU, "cpu": model_config_pb2.ModelInstanceGroup.KIND_CPU}
     decode = (REPOSITORY_ROOT / "services" / "localstack" / "photo_decode_python.py" if pillow_decode
               else GPU_MODELS / "photo_decode_nvjpeg.py")
-    return build_python_repository(production, destination, ENGINES[engine], decode, kinds[kind], instances)
+    classifiers, composed = build_python_repository(production, destination, ENGINES[engine], decode, kinds[kind],
+                                                    instances)
+    for name in as_formed_copies:
+        copy = destination / f"{name}{AS_FORMED_SUFFIX}"
+        shutil.copytree(destination / name, copy, symlinks=True)
+        config = text_format.Parse((copy / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        config.name = copy.name
+        config.parameters["batch"].string_value = "as_formed"
+        (copy / "config.pbtxt").write_text(text_format.MessageToString(config))
+        classifiers.append(copy.name)
+    return classifiers, composed
+
+
+AS_FORMED_SUFFIX = "_as_formed"
+# Batch sizes as the dynamic batcher forms them when listings arrive one by one from several workers (the pipeline's
+# requests of 31 photos fell to 1 to 32 per execution): the mixed-batch measurement cycles through them.
+MIXED_BATCHES = (32, 31, 7, 24, 1, 16, 29, 12, 32, 5, 20, 27)
 
 
 # ---- measuring ------------------------------------------------------------------------------------------------------
@@ -209,23 +229,69 @@ def _gpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, floa
     return len(photos), elapsed, top1
 
 
-def run_path(worker, url: str, names: list[str], photos: list[bytes], workers: int, triton_pid: int) -> dict:
-    """Every photo through `workers` processes, each handed a contiguous share (batches of BATCH)."""
-    from services.drivers.pipeline_runs import process_tree_cpu_s  # after the carried packages are on the path
+def run_path(worker, url: str, names: list[str], photos: list[bytes], workers: int, triton_pid: int,
+             metrics_port: int) -> dict:
+    """Every photo through `workers` processes, each handed a contiguous share (batches of BATCH); with what the run
+    asked of each model (Triton's counters: requests, batch sizes, queue and compute milliseconds)."""
+    # after the carried packages are on the path
+    from services.drivers.gpu.pipeline import calls_between, triton_model_counters
+    from services.drivers.pipeline_runs import process_tree_cpu_s
     share = -(-len(photos) // workers)
     jobs = [(url, names, photos[i:i + share]) for i in range(0, len(photos), share)]
     with get_context("spawn").Pool(len(jobs)) as pool:
         pool.map(worker, [(url, names, photos[:BATCH])] * len(jobs))  # warm: imports, connections, Triton's kernels
         triton_before = process_tree_cpu_s(triton_pid)
+        counters_before = triton_model_counters(metrics_port)
         started = time.perf_counter()
         results = pool.map(worker, jobs)
         elapsed = time.perf_counter() - started
         triton_cpu = process_tree_cpu_s(triton_pid) - triton_before
+        calls = calls_between(counters_before, triton_model_counters(metrics_port))
     count = sum(r[0] for r in results)
     top1 = {name: sum((r[2][name] for r in results), []) for name in results[0][2]}
     return {"workers": len(jobs), "listings": count, "listings_per_s": round(count / elapsed, 1),
             "workers_cpu_ms_per_listing": round(1000 * sum(r[1] for r in results) / count, 3),
-            "triton_cpu_ms_per_listing": round(1000 * triton_cpu / count, 3), "top1": top1}
+            "triton_cpu_ms_per_listing": round(1000 * triton_cpu / count, 3), "triton_calls": calls, "top1": top1}
+
+
+def triton_direct_mixed(url: str, model: str, input_name: str, images: np.ndarray, output: str, rounds: int,
+                        concurrency: int = 4) -> dict[str, float]:
+    """Images/s through one model when each request's batch size differs from the last (MIXED_BATCHES, cycled), and
+    Triton's mean compute milliseconds per execution (its statistics API, exact where the metrics endpoint may lag);
+    `images` holds at least max(MIXED_BATCHES) rows."""
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(url)
+
+    def statistics() -> tuple[int, int, int]:  # executions, images, compute nanoseconds
+        stats = client.get_inference_statistics(model_name=model).model_stats[0]
+        return stats.execution_count, stats.inference_count, stats.inference_stats.compute_infer.ns
+
+    requests = []
+    for size in MIXED_BATCHES:
+        request = triton_grpc.InferInput(input_name, [size, *images.shape[1:]], "UINT8")
+        request.set_data_from_numpy(np.ascontiguousarray(images[:size]))
+        requests.append((size, request))
+    wanted = [triton_grpc.InferRequestedOutput(output)]
+
+    def call(index: int) -> int:
+        size, request = requests[index % len(requests)]
+        answer = client.infer(model, [request], outputs=wanted).as_numpy(output)
+        if answer is None or answer.shape[0] != size:
+            raise RuntimeError(f"{model} answered {None if answer is None else answer.shape} for {size} images")
+        return size
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(call, range(len(requests))))  # every size once before the clock starts
+        before = statistics()
+        started = time.perf_counter()
+        sent = sum(pool.map(call, range(rounds)))
+        elapsed = time.perf_counter() - started
+        executions, count, compute_ns = (b - a for a, b in zip(before, statistics()))
+    client.close()
+    return {"images_per_s": round(sent / elapsed, 1), "executions": executions,
+            "compute_ms_per_execution": round(compute_ns / max(executions, 1) / 1e6, 2),
+            "images_per_execution": round(count / max(executions, 1), 1)}
 
 
 def triton_direct(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], concurrency: int,
@@ -506,9 +572,15 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=4, help="each path at Triton's door sends every photo this "
                         "many times")
     parser.add_argument("--direct-rounds", type=int, default=160, help="requests per model straight to Triton")
+    parser.add_argument("--mixed-rounds", type=int, default=48, help="requests per called model straight to Triton "
+                        "with the batch size changing between them")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="torch", help="what runs the CNNs: PyTorch "
                         "(FP16 autocast) or ONNX Runtime's CUDA provider (FP16 graph; onnxruntime-gpu must have "
                         "arrived in parts first: python -m services.drivers.gpu.ort_gpu)")
+    parser.add_argument("--ort-batch", choices=("fixed", "as_formed", "both"), default="fixed",
+                        help="--engine ort-cuda: run every call at the max batch size (fixed) or at the size the "
+                        "batcher formed; both: fixed, with as_formed copies of the called models measured beside "
+                        "them with mixed batch sizes")
     parser.add_argument("--cpu-twins", action="store_true", help="serve the models as the local stack does "
                         "(onnxruntime on the CPU, no PyTorch needed): a rehearsal of this command on a machine "
                         "without a GPU, with what `make gpu-carry` packed; with --engine ort-cuda, that engine's "
@@ -523,6 +595,8 @@ def main() -> int:
     if unknown := sorted(set(pipeline_paths) - set(PIPELINE_PATHS)):
         parser.error(f"--pipeline-paths: unknown {', '.join(unknown)} (known: {', '.join(PIPELINE_PATHS)})")
     os.environ["GPU_BENCH_TORCH_THREADS"] = str(options.torch_threads)  # read by the stubs (gpu/torch_threads.py)
+    os.environ["GPU_BENCH_ORT_BATCH"] = "as_formed" if options.ort_batch == "as_formed" else "fixed"  # gpu/ort_cuda_model
+    as_formed_copies = options.ort_batch == "both" and options.engine == "ort-cuda"
     missing = [name for name in ("photos", "models", "wheels", "tritonserver.tar.xz")
                if not (options.carried / name).exists()]
     if missing:
@@ -561,7 +635,9 @@ def main() -> int:
     triton = LocalTriton(production, options.work_dir / "triton",
                          build_repository=build_cpu_repository if options.cpu_twins and options.engine == "torch" else
                          lambda source, target: gpu_repository(source, target, options.instance_kind,
-                                                               options.instances, options.engine, options.cpu_twins))
+                                                               options.instances, options.engine, options.cpu_twins,
+                                                               tuple(called_models(REPOSITORY_ROOT / "triton_models"))
+                                                               if as_formed_copies else ()))
     names, specs = [], []
     try:
         bundle = Path(os.environ["TRITONSERVER_BUNDLE"])
@@ -599,12 +675,24 @@ def main() -> int:
                              [f"{name}_probabilities" for name in names], concurrency=8, rounds=options.direct_rounds)
         report["triton_direct_listings_per_s"] = round(rate, 1)
         print(f"  triton direct {PIXELS_ENSEMBLE} ({', '.join(names)}): {rate:.0f} listings/s", flush=True)
+        # The same models with the batch size changing from one request to the next, as in the pipeline
+        report["triton_direct_mixed_batches"] = {}
+        for spec in specs:
+            if spec.name not in names and spec.name.removesuffix(AS_FORMED_SUFFIX) not in names:
+                continue
+            figures = triton_direct_mixed(triton.grpc_url, spec.name, spec.input_name,
+                                          np.stack([p.tensors[spec.input_size] for p in prepared]), spec.output_name,
+                                          rounds=options.mixed_rounds)
+            report["triton_direct_mixed_batches"][spec.name] = figures
+            print(f"  triton direct {spec.name}, batch sizes {MIXED_BATCHES} in turn: {json.dumps(figures)}",
+                  flush=True)
         save(report)
 
         report["paths"] = {}
         for workers in [int(w) for w in options.workers.split(",") if w]:
             for path_name, worker in (("cpu_path", _cpu_path_worker), ("gpu_decode_path", _gpu_path_worker)):
-                figures = run_path(worker, triton.grpc_url, names, encoded * options.repeat, workers, pid)
+                figures = run_path(worker, triton.grpc_url, names, encoded * options.repeat, workers, pid,
+                                   triton.metrics_port)
                 top1 = figures.pop("top1")
                 figures["efficientnet_lite0_top1"] = accuracy(top1["efficientnet_lite0"][:len(labels)], labels,
                                                               categories) if real.get("efficientnet_lite0") else None

@@ -66,8 +66,16 @@ CLIENT_COUNTERS = {"calls": "product_classification_triton_call_seconds_count",
 
 def triton_calls(stack: LocalStack, workers: list[str]) -> dict[str, dict[str, float]]:
     """Cumulative counters: per served model, and "preprocessing" for what the workers saw of their calls."""
+    counters = triton_model_counters(stack.triton.metrics_port)
+    scraped = [scrape(stack.services[worker].metrics_url) for worker in workers]
+    counters["preprocessing"] = {field: sum(total(v, metric) for v in scraped) for field, metric in CLIENT_COUNTERS.items()}
+    return counters
+
+
+def triton_model_counters(metrics_port: int) -> dict[str, dict[str, float]]:
+    """Triton's cumulative counters per served model (TRITON_COUNTERS), from its metrics endpoint."""
     counters: dict[str, dict[str, float]] = {}
-    values = scrape(f"http://127.0.0.1:{stack.triton.metrics_port}/metrics")
+    values = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
     for key, value in values.items():
         name, _, labels = key.partition("{")
         name = name.removesuffix("_total")  # the parser names a counter's samples so; Triton's own names lack it
@@ -76,8 +84,6 @@ def triton_calls(stack: LocalStack, workers: list[str]) -> dict[str, dict[str, f
         if field and model:
             counters.setdefault(model, {}).setdefault(field, 0.0)
             counters[model][field] += value
-    scraped = [scrape(stack.services[worker].metrics_url) for worker in workers]
-    counters["preprocessing"] = {field: sum(total(v, metric) for v in scraped) for field, metric in CLIENT_COUNTERS.items()}
     return counters
 
 
