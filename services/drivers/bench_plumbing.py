@@ -10,8 +10,10 @@ Runs, on PostgreSQL (the production store): one preprocessing worker and one res
 preprocessing worker (same consumer group); then a second result replica as well; then the GPU decode path
 (PREPROCESSING_DECODE_IN_TRITON) with the thumbnail made by Triton's ensemble, and made by the service
 (`--decode-path-only`: only these two), each after 10 s with nothing in flight that measure the processes' idle
-floor. Each run also reports how many cores the machine had busy: a second worker can only add what is left.
-Prints one line of JSON last.
+floor; then the GPU decode path as a GPU host runs it, its decode step a stand-in too (plumbing_decode_stand_in.py:
+the photo's header read, the GPU's decoding and resizing left out, as the CNNs' computation is) with one worker and
+one replica, two workers, and two replicas as well (`--stand-in-decode-only`: only these three). Each run also reports
+how many cores the machine had busy: a second worker can only add what is left. Prints one line of JSON last.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from services.common.fusion_file import FUSION_FILE, FusionConfig
 from services.drivers.bench_scale import wait_for_split
 from services.drivers.pipeline_runs import idle_floor, less_idle, run
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
+from services.localstack.triton_cpu import LocalTriton, build_cpu_repository
 from services.trainer.fusion_fit import publish_fusion
 from services.trainer.photo_ensemble import write_ensembles
 from services.trainer.real_models import clothing_dataset
@@ -187,6 +190,8 @@ def main() -> None:
                         "entries (own time)")
     parser.add_argument("--decode-path-only", action="store_true", help="only the GPU decode path's runs (the "
                         "thumbnail made by Triton, then made by the service)")
+    parser.add_argument("--stand-in-decode-only", action="store_true", help="only the GPU decode path's runs with "
+                        "the decode step a stand-in (one worker, two workers, two result replicas as well)")
     options = parser.parse_args()
     shutil.rmtree(WORK / "stack", ignore_errors=True)
     models = WORK / "models"
@@ -201,16 +206,21 @@ def main() -> None:
     try:
         url = f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{database}"
         one = two_workers = two_results = None
+        in_triton, floors, stand_in = {}, {}, None
+        if options.stand_in_decode_only:
+            stand_in = stand_in_decode_runs(models, url, photos, warm, options.profile)
+            print(json.dumps({**stand_in_figures(*stand_in), "store": "postgresql",
+                              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}))
+            return
         with (contextlib.nullcontext() if options.decode_path_only else LocalStack(
             StackOptions(work_dir=WORK / "stack", model_repository=models, database_url=url,
                          extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true"}))) as stack:
             if stack is not None:
-                one, two_workers, two_results = cpu_path_runs(stack, photos, warm, options.profile)
+                one, two_workers, two_results = scale_runs(stack, photos, warm, options.profile)
         # The GPU decode path on this CPU: the bytes go to photo_ensemble, whose decode step is the Pillow twin of
         # the DALI pipeline inside Triton. Decoding moves from preprocessing into Triton's process (on a GPU host,
         # onto the GPU), so the services' own cost is what these runs are about: with the thumbnail made by the
         # ensemble (the default) and made here (PREPROCESSING_THUMBNAIL_IN_TRITON=false).
-        in_triton, floors = {}, {}
         profile_decode_path = options.profile and options.decode_path_only
         for thumbnails, label in (("true", "decode-in-triton"), ("false", "decode-in-triton-thumbnail-here")):
             with LocalStack(StackOptions(work_dir=WORK / f"stack-{label}", model_repository=models, database_url=url,
@@ -228,6 +238,8 @@ def main() -> None:
                 maker = "by Triton" if thumbnails == "true" else "here"
                 print(f"decode in Triton (photo_ensemble), thumbnail made {maker}, 1 worker, 1 replica: "
                       f"{json.dumps(in_triton[label])}", flush=True)
+        if not options.decode_path_only:
+            stand_in = stand_in_decode_runs(models, url, photos, warm, profile=False)
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -252,27 +264,62 @@ def main() -> None:
         "idle_cpu_ms_per_s_decode_in_triton": floors["decode-in-triton"],
         "services_cpu_ms_per_listing_less_idle_decode_in_triton":
             in_triton["decode-in-triton"]["services_total_less_idle"],
+        **(stand_in_figures(*stand_in) if stand_in else {}),
         "store": "postgresql", "photos": kinds, "models": "stand-ins (" + ", ".join(names) + ")",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}))
 
 
-def cpu_path_runs(stack: LocalStack, photos, warm, profile: bool) -> tuple[dict, dict, dict]:
+STAND_IN_DECODE = Path(__file__).with_name("plumbing_decode_stand_in.py")
+
+
+def stand_in_decode_runs(models: Path, database_url: str, photos, warm, profile: bool) -> tuple[dict, dict, dict]:
+    """The GPU decode path with its decode step a stand-in as well (what a GPU host leaves to the CPU): one worker
+    and one replica, two workers, two replicas as well, on a Triton of its own."""
+    triton = LocalTriton(models, WORK / "triton-stand-in-decode",
+                         build_repository=lambda source, target: build_cpu_repository(source, target, STAND_IN_DECODE))
+    triton.start()
+    try:
+        with LocalStack(StackOptions(work_dir=WORK / "stack-stand-in-decode", model_repository=models,
+                                     database_url=database_url, triton=triton,
+                                     extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true",
+                                                "PREPROCESSING_DECODE_IN_TRITON": "true",
+                                                "PREPROCESSING_THUMBNAIL_IN_TRITON": "true"})) as stack:
+            return scale_runs(stack, photos, warm, profile, "decode stand-in, ")
+    finally:
+        triton.stop()
+
+
+def stand_in_figures(one: dict, two_workers: dict, two_results: dict) -> dict:
+    """The stand-in decode path's runs as the JSON line names them."""
+    return {"listings_per_s_decode_stand_in": one["listings_per_s"],
+            "cpu_ms_per_listing_decode_stand_in": one["cpu_ms_per_listing"],
+            "cores_busy_decode_stand_in": one["cores_busy"],
+            "listings_per_s_2_preprocessing_workers_decode_stand_in": two_workers["listings_per_s"],
+            "preprocessing_scale_ratio_decode_stand_in":
+                round(two_workers["listings_per_s"] / one["listings_per_s"], 2),
+            "cores_busy_2_workers_decode_stand_in": two_workers["cores_busy"],
+            "listings_per_s_2_result_replicas_decode_stand_in": two_results["listings_per_s"],
+            "results_scale_ratio_decode_stand_in":
+                round(two_results["listings_per_s"] / two_workers["listings_per_s"], 2)}
+
+
+def scale_runs(stack: LocalStack, photos, warm, profile: bool, label: str = "") -> tuple[dict, dict, dict]:
     """One preprocessing worker and one result replica, then two workers, then two result replicas as well."""
     run(stack, warm, "warm-1")
     profiles = Profiles(stack, ["preprocessing", "results"]) if profile else None
     one = run(stack, photos, "one")
-    print(f"1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
+    print(f"{label}1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
     if profiles is not None:
         print_profiles(profiles.stop())
     stack.add_service("preprocessing-2")
     split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
     run(stack, warm, "warm-2")
     two_workers = run(stack, photos, "two-workers")
-    print(f"2 preprocessing workers (partitions {split}): {json.dumps(two_workers)}", flush=True)
+    print(f"{label}2 preprocessing workers (partitions {split}): {json.dumps(two_workers)}", flush=True)
     stack.add_service("results-2")
     run(stack, warm, "warm-3")
     two_results = run(stack, photos, "two-results")
-    print(f"2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
+    print(f"{label}2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
     return one, two_workers, two_results
 
 

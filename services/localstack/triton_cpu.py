@@ -37,10 +37,12 @@ def _pytriton_root() -> Path:
     return Path(pytriton.__file__).parent
 
 
-def build_cpu_repository(production: Path, destination: Path) -> tuple[list[str], list[str]]:
+def build_cpu_repository(production: Path, destination: Path,
+                         decode_model: Path = _DECODE_MODEL) -> tuple[list[str], list[str]]:
     """Writes the CPU twin of the production repository; returns the classifiers' names and the composed models'
-    (photo_decode, served by a Python twin of its DALI pipeline, and the ensembles, which Triton itself runs)."""
-    return build_python_repository(production, destination, _PYTHON_MODEL, _DECODE_MODEL,
+    (photo_decode, served by a Python twin of its DALI pipeline, or by `decode_model`, and the ensembles, which
+    Triton itself runs)."""
+    return build_python_repository(production, destination, _PYTHON_MODEL, decode_model,
                                    model_config_pb2.ModelInstanceGroup.KIND_CPU)
 
 

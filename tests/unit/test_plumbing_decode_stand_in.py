@@ -1,0 +1,90 @@
+"""bench-plumbing's stand-in for photo_decode (services/drivers/plumbing_decode_stand_in.py): its answers have the
+shapes the Pillow twin's have for the same photos, and it refuses what the twin refuses, request by request, without
+decoding a pixel. Triton's stub module is not installed here, so that seam is faked."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from services.common.decode_path import THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE, image_output
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fake_backend_utils() -> types.ModuleType:
+    module = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name, values):
+            self.name, self.values = name, np.asarray(values)
+
+        @classmethod
+        def from_dlpack(cls, name, values):
+            return cls(name, np.from_dlpack(values))
+
+    class Response:
+        def __init__(self, tensors=(), error=None):
+            self.tensors, self.error = {t.name: t.values for t in tensors}, error
+
+    module.Tensor, module.InferenceResponse = Tensor, Response
+    module.TritonError = lambda message: message
+    module.get_input_tensor_by_name = lambda request, name: request[name]
+    return module
+
+
+def load(path: Path, name: str, monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_backend_utils())
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    outputs = [{"name": image_output(224), "dims": [224, 224, 3]},
+               {"name": THUMBNAIL_OUTPUT, "dims": [THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3]},
+               {"name": THUMBNAIL_SHAPE_OUTPUT, "dims": [3]}]
+    model.initialize({"model_config": json.dumps({"input": [{"name": "photo"}], "output": outputs,
+                                                  "parameters": {"pad_value": {"string_value": "255"}}})})
+    return model
+
+
+def batch(*photos: bytes) -> dict[str, np.ndarray]:
+    """As Triton hands a batch of photos to the model: rows of uint8, zero-padded to the longest."""
+    rows = np.zeros((len(photos), max(len(p) for p in photos)), np.uint8)
+    for row, photo in zip(rows, photos):
+        row[:len(photo)] = np.frombuffer(photo, np.uint8)
+    return {"photo": rows}
+
+
+def jpeg(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(width).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_the_stand_in_answers_the_shapes_the_pillow_twin_answers_and_refuses_what_it_refuses(monkeypatch):
+    stand_in = load(ROOT / "services/drivers/plumbing_decode_stand_in.py", "decode_stand_in", monkeypatch)
+    twin = load(ROOT / "services/localstack/photo_decode_python.py", "decode_twin", monkeypatch)
+    good = batch(jpeg(500, 300), jpeg(120, 400))
+    bad = batch(jpeg(64, 64), b"not a photo at all")
+    # no pixel is decoded: a load() would fail the photo's request, and the first request must succeed
+    monkeypatch.setattr(Image.Image, "load", lambda self: (_ for _ in ()).throw(AssertionError("pixels decoded")))
+    answers = stand_in.execute([good, bad])
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_backend_utils())
+    expected = twin.execute([good, bad])
+    assert answers[0].error is None and expected[0].error is None
+    for name in (image_output(224), THUMBNAIL_OUTPUT):
+        assert answers[0].tensors[name].shape == expected[0].tensors[name].shape
+    assert answers[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist() == expected[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist()
+    assert answers[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist() == [[154, 256, 3], [256, 77, 3]]
+    thumbnail = answers[0].tensors[THUMBNAIL_OUTPUT][1]
+    assert thumbnail[:, 77:].max() == 0 and thumbnail[:, :77].std() > 20  # photo-like where the photo is, zero beside
+    assert (answers[0].tensors[image_output(224)] == 255).all()  # the pad value: the stand-in CNNs average colours
+    assert answers[1].error and "cannot be decoded" in answers[1].error and expected[1].error
