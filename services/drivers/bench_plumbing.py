@@ -284,7 +284,7 @@ def stand_in_decode_runs(models: Path, database_url: str, photos, warm, profile:
                                      extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true",
                                                 "PREPROCESSING_DECODE_IN_TRITON": "true",
                                                 "PREPROCESSING_THUMBNAIL_IN_TRITON": "true"})) as stack:
-            return scale_runs(stack, photos, warm, profile, "decode stand-in, ")
+            return scale_runs(stack, photos, warm, profile, "decode stand-in, ", ids="stand-in-")
     finally:
         triton.stop()
 
@@ -303,22 +303,25 @@ def stand_in_figures(one: dict, two_workers: dict, two_results: dict) -> dict:
                 round(two_results["listings_per_s"] / two_workers["listings_per_s"], 2)}
 
 
-def scale_runs(stack: LocalStack, photos, warm, profile: bool, label: str = "") -> tuple[dict, dict, dict]:
-    """One preprocessing worker and one result replica, then two workers, then two result replicas as well."""
-    run(stack, warm, "warm-1")
+def scale_runs(stack: LocalStack, photos, warm, profile: bool, label: str = "", ids: str = ""
+               ) -> tuple[dict, dict, dict]:
+    """One preprocessing worker and one result replica, then two workers, then two result replicas as well. `ids`
+    starts every listing id, so runs on one database never repeat a listing (the store would find it classified
+    already, as it does a redelivered one, and publish nothing new)."""
+    run(stack, warm, f"{ids}warm-1")
     profiles = Profiles(stack, ["preprocessing", "results"]) if profile else None
-    one = run(stack, photos, "one")
+    one = run(stack, photos, f"{ids}one")
     print(f"{label}1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
     if profiles is not None:
         print_profiles(profiles.stop())
     stack.add_service("preprocessing-2")
     split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
-    run(stack, warm, "warm-2")
-    two_workers = run(stack, photos, "two-workers")
+    run(stack, warm, f"{ids}warm-2")
+    two_workers = run(stack, photos, f"{ids}two-workers")
     print(f"{label}2 preprocessing workers (partitions {split}): {json.dumps(two_workers)}", flush=True)
     stack.add_service("results-2")
-    run(stack, warm, "warm-3")
-    two_results = run(stack, photos, "two-results")
+    run(stack, warm, f"{ids}warm-3")
+    two_results = run(stack, photos, f"{ids}two-results")
     print(f"{label}2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
     return one, two_workers, two_results
 
