@@ -15,6 +15,8 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.unit.triton_backend_fake import backend_utils
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,25 +35,8 @@ def classifier_graph(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
 
 
-def fake_backend_utils() -> types.ModuleType:
-    module = types.ModuleType("triton_python_backend_utils")
-
-    class Tensor:
-        def __init__(self, name, values):
-            self.name, self.values = name, np.asarray(values)
-
-        @classmethod
-        def from_dlpack(cls, name, values):
-            return cls(name, np.from_dlpack(values))
-
-    module.Tensor = Tensor
-    module.InferenceResponse = lambda tensors: tensors
-    module.get_input_tensor_by_name = lambda request, name: request[name]
-    return module
-
-
 def load_twin(monkeypatch):
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_backend_utils())
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", backend_utils())
     monkeypatch.delitem(sys.modules, "services.localstack.onnx_python_model", raising=False)
     spec = importlib.util.spec_from_file_location("ort_cuda_twin", ROOT / "services/drivers/gpu/ort_cuda_model.py")
     module = importlib.util.module_from_spec(spec)
@@ -77,9 +62,9 @@ def test_grouped_requests_run_once_and_each_gets_its_own_rows(tmp_path, monkeypa
     assert len(calls) == 1  # one ONNX Runtime call for the group
     reference = onnxruntime.InferenceSession(str(tmp_path / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     for response, images in zip(responses, (first, second)):
-        [tensor] = response
-        assert tensor.name == "probabilities" and tensor.values.dtype == np.float32
-        assert np.allclose(tensor.values, reference.run(None, {"image": images})[0], atol=1e-6)
+        [(name, values)] = response.tensors.items()
+        assert name == "probabilities" and values.dtype == np.float32
+        assert np.allclose(values, reference.run(None, {"image": images})[0], atol=1e-6)
 
 
 def test_the_fp16_graph_keeps_its_input_and_output_types_and_answers_as_the_fp32_one(tmp_path, monkeypatch):

@@ -8,40 +8,19 @@ import importlib.util
 import io
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from services.common.decode_path import THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE, image_output
+from tests.unit.triton_backend_fake import backend_utils
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fake_backend_utils() -> types.ModuleType:
-    module = types.ModuleType("triton_python_backend_utils")
-
-    class Tensor:
-        def __init__(self, name, values):
-            self.name, self.values = name, np.asarray(values)
-
-        @classmethod
-        def from_dlpack(cls, name, values):
-            return cls(name, np.from_dlpack(values))
-
-    class Response:
-        def __init__(self, tensors=(), error=None):
-            self.tensors, self.error = {t.name: t.values for t in tensors}, error
-
-    module.Tensor, module.InferenceResponse = Tensor, Response
-    module.TritonError = lambda message: message
-    module.get_input_tensor_by_name = lambda request, name: request[name]
-    return module
-
-
 def load(path: Path, name: str, monkeypatch):
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_backend_utils())
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", backend_utils())
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -77,7 +56,7 @@ def test_the_stand_in_answers_the_shapes_the_pillow_twin_answers_and_refuses_wha
     monkeypatch.setattr(Image.Image, "load", lambda self: (_ for _ in ()).throw(AssertionError("pixels decoded")))
     answers = stand_in.execute([good, bad])
     monkeypatch.undo()
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_backend_utils())
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", backend_utils())
     expected = twin.execute([good, bad])
     assert answers[0].error is None and expected[0].error is None
     for name in (image_output(224), THUMBNAIL_OUTPUT):
