@@ -112,3 +112,14 @@ def test_a_silent_stream_is_closed_after_its_idle_time_but_not_while_a_listing_i
         assert next(call).listing_id == f"pair-{index}"
         requests.close()
         assert list(call) == []
+
+
+def test_streams_and_in_flight_calls_together_must_leave_a_worker_for_refusals():
+    from services.gateway.settings import GatewaySettings
+
+    base = {"preprocessing_address": "p:1", "results_address": "r:1", "auth_mode": "none", "grpc_workers": 32}
+    assert GatewaySettings(**base, max_in_flight=24, max_streams=6).max_streams == 6
+    with pytest.raises(ValueError, match="GATEWAY_MAX_STREAMS"):
+        GatewaySettings(**base, max_in_flight=24, max_streams=8)
+    with pytest.raises(ValueError, match="at least 1"):
+        GatewaySettings(**base, max_in_flight=24, max_streams=0)
