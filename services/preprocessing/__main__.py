@@ -37,7 +37,8 @@ def main() -> None:
     classifier = TritonClassifier(settings.triton_url, model_names, settings.triton_timeout_s,
                                   settings.parallel_model_calls,
                                   ensemble=settings.ensemble_model if settings.decode_in_triton else None,
-                                  pixels_ensemble=settings.pixels_ensemble.strip() or None)
+                                  pixels_ensemble=settings.pixels_ensemble.strip() or None,
+                                  shared_memory=settings.triton_shared_memory)
     predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads,
                                  settings.fetch_threads, settings.thumbnail_size, settings.decode_in_triton,
                                  settings.thumbnail_in_triton)

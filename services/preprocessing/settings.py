@@ -35,6 +35,11 @@ class PreprocessingSettings(GrpcServiceSettings):
     thumbnail_in_triton: bool = Field(True, description="on the GPU decode path, the ensemble also makes the "
                                       "console's thumbnail (up to 256 px) and only its JPEG encoding is done here; "
                                       "false: the photo is decoded here for it (at a reduced scale)")
+    triton_shared_memory: bool = Field(False, description="the ensembles' tensors (the batch's photos or squares, "
+                                       "the answers and thumbnails) go through system shared memory (/dev/shm) "
+                                       "instead of the gRPC message: for a worker on Triton's host that shares its "
+                                       "/dev/shm (the same pod, or ipc: service:triton), as the same user; where "
+                                       "Triton cannot map it, requests go over gRPC as before")
     ensemble_model: str = Field("photo_ensemble", description="the ensemble of the GPU decode path "
                                 "(services/trainer/photo_ensemble.py)")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="larger images are rejected")

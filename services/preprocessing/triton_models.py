@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as triton_grpc
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from services.common.decode_path import (PHOTO_INPUT, THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, image_output,
                                          probabilities_output)
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.metrics import TRITON_BATCH_SIZE, TRITON_LATENCY
+from services.preprocessing.triton_shared_memory import SharedMemoryPool, aligned
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +73,34 @@ def _read_labels(client, name, version, input_name, shape, output_name, class_co
     return tuple(labels)
 
 
+@dataclass(frozen=True)
+class TensorIn:
+    """One input of a call: `fill` writes it into the array given (a shared-memory region's bytes, or a new array
+    when there is no region); `values`, when the input is ready in an array already, goes in the gRPC message as it
+    is."""
+
+    name: str
+    dtype: type
+    shape: tuple[int, ...]
+    fill: Callable[[np.ndarray], None]
+    values: np.ndarray | None = None
+
+
+def tensor_in(name: str, array: np.ndarray) -> TensorIn:
+    """An input whose values are ready in an array."""
+    return TensorIn(name, array.dtype.type, array.shape, lambda target: np.copyto(target, array), array)
+
+
 class TritonClassifier:
     """Runs batches of images through every configured model: one request per batch to pixels_ensemble where Triton
     serves it for exactly these models, otherwise each model called once per batch, in parallel."""
 
     def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0, parallel: bool = True,
-                 ensemble: str | None = None, pixels_ensemble: str | None = None):
+                 ensemble: str | None = None, pixels_ensemble: str | None = None, shared_memory: bool = False):
         self.url = url
+        # The ensembles' tensors through system shared memory (a worker on Triton's host); None: over gRPC
+        self.shared_memory = shared_memory
+        self._regions: SharedMemoryPool | None = None
         # The GPU decode path: photos' bytes go to this ensemble, which decodes them and runs every model.
         self.ensemble = ensemble
         # The CPU path: a batch's squares go to this ensemble once, and it runs every model on them. Optional: a
@@ -88,15 +112,21 @@ class TritonClassifier:
         self.timeout_s = timeout_s
         self._client: triton_grpc.InferenceServerClient | None = None
         self._specs: dict[str, ModelSpec] = {}
-        self._ensemble_outputs: frozenset[str] | None = None
+        # model -> output name -> (numpy dtype, dims after the batch), read from the server on first use
+        self._outputs: dict[str, dict[str, tuple[type, tuple[int, ...]]]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(model_names)), thread_name_prefix="triton")
 
     def start(self) -> None:
         self._client = triton_grpc.InferenceServerClient(self.url)
+        if self.shared_memory:
+            self._regions = SharedMemoryPool(self._client)
+            self._regions.start()
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._regions:
+            self._regions.stop()
         if self._client:
             self._client.close()
 
@@ -115,14 +145,20 @@ class TritonClassifier:
     def ensemble_makes_thumbnails(self) -> bool:
         """Whether the ensemble returns the console's thumbnail (one written before it existed does not), read from
         the server on first use and after a failure."""
+        return {THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT} <= set(self._output_layout(self.ensemble))
+
+    def _output_layout(self, model: str) -> dict[str, tuple[type, tuple[int, ...]]]:
+        """A model's outputs as its metadata gives them: name -> (numpy dtype, dims after the batch)."""
         with self._lock:
-            if self._ensemble_outputs is None:
+            if model not in self._outputs:
                 try:
-                    metadata = self._client.get_model_metadata(self.ensemble, as_json=True)
+                    metadata = self._client.get_model_metadata(model, as_json=True)
                 except InferenceServerException as error:
                     raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton: {error.message()}") from None
-                self._ensemble_outputs = frozenset(o["name"] for o in metadata.get("outputs", []))
-            return {THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT} <= self._ensemble_outputs
+                self._outputs[model] = {o["name"]: (triton_to_np_dtype(o["datatype"]),
+                                                    tuple(int(d) for d in o["shape"][1:]))
+                                        for o in metadata.get("outputs", [])}
+            return self._outputs[model]
 
     def ready(self) -> bool:
         try:
@@ -206,27 +242,86 @@ class TritonClassifier:
         count = len(tensors_by_size[sizes[0]])
         outputs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
         for start in range(0, count, max_batch_size):
-            inputs = []
-            for size in sizes:
-                chunk = np.ascontiguousarray(tensors_by_size[size][start:start + max_batch_size])
-                inputs.append(triton_grpc.InferInput(image_output(size), list(chunk.shape), "UINT8"))
-                inputs[-1].set_data_from_numpy(chunk)
-            TRITON_BATCH_SIZE.labels(self.pixels_ensemble).observe(min(max_batch_size, count - start))
+            rows = min(max_batch_size, count - start)
+            inputs = [tensor_in(image_output(size), tensors_by_size[size][start:start + rows]) for size in sizes]
+            TRITON_BATCH_SIZE.labels(self.pixels_ensemble).observe(rows)
             began = time.perf_counter()
             try:
-                result = self._client.infer(self.pixels_ensemble, inputs, client_timeout=self._timeout(deadline),
-                                            outputs=[triton_grpc.InferRequestedOutput(probabilities_output(s.name))
-                                                     for s in specs])
+                answers = self._call(self.pixels_ensemble, inputs, [probabilities_output(s.name) for s in specs],
+                                     rows, deadline)
             except InferenceServerException as error:
                 with self._lock:  # reloaded, replaced or unloaded: read both again next time
-                    self._specs, self._pixels_ensemble_batch = {}, None
+                    self._specs, self._pixels_ensemble_batch, self._outputs = {}, None, {}
                 raise ClassificationError(ErrorKind.UNAVAILABLE,
                                           f"Triton {self.pixels_ensemble}: {error.message()}") from None
             TRITON_LATENCY.labels(self.pixels_ensemble).observe(time.perf_counter() - began)
             self._check_versions_still_served(specs)
             for spec in specs:
-                outputs[spec.name].append(result.as_numpy(probabilities_output(spec.name)))
+                outputs[spec.name].append(answers[probabilities_output(spec.name)])
         return {name: np.concatenate(parts).astype(np.float32, copy=False) for name, parts in outputs.items()}
+
+    def _call(self, model: str, inputs: list[TensorIn], output_names: list[str], rows: int,
+              deadline: float | None) -> dict[str, np.ndarray]:
+        """One request to an ensemble, its tensors through a shared-memory region when there is one for it (see
+        triton_shared_memory.py), otherwise in the gRPC message. Returns output name -> array (rows first).
+        Raises InferenceServerException as Triton answered. A region Triton no longer knows (it restarted) is
+        replaced and the call made once more at once."""
+        outputs = self._output_layout(model) if self._regions else {}
+        layout = [(name, *outputs[name]) for name in output_names if name in outputs]
+        sizeable = len(layout) == len(output_names) and all(d > 0 for _, _, dims in layout for d in dims)
+        offsets, end = [], 0
+        for tensor in inputs:
+            offsets.append(end)
+            end = aligned(end + int(np.prod(tensor.shape)) * np.dtype(tensor.dtype).itemsize)
+        for _, dtype, dims in layout:
+            offsets.append(end)
+            end = aligned(end + rows * int(np.prod(dims)) * np.dtype(dtype).itemsize)
+        for attempt in (1, 2):
+            with (self._regions.region(end) if self._regions and sizeable else contextlib.nullcontext()) as region:
+                try:
+                    if region is None:
+                        return self._call_over_grpc(model, inputs, output_names, deadline)
+                    return self._call_through_region(model, inputs, layout, rows, offsets, region, deadline)
+                except InferenceServerException as error:
+                    if region is not None and _refused_the_input(error):
+                        refused = error  # Triton answered about the photos: the region is done with, and kept
+                    elif attempt == 1 and region is not None and "shared memory" in (error.message() or "").lower():
+                        region.usable = False
+                        continue
+                    else:
+                        raise
+            raise refused
+        raise AssertionError("unreachable")
+
+    def _call_over_grpc(self, model: str, inputs: list[TensorIn], output_names: list[str], deadline: float | None
+                        ) -> dict[str, np.ndarray]:
+        request = []
+        for tensor in inputs:
+            values = tensor.values if tensor.values is not None else np.empty(tensor.shape, tensor.dtype)
+            if tensor.values is None:
+                tensor.fill(values)
+            request.append(triton_grpc.InferInput(tensor.name, list(tensor.shape), np_to_triton_dtype(tensor.dtype)))
+            request[-1].set_data_from_numpy(np.ascontiguousarray(values))
+        result = self._client.infer(model, request, client_timeout=self._timeout(deadline),
+                                    outputs=[triton_grpc.InferRequestedOutput(name) for name in output_names])
+        return {name: result.as_numpy(name) for name in output_names}
+
+    def _call_through_region(self, model: str, inputs: list[TensorIn], layout: list, rows: int, offsets: list[int],
+                             region, deadline: float | None) -> dict[str, np.ndarray]:
+        request = []
+        for tensor, offset in zip(inputs, offsets):
+            tensor.fill(region.view(tensor.dtype, tensor.shape, offset))
+            request.append(triton_grpc.InferInput(tensor.name, list(tensor.shape), np_to_triton_dtype(tensor.dtype)))
+            request[-1].set_shared_memory(region.name, int(np.prod(tensor.shape)) * np.dtype(tensor.dtype).itemsize,
+                                          offset)
+        requested, shapes = [], []
+        for (name, dtype, dims), offset in zip(layout, offsets[len(inputs):]):
+            shapes.append((name, dtype, (rows, *dims), offset))
+            requested.append(triton_grpc.InferRequestedOutput(name))
+            requested[-1].set_shared_memory(region.name, rows * int(np.prod(dims)) * np.dtype(dtype).itemsize, offset)
+        self._client.infer(model, request, client_timeout=self._timeout(deadline), outputs=requested)
+        # copies: the region goes back to the pool for the next call
+        return {name: region.view(dtype, shape, offset).copy() for name, dtype, shape, offset in shapes}
 
     def _check_versions_still_served(self, specs: list[ModelSpec]) -> None:
         """After an ensemble's answer: its steps run each model's latest version, and the answer does not say which,
@@ -244,7 +339,7 @@ class TritonClassifier:
         changed = [s.versioned_name for s in specs if ready.get(s.name) != int(s.version)]
         if changed:
             with self._lock:
-                self._specs, self._pixels_ensemble_batch, self._ensemble_outputs = {}, None, None
+                self._specs, self._pixels_ensemble_batch, self._outputs = {}, None, {}
             raise _ModelsReloaded(f"{', '.join(changed)} no longer the latest version served: a model was reloaded "
                                   "during the call")
 
@@ -317,28 +412,27 @@ class TritonClassifier:
     def _infer_photos(self, specs: list[ModelSpec], photos: list[bytes], deadline: float | None,
                       extra_outputs: list[str]) -> dict[str, np.ndarray]:
         longest = max(len(photo) for photo in photos)
-        batch = np.zeros((len(photos), longest), np.uint8)
-        for row, photo in enumerate(photos):
-            batch[row, :len(photo)] = np.frombuffer(photo, np.uint8)
-        model_input = triton_grpc.InferInput(PHOTO_INPUT, list(batch.shape), "UINT8")
-        model_input.set_data_from_numpy(batch)
+
+        def padded_rows(batch: np.ndarray) -> None:  # each photo's bytes, then zeros to the longest
+            for row, photo in enumerate(photos):
+                batch[row, :len(photo)] = np.frombuffer(photo, np.uint8)
+                batch[row, len(photo):] = 0
+
         TRITON_BATCH_SIZE.labels(self.ensemble).observe(len(photos))
         began = time.perf_counter()
         try:
-            result = self._client.infer(self.ensemble, [model_input], client_timeout=self._timeout(deadline),
-                                        outputs=[triton_grpc.InferRequestedOutput(probabilities_output(s.name))
-                                                 for s in specs]
-                                        + [triton_grpc.InferRequestedOutput(name) for name in extra_outputs])
+            result = self._call(self.ensemble, [TensorIn(PHOTO_INPUT, np.uint8, (len(photos), longest), padded_rows)],
+                                [probabilities_output(s.name) for s in specs] + extra_outputs, len(photos), deadline)
         except InferenceServerException as error:
             if _refused_the_input(error):
                 raise _PhotoRefused(f"Triton could not decode the photo: {error.message()}"[:500]) from None
             with self._lock:
-                self._specs, self._ensemble_outputs = {}, None
+                self._specs, self._outputs = {}, {}
             raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton {self.ensemble}: {error.message()}") from None
         TRITON_LATENCY.labels(self.ensemble).observe(time.perf_counter() - began)
         self._check_versions_still_served(specs)
-        answers = {s.name: result.as_numpy(probabilities_output(s.name)).astype(np.float32, copy=False) for s in specs}
-        return {**answers, **{name: result.as_numpy(name) for name in extra_outputs}}
+        answers = {s.name: result[probabilities_output(s.name)].astype(np.float32, copy=False) for s in specs}
+        return {**answers, **{name: result[name] for name in extra_outputs}}
 
 
 class _CallOutcome(Exception):
