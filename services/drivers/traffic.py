@@ -80,7 +80,10 @@ def submit_listings(settings: KafkaSettings, listings: Iterable[common_pb2.Listi
                     partitions: Iterable[int] | None = None) -> int:
     """Produces a ListingSubmitted per listing (key = listing id; to the given partition each, when given, else to
     the key's) and waits for every acknowledgement."""
-    producer = KafkaProducer(**settings.client_options(), acks="all", linger_ms=5, max_request_size=16 * 1024 * 1024)
+    # batch_size as the services' producers (services/common/kafka.py): with the default 16 KiB each photo was a
+    # batch of its own, 0.55 against 0.34 CPU-ms per 300 KB listing here, taken from the pipeline it measures
+    producer = KafkaProducer(**settings.client_options(), acks="all", linger_ms=5, batch_size=1024 * 1024,
+                             max_request_size=16 * 1024 * 1024)
     try:
         futures = []
         for listing, partition in zip(listings, partitions if partitions is not None else itertools.repeat(None)):
