@@ -13,6 +13,7 @@ import sys
 
 from pydantic import ValidationError
 
+from services.common.lifecycle import raise_open_files_limit
 from services.common.logs import configure_logging
 from services.console.accounts import AccountError, OperatorAccounts
 from services.console.settings import ConsoleSettings
@@ -43,6 +44,7 @@ def serve(settings: ConsoleSettings) -> int:
     from services.console.http_guard import guarded_http_protocol
 
     configure_logging("console", settings.log_level)
+    raise_open_files_limit()  # each connection the console holds is a descriptor: see lifecycle.py
     try:
         app = create_app(settings)
     except ValueError as error:

@@ -6,6 +6,7 @@ metrics answer again."""
 
 from __future__ import annotations
 
+import resource
 import socket
 import threading
 import time
@@ -100,3 +101,40 @@ def test_every_port_held_at_once_and_the_stack_still_classifies(stack, kafka, ga
                 assert time.monotonic() < deadline, f"{name}'s metrics did not answer again"
                 time.sleep(0.5)
         assert service.process.running(), name
+
+
+def test_a_service_started_under_a_low_open_files_limit_raises_it_and_idle_sockets_do_not_stop_it(stack):
+    """Started with the soft limit most systems give a process (1,024), 1,100 idle sockets once stopped the gateway
+    accepting anyone. The services raise the soft limit to the hard one at start-up, so the same sockets are held
+    (each until the 10 s handshake deadline) and a listing is still classified through that gateway."""
+    from pathlib import Path
+
+    from services.common.contracts.product_classification.v1 import gateway_pb2_grpc
+    from services.localstack.stack import authenticated_channel
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard limit on open files here is {hard}: nothing to raise the soft one to")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        service = stack.add_service("gateway-2")  # inherits the soft limit of 1,024
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    attacker = Attacker()
+    try:
+        limits = Path(f"/proc/{service.process.process.pid}/limits").read_text()
+        [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3] == line.split()[4] != "1024", line  # soft raised to hard
+        attacker.hold_sockets(service.grpc_port, 1100)
+        # accepted at once, not once the handshake deadline (10 s) has closed some of the idle sockets
+        with grpc.insecure_channel(service.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        [sample] = sample_listings(1, seed=157, prefix="held-descriptors")
+        with authenticated_channel(service.address, stack.gateway_api_key, stack.client_tls("localstack")) as channel:
+            answer = gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListing(
+                gateway_pb2.ClassifyListingRequest(listing=sample.listing), timeout=60)
+        assert answer.listing_id == sample.listing.listing_id and answer.label
+    finally:
+        attacker.close()
+        stack.services.pop("gateway-2").stop()
