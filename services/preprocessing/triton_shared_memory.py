@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -150,7 +151,7 @@ class SharedMemoryPool:
             # tmpfs pages are only taken when first written: a full /dev/shm would then kill the process with
             # SIGBUS. Reserving them now turns that into an error here.
             os.posix_fallocate(memory._fd, 0, byte_size)  # noqa: SLF001  (the object's own descriptor)
-            lock_fd = os.open(SHM_DIRECTORY / name, os.O_RDONLY)
+            lock_fd = os.open(SHM_DIRECTORY / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process lives: it is alive
         except OSError as error:
             log.warning("no shared-memory region for Triton: this call goes over gRPC",
@@ -202,15 +203,18 @@ class SharedMemoryPool:
     @staticmethod
     def _owner_is_dead(name: str) -> bool:
         try:
-            fd = os.open(SHM_DIRECTORY / name, os.O_RDONLY)
+            # /dev/shm is writable by anyone on the host: never follow a link there, never block on a FIFO
+            fd = os.open(SHM_DIRECTORY / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return True
         except OSError:
             return False  # not ours to judge (another user's object)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False  # not an object a pool made
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True  # nobody holds it: its owner is gone
-        except BlockingIOError:
+        except OSError:  # held (BlockingIOError): its owner lives
             return False
         finally:
             os.close(fd)

@@ -4,6 +4,7 @@ ones, a region whose call failed never reused, and dead owners told from live on
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -138,3 +139,23 @@ def test_a_dead_owners_regions_are_removed_and_a_live_ones_kept(pool, tmp_path):
         for name in SHM_DIRECTORY.glob(f"{PREFIX}*"):
             if name.name != own.name:
                 name.unlink()
+
+
+def test_what_someone_else_put_in_dev_shm_under_the_prefix_is_left_alone_without_blocking(pool, tmp_path):
+    """/dev/shm is writable by anyone on the host: a FIFO (opening one could block) or a link under a registered
+    name of the prefix is neither followed nor removed, and the start goes on."""
+    fifo, link = SHM_DIRECTORY / f"{PREFIX}fifo", SHM_DIRECTORY / f"{PREFIX}link"
+    target = tmp_path / "target"
+    target.write_bytes(b"x")
+    os.mkfifo(fifo)
+    link.symlink_to(target)
+    try:
+        for path in (fifo, link):
+            pool.client.registered[path.name] = (f"/{path.name}", 1)
+        assert pool.remove_stale_regions() == []
+        assert fifo.exists() and link.is_symlink() and target.exists()
+    finally:
+        fifo.unlink()
+        link.unlink()
+        for path in (fifo, link):
+            pool.client.registered.pop(path.name, None)
