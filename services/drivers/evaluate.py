@@ -163,6 +163,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPOSITORY_ROOT / ".run" / "evaluate")
     parser.add_argument("--decode-in-triton", action="store_true", help="the GPU decode path: photos' bytes to "
                         "Triton's photo_ensemble (here, its CPU twin) instead of decoding in preprocessing")
+    parser.add_argument("--triton-shared-memory", action="store_true", help="the batches to Triton through system "
+                        "shared memory (PREPROCESSING_TRITON_SHARED_MEMORY) instead of gRPC messages")
     options = parser.parse_args()
     repository = REPOSITORY_ROOT / "triton_models"
     try:
@@ -186,6 +188,8 @@ def main() -> int:
     extra_env = {"RESULTS_CANDIDATE_COUNT": "5"}
     if options.decode_in_triton:
         extra_env["PREPROCESSING_DECODE_IN_TRITON"] = "true"
+    if options.triton_shared_memory:
+        extra_env["PREPROCESSING_TRITON_SHARED_MEMORY"] = "true"
     stack = LocalStack(StackOptions(work_dir=options.out / "stack", extra_env=extra_env))
     print(f"evaluating {len(photos)} photos of {options.data or 'the validation split'} through the local stack",
           flush=True)
@@ -213,6 +217,7 @@ def main() -> int:
                       "per_model_top1": {k: round(v, 4) for k, v in models.items()},
                       "per_category_recall": {k: round(v["recall"], 4) for k, v in figures["per_category"].items()},
                       "listings_per_s": round(len(listings) / elapsed, 2),
+                      "triton_transport": "shared memory" if options.triton_shared_memory else "grpc",
                       "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, CPU Triton"}))
     return 0
 
