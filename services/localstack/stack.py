@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +137,7 @@ class LocalStack:
             self.pki = LocalPki(work / "pki")
         self.run_id = secrets.token_hex(4)
         self._started: list = []
+        self._sigterm_installed = False
 
     def client_tls(self, caller: str) -> TlsFiles | None:
         """What a caller connects to the stack's services with: None (plaintext) unless the stack runs TLS."""
@@ -221,6 +224,7 @@ class LocalStack:
         return self.console
 
     def start(self) -> None:
+        self._stop_on_sigterm()
         try:
             self._started.append(self.broker)
             self.broker.start()
@@ -243,6 +247,25 @@ class LocalStack:
             except Exception:  # noqa: BLE001  (stop everything else regardless)
                 pass
         self._started.clear()
+        if self._sigterm_installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._sigterm_installed = False
+
+    def _stop_on_sigterm(self) -> None:
+        """SIGTERM ends the process that runs the stack (a demo, a benchmark, `make up`) the way Ctrl-C does: as an
+        exception, so its `with` or `finally` stops the broker, Triton and the services. By default it ended the
+        process at once and left them all running. Only from the main thread, and only where nothing else handles
+        SIGTERM."""
+        if threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def terminated(signum, _frame):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the stopping short
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, terminated)
+        self._sigterm_installed = True
 
     def __enter__(self) -> "LocalStack":
         self.start()

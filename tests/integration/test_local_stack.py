@@ -16,3 +16,59 @@ def test_a_failed_start_stops_what_already_started(tmp_path):
     with pytest.raises(StartupError, match="no model version"):
         stack.start()
     assert stack.broker._process is not None and not stack.broker._process.running()
+
+
+def test_sigterm_to_the_process_running_a_stack_stops_every_part_of_it(tmp_path):
+    """A demo or a benchmark ended with SIGTERM (a process manager, `timeout`) stops its broker, Triton and services
+    as Ctrl-C does, instead of leaving them running."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = textwrap.dedent(f"""
+        import json, time
+        from pathlib import Path
+        from services.localstack.stack import LocalStack, StackOptions
+        stack = LocalStack(StackOptions(work_dir=Path({str(tmp_path / "run")!r})))
+        stack.start()
+        try:
+            parts = [stack.broker._process, stack.triton._process] + [s.process for s in stack.services.values()]
+            print(json.dumps([part.process.pid for part in parts]), flush=True)
+            time.sleep(600)
+        finally:
+            stack.stop()
+    """)
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=REPOSITORY_ROOT, env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)})
+    try:
+        pids = json.loads(runner.stdout.readline())
+        assert len(pids) == 5
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(90) == 128 + signal.SIGTERM
+    finally:
+        runner.kill()
+        runner.wait(10)
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in pids if _running(pid)]
+        time.sleep(0.2)
+    assert alive == [], f"left running: {alive}"
+
+
+def _running(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its parent counts as gone
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
