@@ -98,7 +98,7 @@ class TritonClassifier:
     def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0, parallel: bool = True,
                  ensemble: str | None = None, pixels_ensemble: str | None = None, shared_memory: bool = False):
         self.url = url
-        # The ensembles' tensors through system shared memory (a worker on Triton's host); None: over gRPC
+        # The ensembles' tensors through system shared memory (a worker on Triton's host); False: in gRPC messages
         self.shared_memory = shared_memory
         self._regions: SharedMemoryPool | None = None
         # The GPU decode path: photos' bytes go to this ensemble, which decodes them and runs every model.
@@ -278,27 +278,28 @@ class TritonClassifier:
             end = aligned(end + rows * int(np.prod(dims)) * np.dtype(dtype).itemsize)
         for attempt in (1, 2):
             with (self._regions.region(end) if self._regions and sizeable else contextlib.nullcontext()) as region:
+                if region is None:
+                    return self._call_over_grpc(model, inputs, output_names, deadline)
                 try:
-                    if region is None:
-                        return self._call_over_grpc(model, inputs, output_names, deadline)
                     return self._call_through_region(model, inputs, layout, rows, offsets, region, deadline)
                 except InferenceServerException as error:
-                    if region is not None and _refused_the_input(error):
-                        refused = error  # Triton answered about the photos: the region is done with, and kept
-                    elif attempt == 1 and region is not None and "shared memory" in (error.message() or "").lower():
-                        region.usable = False
+                    if _refused_the_input(error):
+                        answered = error  # about the photos: the call is over, and the region is kept
+                    elif attempt == 1 and "shared memory" in (error.message() or "").lower():
+                        region.usable = False  # Triton forgot it (a restart): another one, and the call once more
                         continue
                     else:
-                        raise
-            raise refused
-        raise AssertionError("unreachable")
+                        raise  # the region is destroyed: Triton may still read it for this call
+            raise answered
+        raise AssertionError("unreachable: the second attempt never continues")
 
     def _call_over_grpc(self, model: str, inputs: list[TensorIn], output_names: list[str], deadline: float | None
                         ) -> dict[str, np.ndarray]:
         request = []
         for tensor in inputs:
-            values = tensor.values if tensor.values is not None else np.empty(tensor.shape, tensor.dtype)
-            if tensor.values is None:
+            values = tensor.values
+            if values is None:
+                values = np.empty(tensor.shape, tensor.dtype)
                 tensor.fill(values)
             request.append(triton_grpc.InferInput(tensor.name, list(tensor.shape), np_to_triton_dtype(tensor.dtype)))
             request[-1].set_data_from_numpy(np.ascontiguousarray(values))
