@@ -252,17 +252,19 @@ class LocalStack:
             self._sigterm_installed = False
 
     def _stop_on_sigterm(self) -> None:
-        """SIGTERM ends the process that runs the stack (a demo, a benchmark, `make up`) the way Ctrl-C does: as an
-        exception, so its `with` or `finally` stops the broker, Triton and the services. By default it ended the
-        process at once and left them all running. Only from the main thread, and only where nothing else handles
-        SIGTERM."""
+        """SIGTERM ends the process that runs the stack (a demo, a benchmark, `make up`, a test session) the way
+        Ctrl-C does: as KeyboardInterrupt, so its `with` or `finally` stops the broker, Triton and the services (and
+        pytest ends the session, tearing its fixtures down). By default it ended the process at once and left them
+        all running. A second SIGTERM ends it at once, as before. Only from the main thread, and only where nothing
+        else handles SIGTERM."""
         if threading.current_thread() is not threading.main_thread() or \
                 signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return
 
-        def terminated(signum, _frame):
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the stopping short
-            raise SystemExit(128 + signum)
+        def terminated(_signum, _frame):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._sigterm_installed = False
+            raise KeyboardInterrupt("SIGTERM")
 
         signal.signal(signal.SIGTERM, terminated)
         self._sigterm_installed = True

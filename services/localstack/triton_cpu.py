@@ -113,10 +113,19 @@ def _backend_directory(work_dir: Path) -> Path:
     python_backend = backends / "python"
     python_backend.mkdir(parents=True, exist_ok=True)
     for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        shutil.copy(root / "backends" / "python" / name, python_backend / name)
+        _replace_with_copy(root / "backends" / "python" / name, python_backend / name)
     stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
-    shutil.copy(stub, python_backend / "triton_python_backend_stub")
+    _replace_with_copy(stub, python_backend / "triton_python_backend_stub")
     return backends
+
+
+def _replace_with_copy(source: Path, target: Path) -> None:
+    """Copies source beside target and renames it over target. Writing over the stub in place failed with 'Text file
+    busy' when Triton was started again right after a kill, its stubs not yet gone (a chaos test's restart, under
+    load): a rename replaces the name and leaves a running copy alone."""
+    staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copy(source, staged)
+    os.replace(staged, target)
 
 
 class LocalTriton:
