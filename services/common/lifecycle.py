@@ -21,8 +21,8 @@ def raise_open_files_limit() -> int:
     limit (a container's is usually 1,048,576) is what the platform allows, so the soft one is raised to it, as
     Go's runtime and nginx's worker_rlimit_nofile do. A limit that cannot be raised is left as it is."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft >= hard:
-        return soft
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
+        return soft  # nothing to raise (an unlimited soft limit must not be lowered to a number)
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
