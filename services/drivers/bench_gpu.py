@@ -49,6 +49,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 GPU_MODELS = Path(__file__).with_name("gpu")
 BATCH = 32
 PIPELINE_PATHS = ("gpu_decode_path", "cpu_path")  # services/drivers/gpu/pipeline.py's PATHS (imported only there)
+PIPELINE_TRANSPORTS = ("grpc", "shared_memory")  # and its TRANSPORTS
 THUMBNAIL_SIZE = 256  # the preprocessing service's default
 
 
@@ -560,6 +561,9 @@ def main() -> int:
                         "pipeline through Kafka, comma-separated (empty: skip it)")
     parser.add_argument("--pipeline-paths", default="gpu_decode_path,cpu_path", help="which paths the pipeline runs "
                         "take, in this order (comma-separated: gpu_decode_path, cpu_path)")
+    parser.add_argument("--pipeline-transports", default="grpc", help="how the pipeline's workers send the "
+                        "ensembles' tensors, each in turn (comma-separated: grpc, shared_memory: "
+                        "PREPROCESSING_TRITON_SHARED_MEMORY, Triton being on the workers' host)")
     parser.add_argument("--pipeline-repeat", type=int, default=6, help="each pipeline run sends every photo this "
                         "many times (as listings of their own)")
     parser.add_argument("--instance-kind", choices=("gpu", "cpu"), default="cpu",
@@ -594,6 +598,9 @@ def main() -> int:
     pipeline_paths = [p for p in options.pipeline_paths.split(",") if p]
     if unknown := sorted(set(pipeline_paths) - set(PIPELINE_PATHS)):
         parser.error(f"--pipeline-paths: unknown {', '.join(unknown)} (known: {', '.join(PIPELINE_PATHS)})")
+    pipeline_transports = [t for t in options.pipeline_transports.split(",") if t]
+    if unknown := sorted(set(pipeline_transports) - set(PIPELINE_TRANSPORTS)):
+        parser.error(f"--pipeline-transports: unknown {', '.join(unknown)} (known: {', '.join(PIPELINE_TRANSPORTS)})")
     os.environ["GPU_BENCH_TORCH_THREADS"] = str(options.torch_threads)  # read by the stubs (gpu/torch_threads.py)
     os.environ["GPU_BENCH_ORT_BATCH"] = "as_formed" if options.ort_batch == "as_formed" else "fixed"  # gpu/ort_cuda_model
     as_formed_copies = options.ort_batch == "both" and options.engine == "ort-cuda"
@@ -713,7 +720,8 @@ def main() -> int:
 
             kinds = ["2mp" if index % 2 == 0 else "original" for index in range(len(encoded))]  # as load_photos made
             pipeline_runs(triton, production, list(zip(encoded, kinds)) * options.pipeline_repeat,
-                          options.work_dir / "pipeline", pipeline_workers, pipeline_paths, report=pipeline_run_done)
+                          options.work_dir / "pipeline", pipeline_workers, pipeline_paths, report=pipeline_run_done,
+                          transports=pipeline_transports)
     except Exception as error:  # noqa: BLE001  (what was measured, and the torch figures below, still come back)
         report["triton_error"] = f"{type(error).__name__}: {error}"
         print(f"Triton part failed: {report['triton_error']}", flush=True)

@@ -33,6 +33,14 @@ def test_the_bench_names_the_pipelines_paths_as_the_pipeline_runs_them():
     assert sorted(PIPELINE_PATHS) == sorted(PATHS)
 
 
+def test_the_bench_names_the_pipelines_transports_as_the_pipeline_runs_them():
+    from services.drivers.bench_gpu import PIPELINE_TRANSPORTS
+    from services.drivers.gpu.pipeline import TRANSPORTS
+
+    assert sorted(PIPELINE_TRANSPORTS) == sorted(TRANSPORTS)
+    assert TRANSPORTS["shared_memory"]["PREPROCESSING_TRITON_SHARED_MEMORY"] == "true"
+
+
 def test_a_gpu_stub_cuts_torchs_cpu_pool_and_a_cpu_one_keeps_it(monkeypatch):
     import torch
 

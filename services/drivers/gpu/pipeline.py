@@ -4,7 +4,9 @@ already runs there (its models on the GPU).
 The broker, the three services and the store (SQLite, the embedded default: PostgreSQL does not travel) run as the
 local stack runs them; listing events go in on the listing topic and classifications come out on the output topic.
 For each path (the CPU path, the default; the GPU decode path, PREPROCESSING_DECODE_IN_TRITON with the thumbnail made
-in Triton) with 1, 2, ... preprocessing workers: listings/s, each process's CPU-ms per listing (services_total for
+in Triton), over each transport (the ensembles' tensors in gRPC messages, or through system shared memory,
+PREPROCESSING_TRITON_SHARED_MEMORY, which the workers can use here since Triton runs on their host), with 1, 2, ...
+preprocessing workers: listings/s, each process's CPU-ms per listing (services_total for
 gateway, preprocessing and results; the broker, Triton and the load generator apart) and the cores busy.
 """
 
@@ -21,19 +23,25 @@ from services.localstack.triton_cpu import LocalTriton
 
 PATHS = {"cpu_path": {},
          "gpu_decode_path": {"PREPROCESSING_DECODE_IN_TRITON": "true", "PREPROCESSING_THUMBNAIL_IN_TRITON": "true"}}
+TRANSPORTS = {"grpc": {"PREPROCESSING_TRITON_SHARED_MEMORY": "false"},
+              "shared_memory": {"PREPROCESSING_TRITON_SHARED_MEMORY": "true"}}
 WARM_LISTINGS = 64
 
 
 def pipeline_runs(triton: LocalTriton, repository: Path, photos: list[tuple[bytes, str]], work_dir: Path,
-                  worker_counts: list[int], paths: list[str] | None = None, report=None) -> dict[str, dict]:
+                  worker_counts: list[int], paths: list[str] | None = None, report=None,
+                  transports: list[str] | None = None) -> dict[str, dict]:
     """photos: (bytes, kind) as listings carry them, every one sent once per run. repository: the production
     repository (with fusion.json) that `triton` serves. report(key, figures), when given, is called after each run
-    (the caller saves what it has so far). Returns "<path>, <n> workers" -> the run's figures."""
+    (the caller saves what it has so far). paths and transports: PATHS' and TRANSPORTS' names (default: every path,
+    over gRPC). Returns "<path>, <n> workers" (over gRPC) or "<path>, <transport>, <n> workers" -> the run's
+    figures."""
     figures: dict[str, dict] = {}
-    for path in paths or list(PATHS):
-        options = StackOptions(work_dir=work_dir / path, model_repository=repository, partitions=2 * max(worker_counts),
-                               triton=triton,
-                               extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **PATHS[path]})
+    for path, transport in [(p, t) for p in paths or list(PATHS) for t in transports or ["grpc"]]:
+        options = StackOptions(work_dir=work_dir / f"{path}-{transport}", model_repository=repository,
+                               partitions=2 * max(worker_counts), triton=triton,
+                               extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **PATHS[path],
+                                          **TRANSPORTS[transport]})
         with LocalStack(options) as stack:
             workers = ["preprocessing"]
             for count in sorted(worker_counts):
@@ -41,12 +49,12 @@ def pipeline_runs(triton: LocalTriton, repository: Path, photos: list[tuple[byte
                     workers.append(f"preprocessing-{len(workers) + 1}")
                     stack.add_service(workers[-1])
                 split = wait_for_split(stack, workers)
-                run(stack, photos[:WARM_LISTINGS], f"warm-{path}-{count}")
+                run(stack, photos[:WARM_LISTINGS], f"warm-{path}-{transport}-{count}")
                 before = triton_calls(stack, workers)
-                result = run(stack, photos, f"{path}-{count}")
+                result = run(stack, photos, f"{path}-{transport}-{count}")
                 result["partitions_held"] = split
                 result["triton_calls"] = calls_between(before, triton_calls(stack, workers))
-                key = f"{path}, {count} workers"
+                key = f"{path}, {count} workers" if transport == "grpc" else f"{path}, {transport}, {count} workers"
                 figures[key] = result
                 print(f"  pipeline {key}: {json.dumps(result)}", flush=True)
                 if report is not None:
