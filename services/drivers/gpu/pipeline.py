@@ -54,12 +54,28 @@ def pipeline_runs(triton: LocalTriton, repository: Path, photos: list[tuple[byte
                 result = run(stack, photos, f"{path}-{transport}-{count}")
                 result["partitions_held"] = split
                 result["triton_calls"] = calls_between(before, triton_calls(stack, workers))
+                result["shared_memory_regions"] = shared_memory_regions(stack.triton.grpc_url)
                 key = f"{path}, {count} workers" if transport == "grpc" else f"{path}, {transport}, {count} workers"
                 figures[key] = result
                 print(f"  pipeline {key}: {json.dumps(result)}", flush=True)
                 if report is not None:
                     report(key, result)
     return figures
+
+
+def shared_memory_regions(url: str) -> int:
+    """How many of the workers' shared-memory regions Triton has registered (0 when the run went over gRPC)."""
+    import tritonclient.grpc as triton_grpc
+
+    from services.preprocessing.triton_shared_memory import REGION_PREFIX
+
+    client = triton_grpc.InferenceServerClient(url)
+    try:
+        regions = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+    finally:
+        client.close()
+    names = regions.keys() if isinstance(regions, dict) else [r.get("name", "") for r in regions]
+    return sum(1 for name in names if name.startswith(REGION_PREFIX))
 
 
 # Triton's own per-model counters (its metrics endpoint) and the preprocessing workers' view of their calls.
