@@ -18,7 +18,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # -- CPU time per process
 
 def process_tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and every descendant alive now (Triton's Python-backend stubs)."""
+    """User + system CPU seconds of a process and every descendant alive now (Triton's Python-backend stubs), with
+    what their children that ended and were waited for had spent (a stub that exits would otherwise take its CPU
+    time out of the sum: on a GPU machine a run's Triton figure once came out negative)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -32,7 +34,7 @@ def process_tree_cpu_s(pid: int) -> float:
         current = stack.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
+            total += sum(int(value) for value in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
         except (OSError, IndexError):
             continue
         stack.extend(children.get(current, []))
@@ -47,7 +49,7 @@ def postgres_cpu_s() -> float:
             try:
                 if (entry / "comm").read_text().strip() == "postgres":
                     fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                    total += (int(fields[11]) + int(fields[12])) / TICKS
+                    total += sum(int(value) for value in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
             except (OSError, IndexError):
                 continue
     return total
