@@ -131,7 +131,7 @@ def rendered(overlay: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(output) if doc]
 
 
-@pytest.mark.parametrize("overlay", ["base", "overlays/production"])
+@pytest.mark.parametrize("overlay", ["base", "overlays/production", "overlays/production-colocated-workers"])
 def test_manifests_validate_against_the_kubernetes_schemas(overlay):
     documents = rendered(overlay)
     scaled_object_schema = json.loads((ROOT / "tests" / "schemas" / "keda-scaledobject.schema.json").read_text())
@@ -178,6 +178,43 @@ def test_manifests_are_consistent_with_the_services():
     triton = by_kind["Deployment"]["triton"]["spec"]["template"]["spec"]["containers"][0]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert by_kind["HorizontalPodAutoscaler"]["gateway"]["spec"]["scaleTargetRef"]["name"] == "gateway"
+
+
+def test_colocated_workers_share_tritons_pod_network_and_shared_memory():
+    """The overlay's workers reach Triton in their pod and map the same /dev/shm; each has ports of its own; they run
+    the production image as the lag-scaled workers do; with them, no consumer of the group can sit idle."""
+    documents = rendered("overlays/production-colocated-workers")
+    by_kind: dict[str, dict[str, dict]] = {}
+    for document in documents:
+        by_kind.setdefault(document["kind"], {})[document["metadata"]["name"]] = document
+    pod = by_kind["Deployment"]["triton"]["spec"]["template"]["spec"]
+    triton, *workers = pod["containers"]
+    assert triton["name"] == "triton" and [w["name"] for w in workers] == ["preprocessing-1", "preprocessing-2"]
+    triton_grpc = next(p["containerPort"] for p in triton["ports"] if p["name"] == "grpc")
+    [triton_shm] = [m["name"] for m in triton["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert pod_volume(pod, triton_shm)["emptyDir"]["medium"] == "Memory"
+    ports = [p["containerPort"] for c in pod["containers"] for p in c["ports"]]
+    assert len(ports) == len(set(ports)), "two containers of one pod would listen on one port"
+    lag_scaled = by_kind["Deployment"]["preprocessing"]["spec"]["template"]["spec"]["containers"][0]
+    for worker in workers:
+        env = {v["name"]: v["value"] for v in worker["env"]}
+        assert_real_settings(env)
+        assert env["PREPROCESSING_TRITON_URL"] == f"127.0.0.1:{triton_grpc}"
+        assert env["PREPROCESSING_TRITON_SHARED_MEMORY"] == "true"
+        grpc_port = int(env["PREPROCESSING_GRPC_ADDRESS"].rsplit(":", 1)[1])
+        assert {p["containerPort"] for p in worker["ports"]} == {grpc_port, int(env["PREPROCESSING_METRICS_PORT"])}
+        assert worker["readinessProbe"]["grpc"]["port"] == grpc_port == worker["startupProbe"]["grpc"]["port"]
+        assert any(m["name"] == triton_shm and m["mountPath"] == "/dev/shm" for m in worker["volumeMounts"])
+        assert worker["image"] == lag_scaled["image"] and worker["envFrom"] == lag_scaled["envFrom"]
+        assert worker["securityContext"]["runAsNonRoot"] and worker["securityContext"]["readOnlyRootFilesystem"]
+        assert pod["terminationGracePeriodSeconds"] > float(env["PREPROCESSING_SHUTDOWN_GRACE_S"]) + 15
+    partitions = int(by_kind["ConfigMap"]["product-classification-config"]["data"]["KAFKA_TOPIC_PARTITIONS"])
+    replicas = by_kind["Deployment"]["triton"]["spec"]["replicas"]
+    assert by_kind["ScaledObject"]["preprocessing"]["spec"]["maxReplicaCount"] + replicas * len(workers) <= partitions
+
+
+def pod_volume(pod: dict, name: str) -> dict:
+    return next(v for v in pod["volumes"] if v["name"] == name)
 
 
 @pytest.mark.parametrize("service", ["console", "gateway", "preprocessing", "results", "trainer"])
