@@ -49,6 +49,9 @@ def run_until_signalled(start: Callable[[], None], stop: Callable[[], None], rea
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # A process inherits its parent's blocked signals: one started by a thread that blocked SIGTERM would never see it
+    # (the orchestrator would wait out its grace period and kill it mid-batch). Before start(): its threads inherit it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     log.info("open-files limit", extra={"limit": raise_open_files_limit()})
     start()
     serving = None

@@ -267,6 +267,9 @@ class LocalStack:
             raise KeyboardInterrupt("SIGTERM")
 
         signal.signal(signal.SIGTERM, terminated)
+        # Blocked signals are inherited: a process started with SIGTERM blocked (its parent's thread had it blocked)
+        # would hold it pending forever and never stop its parts.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         self._sigterm_installed = True
 
     def __enter__(self) -> "LocalStack":
