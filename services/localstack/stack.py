@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import sys
-import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from services.common.kafka import create_topics
 from services.common.settings import KafkaSettings
 from services.localstack.broker import LocalBroker
 from services.localstack.processes import ChildProcess, free_port
+from services.localstack.termination import SigtermAsInterrupt
 from services.localstack.triton_cpu import LocalTriton
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +136,7 @@ class LocalStack:
             self.pki = LocalPki(work / "pki")
         self.run_id = secrets.token_hex(4)
         self._started: list = []
-        self._sigterm_installed = False
+        self._sigterm = SigtermAsInterrupt()  # SIGTERM to this process: KeyboardInterrupt (termination.py)
 
     def client_tls(self, caller: str) -> TlsFiles | None:
         """What a caller connects to the stack's services with: None (plaintext) unless the stack runs TLS."""
@@ -224,7 +223,7 @@ class LocalStack:
         return self.console
 
     def start(self) -> None:
-        self._stop_on_sigterm()
+        self._sigterm.install()
         try:
             self._started.append(self.broker)
             self.broker.start()
@@ -247,30 +246,7 @@ class LocalStack:
             except Exception:  # noqa: BLE001  (stop everything else regardless)
                 pass
         self._started.clear()
-        if self._sigterm_installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            self._sigterm_installed = False
-
-    def _stop_on_sigterm(self) -> None:
-        """SIGTERM ends the process that runs the stack (a demo, a benchmark, `make up`, a test session) the way
-        Ctrl-C does: as KeyboardInterrupt, so its `with` or `finally` stops the broker, Triton and the services (and
-        pytest ends the session, tearing its fixtures down). By default it ended the process at once and left them
-        all running. A second SIGTERM ends it at once, as before. Only from the main thread, and only where nothing
-        else handles SIGTERM."""
-        if threading.current_thread() is not threading.main_thread() or \
-                signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return
-
-        def terminated(_signum, _frame):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            self._sigterm_installed = False
-            raise KeyboardInterrupt("SIGTERM")
-
-        signal.signal(signal.SIGTERM, terminated)
-        # Blocked signals are inherited: a process started with SIGTERM blocked (its parent's thread had it blocked)
-        # would hold it pending forever and never stop its parts.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        self._sigterm_installed = True
+        self._sigterm.uninstall()
 
     def __enter__(self) -> "LocalStack":
         self.start()
