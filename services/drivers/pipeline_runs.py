@@ -17,6 +17,16 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 # -- CPU time per process
 
+def _stat(process: Path) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (state first, so the parent's pid is [1])."""
+    return (process / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _spent_s(fields: list[str]) -> float:
+    """utime, stime, cutime and cstime: the process's CPU seconds with what its ended, waited-for children spent."""
+    return sum(int(value) for value in fields[11:15]) / TICKS
+
+
 def process_tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and every descendant alive now (Triton's Python-backend stubs), with
     what their children that ended and were waited for had spent (a stub that exits would otherwise take its CPU
@@ -25,7 +35,7 @@ def process_tree_cpu_s(pid: int) -> float:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                fields = _stat(entry)
                 children.setdefault(int(fields[1]), []).append(int(entry.name))
             except (OSError, IndexError):
                 continue
@@ -33,8 +43,7 @@ def process_tree_cpu_s(pid: int) -> float:
     while stack:
         current = stack.pop()
         try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(value) for value in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+            total += _spent_s(_stat(Path(f"/proc/{current}")))
         except (OSError, IndexError):
             continue
         stack.extend(children.get(current, []))
@@ -42,14 +51,14 @@ def process_tree_cpu_s(pid: int) -> float:
 
 
 def postgres_cpu_s() -> float:
-    """Every postgres process of the machine's server (shared: other activity would count too)."""
+    """Every postgres process of the machine's server (shared: other activity would count too), with the backends
+    that ended (the postmaster waits for them)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "postgres":
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                    total += sum(int(value) for value in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+                    total += _spent_s(_stat(entry))
             except (OSError, IndexError):
                 continue
     return total
