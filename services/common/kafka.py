@@ -19,12 +19,16 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
+from services.common import kafka_receive
 from services.common.errors import ClassificationError, KafkaOutcome
 from services.common.metrics import KAFKA_ASSIGNED_PARTITIONS, KAFKA_BATCH_RETRIES, KAFKA_CONSUMED, KAFKA_PRODUCED
 from services.common.settings import KafkaSettings
 from services.common.tracing import inject_headers
 
 log = logging.getLogger(__name__)
+
+# Every client made in a process that imports this module reads what the broker sends with fewer copies.
+kafka_receive.install()
 
 PAYLOAD_TYPE_HEADER = "payload-type"
 
