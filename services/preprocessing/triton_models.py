@@ -407,8 +407,10 @@ class TritonClassifier:
                 for name in rows:
                     rows[name].append(single[name])
         empty = {spec.name: np.zeros((0, len(spec.labels)), np.float32) for spec in specs}
-        return {name: np.concatenate(parts) if parts else empty.get(name, np.zeros((0,), np.uint8))
-                for name, parts in rows.items()}, failed
+        # One call's answers (a batch of up to max_batch_size) are used as they are: concatenating one part would copy
+        # the thumbnails' 6 MB once more for nothing.
+        return {name: (parts[0] if len(parts) == 1 else np.concatenate(parts)) if parts
+                else empty.get(name, np.zeros((0,), np.uint8)) for name, parts in rows.items()}, failed
 
     def _infer_photos(self, specs: list[ModelSpec], photos: list[bytes], deadline: float | None,
                       extra_outputs: list[str]) -> dict[str, np.ndarray]:
