@@ -1,17 +1,20 @@
-"""Fewer copies of what the Kafka consumers receive: kafka-python's receive path, read in larger pieces.
+"""Fewer copies of what the Kafka consumers receive: kafka-python's receive path, read straight into its frames.
 
 A batch of 32 listing events is about 10 MB of photos. kafka-python 3.0.12 reads its socket 4 KiB at a time (2,500
-`recv` calls and as many bytes objects for one fetch), joins them, slices the joined bytes again for its frame
-buffer, and copies each field it reads from that buffer twice: about seven passes over every photo before a handler
-sees it, the largest entry in the preprocessing worker's profile (a fifth of its time on the GPU path's stand-in).
+`recv` calls and as many bytes objects for one fetch), joins them, slices the joined bytes again to fill its frame
+buffer, copies the frame's rest twice for the response decoder, which copies the records out once more: about seven
+passes over every photo before a handler sees it, the largest entry in the preprocessing worker's profile (a fifth of
+its time on the GPU path's stand-in).
 
-`install()` replaces three small methods with ones that do what they did with fewer passes: the socket read in 256
-KiB pieces, the frame buffer filled from a view of what was read (no slice copy; the library's `KafkaBytes.write`
-takes a view as it is), and a field read out of the frame
-with one copy instead of two. Nothing else changes: the same bytes, the same frames, the same errors. It applies
-only to the kafka-python release it was written against, and only where that release's methods are still the ones
-replaced (checked by their code); anything else is left as it is, with a warning. `services.common.kafka` installs it
-for every client it makes.
+`install()` replaces three methods with ones that do what they did with fewer passes:
+- the transport's socket read: while a large frame is being received, straight into that frame's buffer
+  (`recv_into`); otherwise one piece of up to 256 KiB;
+- the parser's `receive_bytes`: the frame buffer filled from a view of what was read (no slice copy); a frame its
+  transport filled is finished when next handed data, even none; a large frame's rest goes to the decoder as a view;
+- `KafkaBytes.read`: a field of 4 KiB or more copied once, not twice.
+The same bytes, frames, responses and errors. It applies only to the kafka-python release it was written against,
+and only where that release's methods are still the ones replaced (checked by their code); anything else is left as
+it is, with a warning. `services.common.kafka` installs it in every process that makes a client with it.
 """
 
 from __future__ import annotations
@@ -19,52 +22,62 @@ from __future__ import annotations
 import logging
 import ssl
 
-log = logging.getLogger(__name__)
+from kafka.protocol.frame import KafkaBytes
+
+# Logged as the library's transport logs (filters and levels set for it keep applying).
+log = logging.getLogger("kafka.net.transport")
 
 RECEIVE_PIECE_BYTES = 256 * 1024
 # What is left of a frame for the socket to be read straight into it (below this, a piece and one copy cost less).
 DIRECT_MIN_BYTES = 64 * 1024
 # A field read smaller than this takes the library's own path (a memoryview costs more than it saves on 4 bytes).
 VIEW_READ_MIN_BYTES = 4096
+# The rest of a frame this large, read whole, is handed over as a view (only a response decoder reads that much).
+WHOLE_VIEW_MIN_BYTES = 1024 * 1024
 WRITTEN_FOR = "3.0.12"
 
 _installed = False
 
 
 def _sock_recv(self):
-    """KafkaTCPTransport._sock_recv, reading up to RECEIVE_PIECE_BYTES a call (the library: 4096), and while a large
-    frame is being received with nothing read ahead of it, straight into that frame's buffer (no piece to join, none
-    to copy into the frame); the parser finishes such a frame when it is next handed data (receive_bytes below)."""
+    """KafkaTCPTransport._sock_recv, in one of two ways a call. While a large frame is being received, the socket is
+    read straight into that frame's buffer until the frame is full or nothing more is waiting (no piece to join, none
+    to copy into the frame), and no bytes are returned: the parser finishes the frame when it is next handed data
+    (receive_bytes below), which is at once. Otherwise one piece of up to RECEIVE_PIECE_BYTES (the library: every
+    4 KiB until nothing is waiting) is returned, so the parser sees a new frame's size before its body is read: the
+    selector is level-triggered, so whatever is still waiting brings the next call straight away."""
     import kafka.errors as errors
 
     frame = _frame_in_progress(self)
-    received = []
+    direct = frame is not None and len(frame) - frame.tell() >= DIRECT_MIN_BYTES
+    received = b""
     error = None
-    while True:
-        try:
-            if frame is not None and not received and len(frame) - frame.tell() >= DIRECT_MIN_BYTES:
-                with memoryview(frame) as whole, whole[frame.tell():] as rest:
-                    count = self._sock.recv_into(rest)
-                if not count:  # the peer closed the connection
-                    log.error("%s: socket disconnected", self)
-                    error = errors.KafkaConnectionError("socket disconnected")
-                    break
-                frame.seek(frame.tell() + count)
-                continue
-            data = self._sock.recv(RECEIVE_PIECE_BYTES)
-            if not data:
-                log.error("%s: socket disconnected", self)
-                error = errors.KafkaConnectionError("socket disconnected")
-                break
-            received.append(data)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            break
-        except BaseException as failure:  # noqa: BLE001  (as the library: any socket failure closes the connection)
-            log.exception("%s: Error receiving network data closing socket", self)
-            error = errors.KafkaConnectionError(failure)
-            break
-    # One piece is returned as it is (bytes.join of one bytes object returns that object).
-    return b"".join(received), error
+    try:
+        if direct:
+            with memoryview(frame) as whole:
+                while frame.tell() < len(frame):
+                    with whole[frame.tell():] as rest:
+                        count = self._sock.recv_into(rest)
+                    if not count:
+                        error = _disconnected(self, errors)
+                        break
+                    frame.seek(frame.tell() + count)
+        else:
+            received = self._sock.recv(RECEIVE_PIECE_BYTES)
+            if not received:
+                error = _disconnected(self, errors)
+    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass
+    except BaseException as failure:  # noqa: BLE001  (as the library: any socket failure closes the connection)
+        log.exception("%s: Error receiving network data closing socket", self)
+        error = errors.KafkaConnectionError(failure)
+    return received, error
+
+
+def _disconnected(transport, errors):
+    """What the library says when a read returns nothing: the peer closed the connection."""
+    log.error("%s: socket disconnected", transport)
+    return errors.KafkaConnectionError("socket disconnected")
 
 
 def _frame_in_progress(transport):
@@ -78,7 +91,6 @@ def _frame_in_progress(transport):
 def _receive_bytes(self, data):
     """KafkaProtocol.receive_bytes with the frame and header buffers written from views of `data`, not slices."""
     import kafka.errors as errors
-    from kafka.protocol.frame import KafkaBytes
     from kafka.protocol.schemas.fields.codecs import Int32
 
     i = 0
@@ -95,7 +107,7 @@ def _receive_bytes(self, data):
                     self._header.seek(0)
                     nbytes = Int32.decode(self._header)
                     self._validate_frame_size(nbytes)
-                    self._rbuffer = KafkaBytes(nbytes)
+                    self._rbuffer = _Frame(nbytes)
                     self._receiving = True
                 elif self._header.tell() > 4:
                     raise errors.KafkaError("this should not happen - are you threading?")
@@ -129,6 +141,19 @@ def _frame_read(self, nbytes=None):
     with memoryview(self) as whole:
         with whole[start:self._idx] as part:
             return bytes(part)
+
+
+class _Frame(KafkaBytes):
+    """A received frame whose rest, read whole, is a view of it when large: the response decoder reads the rest of
+    a frame once and only ever takes a memoryview of it (copying each field it keeps), so a 10 MB fetch response is
+    not copied whole first. Smaller reads, and the rest of a small frame (a SASL token, kept as bytes), are
+    copies as the library's."""
+
+    def read(self, nbytes=None):
+        if nbytes is None and len(self) - self._idx >= WHOLE_VIEW_MIN_BYTES:
+            start, self._idx = self._idx, len(self)
+            return memoryview(self)[start:]
+        return _frame_read(self, nbytes)
 
 
 def _looks_like_the_original(function, *markers) -> bool:

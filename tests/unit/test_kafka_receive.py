@@ -11,8 +11,11 @@ from kafka.protocol.parser import KafkaProtocol
 from services.common import kafka_receive
 
 
+LETTERS = bytes(ord("a") + i % 26 for i in range(256))
+
+
 def _framed_responses(parser: KafkaProtocol, count: int) -> tuple[list[MetadataResponse], bytes]:
-    """`count` responses of 4 bytes to 700 KB (a long cluster id, as a fetch response's records are long bytes),
+    """`count` responses of 4 bytes to 1.5 MB (a long cluster id, as a fetch response's records are long bytes),
     each answering a request sent on `parser`, framed as a broker sends them back to back."""
     rng = random.Random(7)
     Response = MetadataResponse[12]
@@ -20,11 +23,12 @@ def _framed_responses(parser: KafkaProtocol, count: int) -> tuple[list[MetadataR
     for index in range(count):
         correlation_id = parser.send_request(MetadataRequest[12](topics=None, allow_auto_topic_creation=False,
                                                                  include_topic_authorized_operations=False))
-        # the last one large: a frame read straight into its buffer with nothing after it must still be answered
-        size = 700_000 if index == count - 1 else rng.choice([0, 1, 4095, 4096, 4097, 300_000, 700_000])
+        # the last one large: a frame read straight into its buffer with nothing after it must still be answered;
+        # over 1 MiB, the rest of the frame goes to the decoder as a view
+        size = 1_500_000 if index == count - 1 else rng.choice([0, 1, 4095, 4096, 4097, 300_000, 700_000, 1_200_000])
         response = Response(throttle_time_ms=index, controller_id=1, topics=[],
                             brokers=[Response.MetadataResponseBroker(node_id=1, host="broker", port=9092, rack=None)],
-                            cluster_id="".join(rng.choice("abcdefgh") for _ in range(size)))
+                            cluster_id=rng.randbytes(size).translate(LETTERS).decode())
         response.with_header(correlation_id=correlation_id)
         responses.append(response)
         wire += response.encode(framed=True, header=True)
@@ -72,7 +76,7 @@ class _Transport:
         self._sock = sock
 
 
-def test_the_socket_is_read_until_it_would_block_and_a_closed_peer_is_a_connection_error():
+def test_the_socket_is_read_a_piece_a_call_and_a_closed_peer_is_a_connection_error():
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     try:
@@ -105,6 +109,15 @@ def test_installed_for_the_pinned_release_and_used_by_every_client_the_services_
     assert KafkaSSLTransport._sock_recv is kafka_receive._sock_recv
     assert KafkaProtocol.receive_bytes is kafka_receive._receive_bytes
     assert KafkaBytes.read is kafka_receive._frame_read
+
+
+def test_the_rest_of_a_large_frame_is_read_as_a_view_and_a_small_ones_as_bytes():
+    large, small = kafka_receive._Frame(3_000_000), kafka_receive._Frame(1000)
+    large[:] = bytes(range(256)) * (3_000_000 // 256) + bytes(3_000_000 % 256)
+    assert large.read(4) == bytes([0, 1, 2, 3])
+    rest = large.read()
+    assert isinstance(rest, memoryview) and rest == memoryview(large)[4:] and large.tell() == len(large)
+    assert small.read(10) == bytes(10) and type(small.read()) is bytes and small.tell() == 1000
 
 
 class _Connection:
