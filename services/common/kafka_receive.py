@@ -8,7 +8,7 @@ its time on the GPU path's stand-in).
 
 `install()` replaces three methods with ones that do what they did with fewer passes:
 - the transport's socket read: while a large frame is being received, straight into that frame's buffer
-  (`recv_into`); otherwise one piece of up to 256 KiB;
+  (`recv_into`); otherwise one piece of up to 256 KiB (over TLS, pieces until the TLS layer wants more);
 - the parser's `receive_bytes`: the frame buffer filled from a view of what was read (no slice copy); a frame its
   transport filled is finished when next handed data, even none; a large frame's rest goes to the decoder as a view;
 - `KafkaBytes.read`: a field of 4 KiB or more copied once, not twice.
@@ -40,44 +40,58 @@ _installed = False
 
 
 def _sock_recv(self):
-    """KafkaTCPTransport._sock_recv, in one of two ways a call. While a large frame is being received, the socket is
-    read straight into that frame's buffer until the frame is full or nothing more is waiting (no piece to join, none
-    to copy into the frame), and no bytes are returned: the parser finishes the frame when it is next handed data
-    (receive_bytes below), which is at once. Otherwise one piece of up to RECEIVE_PIECE_BYTES (the library: every
-    4 KiB until nothing is waiting) is returned, so the parser sees a new frame's size before its body is read: the
-    selector is level-triggered, so whatever is still waiting brings the next call straight away."""
+    """KafkaTCPTransport._sock_recv: while a large frame is being received, the socket is read straight into that
+    frame's buffer until the frame is full or nothing more is waiting (no piece to join, none to copy into the
+    frame); then, or otherwise, one piece of up to RECEIVE_PIECE_BYTES (the library: every 4 KiB until nothing is
+    waiting), so the parser sees a new frame's size before its body is read. The parser finishes a frame filled here
+    when it is next handed data, even none (receive_bytes below), which is at once; the selector is level-triggered,
+    so whatever is still waiting brings the next call straight away."""
+    return _read(self, drain=False)
+
+
+def _ssl_sock_recv(self):
+    """KafkaSSLTransport._sock_recv: the same, but every piece is read until the TLS layer wants more from the socket:
+    what OpenSSL has decrypted and holds is not seen by the selector, so nothing may be left there."""
+    return _read(self, drain=True)
+
+
+class _PeerClosed(Exception):
+    """A read returned nothing: the peer closed the connection."""
+
+
+def _read(transport, drain: bool):
     import kafka.errors as errors
 
-    frame = _frame_in_progress(self)
-    direct = frame is not None and len(frame) - frame.tell() >= DIRECT_MIN_BYTES
-    received = b""
+    sock = transport._sock
+    frame = _frame_in_progress(transport)
+    pieces = []
     error = None
     try:
-        if direct:
+        if frame is not None and len(frame) - frame.tell() >= DIRECT_MIN_BYTES:
             with memoryview(frame) as whole:
                 while frame.tell() < len(frame):
                     with whole[frame.tell():] as rest:
-                        count = self._sock.recv_into(rest)
+                        count = sock.recv_into(rest)
                     if not count:
-                        error = _disconnected(self, errors)
-                        break
+                        raise _PeerClosed
                     frame.seek(frame.tell() + count)
-        else:
-            received = self._sock.recv(RECEIVE_PIECE_BYTES)
-            if not received:
-                error = _disconnected(self, errors)
+        while True:
+            piece = sock.recv(RECEIVE_PIECE_BYTES)
+            if not piece:
+                raise _PeerClosed
+            pieces.append(piece)
+            if not drain:
+                break
     except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
         pass
+    except _PeerClosed:
+        log.error("%s: socket disconnected", transport)
+        error = errors.KafkaConnectionError("socket disconnected")
     except BaseException as failure:  # noqa: BLE001  (as the library: any socket failure closes the connection)
-        log.exception("%s: Error receiving network data closing socket", self)
+        log.exception("%s: Error receiving network data closing socket", transport)
         error = errors.KafkaConnectionError(failure)
-    return received, error
-
-
-def _disconnected(transport, errors):
-    """What the library says when a read returns nothing: the peer closed the connection."""
-    log.error("%s: socket disconnected", transport)
-    return errors.KafkaConnectionError("socket disconnected")
+    # One piece is returned as it is (bytes.join of one bytes object returns that object).
+    return b"".join(pieces), error
 
 
 def _frame_in_progress(transport):
@@ -180,7 +194,7 @@ def install() -> bool:
                     WRITTEN_FOR, kafka.version.__version__)
         return False
     KafkaTCPTransport._sock_recv = _sock_recv
-    KafkaSSLTransport._sock_recv = _sock_recv
+    KafkaSSLTransport._sock_recv = _ssl_sock_recv
     KafkaProtocol.receive_bytes = _receive_bytes
     KafkaBytes.read = _frame_read
     _installed = True

@@ -2,6 +2,7 @@
 
 import random
 import socket
+import ssl
 
 import pytest
 from kafka.errors import InvalidReceiveError
@@ -106,7 +107,7 @@ def test_installed_for_the_pinned_release_and_used_by_every_client_the_services_
 
     assert kafka.version.__version__ == kafka_receive.WRITTEN_FOR, "the lock file's kafka-python changed: re-check"
     assert KafkaTCPTransport._sock_recv is kafka_receive._sock_recv
-    assert KafkaSSLTransport._sock_recv is kafka_receive._sock_recv
+    assert KafkaSSLTransport._sock_recv is kafka_receive._ssl_sock_recv
     assert KafkaProtocol.receive_bytes is kafka_receive._receive_bytes
     assert KafkaBytes.read is kafka_receive._frame_read
 
@@ -190,3 +191,42 @@ def test_a_frame_completed_straight_into_its_buffer_is_answered_with_nothing_aft
     finally:
         ours.close()
         theirs.close()
+
+
+class _TlsSocket:
+    """What an SSL socket does when OpenSSL holds decrypted records: recv answers from them, the selector sees none
+    of it, and SSLWantReadError comes only once they are gone."""
+
+    def __init__(self, records):
+        self.records = list(records)
+
+    def recv(self, size):
+        if not self.records:
+            raise ssl.SSLWantReadError
+        return self.records.pop(0)
+
+    def recv_into(self, buffer):
+        if not self.records:
+            raise ssl.SSLWantReadError
+        record = self.records.pop(0)
+        buffer[:len(record)] = record
+        return len(record)
+
+
+def test_over_tls_nothing_is_left_in_the_tls_layer_and_over_tcp_one_piece_a_call():
+    records = [bytes([n]) * 16384 for n in range(5)]
+    data, error = kafka_receive._ssl_sock_recv(_Transport(_TlsSocket(records)))
+    assert error is None and data == b"".join(records)
+    tcp = _Transport(_TlsSocket(records))
+    assert kafka_receive._sock_recv(tcp) == (records[0], None) and len(tcp._sock.records) == 4
+
+
+def test_over_tls_a_frame_filled_straight_is_followed_by_what_the_tls_layer_still_holds():
+    parser = KafkaProtocol(client_id="test")
+    parser._receiving, parser._rbuffer = True, kafka_receive._Frame(2 * 65536)
+    records = [b"a" * 65536, b"b" * 65536, b"next frame"]
+    transport = _Transport(_TlsSocket(records))
+    transport._protocol = _Connection(parser)
+    data, error = kafka_receive._ssl_sock_recv(transport)
+    assert error is None and data == b"next frame"
+    assert bytes(parser._rbuffer) == b"a" * 65536 + b"b" * 65536 and parser._rbuffer.tell() == 2 * 65536
