@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
@@ -46,20 +45,21 @@ def classify(prediction: events_pb2.PredictionMade, taxonomies: Taxonomies, weig
     if not ranked:
         raise ClassificationError(ErrorKind.INVALID_REQUEST, f"no model label maps to a category of "
                                   f"{prediction.marketplace!r}")
-    candidates = [common_pb2.CategoryCandidate(category=taxonomies.category(marketplace, label, requested_locale),
-                                               label=label, confidence=probability)
-                  for probability, label in ranked[:candidate_count]]
-    best = candidates[0]
     threshold = taxonomies.review_threshold(marketplace)
-    status = (common_pb2.CLASSIFICATION_STATUS_CLASSIFIED if best.confidence >= threshold
-              else common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW)
-    classified_at = Timestamp()
-    classified_at.GetCurrentTime()
     classification = common_pb2.Classification(
         listing_id=prediction.listing_id, submission_id=prediction.submission_id, marketplace=prediction.marketplace,
-        locale=best.category.locale, status=status, category=best.category, label=best.label,
-        confidence=best.confidence, candidates=candidates, image_digest=prediction.image_digest,
-        model_versions=model_versions(prediction), classified_at=classified_at, review_threshold=threshold)
+        image_digest=prediction.image_digest, model_versions=model_versions(prediction), review_threshold=threshold)
+    # Each category (about 5 KB with its customs codes) is copied once, straight into the message that carries it.
+    for probability, label in ranked[:candidate_count]:
+        candidate = classification.candidates.add(label=label, confidence=probability)
+        taxonomies.copy_category_into(candidate.category, marketplace, label, requested_locale)
+    best = classification.candidates[0]
+    classification.category.CopyFrom(best.category)
+    classification.label, classification.confidence, classification.locale = \
+        best.label, best.confidence, best.category.locale
+    classification.status = (common_pb2.CLASSIFICATION_STATUS_CLASSIFIED if best.confidence >= threshold
+                              else common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW)
+    classification.classified_at.GetCurrentTime()
     if prediction.HasField("submitted_at"):
         classification.submitted_at.CopyFrom(prediction.submitted_at)
     return classification

@@ -190,6 +190,12 @@ class Taxonomies:
         return None
 
     def _category(self, short_id: str, resolved: str) -> common_pb2.Category:
+        category = common_pb2.Category()
+        category.CopyFrom(self._shared_category(short_id, resolved))
+        return category
+
+    def _shared_category(self, short_id: str, resolved: str) -> common_pb2.Category:
+        """The cached message itself, never to be changed: for callers that copy it into their own message."""
         key = (short_id, resolved)
         if key not in self._cache:
             paths = self.shopify.paths[short_id]
@@ -199,9 +205,7 @@ class Taxonomies:
                 id=SHOPIFY_GID + short_id, name=path[-1], path=path, locale=resolved,
                 google_category=common_pb2.GoogleProductCategory(id=google_id, name=google_name),
                 customs_codes=self.customs_for(short_id))
-        category = common_pb2.Category()
-        category.CopyFrom(self._cache[key])
-        return category
+        return self._cache[key]
 
     def customs_for(self, short_id: str) -> list[common_pb2.CustomsCode]:
         """The category's own customs codes, else its nearest ancestor's (Sneakers -> Shoes)."""
@@ -214,6 +218,12 @@ class Taxonomies:
     def category(self, marketplace: Marketplace, label: str, locale: str) -> common_pb2.Category | None:
         short_id = marketplace.labels.get(label)
         return None if short_id is None else self.category_by_id(marketplace, short_id, locale)
+
+    def copy_category_into(self, target: common_pb2.Category, marketplace: Marketplace, label: str,
+                           locale: str) -> None:
+        """What category() answers, copied straight into a field of the caller's message (a category with its
+        customs codes is about 5 KB: one copy instead of three)."""
+        target.CopyFrom(self._shared_category(marketplace.labels[label], marketplace.resolve_locale(locale)))
 
     def search(self, marketplace: Marketplace, text: str, locale: str, limit: int = 20,
                any_locale: bool = False) -> list[common_pb2.Category]:
