@@ -13,9 +13,10 @@ its time on the GPU path's stand-in).
   transport filled is finished when next handed data, even none; a large frame's rest goes to the decoder as a view;
 - `KafkaBytes.read`: a field of 4 KiB or more copied once, not twice.
 The same bytes, frames, responses and errors; only kafka-python's own bytes-received metric leaves out the bytes read
-straight into a frame (the services do not export the library's metrics). It applies only to the kafka-python release it was written against,
-and only where that release's methods are still the ones replaced (checked by their code); anything else is left as
-it is, with a warning. `services.common.kafka` installs it in every process that makes a client with it.
+straight into a frame (the services do not export the library's metrics). It applies only to the kafka-python
+release it was written against, and only where that release's methods are still the ones replaced (checked by their
+code); anything else is left as it is, with a warning. `services.common.kafka` installs it in every process that
+makes a client with it.
 """
 
 from __future__ import annotations
