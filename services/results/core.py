@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.validation import MAX_ID_LENGTH, check_identifiers, check_text

@@ -91,6 +91,26 @@ def test_classify_maps_the_fused_best_label_to_the_shopify_category_in_the_local
     assert classification.review_threshold == pytest.approx(0.6)
 
 
+@pytest.mark.parametrize("marketplace,locale", [("de-modehaus", "de-DE"), ("de-modehaus", "en-GB"),
+                                                 ("br-loja", "en"), ("de-modehaus", ""), ("jp-ichiba", "xx-YY")])
+def test_every_category_a_classification_carries_is_the_one_the_taxonomy_answers(taxonomies, marketplace, locale):
+    """classify copies the cached categories straight into its message: the same ones category() answers, with
+    their customs codes, and the cache itself left as it was."""
+    owner = taxonomies.for_marketplace(marketplace)
+    before = {label: taxonomies.category(owner, label, locale).SerializeToString() for label in owner.labels}
+    classification = classify(made(marketplace, locale), taxonomies, {"efficientnet_lite0": 1.0, "resnet50": 0.0},
+                              candidate_count=3)
+    assert len(classification.candidates) == 3
+    for candidate in classification.candidates:
+        assert candidate.category == taxonomies.category(owner, candidate.label, locale)
+        assert candidate.category.customs_codes
+    assert classification.category == classification.candidates[0].category
+    assert classification.locale == classification.category.locale
+    classification.category.name = "changed"
+    classification.candidates[1].category.customs_codes[0].code = "0000"
+    assert {label: taxonomies.category(owner, label, locale).SerializeToString() for label in owner.labels} == before
+
+
 def test_below_the_threshold_is_needs_review_with_its_candidates(taxonomies):
     classification = classify(made(p_lite=(0.35, 0.45, 0.2)), taxonomies, {"efficientnet_lite0": 1.0, "resnet50": 0})
     assert classification.status == common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW
