@@ -65,42 +65,42 @@ browser:
 
 ## Pipeline benchmark (production-size models in .run/bench_models): prints one line of JSON last.
 bench: install
-	$(PY) -m services.drivers.bench_pipeline
+	$(PY) -m services.drivers.benchmarks.pipeline
 
 ## What the system itself costs per listing (stand-in models next to free, PostgreSQL): prints one line of JSON last.
 bench-plumbing: models
-	$(PY) -m services.drivers.bench_plumbing $(BENCH_ARGS)
+	$(PY) -m services.drivers.benchmarks.plumbing $(BENCH_ARGS)
 
 ## Preprocessing against the straightforward Pillow path: prints one line of JSON last.
 bench-preprocess: install
-	$(PY) -m services.drivers.bench_preprocess
+	$(PY) -m services.drivers.benchmarks.preprocess
 
 ## One and two preprocessing workers in one consumer group: prints one line of JSON last.
 bench-scale: models
-	$(PY) -m services.drivers.bench_scale
+	$(PY) -m services.drivers.benchmarks.scale
 
 ## Many watch streams against one result replica, and GetClassification latency meanwhile: JSON line last.
 bench-watch: models
-	$(PY) -m services.drivers.bench_watch
+	$(PY) -m services.drivers.benchmarks.watch
 
 ## On a machine with an NVIDIA GPU and CUDA PyTorch with torchvision (its own python3): Triton on the GPU, the CPU path
 ## against the GPU decode path at Triton's door and through the whole pipeline (Kafka, the three services), the CNNs
 ## with and without Triton; JSON line last. `make gpu-carry` packs .gpu/ first (BENCH_ARGS=--cpu-twins rehearses it
 ## on a machine without a GPU); BENCH_ARGS=--engine=ort-cuda runs the CNNs on ONNX Runtime's CUDA provider in FP16.
 bench-gpu:
-	python3 -m services.drivers.bench_gpu $(BENCH_ARGS)
+	python3 -m services.drivers.benchmarks.gpu $(BENCH_ARGS)
 
 ## What bench-gpu (.gpu/) or, with GPU_CARRY_ARGS=--training, services.trainer.full_size (.gpu-train/) needs there.
 gpu-carry: models
-	$(PY) -m services.drivers.gpu.carry $(GPU_CARRY_ARGS)
+	$(PY) -m services.drivers.benchmarks.gpu_host.carry $(GPU_CARRY_ARGS)
 
 ## onnxruntime-gpu in parts of one device call each (.gpu-ort/p00, p01), for BENCH_ARGS=--engine=ort-cuda there.
 gpu-carry-ort: install
-	$(PY) -m services.drivers.gpu.ort_gpu
+	$(PY) -m services.drivers.benchmarks.gpu_host.ort_gpu
 
 ## Fault injection on the local stack: prints one line of JSON last (lost and duplicated must be 0).
 chaos: models
-	$(PY) -m services.drivers.chaos
+	$(PY) -m services.drivers.chaos.scenarios
 
 ## Re-pin requirements.lock from what is installed in .venv.
 lock:

@@ -1,2 +1,3 @@
-"""What drives the local stack without being part of production: the demo, the evaluation, `make up`, the
-benchmarks, the fault scenarios and the traffic they send. The stack itself is services/localstack."""
+"""What drives the local stack without being part of production: the demo, `make up`, the evaluation and the
+traffic they send; the benchmarks (benchmarks/) and the fault scenarios (chaos/) in their own packages. The stack
+itself is services/localstack."""

@@ -12,7 +12,7 @@ so that the fusion with the published models can be fitted and cross-validated w
 
 teacher.npz holds `probabilities`, the teacher's (N, classes) output for the catalogue's train/ photos in the order
 services/trainer/dataset.py loads them, and `categories`; `--write-soft-labels` makes it from a published
-efficientnet_lite0 (what services/drivers/gpu/carry.py does before the trip).
+efficientnet_lite0 (what services/drivers/benchmarks/gpu_host/carry.py does before the trip).
 """
 
 from __future__ import annotations

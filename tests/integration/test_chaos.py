@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.drivers import chaos
+from services.drivers.chaos import scenarios
 from services.localstack.stack import LocalStack
 
 
@@ -17,23 +17,23 @@ def dripping_host():
 
 @pytest.fixture(scope="module")
 def chaos_stack(postgres_url, tmp_path_factory, dripping_host):
-    options, host = chaos.chaos_stack_options(tmp_path_factory.mktemp("chaos"), postgres_url)
+    options, host = scenarios.chaos_stack_options(tmp_path_factory.mktemp("chaos"), postgres_url)
     dripping_host["host"] = host
     with LocalStack(options) as stack:
         yield stack
 
 
-def assert_mid_stream(result: chaos.ScenarioResult) -> None:
+def assert_mid_stream(result: scenarios.ScenarioResult) -> None:
     assert 0 < result.published_at_fault < result.events_in, f"the fault did not land mid-stream: {result}"
 
 
-def assert_nothing_lost_or_doubled(result: chaos.ScenarioResult, dead_lettered: int = 0) -> None:
+def assert_nothing_lost_or_doubled(result: scenarios.ScenarioResult, dead_lettered: int = 0) -> None:
     assert result.lost == 0, result
     assert result.duplicated == 0, result
     assert result.dead_lettered == dead_lettered, result
 
 
-def assert_complete_mid_stream(result: chaos.ScenarioResult, count: int) -> None:
+def assert_complete_mid_stream(result: scenarios.ScenarioResult, count: int) -> None:
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)
     assert result.classified == count, result
@@ -42,7 +42,7 @@ def assert_complete_mid_stream(result: chaos.ScenarioResult, count: int) -> None
 def test_triton_killed_mid_stream_and_restarted(chaos_stack):
     regions_before_kill = chaos_stack.triton.shm_regions()
     assert regions_before_kill, "the CPU Triton's Python backend uses shared memory"
-    result = chaos.triton_killed_and_restarted(chaos_stack, 300)
+    result = scenarios.triton_killed_and_restarted(chaos_stack, 300)
     assert not any(region.exists() for region in regions_before_kill), "the killed Triton's /dev/shm regions remain"
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)
@@ -50,12 +50,12 @@ def test_triton_killed_mid_stream_and_restarted(chaos_stack):
 
 
 def test_one_of_two_workers_killed(chaos_stack):
-    result = chaos.worker_killed(chaos_stack, 200)
+    result = scenarios.worker_killed(chaos_stack, 200)
     assert_complete_mid_stream(result, 200)
 
 
 def test_result_service_restarted_mid_stream(chaos_stack):
-    result = chaos.results_restarted(chaos_stack, 200)
+    result = scenarios.results_restarted(chaos_stack, 200)
     assert_complete_mid_stream(result, 200)
     stopped = json.loads(result.notes)
     # SIGTERM alone ended it, well within the grace period (20 s): exit status 0, no SIGKILL behind it
@@ -63,13 +63,13 @@ def test_result_service_restarted_mid_stream(chaos_stack):
 
 
 def test_the_same_events_twice_are_stored_and_published_once(chaos_stack):
-    result = chaos.produced_twice(chaos_stack, 100)
+    result = scenarios.produced_twice(chaos_stack, 100)
     assert_nothing_lost_or_doubled(result)
     assert result.classified == 100
 
 
 def test_poison_is_dead_lettered_and_good_events_go_on_in_order(chaos_stack):
-    result = chaos.poison_interleaved(chaos_stack, 60)
+    result = scenarios.poison_interleaved(chaos_stack, 60)
     assert_nothing_lost_or_doubled(result, dead_lettered=4)
     assert result.classified == 60
     notes = json.loads(result.notes)
@@ -81,7 +81,7 @@ def test_poison_is_dead_lettered_and_good_events_go_on_in_order(chaos_stack):
 
 
 def test_a_model_reloaded_at_a_new_version_is_picked_up_without_a_restart(chaos_stack):
-    result = chaos.model_reloaded(chaos_stack, 300)
+    result = scenarios.model_reloaded(chaos_stack, 300)
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)
     notes = json.loads(result.notes)
@@ -93,13 +93,13 @@ def test_a_model_reloaded_at_a_new_version_is_picked_up_without_a_restart(chaos_
 
 
 def test_two_result_replicas_racing_publish_each_prediction_once(chaos_stack):
-    result = chaos.results_replicas_racing(chaos_stack, 100)
+    result = scenarios.results_replicas_racing(chaos_stack, 100)
     assert_nothing_lost_or_doubled(result)
     assert result.classified == 100
 
 
 def test_result_service_sigkilled_mid_publishing_loses_nothing(chaos_stack):
-    result = chaos.results_killed_mid_publishing(chaos_stack, 200)
+    result = scenarios.results_killed_mid_publishing(chaos_stack, 200)
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)  # a republication would keep its event id: duplicated_in_crash_window
     assert result.classified == 200 and result.duplicated_in_crash_window <= 64  # at most the batch in hand
@@ -109,7 +109,7 @@ def test_result_service_sigkilled_mid_publishing_loses_nothing(chaos_stack):
 
 
 def test_poison_ids_are_dead_lettered_and_their_partitions_go_on(chaos_stack):
-    result = chaos.poison_ids_interleaved(chaos_stack, 40)
+    result = scenarios.poison_ids_interleaved(chaos_stack, 40)
     assert_nothing_lost_or_doubled(result, dead_lettered=4)
     assert result.classified == 40
     reasons = json.loads(result.notes)
@@ -118,14 +118,14 @@ def test_poison_ids_are_dead_lettered_and_their_partitions_go_on(chaos_stack):
 
 
 def test_a_dripping_host_fails_only_its_own_listings(chaos_stack, dripping_host):
-    result = chaos.dripping_host_among_good(chaos_stack, dripping_host["host"], 40, 3)
+    result = scenarios.dripping_host_among_good(chaos_stack, dripping_host["host"], 40, 3)
     assert_nothing_lost_or_doubled(result, dead_lettered=3)
     assert result.classified == 40
     assert set(json.loads(result.notes).values()) == {"ERROR_KIND_SOURCE_TOO_SLOW"}
 
 
 def test_postgresql_connections_killed_under_load(chaos_stack):
-    result = chaos.postgres_connections_killed(chaos_stack, 200)
+    result = scenarios.postgres_connections_killed(chaos_stack, 200)
     assert_mid_stream(result)
     assert_nothing_lost_or_doubled(result)
     assert result.classified == 200 and "connections terminated" in result.notes
@@ -189,7 +189,7 @@ def test_listings_with_image_urls_through_kafka_and_grpc(chaos_stack, dripping_h
             f"url-{run}-503": host.url(f"flaky-503/{photos[2]}"),
             f"url-{run}-missing": host.url("missing/nothing.jpg"),
         }
-        outcomes = chaos.Outcomes(chaos_stack)
+        outcomes = scenarios.Outcomes(chaos_stack)
         try:
             submit_listings(chaos_stack.kafka_settings, [
                 common_pb2.Listing(listing_id=i, marketplace="fr-boutique", image_url=u) for i, u in listings.items()])
@@ -222,7 +222,7 @@ def test_listings_with_image_urls_through_kafka_and_grpc(chaos_stack, dripping_h
 
 
 def test_postgresql_unavailable_mid_stream_pauses_reports_not_serving_and_resumes(chaos_stack):
-    result = chaos.postgres_unavailable(chaos_stack, 200)
+    result = scenarios.postgres_unavailable(chaos_stack, 200)
     assert_complete_mid_stream(result, 200)
     seen = json.loads(result.notes)
     assert seen["not_serving_during_outage"] and seen["serving_again"], seen
@@ -230,7 +230,7 @@ def test_postgresql_unavailable_mid_stream_pauses_reports_not_serving_and_resume
 
 
 def test_the_broker_unreachable_mid_stream_is_waited_out_and_nothing_is_lost(chaos_stack):
-    result = chaos.broker_unreachable(chaos_stack, 200)
+    result = scenarios.broker_unreachable(chaos_stack, 200)
     assert_complete_mid_stream(result, 200)
     seen = json.loads(result.notes)
     assert seen["serving_again"], seen

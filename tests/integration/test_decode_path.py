@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from services.drivers.poison import oversized_image_listing, scan_bomb_listing
+from services.drivers.chaos.poison import oversized_image_listing, scan_bomb_listing
 from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.stack import LocalStack, StackOptions
 from services.preprocessing.images import ImageLimits, prepare_image
@@ -112,9 +112,9 @@ def test_the_decode_path_sends_the_thumbnail_triton_made_turned_as_the_exif_says
 def test_a_model_reloaded_at_a_new_version_is_named_by_the_answers_it_gave(decode_in_triton):
     """photo_ensemble runs each model's latest version and its answer does not say which: the predictions name the
     version that answered, before and after a reload, and nothing is lost. Last here: it changes the stack's models."""
-    from services.drivers import chaos
+    from services.drivers.chaos import scenarios
 
-    result = chaos.model_reloaded(decode_in_triton, 120)
+    result = scenarios.model_reloaded(decode_in_triton, 120)
     assert result.lost == 0 and result.duplicated == 0 and result.dead_lettered == 0, result
     assert result.classified == 120, result
     notes = json.loads(result.notes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tritonclient.grpc as triton_grpc
 
-from services.drivers.pipeline_runs import run
+from services.drivers.benchmarks.pipeline_runs import run
 from services.drivers.traffic import labelled_photos
 from services.localstack.stack import LocalStack, StackOptions
 

@@ -8,8 +8,8 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-from services.drivers.bench_gpu import filled_onnx
-from services.drivers.gpu.carry import fitting_photos, halve_weights, locked, strip_weights
+from services.drivers.benchmarks.gpu import filled_onnx
+from services.drivers.benchmarks.gpu_host.carry import fitting_photos, halve_weights, locked, strip_weights
 
 
 def small_graph(path) -> np.ndarray:

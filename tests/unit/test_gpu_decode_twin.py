@@ -1,4 +1,4 @@
-"""The nvJPEG twin of photo_decode (services/drivers/gpu/photo_decode_nvjpeg.py) on the CPU: its squares and its
+"""The nvJPEG twin of photo_decode (drivers/benchmarks/gpu_host/photo_decode_nvjpeg.py) on the CPU: its squares and its
 thumbnail are the Pillow twin's, with torch on the CPU standing in for CUDA. torchvision and Triton's stub module are
 not installed here, so the seams they provide are faked (the decoding itself is exercised only on a GPU machine)."""
 
@@ -42,7 +42,8 @@ def model_config() -> dict:
 def test_the_nvjpeg_twin_makes_the_thumbnail_and_squares_the_pillow_twin_makes(monkeypatch):
     from PIL import Image
 
-    nvjpeg = load(ROOT / "services/drivers/gpu/photo_decode_nvjpeg.py", "nvjpeg_twin", monkeypatch).TritonPythonModel()
+    twin = ROOT / "services/drivers/benchmarks/gpu_host/photo_decode_nvjpeg.py"
+    nvjpeg = load(twin, "nvjpeg_twin", monkeypatch).TritonPythonModel()
     nvjpeg.initialize(model_config())
     pillow = load(ROOT / "services/localstack/photo_decode_python.py", "pillow_twin", monkeypatch).TritonPythonModel()
     pillow.initialize(model_config())

@@ -1,4 +1,4 @@
-"""onnxruntime-gpu's trip to a lent GPU machine (services/drivers/gpu/ort_gpu.py): the kernels for other GPUs are
+"""onnxruntime-gpu's trip to a lent GPU machine (drivers/benchmarks/gpu_host/ort_gpu.py): the kernels for other GPUs are
 zeroed in place (every header, offset and size kept), the package travels in parts that join to the digest packed,
 and a missing or foreign part is named, never unpacked."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.drivers.gpu.ort_gpu import (FATBIN_MAGIC, MANIFEST, PackError, assemble, elf_section,
+from services.drivers.benchmarks.gpu_host.ort_gpu import (FATBIN_MAGIC, MANIFEST, PackError, assemble, elf_section,
                                           keep_architectures, pack)
 
 

@@ -1,6 +1,7 @@
-"""The ONNX Runtime twin for a GPU (services/drivers/gpu/ort_cuda_model.py) on the CPU: requests the batcher grouped
-run as one call and each gets its own rows back, and its FP16 graph keeps the tensors Triton's config declares.
-Triton's stub module is not installed here, so that seam is faked; the CUDA provider runs only on a GPU machine."""
+"""The ONNX Runtime twin for a GPU (drivers/benchmarks/gpu_host/ort_cuda_model.py) on the CPU: requests the batcher
+grouped run as one call and each gets its own rows back, and its FP16 graph keeps the tensors Triton's config
+declares. Triton's stub module is not installed here, so that seam is faked; the CUDA provider runs only on a GPU
+machine."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def classifier_graph(path: Path) -> None:
 def load_twin(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", backend_utils())
     monkeypatch.delitem(sys.modules, "services.localstack.onnx_python_model", raising=False)
-    spec = importlib.util.spec_from_file_location("ort_cuda_twin", ROOT / "services/drivers/gpu/ort_cuda_model.py")
+    spec = importlib.util.spec_from_file_location(
+        "ort_cuda_twin", ROOT / "services/drivers/benchmarks/gpu_host/ort_cuda_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -83,7 +85,7 @@ def test_the_fp16_graph_keeps_its_input_and_output_types_and_answers_as_the_fp32
 def test_the_bench_serves_the_engine_asked_for_and_finds_the_cuda_libraries_pytorch_installed(tmp_path, monkeypatch):
     import shutil
 
-    from services.drivers.bench_gpu import ENGINES, gpu_repository, nvidia_library_dirs
+    from services.drivers.benchmarks.gpu import ENGINES, gpu_repository, nvidia_library_dirs
 
     production = tmp_path / "production"
     for name in ("efficientnet_lite0", "photo_decode"):
@@ -95,7 +97,7 @@ def test_the_bench_serves_the_engine_asked_for_and_finds_the_cuda_libraries_pyto
         served = (tmp_path / engine / "efficientnet_lite0" / "1" / "model.py").read_text()
         assert served == ENGINES[engine].read_text()
         decode = ROOT / ("services/localstack/photo_decode_python.py" if pillow
-                         else "services/drivers/gpu/photo_decode_nvjpeg.py")
+                         else "services/drivers/benchmarks/gpu_host/photo_decode_nvjpeg.py")
         assert (tmp_path / engine / "photo_decode" / "1" / "model.py").read_text() == decode.read_text()
     for folder in ("nvidia/cu13/lib", "nvidia/cudnn/lib", "nvidia/cudnn/include"):
         (tmp_path / "site" / folder).mkdir(parents=True)

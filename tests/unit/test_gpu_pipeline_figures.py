@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.drivers.gpu.pipeline import calls_between
+from services.drivers.benchmarks.gpu_host.pipeline import calls_between
 
 
 def test_a_runs_triton_calls_are_the_counters_differences_per_request():
@@ -27,15 +27,15 @@ def test_a_runs_triton_calls_are_the_counters_differences_per_request():
 
 
 def test_the_bench_names_the_pipelines_paths_as_the_pipeline_runs_them():
-    from services.drivers.bench_gpu import PIPELINE_PATHS
-    from services.drivers.gpu.pipeline import PATHS
+    from services.drivers.benchmarks.gpu import PIPELINE_PATHS
+    from services.drivers.benchmarks.gpu_host.pipeline import PATHS
 
     assert sorted(PIPELINE_PATHS) == sorted(PATHS)
 
 
 def test_the_bench_names_the_pipelines_transports_as_the_pipeline_runs_them():
-    from services.drivers.bench_gpu import PIPELINE_TRANSPORTS
-    from services.drivers.gpu.pipeline import TRANSPORTS
+    from services.drivers.benchmarks.gpu import PIPELINE_TRANSPORTS
+    from services.drivers.benchmarks.gpu_host.pipeline import TRANSPORTS
 
     assert sorted(PIPELINE_TRANSPORTS) == sorted(TRANSPORTS)
     assert TRANSPORTS["shared_memory"]["PREPROCESSING_TRITON_SHARED_MEMORY"] == "true"
@@ -44,7 +44,7 @@ def test_the_bench_names_the_pipelines_transports_as_the_pipeline_runs_them():
 def test_a_gpu_stub_cuts_torchs_cpu_pool_and_a_cpu_one_keeps_it(monkeypatch):
     import torch
 
-    from services.drivers.gpu.torch_threads import TORCH_THREADS_ENV, limit_cpu_threads
+    from services.drivers.benchmarks.gpu_host.torch_threads import TORCH_THREADS_ENV, limit_cpu_threads
 
     before = torch.get_num_threads()
     try:

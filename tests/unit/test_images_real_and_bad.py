@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from services.common.errors import ClassificationError, ErrorKind
-from services.drivers.poison import jpeg_scan_bomb, png_header_bomb
+from services.drivers.chaos.poison import jpeg_scan_bomb, png_header_bomb
 from services.preprocessing.images import ImageLimits, decode_rgb, prepare_encoded, prepare_image
 
 PHOTOS = Path(skimage.__file__).parent / "data"  # real photographs shipped in the scikit-image wheel

@@ -128,7 +128,7 @@ def test_rewritten_in_step_when_the_models_change(repository):
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
 def test_the_gpu_bench_serves_the_same_configuration_with_cuda_twins(repository, tmp_path, kind):
-    from services.drivers.bench_gpu import gpu_repository
+    from services.drivers.benchmarks.gpu import gpu_repository
 
     classifiers, composed = gpu_repository(repository, tmp_path / "gpu", kind)
     assert sorted(classifiers) == sorted(MODELS) and composed == [DECODE_MODEL, ENSEMBLE_MODEL, PIXELS_ENSEMBLE]

@@ -1,4 +1,4 @@
-"""bench-plumbing's stand-in for photo_decode (services/drivers/plumbing_decode_stand_in.py): its answers have the
+"""bench-plumbing's stand-in for photo_decode (drivers/benchmarks/plumbing_decode_stand_in.py): its answers have the
 shapes the Pillow twin's have for the same photos, and it refuses what the twin refuses, request by request, without
 decoding a pixel. Triton's stub module is not installed here, so that seam is faked."""
 
@@ -48,7 +48,7 @@ def jpeg(width: int, height: int) -> bytes:
 
 
 def test_the_stand_in_answers_the_shapes_the_pillow_twin_answers_and_refuses_what_it_refuses(monkeypatch):
-    stand_in = load(ROOT / "services/drivers/plumbing_decode_stand_in.py", "decode_stand_in", monkeypatch)
+    stand_in = load(ROOT / "services/drivers/benchmarks/plumbing_decode_stand_in.py", "decode_stand_in", monkeypatch)
     twin = load(ROOT / "services/localstack/photo_decode_python.py", "decode_twin", monkeypatch)
     good = batch(jpeg(500, 300), jpeg(120, 400))
     bad = batch(jpeg(64, 64), b"not a photo at all")

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from services.drivers.pipeline_runs import process_tree_cpu_s
+from services.drivers.benchmarks.pipeline_runs import process_tree_cpu_s
 
 
 def test_a_child_that_ended_still_counts_in_its_parents_tree():

@@ -4,7 +4,7 @@ the graph converted to FP16 (its uint8 input and float32 output keep their types
 For `make bench-gpu --engine ort-cuda` on a lent GPU machine: the production Triton runs these graphs in its ONNX
 Runtime backend (TensorRT in FP16 first, CUDA for the rest: config.pbtxt); the tritonserver that can travel has only
 the Python backend, so this model runs the same library inside it. onnxruntime-gpu reaches the machine in parts
-(services/drivers/gpu/ort_gpu.py). Requests the dynamic batcher groups run as one call; inputs may arrive on the GPU
+(ort_gpu.py, beside this file). Requests the dynamic batcher groups run as one call; inputs may arrive on the GPU
 (from photo_decode) or on the CPU (from a client); with PyTorch present they are bound to the session where they lie
 (IO binding), so nothing goes through host memory that need not. Without a GPU (a rehearsal, a test) it runs the FP32
 graph on the CPU provider.
@@ -85,7 +85,7 @@ class TritonPythonModel:
         # the CPU pool's threads spin between runs by default: CPU taken from the services for nothing
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.cuda:
-            from services.drivers.gpu.torch_threads import limit_cpu_threads
+            from services.drivers.benchmarks.gpu_host.torch_threads import limit_cpu_threads
 
             limit_cpu_threads(True)  # torch only moves tensors here
             options.intra_op_num_threads = 1  # the GPU computes; the host only launches

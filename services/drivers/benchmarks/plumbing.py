@@ -33,8 +33,8 @@ import psycopg
 from PIL import Image
 
 from services.common.fusion_file import FUSION_FILE, FusionConfig
-from services.drivers.bench_scale import wait_for_split
-from services.drivers.pipeline_runs import idle_floor, less_idle, run
+from services.drivers.benchmarks.scale import wait_for_split
+from services.drivers.benchmarks.pipeline_runs import idle_floor, less_idle, run
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
 from services.localstack.triton_cpu import LocalTriton, build_cpu_repository
 from services.trainer.fusion_fit import publish_fusion

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from services.drivers.gpu.torch_threads import limit_cpu_threads
+from services.drivers.benchmarks.gpu_host.torch_threads import limit_cpu_threads
 
 MAX_PIXELS = 50_000_000  # the service checks the header first; this guards callers that do not
 JPEG_START = bytes([0xFF, 0xD8, 0xFF])

@@ -69,8 +69,8 @@ def measure_in_fresh_process(path: str, rounds: int) -> list[float]:
     import subprocess
     import sys
 
-    output = subprocess.run([sys.executable, "-m", "services.drivers.bench_preprocess", "--measure", path, str(rounds)],
-                            check=True, capture_output=True, text=True).stdout
+    output = subprocess.run([sys.executable, "-m", "services.drivers.benchmarks.preprocess", "--measure", path,
+                             str(rounds)], check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.drivers.bench_scale import wait_for_split
+from services.drivers.benchmarks.scale import wait_for_split
 from services.drivers.metrics_reader import scrape, total
-from services.drivers.pipeline_runs import run
+from services.drivers.benchmarks.pipeline_runs import run
 from services.localstack.stack import LocalStack, StackOptions
 from services.localstack.triton_cpu import LocalTriton
 

@@ -253,7 +253,7 @@ def produced_twice(stack: LocalStack, count: int = 100) -> ScenarioResult:
 
 
 def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResult:
-    from services.drivers.poison import corrupt_image_listing, oversized_image_listing, scan_bomb_listing
+    from services.drivers.chaos.poison import corrupt_image_listing, oversized_image_listing, scan_bomb_listing
 
     samples = sample_listings(good_count, seed=79, prefix="chaos-poison")
     good_ids = {s.listing.listing_id for s in samples}

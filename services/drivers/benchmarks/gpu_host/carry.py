@@ -32,7 +32,7 @@ from pathlib import Path
 
 from services.common.fusion_file import FUSION_FILE
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
+REPOSITORY_ROOT = Path(__file__).resolve().parents[4]
 # The bench's own needs there beyond the services' (onnx2torch turns the published graphs into PyTorch modules).
 PACKAGES = ("onnx2torch==1.5.15",)
 TRAINING_PACKAGES = ("keras==3.15.1", "namex==0.1.0", "optree==0.20.0", "pydantic==2.14.4", "pydantic_core==2.50.5",

@@ -10,7 +10,7 @@ and the two ways a listing's photo can reach it, side by side on the same machin
 
 Both paths run with the same worker counts over the same photos (real validation photos, half of them re-encoded at
 about 2 megapixels as phones upload them), first at Triton's door (worker processes running the service's own code),
-then through the whole pipeline (services/drivers/gpu/pipeline.py: the broker, the three services and the store as
+then through the whole pipeline (gpu_host/pipeline.py: the broker, the three services and the store as
 the local stack runs them, listing events in on Kafka, classifications out, on the Triton already running); each
 reports listings/s and CPU-ms per listing of each process. Also: each CNN and pixels_ensemble straight through Triton,
 the CNNs on the GPU without Triton (PyTorch FP16: what the card itself does), nvJPEG against Pillow, and the accuracy
@@ -19,9 +19,9 @@ line of JSON; the JSON is also written to --out after every part, with the logs 
 
 What can run on a lent GPU machine is bounded by what can be carried there (64 MiB a call, no network): no TensorRT
 or DALI. The CNNs therefore run in Python-backend models executing the published ONNX graphs with PyTorch on CUDA
-(services/drivers/gpu/torch_onnx_model.py) or, with --engine ort-cuda, with ONNX Runtime's CUDA provider in FP16
-(services/drivers/gpu/ort_cuda_model.py; onnxruntime-gpu travels first in parts: gpu/ort_gpu.py), and `photo_decode`
-is its nvJPEG twin (services/drivers/gpu/photo_decode_nvjpeg.py). `python -m services.drivers.gpu.carry` packs what
+(gpu_host/torch_onnx_model.py) or, with --engine ort-cuda, with ONNX Runtime's CUDA provider in FP16
+(gpu_host/ort_cuda_model.py; onnxruntime-gpu travels first in parts: gpu_host/ort_gpu.py), and `photo_decode`
+is its nvJPEG twin (gpu_host/photo_decode_nvjpeg.py). `python -m services.drivers.benchmarks.gpu_host.carry` packs what
 travels into .gpu/; `--cpu-twins` runs this command with what it packed on a machine without a GPU (the local stack's
 onnxruntime twins).
 """
@@ -45,10 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-GPU_MODELS = Path(__file__).with_name("gpu")
+REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
+GPU_MODELS = Path(__file__).with_name("gpu_host")
 BATCH = 32
-PIPELINE_PATHS = ("gpu_decode_path", "cpu_path")  # services/drivers/gpu/pipeline.py's PATHS (imported only there)
+PIPELINE_PATHS = ("gpu_decode_path", "cpu_path")  # gpu_host/pipeline.py's PATHS (imported only there)
 PIPELINE_TRANSPORTS = ("grpc", "shared_memory")  # and its TRANSPORTS
 THUMBNAIL_SIZE = 256  # the preprocessing service's default
 
@@ -135,7 +135,7 @@ def production_repository(models: Path, destination: Path) -> dict[str, bool]:
 
 
 # What runs the CNNs in their Python-backend models: PyTorch on the graphs converted by onnx2torch, FP16 autocast; or
-# ONNX Runtime's CUDA provider on the graphs converted to FP16 (onnxruntime-gpu carried in parts: gpu/ort_gpu.py).
+# ONNX Runtime's CUDA provider on the graphs converted to FP16 (onnxruntime-gpu carried in parts: gpu_host/ort_gpu.py).
 ENGINES = {"torch": GPU_MODELS / "torch_onnx_model.py", "ort-cuda": GPU_MODELS / "ort_cuda_model.py"}
 
 
@@ -235,8 +235,8 @@ def run_path(worker, url: str, names: list[str], photos: list[bytes], workers: i
     """Every photo through `workers` processes, each handed a contiguous share (batches of BATCH); with what the run
     asked of each model (Triton's counters: requests, batch sizes, queue and compute milliseconds)."""
     # after the carried packages are on the path
-    from services.drivers.gpu.pipeline import calls_between, triton_model_counters
-    from services.drivers.pipeline_runs import process_tree_cpu_s
+    from services.drivers.benchmarks.gpu_host.pipeline import calls_between, triton_model_counters
+    from services.drivers.benchmarks.pipeline_runs import process_tree_cpu_s
     share = -(-len(photos) // workers)
     jobs = [(url, names, photos[i:i + share]) for i in range(0, len(photos), share)]
     with get_context("spawn").Pool(len(jobs)) as pool:
@@ -333,7 +333,7 @@ def torch_direct(models: Path, batch: int) -> dict[str, float]:
     import onnx
     import torch
 
-    from services.drivers.gpu.onnx_torch import to_torch
+    from services.drivers.benchmarks.gpu_host.onnx_torch import to_torch
 
     figures = {}
     candidates = {}
@@ -512,7 +512,7 @@ def unpack_carried(carried: Path, work_dir: Path, first: tuple[Path, ...] = ()) 
     services' packages for this Python (wheels, installed into work_dir/site) and the broker's binary. Sets the
     variables the stack's processes find them by (PYTHONPATH, TRITONSERVER_BUNDLE, TANSU_BINARY). `first`: folders
     of packages that go before everything else (onnxruntime-gpu before the machine's own onnxruntime)."""
-    from services.drivers.gpu.carry import STUB_PYTHON
+    from services.drivers.benchmarks.gpu_host.carry import STUB_PYTHON
 
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
     if running != STUB_PYTHON:
@@ -580,7 +580,7 @@ def main() -> int:
                         "with the batch size changing between them")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="torch", help="what runs the CNNs: PyTorch "
                         "(FP16 autocast) or ONNX Runtime's CUDA provider (FP16 graph; onnxruntime-gpu must have "
-                        "arrived in parts first: python -m services.drivers.gpu.ort_gpu)")
+                        "arrived in parts first: python -m services.drivers.benchmarks.gpu_host.ort_gpu)")
     parser.add_argument("--ort-batch", choices=("fixed", "as_formed", "both"), default="fixed",
                         help="--engine ort-cuda: run every call at the max batch size (fixed) or at the size the "
                         "batcher formed; both: fixed, with as_formed copies of the called models measured beside "
@@ -601,8 +601,9 @@ def main() -> int:
     pipeline_transports = [t for t in options.pipeline_transports.split(",") if t]
     if unknown := sorted(set(pipeline_transports) - set(PIPELINE_TRANSPORTS)):
         parser.error(f"--pipeline-transports: unknown {', '.join(unknown)} (known: {', '.join(PIPELINE_TRANSPORTS)})")
-    os.environ["GPU_BENCH_TORCH_THREADS"] = str(options.torch_threads)  # read by the stubs (gpu/torch_threads.py)
-    os.environ["GPU_BENCH_ORT_BATCH"] = "as_formed" if options.ort_batch == "as_formed" else "fixed"  # gpu/ort_cuda_model
+    os.environ["GPU_BENCH_TORCH_THREADS"] = str(options.torch_threads)  # read by the stubs (gpu_host/torch_threads.py)
+    # read by gpu_host/ort_cuda_model.py
+    os.environ["GPU_BENCH_ORT_BATCH"] = "as_formed" if options.ort_batch == "as_formed" else "fixed"
     as_formed_copies = options.ort_batch == "both" and options.engine == "ort-cuda"
     missing = [name for name in ("photos", "models", "wheels", "tritonserver.tar.xz")
                if not (options.carried / name).exists()]
@@ -614,7 +615,7 @@ def main() -> int:
     options.work_dir.mkdir(parents=True, exist_ok=True)
     first = ()
     if options.engine == "ort-cuda":
-        from services.drivers.gpu.ort_gpu import PackError, assemble
+        from services.drivers.benchmarks.gpu_host.ort_gpu import PackError, assemble
 
         try:
             first = (assemble(options.ort_parts, options.work_dir / "ort-site"),)
@@ -709,7 +710,7 @@ def main() -> int:
 
         pipeline_workers = [int(w) for w in options.pipeline_workers.split(",") if w]
         if pipeline_workers:
-            from services.drivers.gpu.pipeline import pipeline_runs
+            from services.drivers.benchmarks.gpu_host.pipeline import pipeline_runs
 
             report["pipeline"] = {}
 

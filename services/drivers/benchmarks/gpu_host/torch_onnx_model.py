@@ -2,7 +2,7 @@
 
 For `make bench-gpu` on a lent GPU machine, whose own inference engine is PyTorch (TensorRT cannot travel there;
 onnxruntime-gpu can, in parts, for --engine ort-cuda: ort_cuda_model.py; the transfer is capped at 64 MiB a call): the
-ONNX graph is converted with onnx2torch (services/drivers/gpu/onnx_torch.py), so the network computed is the
+ONNX graph is converted with onnx2torch (onnx_torch.py, beside this file), so the network computed is the
 published one. Requests the dynamic batcher
 groups run as one CUDA call; inputs may arrive on the GPU (from photo_decode) or on the CPU (from a client).
 """
@@ -17,8 +17,8 @@ sys.path[:0] = [p for p in os.environ.get("GPU_BENCH_PYTHONPATH", "").split(":")
 import torch
 import triton_python_backend_utils as pb_utils
 
-from services.drivers.gpu.onnx_torch import to_torch
-from services.drivers.gpu.torch_threads import limit_cpu_threads
+from services.drivers.benchmarks.gpu_host.onnx_torch import to_torch
+from services.drivers.benchmarks.gpu_host.torch_threads import limit_cpu_threads
 
 
 def as_torch(tensor):

@@ -1,7 +1,7 @@
 """onnxruntime-gpu for a lent GPU machine, in parts that each fit one device call.
 
 `make bench-gpu BENCH_ARGS=--engine=ort-cuda` runs the published graphs with ONNX Runtime's CUDA provider in FP16
-(services/drivers/gpu/ort_cuda_model.py). That machine has no network and takes at most 64 MiB per call, and the
+(ort_cuda_model.py, beside this file). That machine has no network and takes at most 64 MiB per call, and the
 onnxruntime-gpu wheel is 244 MiB, most of it CUDA kernels compiled for six GPU generations. So this module:
 - downloads the wheel for Python 3.12 (CUDA 13 and cuDNN 9, the GPU image's PyTorch's: nothing else to carry);
 - keeps only the kernels for the lent GPUs' architecture (sm_90: H100, H200): the other generations' kernels inside
@@ -29,7 +29,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
+REPOSITORY_ROOT = Path(__file__).resolve().parents[4]
 ORT_GPU = "onnxruntime-gpu==1.31.1"  # built for CUDA 13 and cuDNN 9, as the GPU image's torch 2.11+cu130
 GPU_ARCHITECTURES = (90,)  # sm_90: the H100 and H200 the device tool lends
 PART_BYTES = 56 * 2**20  # the checkout travels too, within the 64 MiB of a call
