@@ -1,10 +1,11 @@
 """Triton Python-backend twin of the DALI `photo_decode` model (services/trainer/photo_ensemble.py), for the CPU.
 
-The local Triton bundle has no DALI backend, so `photo_decode` is served here under the same name and tensors by this
-file, doing the DALI pipeline's steps with Pillow: decode (no EXIF orientation, as nvJPEG), resize the longer side to
-each output's size (bilinear, antialiased), pad to a centred square with the configured colour; and the console's
-thumbnail (the longer side resized to the `thumbnail` output's size, top-left in a zero-padded square) with its shape.
-A photo that does not decode fails its own request with the reason; the others of the batch are answered.
+The local Triton bundle has no DALI backend, so `photo_decode` is served here under the same name and tensors by
+this file, doing the DALI pipeline's steps with Pillow: decode (turned as the EXIF orientation says, as DALI's
+decoder turns it), resize the longer side to each output's size (bilinear, antialiased), pad to a centred square
+with the configured colour; and the console's thumbnail (the longer side resized to the `thumbnail` output's size,
+top-left in a zero-padded square) with its shape. A photo that does not decode fails its own request with the
+reason; the others of the batch are answered.
 """
 
 import io
@@ -12,7 +13,7 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from PIL import Image
+from PIL import Image, ImageOps
 
 NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
 
@@ -59,7 +60,7 @@ class TritonPythonModel:
         image = Image.open(io.BytesIO(row.tobytes()))  # trailing zeros (the batch's padding) are past the end
         if image.width * image.height > MAX_PIXELS:
             raise ValueError(f"{image.width}x{image.height} pixels is over the limit")
-        return image.convert("RGB")
+        return ImageOps.exif_transpose(image).convert("RGB")
 
     def execute(self, requests):
         responses = []

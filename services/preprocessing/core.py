@@ -135,8 +135,7 @@ class ListingPredictor:
             if thumbnail_in_triton:  # only a small JPEG encode here, in the decoders' threads
                 encoded = self._decoders.map(
                     lambda row: thumbnail_from_pixels(probabilities[THUMBNAIL_OUTPUT][row],
-                                                      probabilities[THUMBNAIL_SHAPE_OUTPUT][row],
-                                                      prepared[good[row]].orientation, self.thumbnail_size),
+                                                      probabilities[THUMBNAIL_SHAPE_OUTPUT][row], self.thumbnail_size),
                     range(len(good)))
                 thumbnails = dict(zip(good, encoded))
         else:

@@ -48,8 +48,7 @@ class PreparedImage:
     crop_box: tuple[int, int, int, int]  # left, upper, right, lower in the decoded image
     decoded_size: tuple[int, int]  # width, height as decoded (JPEGs may decode reduced)
     thumbnail_jpeg: bytes = b""  # for the operators' console; empty when none was asked for
-    encoded: bytes = b""  # the original bytes, when Triton decodes them itself (the GPU decode path)
-    orientation: int = 1  # EXIF orientation from the header, for a thumbnail Triton makes (nvJPEG ignores it)
+    encoded: bytes = b""  # what Triton decodes itself on the GPU decode path: the photo's bytes, or a JPEG made here
 
 
 MAX_THUMBNAIL_BYTES = 64 * 1024  # the result service keeps nothing larger
@@ -71,30 +70,13 @@ def thumbnail_jpeg(image: Image.Image, longest_side: int) -> bytes:
     return b""
 
 
-EXIF_ORIENTATION = 0x0112
-_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-
-
-def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1 to 8) from an opened image's header; 1 when there is none or it is not one of them."""
-    try:
-        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001  (a broken EXIF block only loses the orientation)
-        return 1
-    return value if value in _ORIENTATION_TRANSPOSE else 1
-
-
-def thumbnail_from_pixels(pixels: np.ndarray, shape: np.ndarray, orientation: int, longest_side: int) -> bytes:
-    """The thumbnail Triton's photo_decode made (the top-left height x width of a padded square) as the console's
-    JPEG, turned the way the photo's EXIF orientation says. Empty when the shape does not fit the pixels."""
+def thumbnail_from_pixels(pixels: np.ndarray, shape: np.ndarray, longest_side: int) -> bytes:
+    """The thumbnail Triton's photo_decode made (the top-left height x width of a padded square, already turned as
+    the photo's EXIF orientation says) as the console's JPEG. Empty when the shape does not fit the pixels."""
     height, width = int(shape[0]), int(shape[1])
     if not (0 < height <= pixels.shape[0] and 0 < width <= pixels.shape[1]) or pixels.shape[-1] != 3:
         return b""
     image = Image.fromarray(np.ascontiguousarray(pixels[:height, :width], dtype=np.uint8))
-    if orientation in _ORIENTATION_TRANSPOSE:
-        image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
     return thumbnail_jpeg(image, longest_side)
 
 
@@ -257,15 +239,49 @@ def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thum
                          box, image.size, thumbnail_jpeg(image, thumbnail_size) if thumbnail_size else b"")
 
 
+# What Triton's photo_decode (DALI: nvImageCodec) decodes to the pixels the CPU path decodes, EXIF orientation
+# included: these formats, in modes without transparency (DALI drops an alpha channel, so a transparent background
+# would come out in whatever colour its hidden pixels hold, where the CPU path puts white). It reads neither GIF nor
+# AVIF. tests/unit/test_dali_pipeline.py runs the production pipeline on every format the service accepts.
+TRITON_DECODES = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF")
+TRITON_DECODES_MODES = ("RGB", "L", "CMYK", "YCbCr", "P")
+# The longer side of the JPEG made here for Triton when it would not decode the photo as the CPU path does: above
+# every model input size served (224 and 299 px) and the thumbnail's 256, so Triton only ever resizes it down.
+REENCODED_SIDE = 512
+
+
+def triton_decodes_as_cpu_path(image: Image.Image) -> bool:
+    """Whether Triton's photo_decode decodes this opened (not yet decoded) image as decode_rgb does."""
+    return (image.format in TRITON_DECODES and image.mode in TRITON_DECODES_MODES
+            and "transparency" not in image.info)
+
+
+def reencoded_for_triton(image: Image.Image) -> bytes:
+    """The photo as decode_rgb decodes it (transparency on white, turned, any mode to RGB) as a JPEG photo_decode
+    reads: the longer side REENCODED_SIDE at most, quality 95 and no chroma subsampling, so it is the same picture."""
+    width, height = image.size
+    scale = min(1.0, REENCODED_SIDE / max(width, height))
+    if scale < 1.0:
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, subsampling=0)
+    return buffer.getvalue()
+
+
 def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0, thumbnail_in_triton: bool = False
                     ) -> PreparedImage:
     """For the GPU decode path (Triton's photo_ensemble decodes and resizes): the bytes, checked from their header
     only (format, byte size, pixel count), their digest, and the thumbnail when asked for: with thumbnail_in_triton
-    the ensemble makes it and only the EXIF orientation is read here (the photo is never decoded in the service);
-    otherwise it is made here (a JPEG decoded at a reduced DCT scale, so a fraction of a full decode)."""
+    the ensemble makes it, otherwise it is made here (a JPEG decoded at a reduced DCT scale, so a fraction of a full
+    decode). The photo is not decoded here unless Triton would decode it otherwise than the CPU path does
+    (triton_decodes_as_cpu_path): then it is decoded here and Triton gets a JPEG of it (reencoded_for_triton)."""
     image = open_checked(data, limits)
+    decoded = None
+    if not triton_decodes_as_cpu_path(image):
+        decoded = decode_rgb(data, limits, REENCODED_SIDE)
     thumbnail = b""
     if thumbnail_size and not thumbnail_in_triton:
-        thumbnail = thumbnail_jpeg(decode_rgb(data, limits, thumbnail_size), thumbnail_size)
-    return PreparedImage(image_digest(data), {}, (0, 0, *image.size), image.size, thumbnail, data,
-                         exif_orientation(image) if thumbnail_in_triton else 1)
+        thumbnail = thumbnail_jpeg(decoded if decoded is not None else decode_rgb(data, limits, thumbnail_size),
+                                   thumbnail_size)
+    encoded = reencoded_for_triton(decoded) if decoded is not None else data
+    return PreparedImage(image_digest(data), {}, (0, 0, *image.size), image.size, thumbnail, encoded)

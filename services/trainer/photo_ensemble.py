@@ -8,8 +8,10 @@ size, pixel count: the hostile-image limits) and sends the bytes to `photo_ensem
   padded to a centred square; and the console's thumbnail, the longer side resized to THUMBNAIL_SIDE)
   ->  every called model  ->  one probabilities output per model, and the thumbnail with its shape.
 
-The service then only encodes the thumbnail as a small JPEG (turned by the EXIF orientation it read from the header):
-it never decodes the photo on this path.
+The service then only encodes the thumbnail as a small JPEG: it never decodes the photo on this path, but for the
+photos DALI would not decode as the CPU path does (GIF and AVIF, which it does not read, and transparent ones, whose
+alpha it drops): those it decodes itself and sends as a JPEG of the size the ensemble needs
+(services/preprocessing/images.py, prepare_encoded).
 
 Written into the model repository whenever the models are published (from fusion.json: the called models, their
 input sizes and batch limits), so it is always in step with them; `python -m services.trainer.photo_ensemble` writes
@@ -18,8 +20,8 @@ local CPU Triton has no DALI backend: it serves `photo_decode` with a Python-bac
 (services/localstack/photo_decode_python.py) that does the same steps with Pillow, so the whole path runs here.
 
 What differs from the CPU path (services/preprocessing/images.py), and must be measured on a GPU before choosing it:
-no product segmentation (the whole photo is resized), a constant padding colour (white) instead of the border's
-median, and EXIF orientation is not applied (nvJPEG ignores it).
+no product segmentation (the whole photo is resized) and a constant padding colour (white) instead of the border's
+median. The pipeline itself runs in the tests on DALI's CPU backend (tests/unit/test_dali_pipeline.py).
 
 Beside them the same function writes `pixels_ensemble`, for the CPU path (the default): the preprocessing service
 decodes, segments and resizes each photo itself and sends a batch's squares once, one input per model input size;
@@ -82,7 +84,8 @@ THUMBNAIL_SIDE = {thumbnail_side}
                    output_ndim=[3] * len(SIZES) + [3, 1])
 def photo_decode():
     photos = fn.external_source(device="cpu", name="{photo_input}", no_copy=True)
-    images = fn.decoders.image(photos, device="mixed", output_type=types.RGB)  # nvJPEG on the GPU
+    # nvJPEG on the GPU; turned as the photo's EXIF orientation says, as the CPU path turns it (DALI's default, stated)
+    images = fn.decoders.image(photos, device="mixed", output_type=types.RGB, adjust_orientation=True)
     squares = []
     for size in SIZES:
         resized = fn.resize(images, resize_longer=size, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -95,6 +98,13 @@ def photo_decode():
                         out_of_bounds_policy="pad", fill_values=(0, 0, 0))
     return tuple(squares) + (thumbnail, shape)
 '''
+
+
+def dali_pipeline(sizes: list[int], max_batch_size: int) -> str:
+    """The DALI pipeline file photo_decode loads, for these input sizes and batch limit."""
+    return DALI_PIPELINE.format(sizes=tuple(sizes), pad_value=PAD_VALUE, max_batch_size=max_batch_size,
+                                photo_input=PHOTO_INPUT, thumbnail_side=THUMBNAIL_SIDE,
+                                thumbnail_output=THUMBNAIL_OUTPUT)
 
 
 def decode_config(sizes: list[int], max_batch_size: int) -> model_config_pb2.ModelConfig:
@@ -156,10 +166,7 @@ def write_ensembles(repository: Path) -> list[Path]:
     sizes = sorted({m.input_size for m in models})
     written = []
     for config, version_file, text in (
-            (decode_config(sizes, max_batch_size), "model.dali",
-             DALI_PIPELINE.format(sizes=tuple(sizes), pad_value=PAD_VALUE, max_batch_size=max_batch_size,
-                                  photo_input=PHOTO_INPUT, thumbnail_side=THUMBNAIL_SIDE,
-                                  thumbnail_output=THUMBNAIL_OUTPUT)),
+            (decode_config(sizes, max_batch_size), "model.dali", dali_pipeline(sizes, max_batch_size)),
             (ensemble_config(models, max_batch_size), None, None),
             (pixels_ensemble_config(models, max_batch_size), None, None)):
         folder = repository / config.name

@@ -61,3 +61,21 @@ def test_the_nvjpeg_twin_makes_the_thumbnail_and_squares_the_pillow_twin_makes(m
     assert difference < 3, difference  # torch's and Pillow's antialiased bilinear differ by rounding
     square = nvjpeg._square(chw, 224).numpy()
     assert np.abs(square.astype(int) - pillow._square(Image.fromarray(pixels), 224).astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_nvjpeg_twin_turns_each_photo_as_its_exif_orientation_says_as_pillow_and_dali_do(monkeypatch, orientation):
+    import io
+
+    from PIL import Image, ImageOps
+
+    nvjpeg = load(ROOT / "services/drivers/benchmarks/gpu_host/photo_decode_nvjpeg.py", "nvjpeg_twin", monkeypatch)
+    pixels = np.random.default_rng(orientation).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", exif=exif.tobytes())  # lossless: the pixels compare exactly
+    assert nvjpeg.exif_orientation(buffer.getvalue()) == orientation
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))).convert("RGB"))
+    chw = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    assert (nvjpeg.turned(chw, orientation).permute(1, 2, 0).numpy() == expected).all()

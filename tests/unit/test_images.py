@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from services.common.errors import ClassificationError, ErrorKind
-from services.preprocessing.images import (ImageLimits, decode_rgb, prepare_encoded, prepare_image, product_box,
-                                           square_tensor, thumbnail_from_pixels)
+from services.preprocessing.images import (ImageLimits, decode_rgb, image_digest, prepare_encoded, prepare_image,
+                                           product_box, square_tensor, thumbnail_from_pixels)
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
@@ -140,36 +140,58 @@ def exif_rotated_jpeg(orientation: int) -> tuple[bytes, Image.Image]:
     return encode(image, quality=95, exif=exif.tobytes()), turned[orientation]
 
 
-def test_the_decode_path_reads_the_orientation_from_the_header_and_never_decodes():
-    data, _ = exif_rotated_jpeg(6)
-    prepared = prepare_encoded(data, ImageLimits(), thumbnail_size=256, thumbnail_in_triton=True)
-    assert prepared.orientation == 6 and prepared.thumbnail_jpeg == b"" and prepared.encoded == data
-    # a sound header over a body that stops half-way: nothing here decodes it, so nothing here fails
-    truncated = prepare_encoded(data[:len(data) // 2], ImageLimits(), 256, thumbnail_in_triton=True)
-    assert truncated.orientation == 6
+def test_the_decode_path_sends_a_photo_triton_decodes_as_the_cpu_path_undecoded(monkeypatch):
+    data, _ = exif_rotated_jpeg(6)  # Triton's decoder turns it as the EXIF says, as the CPU path does
+    truncated = data[:len(data) // 2]  # a sound header over a body that stops half-way: Triton will refuse it
+    monkeypatch.setattr(Image.Image, "load", lambda self: (_ for _ in ()).throw(AssertionError("pixels decoded")))
+    for photo in (data, truncated):
+        prepared = prepare_encoded(photo, ImageLimits(), thumbnail_size=256, thumbnail_in_triton=True)
+        assert prepared.encoded == photo and prepared.thumbnail_jpeg == b"" and prepared.tensors == {}
+    monkeypatch.undo()
     made_here = prepare_encoded(data, ImageLimits(), thumbnail_size=256)
-    assert made_here.orientation == 1 and Image.open(io.BytesIO(made_here.thumbnail_jpeg)).size == (171, 256)
-    plain = prepare_encoded(encode(product_on_white()), ImageLimits(), 256, thumbnail_in_triton=True)
-    assert plain.orientation == 1
+    assert made_here.encoded == data and Image.open(io.BytesIO(made_here.thumbnail_jpeg)).size == (171, 256)
 
 
-def test_a_thumbnail_triton_made_is_cropped_turned_and_encoded_like_one_made_here():
+def test_the_decode_path_sends_triton_a_jpeg_of_what_it_would_not_decode_as_the_cpu_path():
+    """GIF and AVIF, which Triton's DALI step does not read, and transparent photos, whose alpha it drops: decoded
+    here as the CPU path decodes them (transparency on white), and sent as a JPEG of at most REENCODED_SIDE."""
+    product = np.asarray(product_on_white(900, 600, box=(300, 200, 600, 400)).convert("RGBA")).copy()
+    product[..., 3] = 0  # the background around the product transparent
+    product[200:400, 300:600, 3] = 255
+    product[product[..., 3] == 0, :3] = 0  # and black under its transparency
+    transparent = Image.fromarray(product)
+    for form, image in (("PNG", transparent), ("WEBP", transparent), ("GIF", transparent.convert("RGB")),
+                        ("AVIF", transparent.convert("RGB"))):
+        data = encode(image, form) if form != "WEBP" else encode(image, form, lossless=True)
+        prepared = prepare_encoded(data, ImageLimits(), thumbnail_size=256, thumbnail_in_triton=True)
+        sent = Image.open(io.BytesIO(prepared.encoded))
+        assert sent.format == "JPEG" and sent.size == (512, 341), form
+        assert prepared.digest == image_digest(data) and prepared.decoded_size == (900, 600)  # the photo's, as sent
+        corner = np.asarray(sent)[:40, :40]
+        expected = 255 if form in ("PNG", "WEBP") else 0  # transparency on white; GIF and AVIF here have none
+        assert np.abs(corner.astype(int) - expected).mean() < 6, form
+    plain = encode(product_on_white())
+    assert prepare_encoded(plain, ImageLimits(), 256, thumbnail_in_triton=True).encoded == plain
+
+
+def test_a_thumbnail_triton_made_is_cropped_and_encoded_like_one_made_here():
     for orientation in (6, 3):
         data, turned = exif_rotated_jpeg(orientation)
-        # what photo_decode returns: the longer side resized to 256, top-left in a zero-padded square, and its shape
-        resized = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((256, 171), Image.BILINEAR))
+        # what photo_decode returns: the photo turned as its EXIF says, the longer side resized to 256, top-left in a
+        # zero-padded square, and its shape
+        resized = np.asarray(turned.resize((171, 256) if orientation == 6 else (256, 171), Image.BILINEAR))
         square = np.zeros((256, 256, 3), np.uint8)
-        square[:171, :256] = resized
-        jpeg = thumbnail_from_pixels(square, np.array([171, 256, 3], np.int32), orientation, 256)
+        square[:resized.shape[0], :resized.shape[1]] = resized
+        jpeg = thumbnail_from_pixels(square, np.array(resized.shape, np.int32), 256)
         thumbnail = Image.open(io.BytesIO(jpeg))
         local = Image.open(io.BytesIO(prepare_image(data, [224], ImageLimits(), thumbnail_size=256).thumbnail_jpeg))
         assert thumbnail.format == "JPEG" and thumbnail.size == local.size == turned.resize(local.size).size
         difference = np.abs(np.asarray(thumbnail, np.int16) - np.asarray(local, np.int16)).mean()
-        assert difference < 4, difference  # the same picture, the padding cropped away, turned the same way
-    smaller = Image.open(io.BytesIO(thumbnail_from_pixels(square, np.array([171, 256, 3]), 1, 128)))
+        assert difference < 4, difference  # the same picture, the padding cropped away
+    smaller = Image.open(io.BytesIO(thumbnail_from_pixels(square, np.array([171, 256, 3]), 128)))
     assert smaller.size == (128, 86)  # a smaller setting resizes further
     for shape in ([0, 256, 3], [300, 256, 3], [171, 999, 3]):
-        assert thumbnail_from_pixels(square, np.array(shape), 1, 256) == b""  # a shape that does not fit
+        assert thumbnail_from_pixels(square, np.array(shape), 256) == b""  # a shape that does not fit
 
 
 def _reference_product_box(image: Image.Image, margin=0.06, threshold=40, analysis_side=128):

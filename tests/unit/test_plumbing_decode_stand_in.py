@@ -41,16 +41,19 @@ def batch(*photos: bytes) -> dict[str, np.ndarray]:
     return {"photo": rows}
 
 
-def jpeg(width: int, height: int) -> bytes:
+def jpeg(width: int, height: int, orientation: int = 1) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(np.random.default_rng(width).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(out, "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.random.default_rng(width).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+        out, "JPEG", exif=exif.tobytes())
     return out.getvalue()
 
 
 def test_the_stand_in_answers_the_shapes_the_pillow_twin_answers_and_refuses_what_it_refuses(monkeypatch):
     stand_in = load(ROOT / "services/drivers/benchmarks/plumbing_decode_stand_in.py", "decode_stand_in", monkeypatch)
     twin = load(ROOT / "services/localstack/photo_decode_python.py", "decode_twin", monkeypatch)
-    good = batch(jpeg(500, 300), jpeg(120, 400))
+    good = batch(jpeg(500, 300), jpeg(120, 400), jpeg(500, 300, orientation=6))  # the last one shown turned
     bad = batch(jpeg(64, 64), b"not a photo at all")
     # no pixel is decoded: a load() would fail the photo's request, and the first request must succeed
     monkeypatch.setattr(Image.Image, "load", lambda self: (_ for _ in ()).throw(AssertionError("pixels decoded")))
@@ -62,7 +65,7 @@ def test_the_stand_in_answers_the_shapes_the_pillow_twin_answers_and_refuses_wha
     for name in (image_output(224), THUMBNAIL_OUTPUT):
         assert answers[0].tensors[name].shape == expected[0].tensors[name].shape
     assert answers[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist() == expected[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist()
-    assert answers[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist() == [[154, 256, 3], [256, 77, 3]]
+    assert answers[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist() == [[154, 256, 3], [256, 77, 3], [256, 154, 3]]
     thumbnail = answers[0].tensors[THUMBNAIL_OUTPUT][1]
     assert thumbnail[:, 77:].max() == 0 and thumbnail[:, :77].std() > 20  # photo-like where the photo is, zero beside
     assert (answers[0].tensors[image_output(224)] == 255).all()  # the pad value: the stand-in CNNs average colours

@@ -220,9 +220,8 @@ def _gpu_path_worker(job: tuple[str, list[str], list[bytes]]) -> tuple[int, floa
         answers, failed = classifier.classify_photos([p.encoded for p in prepared], thumbnails=True)
         if failed:
             raise RuntimeError(f"photo_ensemble refused {len(failed)} photos: {next(iter(failed.values()))}")
-        for row, image in enumerate(prepared):
-            thumbnail_from_pixels(answers[THUMBNAIL_OUTPUT][row], answers[THUMBNAIL_SHAPE_OUTPUT][row],
-                                  image.orientation, THUMBNAIL_SIZE)
+        for row in range(len(prepared)):
+            thumbnail_from_pixels(answers[THUMBNAIL_OUTPUT][row], answers[THUMBNAIL_SHAPE_OUTPUT][row], THUMBNAIL_SIZE)
         for name in names:
             top1[name] += answers[name].argmax(axis=1).tolist()
     elapsed = time.process_time() - began

@@ -54,7 +54,11 @@ class TritonPythonModel:
             image = Image.open(io.BytesIO(row.tobytes()))
         if image.width * image.height > MAX_PIXELS:
             raise ValueError(f"{image.width}x{image.height} pixels is over the limit")
-        return image.width, image.height
+        try:  # turned sideways by its EXIF orientation, as the real step turns it
+            sideways = int(image.getexif().get(0x0112, 1)) in (5, 6, 7, 8)
+        except Exception:  # noqa: BLE001  (a broken EXIF block only loses the orientation)
+            sideways = False
+        return (image.height, image.width) if sideways else (image.width, image.height)
 
     def _thumbnails(self, sizes):
         """One array for the batch, each photo's thumbnail written into its zeroed square."""

@@ -5,11 +5,13 @@ The DALI backend is not in the tritonserver bundle that can travel to a lent GPU
 decoder, nvJPEG, through torchvision (a batch of JPEGs in one call); then the longer side resized to each output's size
 (bilinear, antialiased) and padded to a centred square of the configured colour, on the GPU; and the console's
 thumbnail (the longer side resized to the `thumbnail` output's size, top-left in a zero-padded square) with its shape. A photo that is not a
-JPEG is decoded on the CPU (DALI does the same for formats nvJPEG lacks). A photo that does not decode fails its own
+JPEG is decoded on the CPU (DALI does the same for formats nvJPEG lacks). Each is turned as its EXIF orientation says,
+as DALI's decoder turns it (nvJPEG itself does not). A photo that does not decode fails its own
 request with the reason; the others are answered. Outputs are copied to the host (what any Triton backend accepts);
 GPU_BENCH_DECODE_ON_GPU=1 hands them to the CNNs on the GPU through DLPack instead.
 """
 
+import io
 import json
 import os
 import sys
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from services.drivers.benchmarks.gpu_host.torch_threads import limit_cpu_threads
@@ -28,6 +31,23 @@ from services.drivers.benchmarks.gpu_host.torch_threads import limit_cpu_threads
 MAX_PIXELS = 50_000_000  # the service checks the header first; this guards callers that do not
 JPEG_START = bytes([0xFF, 0xD8, 0xFF])
 THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT = "thumbnail", "thumbnail_shape"  # services/common/decode_path.py
+
+
+def exif_orientation(photo: bytes) -> int:
+    """The EXIF orientation (1 to 8) from the photo's header; 1 without one."""
+    try:
+        value = int(Image.open(io.BytesIO(photo)).getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001  (a broken EXIF block only loses the orientation)
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def turned(image, orientation: int):
+    """(3, h, w) turned as the EXIF orientation says (Pillow's exif_transpose, DALI's adjust_orientation)."""
+    if orientation in (5, 6, 7, 8):
+        image = image.transpose(1, 2)  # across the main diagonal: orientation 5; then 6, 7 and 8 flip it
+    flips = {2: (2,), 3: (1, 2), 4: (1,), 6: (2,), 7: (1, 2), 8: (1,)}.get(orientation)
+    return image.flip(flips) if flips else image
 
 
 def trimmed(row: np.ndarray) -> np.ndarray:
@@ -89,6 +109,7 @@ class TritonPythonModel:
         for i, photo in enumerate(photos):
             if images[i] is None:
                 images[i] = decode_image(photo, mode=ImageReadMode.RGB).to(self.device)
+            images[i] = turned(images[i], exif_orientation(photo.numpy().tobytes()))
         for image in images:
             if image.shape[1] * image.shape[2] > MAX_PIXELS:
                 raise ValueError(f"{image.shape[2]}x{image.shape[1]} pixels is over the limit")
