@@ -162,7 +162,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=REPOSITORY_ROOT / ".run" / "evaluate")
     parser.add_argument("--decode-in-triton", action="store_true", help="the GPU decode path: photos' bytes to "
-                        "Triton's photo_ensemble (here, its CPU twin) instead of decoding in preprocessing")
+                        "Triton's photo_ensemble (here, its DALI pipeline on the CPU) instead of decoding in "
+                        "preprocessing")
     parser.add_argument("--triton-shared-memory", action="store_true", help="the batches to Triton through system "
                         "shared memory (PREPROCESSING_TRITON_SHARED_MEMORY) instead of gRPC messages")
     options = parser.parse_args()

@@ -1,11 +1,11 @@
 """Triton Python-backend twin of the DALI `photo_decode` model (services/trainer/photo_ensemble.py), for the CPU.
 
-The local Triton bundle has no DALI backend, so `photo_decode` is served here under the same name and tensors by
-this file, doing the DALI pipeline's steps with Pillow: decode (turned as the EXIF orientation says, as DALI's
-decoder turns it), resize the longer side to each output's size (bilinear, antialiased), pad to a centred square
-with the configured colour; and the console's thumbnail (the longer side resized to the `thumbnail` output's size,
-top-left in a zero-padded square) with its shape. A photo that does not decode fails its own request with the
-reason; the others of the batch are answered.
+Where DALI is not installed (`make bench-gpu --cpu-twins`, on a machine without a GPU) `photo_decode` is served
+under the same name and tensors by this file, doing the DALI pipeline's steps with Pillow: decode (turned as the
+EXIF orientation says, as DALI's decoder turns it), resize the longer side to each output's size (bilinear,
+antialiased), pad to a centred square with the configured colour; and the console's thumbnail (the longer side
+resized to the `thumbnail` output's size, top-left in a zero-padded square) with its shape. A photo that does not
+decode fails its own request with the reason; the others of the batch are answered.
 """
 
 import io

@@ -22,7 +22,8 @@ from services.common.decode_path import PIXELS_ENSEMBLE
 from services.localstack.processes import ChildProcess, StartupError, free_port
 
 _PYTHON_MODEL = Path(__file__).with_name("onnx_python_model.py")
-_DECODE_MODEL = Path(__file__).with_name("photo_decode_python.py")
+_DECODE_MODEL = Path(__file__).with_name("photo_decode_dali.py")  # the production DALI pipeline, on the CPU
+PILLOW_DECODE_MODEL = Path(__file__).with_name("photo_decode_python.py")  # its Pillow twin, where DALI is missing
 
 
 def _pytriton_root() -> Path:
@@ -40,8 +41,8 @@ def _pytriton_root() -> Path:
 def build_cpu_repository(production: Path, destination: Path,
                          decode_model: Path = _DECODE_MODEL) -> tuple[list[str], list[str]]:
     """Writes the CPU twin of the production repository; returns the classifiers' names and the composed models'
-    (photo_decode, served by a Python twin of its DALI pipeline, or by `decode_model`, and the ensembles, which
-    Triton itself runs)."""
+    (photo_decode, served by its own DALI pipeline on DALI's CPU backend, or by `decode_model`, and the ensembles,
+    which Triton itself runs)."""
     return build_python_repository(production, destination, _PYTHON_MODEL, decode_model,
                                    model_config_pb2.ModelInstanceGroup.KIND_CPU)
 
@@ -68,6 +69,8 @@ def build_python_repository(production: Path, destination: Path, classifier_mode
             (target / "config.pbtxt").write_text(text_format.MessageToString(config))
             if config.backend == "python":
                 shutil.copy(decode_model, target / "1" / "model.py")
+                for pipeline in source.glob("*/model.dali"):  # what photo_decode_dali.py runs
+                    shutil.copy(pipeline, target / "1" / "model.dali")
             composed.append(config.name)
             continue
         if config.platform != "onnxruntime_onnx":

@@ -16,8 +16,8 @@ alpha it drops): those it decodes itself and sends as a JPEG of the size the ens
 Written into the model repository whenever the models are published (from fusion.json: the called models, their
 input sizes and batch limits), so it is always in step with them; `python -m services.trainer.photo_ensemble` writes
 it again. The DALI pipeline is a Python file the DALI backend serialises when it loads it (`@autoserialize`). The
-local CPU Triton has no DALI backend: it serves `photo_decode` with a Python-backend twin
-(services/localstack/photo_decode_python.py) that does the same steps with Pillow, so the whole path runs here.
+local CPU Triton has no DALI backend: it serves `photo_decode` as a Python-backend model that runs this same file on
+DALI's CPU backend (services/localstack/photo_decode_dali.py), so the whole path runs here.
 
 What differs from the CPU path (services/preprocessing/images.py), and must be measured on a GPU before choosing it:
 no product segmentation (the whole photo is resized) and a constant padding colour (white) instead of the border's

@@ -2,11 +2,12 @@
 (services/trainer/photo_ensemble.py), run as written but for two words, its decoder on DALI's CPU backend instead of
 "mixed" (nvJPEG on a GPU) and no GPU device. The operators after the decoder are the ones a GPU host runs.
 
-It is held to what the service and its twins assume of it: rows zero-padded to the batch's longest decode; the squares
-and the thumbnail are the Pillow twin's (services/localstack/photo_decode_python.py, which the local stack serves in its
-place); EXIF orientation is applied; and whatever the service sends it on the GPU decode path, from every format the
-service accepts, decodes to the pixels the CPU path decodes (those DALI cannot read, or would read otherwise, the
-service re-encodes first: prepare_encoded)."""
+It is held to what the service and its twins assume of it: rows zero-padded to the batch's longest decode; the
+squares and the thumbnail are the Pillow twin's (services/localstack/photo_decode_python.py, what stands in for it
+where DALI is not installed); EXIF orientation is applied; and whatever the service sends it on the GPU decode path,
+from every format the service accepts, decodes to the pixels the CPU path decodes (those DALI cannot read, or would
+read otherwise, the service re-encodes first: prepare_encoded).
+"""
 
 from __future__ import annotations
 

@@ -6,9 +6,12 @@ pixels_ensemble takes one square per input size and feeds every called model."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -105,15 +108,26 @@ def test_the_decode_step_is_dali_on_the_gpu_with_one_square_per_input_size(repos
     assert '@autoserialize' in pipeline and 'device="mixed"' in pipeline and f'name="{PHOTO_INPUT}"' in pipeline
 
 
-def test_the_local_cpu_triton_serves_the_same_configuration_with_its_pillow_twin(repository, tmp_path):
+def test_the_local_cpu_triton_serves_the_same_configuration_with_its_own_dali_pipeline(repository, tmp_path,
+                                                                                        monkeypatch):
     classifiers, composed = build_cpu_repository(repository, tmp_path / "cpu")
     assert sorted(classifiers) == sorted(MODELS) and composed == [DECODE_MODEL, ENSEMBLE_MODEL, PIXELS_ENSEMBLE]
     twin = config(tmp_path / "cpu", DECODE_MODEL)
     assert twin.backend == "python" and twin.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert list(twin.output) == list(config(repository, DECODE_MODEL).output)  # same tensors
-    twin_code = (tmp_path / "cpu" / DECODE_MODEL / "1" / "model.py").read_text()
-    assert twin_code.startswith('"""Triton Python-backend twin')
-    assert f'"{THUMBNAIL_OUTPUT}", "{THUMBNAIL_SHAPE_OUTPUT}"' in twin_code  # standalone: the names are spelt out
+    served = tmp_path / "cpu" / DECODE_MODEL / "1"
+    assert (served / "model.py").read_text().startswith('"""Triton Python-backend model that runs the production')
+    production = (repository / DECODE_MODEL / "1" / "model.dali").read_text()
+    assert (served / "model.dali").read_text() == production  # the very pipeline, its decoder moved at load
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("photo_decode_dali", served / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    on_cpu = module.cpu_pipeline_text(production)
+    assert on_cpu == production.replace('device="mixed"', 'device="cpu"').replace("device_id=0", "device_id=None")
+    assert 'device="mixed"' not in on_cpu and on_cpu != production
+    with pytest.raises(ValueError, match="expected"):
+        module.cpu_pipeline_text(on_cpu)  # a file of another shape is refused, not run half-changed
     assert config(tmp_path / "cpu", ENSEMBLE_MODEL) == config(repository, ENSEMBLE_MODEL)
     assert config(tmp_path / "cpu", PIXELS_ENSEMBLE) == config(repository, PIXELS_ENSEMBLE)
     assert (tmp_path / "cpu" / ENSEMBLE_MODEL / "1").is_dir()

@@ -634,13 +634,16 @@ def main() -> int:
     print(f"{len(photos)} validation photos, every other one re-encoded at about 2 MP", flush=True)
 
     from services.common.decode_path import PIXELS_ENSEMBLE
-    from services.localstack.triton_cpu import LocalTriton, build_cpu_repository
+    from services.localstack.triton_cpu import PILLOW_DECODE_MODEL, LocalTriton, build_cpu_repository
 
     production = options.work_dir / "production"
     real = production_repository(options.carried / "models", production)
     report["real_weights"] = real
     triton = LocalTriton(production, options.work_dir / "triton",
-                         build_repository=build_cpu_repository if options.cpu_twins and options.engine == "torch" else
+                         # the GPU machines' Python has no DALI: photo_decode is its Pillow twin there
+                         build_repository=(lambda source, target: build_cpu_repository(source, target,
+                                                                                       PILLOW_DECODE_MODEL))
+                         if options.cpu_twins and options.engine == "torch" else
                          lambda source, target: gpu_repository(source, target, options.instance_kind,
                                                                options.instances, options.engine, options.cpu_twins,
                                                                tuple(called_models(REPOSITORY_ROOT / "triton_models"))

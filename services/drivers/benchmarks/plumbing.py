@@ -233,10 +233,10 @@ def main() -> None:
                          extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **transport}))) as stack:
             if stack is not None:
                 one, two_workers, two_results = scale_runs(stack, photos, warm, options.profile)
-        # The GPU decode path on this CPU: the bytes go to photo_ensemble, whose decode step is the Pillow twin of
-        # the DALI pipeline inside Triton. Decoding moves from preprocessing into Triton's process (on a GPU host,
-        # onto the GPU), so the services' own cost is what these runs are about: with the thumbnail made by the
-        # ensemble (the default) and made here (PREPROCESSING_THUMBNAIL_IN_TRITON=false).
+        # The GPU decode path on this CPU: the bytes go to photo_ensemble, whose decode step is the production DALI
+        # pipeline on DALI's CPU backend inside Triton. Decoding moves from preprocessing into Triton's process (on a
+        # GPU host, onto the GPU), so the services' own cost is what these runs are about: with the thumbnail made by
+        # the ensemble (the default) and made here (PREPROCESSING_THUMBNAIL_IN_TRITON=false).
         profile_decode_path = options.profile and options.decode_path_only
         for thumbnails, label in (("true", "decode-in-triton"), ("false", "decode-in-triton-thumbnail-here")):
             with LocalStack(StackOptions(work_dir=WORK / f"stack-{label}", model_repository=models, database_url=url,

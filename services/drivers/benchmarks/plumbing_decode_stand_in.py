@@ -1,12 +1,13 @@
 """Triton Python-backend stand-in for `photo_decode` in `make bench-plumbing`: the GPU's work, next to free.
 
 On a GPU host the decode path's `photo_decode` step (DALI) decodes and resizes each photo on the GPU, so the host's
-CPU spends next to nothing there; on this CPU machine its Pillow twin (services/localstack/photo_decode_python.py)
-spends 9 to 17 CPU-ms per photo, more than everything else together. Like the stand-in CNNs, this model keeps the
-step's name, tensors and batching and leaves out the computation: it reads each photo's header (size and format,
-never the pixels), refuses one over the pixel limit or one that is not an image as the twin does, and answers the
-square tensors filled with the pad value and the thumbnail at the size the real step would make, cut from a
-photo-like pattern made once (gradients and grain), so the service's JPEG encoding of it costs what a photo's does.
+CPU spends next to nothing there; on this CPU machine, decoding on the CPU
+(services/localstack/photo_decode_dali.py, and its Pillow twin before) spends 9 to 17 CPU-ms per photo, more than
+everything else together. Like the stand-in CNNs, this model keeps the step's name, tensors and batching and leaves
+out the computation: it reads each photo's header (size and format, never the pixels), refuses one over the pixel
+limit or one that is not an image as the twin does, and answers the square tensors filled with the pad value and the
+thumbnail at the size the real step would make, cut from a photo-like pattern made once (gradients and grain), so
+the service's JPEG encoding of it costs what a photo's does.
 """
 
 import io
