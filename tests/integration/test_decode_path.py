@@ -1,6 +1,7 @@
 """The GPU decode path (PREPROCESSING_DECODE_IN_TRITON=true) through the real Triton: the photo's bytes go to the
-photo_ensemble, whose photo_decode step (DALI on a GPU; its Pillow twin on this CPU) decodes and resizes them before
-the models. The hostile-image limits are still checked here, from the header, before anything reaches Triton."""
+photo_ensemble, whose photo_decode step (DALI: on a GPU in production, on its CPU backend here) decodes and resizes
+them before the models. The hostile-image limits are still checked here, from the header, before anything reaches
+Triton."""
 
 from __future__ import annotations
 
@@ -107,6 +108,51 @@ def test_the_decode_path_sends_the_thumbnail_triton_made_turned_as_the_exif_says
         assert right < 12 and right < wrong / 2, (right, wrong)
     upright, turned = (Image.open(io.BytesIO(t)).size for t in thumbnails)
     assert turned == (upright[1], upright[0])
+
+
+def encoded(image: Image.Image, form: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=form, **options)
+    return buffer.getvalue()
+
+
+def test_gif_avif_and_transparent_photos_get_the_answer_the_same_picture_gets_as_a_jpeg(decode_in_triton):
+    """Triton's DALI step reads neither GIF nor AVIF and drops alpha (a transparent background would come out black):
+    the service decodes those photos itself and sends Triton a JPEG, so each is answered as the same picture sent as a
+    JPEG is, with white where the photo was transparent, all in one batch with photos Triton decodes itself."""
+    from services.common.contracts.product_classification.v1 import preprocessing_pb2, preprocessing_pb2_grpc
+
+    photo = Image.open(io.BytesIO(sample_listings(1, seed=191, prefix="formats")[0].listing.image_bytes))
+    photo = photo.convert("RGB")
+    rgba = np.asarray(photo.convert("RGBA")).copy()
+    edge = max(photo.size) // 8
+    border = np.ones(rgba.shape[:2], bool)
+    border[edge:-edge, edge:-edge] = False
+    on_white = rgba.copy()
+    on_white[border] = (255, 255, 255, 255)
+    rgba[border] = (0, 0, 0, 0)  # transparent, black underneath
+    uploads = {"jpeg": encoded(photo, "JPEG", quality=95), "gif": encoded(photo.quantize(256), "GIF"),
+               "avif": encoded(photo, "AVIF", quality=90),
+               "jpeg-on-white": encoded(Image.fromarray(on_white).convert("RGB"), "JPEG", quality=95),
+               "png-transparent": encoded(Image.fromarray(rgba), "PNG"),
+               "webp-transparent": encoded(Image.fromarray(rgba), "WEBP", lossless=True)}
+    listings = [common_pb2.Listing(listing_id=f"formats-{kind}", marketplace="de-modehaus", image_bytes=data)
+                for kind, data in uploads.items()]
+    with decode_in_triton.gateway_channel() as channel:  # one batch: bytes Triton decodes and JPEGs made here
+        response = gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListings(
+            gateway_pb2.ClassifyListingsRequest(listings=listings), timeout=120)
+    outcomes = {o.listing_id: o for o in response.outcomes}
+    assert all(o.WhichOneof("outcome") == "classification" for o in outcomes.values()), outcomes
+    label = {kind: outcomes[f"formats-{kind}"].classification.label for kind in uploads}
+    assert label["gif"] == label["avif"] == label["jpeg"], label
+    assert label["png-transparent"] == label["webp-transparent"] == label["jpeg-on-white"], label
+    with decode_in_triton.internal_channel("preprocessing", "gateway") as channel:
+        stub = preprocessing_pb2_grpc.ImagePredictorStub(channel)
+        for listing in listings[-2:]:
+            thumbnail = stub.PredictListing(preprocessing_pb2.PredictListingRequest(listing=listing),
+                                            timeout=60).thumbnail_jpeg
+            corner = np.asarray(Image.open(io.BytesIO(thumbnail)).convert("RGB"))[:8, :8]
+            assert corner.mean() > 240, (listing.listing_id, corner.mean())  # white, as the CPU path composites
 
 
 def test_a_model_reloaded_at_a_new_version_is_named_by_the_answers_it_gave(decode_in_triton):
