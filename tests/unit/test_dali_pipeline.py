@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from services.common.decode_path import (PHOTO_INPUT, THUMBNAIL_OUTPUT, THUMBNAI
                                          image_output)
 from services.preprocessing.images import ImageLimits, decode_rgb, prepare_encoded
 from services.trainer.photo_ensemble import PAD_VALUE, dali_pipeline
+from tests.unit.triton_backend_fake import backend_utils
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT.parent / "shared" / "datasets" / "clothing-dataset-small" / "validation").glob("*/*.jpg"))
@@ -57,22 +57,15 @@ def decoded(photos: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def pillow_twin():
-    """The local stack's photo_decode, with Triton's stub module faked (it is not installed outside Triton)."""
+    """The Pillow twin of photo_decode, with Triton's stub module faked (it is not installed outside Triton)."""
     import importlib.util
 
-    stub = types.ModuleType("triton_python_backend_utils")
-    saved = sys.modules.get("triton_python_backend_utils")
-    sys.modules["triton_python_backend_utils"] = stub
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "triton_python_backend_utils", backend_utils())
         path = ROOT / "services/localstack/photo_decode_python.py"
         spec = importlib.util.spec_from_file_location("pillow_twin", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    finally:
-        if saved is None:
-            del sys.modules["triton_python_backend_utils"]
-        else:
-            sys.modules["triton_python_backend_utils"] = saved
     twin = module.TritonPythonModel()
     outputs = [{"name": image_output(SIZE), "dims": [SIZE, SIZE, 3]},
                {"name": THUMBNAIL_OUTPUT, "dims": [THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3]},
