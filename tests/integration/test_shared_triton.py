@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tritonclient.grpc as triton_grpc
 
-from services.drivers.benchmarks.pipeline_runs import run
+from services.drivers.benchmarks.pipeline_runs import StackRuns
 from services.drivers.traffic import labelled_photos
 from services.localstack.stack import LocalStack, StackOptions
 
@@ -18,8 +18,13 @@ def test_a_stack_on_a_shared_triton_classifies_through_kafka_and_leaves_that_tri
     with LocalStack(options) as second:
         assert second.triton is stack.triton
         assert second.services["preprocessing"].process.env["PREPROCESSING_TRITON_URL"] == stack.triton.grpc_url
-        figures = run(second, photos, "shared-triton")
-    assert figures["classified"] == len(photos) and figures["listings_per_s"] > 0
+        with StackRuns(second) as runs:
+            first = runs.run(photos, "shared-triton-1")
+            figures = runs.run(photos, "shared-triton-2", held=True)  # the workers stopped while it is submitted
+    assert first["classified"] == figures["classified"] == len(photos) and figures["listings_per_s"] > 0
+    assert figures["held"] and not first["held"]
+    # The second run read its own classifications, not the first run's again as well.
+    assert len(photos) <= figures["classifications_read"] < 2 * len(photos)
     spent = figures["cpu_ms_per_listing"]
     assert {"gateway", "preprocessing", "results", "services_total", "broker", "triton", "load_generator"} <= set(spent)
     assert spent["preprocessing"] > 0 and spent["triton"] > 0  # the shared Triton did the models' work

@@ -5,6 +5,7 @@ bench-gpu's pipeline part on a lent GPU machine). Imports nothing a GPU machine 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -118,28 +119,72 @@ def less_idle(run_figures: dict, floor: dict[str, float]) -> float:
     return round(run_figures["cpu_ms_per_listing"]["services_total"] - idle_ms, 3)
 
 
-def run(stack: LocalStack, photos, prefix: str) -> dict:
-    batch = listings(photos, prefix)
-    wanted = {listing.listing_id for listing in batch}
-    reader = TopicReader(stack.kafka_settings, stack.kafka_settings.topics.listing_classified)
-    try:
+class StackRuns:
+    """Runs on one running stack, their classifications read by one reader that keeps its place from run to run.
+
+    A reader made for each run reads the output topic from its beginning (the local broker cannot seek to its end),
+    so each run read every earlier run's classifications again while it was being measured: the second worker's run
+    behind 4,128 of them (68 MB), which the broker served and the load generator fetched on the same cores."""
+
+    def __init__(self, stack: LocalStack):
+        self.stack = stack
+        # Each caller's first run is a warm-up, which reads past whatever the topic held before.
+        self.reader = TopicReader(stack.kafka_settings, stack.kafka_settings.topics.listing_classified)
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> StackRuns:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def run(self, photos, prefix: str, held: bool = False) -> dict:
+        """Submits the photos as listings and reads until every one is classified. Timed from the first submission,
+        the load generator producing beside the pipeline on the same cores; held: the preprocessing workers stopped
+        (SIGSTOP) while the load generator submits and timed from when they go on, the pipeline draining a backlog
+        as a consumer benchmark does. Either way every process's CPU from before the first submission is counted
+        per listing, the broker's for taking the listings in and the load generator's for producing them too."""
+        stack = self.stack
+        batch = listings(photos, prefix)
+        wanted = {listing.listing_id for listing in batch}
+        workers = [service.process.process.pid for name, service in stack.services.items()
+                   if name.split("-")[0] == "preprocessing"]
         before = cpu_snapshot(stack)
         busy_before = machine_busy_s()
         began = time.perf_counter()
-        submit_listings(stack.kafka_settings, batch)
+        if held:
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            submit_listings(stack.kafka_settings, batch)
+        finally:
+            if held:
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)
         submitted = time.perf_counter() - began
+        if held and submitted * 1000 > stack.kafka_settings.session_timeout_ms:
+            # Stopped past the session timeout, the workers were taken out of their group: the run goes on slower
+            # (they rejoin and the partitions are handed out again), so its figure errs low, never high.
+            print(f"  {prefix}: submitting took {submitted:.1f} s, past the workers' session timeout: the "
+                  "workers rejoined their group during this run", flush=True)
+        if held:
+            busy_before = machine_busy_s()
+            began = time.perf_counter()
         classified = AllClassified(wanted)
-        reader.read(classified, 900)
+        read = self.reader.read(classified, 900)
         elapsed = time.perf_counter() - began
         busy = machine_busy_s() - busy_before
         after = cpu_snapshot(stack)
-    finally:
-        reader.close()
-    done = len(wanted & classified.seen)
-    grouped = grouped_by_service({name: (after[name] - before[name]) * 1000 / max(done, 1) for name in after})
-    return {"listings": len(batch), "classified": done, "seconds": round(elapsed, 2),
-            "listings_per_s": round(done / elapsed, 1), "cpu_ms_per_listing": grouped,
-            # how long the load generator took to have every listing acknowledged: a run cannot end sooner
-            "submitted_s": round(submitted, 2),
-            # how many of the machine's cores were busy on average: a second worker can only add what is left
-            "cores_busy": round(busy / elapsed, 2)}
+        done = len(wanted & classified.seen)
+        grouped = grouped_by_service({name: (after[name] - before[name]) * 1000 / max(done, 1) for name in after})
+        return {"listings": len(batch), "classified": done, "seconds": round(elapsed, 2),
+                "listings_per_s": round(done / elapsed, 1), "cpu_ms_per_listing": grouped,
+                # how long the load generator took to have every listing acknowledged (held: before the timing)
+                "submitted_s": round(submitted, 2), "held": held,
+                # classifications the reader fetched in this run: this run's, not an earlier run's again
+                "classifications_read": len(read),
+                # how many of the machine's cores were busy on average while timed: a second worker can only add
+                # what is left
+                "cores_busy": round(busy / elapsed, 2)}

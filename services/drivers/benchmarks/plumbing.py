@@ -4,7 +4,11 @@ The real Triton serves stand-in models with the production models' names, tensor
 averages the image's colours and maps them to the labels: a fraction of a millisecond), so every other cost is the
 system's own. Photos as sellers upload them go in as listing events on Kafka (clothing photos, half as they are and
 half re-encoded at about 2 megapixels); classifications come out on the output topic. Each process's CPU time
-(/proc: the process and its children) is read before and after every run.
+(/proc: the process and its children) is read before and after every run. The load generator shares the machine's
+cores: the measured runs submit their listings while the preprocessing workers are held (SIGSTOP) and are timed from
+when the workers go on, the pipeline draining a backlog (the CPU every process spent on the submission still counted
+per listing); the first configuration also runs with the load generator producing beside the pipeline
+(listings_per_s_while_submitting).
 
 Runs, on PostgreSQL (the production store): one preprocessing worker and one result replica; then a second
 preprocessing worker (same consumer group); then a second result replica as well; then the GPU decode path
@@ -34,7 +38,7 @@ from PIL import Image
 
 from services.common.fusion_file import FUSION_FILE, FusionConfig
 from services.drivers.benchmarks.scale import wait_for_split
-from services.drivers.benchmarks.pipeline_runs import idle_floor, less_idle, run
+from services.drivers.benchmarks.pipeline_runs import StackRuns, idle_floor, less_idle
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
 from services.localstack.triton_cpu import LocalTriton, build_cpu_repository
 from services.trainer.fusion_fit import publish_fusion
@@ -242,11 +246,12 @@ def main() -> None:
             with LocalStack(StackOptions(work_dir=WORK / f"stack-{label}", model_repository=models, database_url=url,
                                          extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **transport,
                                                     "PREPROCESSING_DECODE_IN_TRITON": "true",
-                                                    "PREPROCESSING_THUMBNAIL_IN_TRITON": thumbnails})) as stack:
-                run(stack, warm, f"warm-{label}")
+                                                    "PREPROCESSING_THUMBNAIL_IN_TRITON": thumbnails})) as stack, \
+                    StackRuns(stack) as runs:
+                runs.run(warm, f"warm-{label}")
                 floors[label] = idle_floor(stack)
                 profiles = Profiles(stack, ["preprocessing", "results"]) if profile_decode_path else None
-                in_triton[label] = run(stack, photos, label)
+                in_triton[label] = runs.run(photos, label, held=True)
                 in_triton[label]["services_total_less_idle"] = less_idle(in_triton[label], floors[label])
                 if profiles is not None:
                     print_profiles(profiles.stop())
@@ -264,6 +269,7 @@ def main() -> None:
     if one is not None:
         figures = {
             "listings_per_s": one["listings_per_s"], "cpu_ms_per_listing": one["cpu_ms_per_listing"],
+            "listings_per_s_while_submitting": one["listings_per_s_while_submitting"],
             "listings_per_s_2_preprocessing_workers": two_workers["listings_per_s"],
             "preprocessing_scale_ratio": round(two_workers["listings_per_s"] / one["listings_per_s"], 2),
             "cores_busy_1_worker": one["cores_busy"], "cores_busy_2_workers": two_workers["cores_busy"],
@@ -311,6 +317,7 @@ def stand_in_figures(one: dict, two_workers: dict, two_results: dict) -> dict:
     """The stand-in decode path's runs as the JSON line names them."""
     return {"listings_per_s_decode_stand_in": one["listings_per_s"],
             "cpu_ms_per_listing_decode_stand_in": one["cpu_ms_per_listing"],
+            "listings_per_s_while_submitting_decode_stand_in": one["listings_per_s_while_submitting"],
             "cores_busy_decode_stand_in": one["cores_busy"],
             "listings_per_s_2_preprocessing_workers_decode_stand_in": two_workers["listings_per_s"],
             "preprocessing_scale_ratio_decode_stand_in":
@@ -323,24 +330,30 @@ def stand_in_figures(one: dict, two_workers: dict, two_results: dict) -> dict:
 
 def scale_runs(stack: LocalStack, photos, warm, profile: bool, label: str = "", ids: str = ""
                ) -> tuple[dict, dict, dict]:
-    """One preprocessing worker and one result replica, then two workers, then two result replicas as well. `ids`
+    """One preprocessing worker and one result replica, then two workers, then two result replicas as well, each
+    draining the listings submitted while the workers were held (StackRuns.run); the first configuration once more
+    with the load generator producing beside it (its figure in `one` as listings_per_s_while_submitting). `ids`
     starts every listing id, so runs on one database never repeat a listing (the store would find it classified
     already, as it does a redelivered one, and publish nothing new)."""
-    run(stack, warm, f"{ids}warm-1")
-    profiles = Profiles(stack, ["preprocessing", "results"]) if profile else None
-    one = run(stack, photos, f"{ids}one")
-    print(f"{label}1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
-    if profiles is not None:
-        print_profiles(profiles.stop())
-    stack.add_service("preprocessing-2")
-    split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
-    run(stack, warm, f"{ids}warm-2")
-    two_workers = run(stack, photos, f"{ids}two-workers")
-    print(f"{label}2 preprocessing workers (partitions {split}): {json.dumps(two_workers)}", flush=True)
-    stack.add_service("results-2")
-    run(stack, warm, f"{ids}warm-3")
-    two_results = run(stack, photos, f"{ids}two-results")
-    print(f"{label}2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
+    with StackRuns(stack) as runs:
+        runs.run(warm, f"{ids}warm-1")
+        profiles = Profiles(stack, ["preprocessing", "results"]) if profile else None
+        one = runs.run(photos, f"{ids}one", held=True)
+        if profiles is not None:
+            print_profiles(profiles.stop())
+        live = runs.run(photos, f"{ids}one-while-submitting")
+        print(f"{label}1 preprocessing worker, 1 result replica, while submitting: {json.dumps(live)}", flush=True)
+        one["listings_per_s_while_submitting"] = live["listings_per_s"]
+        print(f"{label}1 preprocessing worker, 1 result replica: {json.dumps(one)}", flush=True)
+        stack.add_service("preprocessing-2")
+        split = wait_for_split(stack, ["preprocessing", "preprocessing-2"])
+        runs.run(warm, f"{ids}warm-2")
+        two_workers = runs.run(photos, f"{ids}two-workers", held=True)
+        print(f"{label}2 preprocessing workers (partitions {split}): {json.dumps(two_workers)}", flush=True)
+        stack.add_service("results-2")
+        runs.run(warm, f"{ids}warm-3")
+        two_results = runs.run(photos, f"{ids}two-results", held=True)
+        print(f"{label}2 preprocessing workers, 2 result replicas: {json.dumps(two_results)}", flush=True)
     return one, two_workers, two_results
 
 

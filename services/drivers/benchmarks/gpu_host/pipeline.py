@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services.drivers.benchmarks.scale import wait_for_split
 from services.drivers.metrics_reader import scrape, total
-from services.drivers.benchmarks.pipeline_runs import run
+from services.drivers.benchmarks.pipeline_runs import StackRuns
 from services.localstack.stack import LocalStack, StackOptions
 from services.localstack.triton_cpu import LocalTriton
 
@@ -42,16 +42,16 @@ def pipeline_runs(triton: LocalTriton, repository: Path, photos: list[tuple[byte
                                partitions=2 * max(worker_counts), triton=triton,
                                extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **PATHS[path],
                                           **TRANSPORTS[transport]})
-        with LocalStack(options) as stack:
+        with LocalStack(options) as stack, StackRuns(stack) as runs:
             workers = ["preprocessing"]
             for count in sorted(worker_counts):
                 while len(workers) < count:
                     workers.append(f"preprocessing-{len(workers) + 1}")
                     stack.add_service(workers[-1])
                 split = wait_for_split(stack, workers)
-                run(stack, photos[:WARM_LISTINGS], f"warm-{path}-{transport}-{count}")
+                runs.run(photos[:WARM_LISTINGS], f"warm-{path}-{transport}-{count}")
                 before = triton_calls(stack, workers)
-                result = run(stack, photos, f"{path}-{transport}-{count}")
+                result = runs.run(photos, f"{path}-{transport}-{count}")
                 result["partitions_held"] = split
                 result["triton_calls"] = calls_between(before, triton_calls(stack, workers))
                 result["shared_memory_regions"] = shared_memory_regions(stack.triton.grpc_url)
