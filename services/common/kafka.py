@@ -137,6 +137,9 @@ class HandlerBug(RuntimeError):
     """A handler raised what no event can cause on its own (a bug): retrying would stall the partition for good."""
 
 
+# How many batches one poll may take (the rest held for the batches after it): see ConsumeLoop._poll_batch.
+POLL_AHEAD_BATCHES = 4
+
 # A batch handler gets the polled records and returns the futures of every record it produced.
 BatchHandler = Callable[[Sequence], list]
 
@@ -166,6 +169,7 @@ class ConsumeLoop:
         # Set when the loop died of an error it cannot handle: the process must exit so it is restarted.
         self.fatal = threading.Event()
         self.fatal_reason = ""
+        self._ahead: list = []  # polled and not yet handled, in the order polled (_poll_batch)
 
     def start(self) -> None:
         self.consumer.subscribe(self.topics, listener=_AssignmentTracker(self.name, self.topics))
@@ -263,15 +267,30 @@ class ConsumeLoop:
         return [r for r in records if TopicPartition(r.topic, r.partition) in assigned]
 
     def _poll_batch(self) -> list:
-        """Up to max_batch records: what one poll returns, topped up for at most batch_linger_s."""
-        records = [r for batch in self.consumer.poll(timeout_ms=200, max_records=self.max_batch).values()
-                   for r in batch]
+        """Up to max_batch records: those polled ahead first, then what polls return, topped up for at most
+        batch_linger_s. A poll takes up to POLL_AHEAD_BATCHES batches, so it usually takes every record kafka-python
+        holds: kafka-python sends its next fetch only once it has handed out all it holds, and the broker's answer
+        then arrives while this batch is handled rather than after it. What is beyond the batch is held for the next
+        one, uncommitted until it is handled. Held records of partitions this member no longer holds are dropped
+        (their new owner starts from the last commit); kafka-python keeps the position of a partition a rebalance
+        leaves here, so the records held for it are not fetched again and stay."""
+        if self._ahead:
+            assigned = self.consumer.assignment()
+            self._ahead = [r for r in self._ahead if TopicPartition(r.topic, r.partition) in assigned]
+        # Polled into the held list itself: a poll that fails leaves what earlier polls returned held, not lost
+        # behind a position kafka-python has moved past them.
+        records = self._ahead
+        if len(records) < self.max_batch:
+            records.extend(self._poll(0 if records else 200))
         deadline = time.monotonic() + self.batch_linger_s
         while records and len(records) < self.max_batch and time.monotonic() < deadline:
-            wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
-            more = self.consumer.poll(timeout_ms=wait_ms, max_records=self.max_batch - len(records))
-            records.extend(r for batch in more.values() for r in batch)
-        return records
+            records.extend(self._poll(max(1, int((deadline - time.monotonic()) * 1000))))
+        self._ahead = records[self.max_batch:]
+        return records[:self.max_batch]
+
+    def _poll(self, timeout_ms: int) -> list:
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_batch * POLL_AHEAD_BATCHES)
+        return [record for batch in polled.values() for record in batch]
 
     def _handle(self, records: Sequence) -> None:
         try:
@@ -313,3 +332,5 @@ class ConsumeLoop:
                 self.consumer.seek(partition, offset)
             except Exception:  # noqa: BLE001  (partition revoked meanwhile)
                 pass
+        # Records held ahead from where a partition now starts again will be fetched again: held twice otherwise.
+        self._ahead = [r for r in self._ahead if r.offset < first.get(TopicPartition(r.topic, r.partition), r.offset + 1)]
