@@ -11,18 +11,14 @@ from kafka import TopicPartition
 from kafka.errors import KafkaConnectionError
 
 from services.common.kafka import POLL_AHEAD_BATCHES, ConsumeLoop
+from tests.unit.test_consume_loop_fatal import FakeConsumer, FakeProducer
 
 
 def record(partition: int, offset: int):
     return SimpleNamespace(topic="t", partition=partition, offset=offset, key=b"k", value=b"v")
 
 
-class Producer:
-    def flush(self, timeout=None):
-        pass
-
-
-class Consumer:
+class Consumer(FakeConsumer):
     """The seam: hands out the polls given, in turn (each at most max_records); then nothing."""
 
     def __init__(self, polls: list[list], partitions=(0,)):
@@ -31,9 +27,6 @@ class Consumer:
         self.max_records_asked: list[int | None] = []
         self.committed: list[dict[int, int]] = []
         self.seeks: list[tuple[int, int]] = []
-
-    def subscribe(self, topics, listener=None):
-        pass
 
     def poll(self, timeout_ms=0, max_records=None):
         self.max_records_asked.append(max_records)
@@ -55,18 +48,9 @@ class Consumer:
     def seek(self, partition, offset):
         self.seeks.append((partition.partition, offset))
 
-    def pause(self, *partitions):
-        pass
-
-    def resume(self, *partitions):
-        pass
-
-    def close(self, autocommit=False):
-        pass
-
 
 def run(consumer: Consumer, handler, until, **options) -> ConsumeLoop:
-    loop = ConsumeLoop("test", consumer, ["t"], handler, Producer(), **options)
+    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer(), **options)
     loop.start()
     deadline = time.monotonic() + 10
     while not until() and time.monotonic() < deadline:
@@ -114,7 +98,7 @@ def test_held_records_of_a_partition_a_rebalance_takes_away_are_left_to_its_new_
 
 
 def test_a_rewound_partition_drops_the_held_records_that_will_be_fetched_again_and_keeps_those_before():
-    loop = ConsumeLoop("test", Consumer([]), ["t"], lambda batch: [], Producer())
+    loop = ConsumeLoop("test", Consumer([]), ["t"], lambda batch: [], FakeProducer())
     loop._ahead = [record(0, 5), record(0, 6), record(1, 3), record(0, 7), record(1, 4)]
     loop._rewind([record(0, 6), record(0, 7)])  # partition 0 starts again at offset 6
     assert offsets(loop._ahead) == [(0, 5), (1, 3), (1, 4)]
