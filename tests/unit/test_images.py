@@ -195,20 +195,28 @@ def test_a_thumbnail_triton_made_is_cropped_and_encoded_like_one_made_here():
 
 
 def _reference_product_box(image: Image.Image, margin=0.06, threshold=40, analysis_side=128):
-    """The straightforward numpy statement of the product box, which product_box computes in Pillow."""
+    """The straightforward numpy statement of the product box, which product_box computes in Pillow: the photo
+    averaged in blocks of the whole factor nearest to longer side / analysis_side (a partial block at the right and
+    bottom edges averages what it holds)."""
     width, height = image.size
-    scale = min(1.0, analysis_side / max(width, height))
-    small = np.asarray(image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR),
-                       dtype=np.int16)
+    factor = max(1, round(max(width, height) / analysis_side))
+    pixels = np.asarray(image, dtype=np.float64)
+    rows, columns = -(-height // factor), -(-width // factor)
+    padded = np.full((rows * factor, columns * factor, 3), np.nan)
+    padded[:height, :width] = pixels
+    small = np.nanmean(padded.reshape(rows, factor, columns, factor, 3), axis=(1, 3))
+    small = np.floor(small + 0.5).astype(np.int16)  # Image.reduce rounds to the nearest level
     border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
     background = np.median(border, axis=0)
     if np.abs(border - background).max(axis=1).mean() > threshold:
         return 0, 0, width, height
     foreground = np.abs(small - background).max(axis=2) > threshold
-    rows, columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
-    if rows.size == 0 or foreground.mean() < 0.002:
+    found_rows, found_columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
+    if found_rows.size == 0 or foreground.mean() < 0.002:
         return 0, 0, width, height
-    top, bottom, left, right = rows[0] / scale, (rows[-1] + 1) / scale, columns[0] / scale, (columns[-1] + 1) / scale
+    scale_x, scale_y = width / columns, height / rows
+    top, left = found_rows[0] * scale_y, found_columns[0] * scale_x
+    bottom, right = min(height, (found_rows[-1] + 1) * scale_y), min(width, (found_columns[-1] + 1) * scale_x)
     pad = margin * max(right - left, bottom - top)
     return (max(0, int(left - pad)), max(0, int(top - pad)), min(width, int(right + pad + 0.5)),
             min(height, int(bottom + pad + 0.5)))

@@ -205,6 +205,8 @@ def main() -> None:
                         "entries (own time)")
     parser.add_argument("--decode-path-only", action="store_true", help="only the GPU decode path's runs (the "
                         "thumbnail made by Triton, then made by the service)")
+    parser.add_argument("--cpu-path-only", action="store_true", help="only the CPU path's runs (one worker, two "
+                        "workers, two result replicas as well)")
     parser.add_argument("--stand-in-decode-only", action="store_true", help="only the GPU decode path's runs with "
                         "the decode step a stand-in (one worker, two workers, two result replicas as well)")
     parser.add_argument("--triton-over-grpc", action="store_true", help="the ensembles' tensors in the gRPC "
@@ -242,7 +244,9 @@ def main() -> None:
         # GPU host, onto the GPU), so the services' own cost is what these runs are about: with the thumbnail made by
         # the ensemble (the default) and made here (PREPROCESSING_THUMBNAIL_IN_TRITON=false).
         profile_decode_path = options.profile and options.decode_path_only
-        for thumbnails, label in (("true", "decode-in-triton"), ("false", "decode-in-triton-thumbnail-here")):
+        decode_path_runs = () if options.cpu_path_only else (("true", "decode-in-triton"),
+                                                             ("false", "decode-in-triton-thumbnail-here"))
+        for thumbnails, label in decode_path_runs:
             with LocalStack(StackOptions(work_dir=WORK / f"stack-{label}", model_repository=models, database_url=url,
                                          extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **transport,
                                                     "PREPROCESSING_DECODE_IN_TRITON": "true",
@@ -259,7 +263,7 @@ def main() -> None:
                 maker = "by Triton" if thumbnails == "true" else "here"
                 print(f"decode in Triton (photo_ensemble), thumbnail made {maker}, 1 worker, 1 replica: "
                       f"{json.dumps(in_triton[label])}", flush=True)
-        if not options.decode_path_only:
+        if not (options.decode_path_only or options.cpu_path_only):
             stand_in = stand_in_decode_runs(models, url, photos, warm, False, transport)
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
@@ -276,8 +280,7 @@ def main() -> None:
             "cpu_ms_per_listing_2_preprocessing_workers": two_workers["cpu_ms_per_listing"],
             "listings_per_s_2_result_replicas": two_results["listings_per_s"],
             "results_scale_ratio": round(two_results["listings_per_s"] / two_workers["listings_per_s"], 2)}
-    print(json.dumps({
-        **figures,
+    decode_path = {} if not in_triton else {
         "listings_per_s_decode_in_triton": in_triton["decode-in-triton"]["listings_per_s"],
         "cpu_ms_per_listing_decode_in_triton": in_triton["decode-in-triton"]["cpu_ms_per_listing"],
         "cpu_ms_per_listing_decode_in_triton_thumbnail_here":
@@ -285,7 +288,10 @@ def main() -> None:
         # At this CPU twin's rate the services' idle floor is a large share of each listing; a GPU host's rate is not
         "idle_cpu_ms_per_s_decode_in_triton": floors["decode-in-triton"],
         "services_cpu_ms_per_listing_less_idle_decode_in_triton":
-            in_triton["decode-in-triton"]["services_total_less_idle"],
+            in_triton["decode-in-triton"]["services_total_less_idle"]}
+    print(json.dumps({
+        **figures,
+        **decode_path,
         **(stand_in_figures(*stand_in) if stand_in else {}),
         "store": "postgresql", "triton_transport": "grpc" if options.triton_over_grpc else "shared memory",
         "photos": kinds, "models": "stand-ins (" + ", ".join(names) + ")",
