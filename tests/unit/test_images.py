@@ -214,9 +214,8 @@ def _reference_product_box(image: Image.Image, margin=0.06, threshold=40, analys
     found_rows, found_columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
     if found_rows.size == 0 or foreground.mean() < 0.002:
         return 0, 0, width, height
-    scale_x, scale_y = width / columns, height / rows
-    top, left = found_rows[0] * scale_y, found_columns[0] * scale_x
-    bottom, right = min(height, (found_rows[-1] + 1) * scale_y), min(width, (found_columns[-1] + 1) * scale_x)
+    top, left = found_rows[0] * factor, found_columns[0] * factor  # block k holds pixels k*factor to (k+1)*factor-1
+    bottom, right = min(height, (found_rows[-1] + 1) * factor), min(width, (found_columns[-1] + 1) * factor)
     pad = margin * max(right - left, bottom - top)
     return (max(0, int(left - pad)), max(0, int(top - pad)), min(width, int(right + pad + 0.5)),
             min(height, int(bottom + pad + 0.5)))
