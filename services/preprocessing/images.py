@@ -197,8 +197,9 @@ def product_box(image: Image.Image, margin: float = 0.06, threshold: int = 40,
     """Box around what differs from the border's colour (the plain background); the whole image if none stands out.
 
     A pixel is foreground when any channel is more than `threshold` from the border's median colour, on the photo
-    averaged down in blocks to about analysis_side (analysis_factor). The per-pixel test runs in Pillow (a lookup table per
-    channel, the channels' maximum, the box of what is left), not in numpy: the same pixels, a fraction of the time.
+    averaged down in blocks to about analysis_side (analysis_factor). The per-pixel test runs in Pillow (a lookup
+    table per channel, the channels' maximum, the box of what is left), not in numpy: the same pixels, a fraction of
+    the time.
     """
     width, height = image.size
     factor = analysis_factor(image.size, analysis_side)
