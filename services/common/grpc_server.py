@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.anonymous_streams import AnonymousStreamLimit, AnonymousStreamPolicy, AsyncAnonymousStreamLimit
 from services.common.metrics import MetricsInterceptor
 from services.common.request_arrival import ArrivalPolicy, AsyncRequestArrivalDeadline, RequestArrivalDeadline
 from services.common.tracing import TracingServerInterceptor
@@ -86,6 +87,14 @@ def _refusing_malformed(behavior, streaming_request: bool):
             return await behavior(request, context)
         return guarded_async
 
+    if getattr(behavior, "experimental_non_blocking", False):  # answers later through a callback, holding no thread
+        def guarded_non_blocking(request, context, send_response_callback=None):
+            if isinstance(request, _Malformed):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+            behavior(request, context, send_response_callback=send_response_callback)
+        guarded_non_blocking.experimental_non_blocking = True
+        return guarded_non_blocking
+
     def guarded(request, context):
         if isinstance(request, _Malformed):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
@@ -115,20 +124,25 @@ class GrpcServer:
     At most max_workers calls run at once (streams included); one more is refused at once with RESOURCE_EXHAUSTED
     instead of waiting in the thread pool's queue until its deadline passes. A call's request message must arrive
     soon after its headers (`arrival`, request_arrival.py), so silent calls cannot hold those workers; by default
-    callers count as identified when authentication interceptors are given.
+    callers count as identified when authentication interceptors are given. Health watches and reflection streams,
+    open to anyone, are bounded apart (`anonymous`, anonymous_streams.py): a watch holds no worker once its request
+    has come, and reflection takes at most a sixteenth of them, for at most 10 s each.
     """
 
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, credentials: grpc.ServerCredentials | None = None,
-                 interceptors: Sequence[grpc.ServerInterceptor] = (), arrival: ArrivalPolicy | None = None):
+                 interceptors: Sequence[grpc.ServerInterceptor] = (), arrival: ArrivalPolicy | None = None,
+                 anonymous: AnonymousStreamPolicy | None = None):
         self.address = address
         arrival = arrival or ArrivalPolicy(callers_identified=bool(interceptors))
+        self.anonymous = anonymous or AnonymousStreamPolicy(max_workers)
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS)]
         self.max_workers = max_workers
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                                  interceptors=[MetricsInterceptor(), *interceptors, RequestArrivalDeadline(arrival),
+                                  interceptors=[MetricsInterceptor(), AnonymousStreamLimit(self.anonymous),
+                                                *interceptors, RequestArrivalDeadline(arrival),
                                                 TracingServerInterceptor(), MalformedRequestInterceptor()],
                                   maximum_concurrent_rpcs=max_workers)
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -226,9 +240,11 @@ class AsyncioGrpcServer:
     def __init__(self, address: str, services: Sequence[ServiceRegistration], max_workers: int = 16,
                  max_streams: int = 1000, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  credentials: grpc.ServerCredentials | None = None,
-                 interceptors: Sequence[grpc.ServerInterceptor] = (), arrival: ArrivalPolicy | None = None):
+                 interceptors: Sequence[grpc.ServerInterceptor] = (), arrival: ArrivalPolicy | None = None,
+                 anonymous: AnonymousStreamPolicy | None = None):
         self.address = address
         arrival = arrival or ArrivalPolicy(callers_identified=bool(interceptors))
+        self.anonymous = anonymous or AnonymousStreamPolicy(max_workers)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-asyncio", daemon=True)
         self._thread.start()
@@ -239,11 +255,13 @@ class AsyncioGrpcServer:
             options = [("grpc.max_receive_message_length", max_message_bytes),
                        ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0),
                        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS)]
-            chain = [_OnAsyncio(i) for i in (MetricsInterceptor(), *interceptors)] + [
+            chain = [_OnAsyncio(MetricsInterceptor()), AsyncAnonymousStreamLimit(self.anonymous)] + [
+                _OnAsyncio(i) for i in interceptors] + [
                 AsyncRequestArrivalDeadline(arrival, self.pool), _ThreadBound(max_workers),
                 _OnAsyncio(TracingServerInterceptor()), _OnAsyncio(MalformedRequestInterceptor())]
+            # health watches and reflection streams have places of their own (anonymous_streams.py)
             server = grpc.aio.server(migration_thread_pool=self.pool, options=options, interceptors=chain,
-                                     maximum_concurrent_rpcs=max_workers + max_streams)
+                                     maximum_concurrent_rpcs=max_workers + max_streams + self.anonymous.extra_calls)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             for add, servicer, _ in services:

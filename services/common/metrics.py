@@ -154,6 +154,22 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                     finally:
                         observe(began, context)
                 return async_wrapper
+            if inspect.iscoroutinefunction(behaviour):  # a grpc.aio stream written with context.write
+                async def async_writer(request, context):
+                    began = time.perf_counter()
+                    try:
+                        return await behaviour(request, context)
+                    finally:
+                        observe(began, context)
+                return async_writer
+            if getattr(behaviour, "experimental_non_blocking", False):  # answers later through a callback
+                def non_blocking(request, context, send_response_callback=None):
+                    began = time.perf_counter()
+                    if not context.add_callback(lambda: observe(began, context)):
+                        observe(began, context)
+                    behaviour(request, context, send_response_callback=send_response_callback)
+                non_blocking.experimental_non_blocking = True
+                return non_blocking
 
             def wrapper(request, context):
                 began = time.perf_counter()

@@ -124,6 +124,12 @@ class RequestArrivalDeadline(grpc.ServerInterceptor):
             return self._first_request(requests, context, seconds, waiting)
         if handler.response_streaming:
             behaviour = handler.unary_stream
+            if getattr(behaviour, "experimental_non_blocking", False):  # (the health watch: it holds no thread)
+                def answered_later(requests, context, send_response_callback=None):
+                    behaviour(first(requests, context), context, send_response_callback=send_response_callback)
+                answered_later.experimental_non_blocking = True
+                return grpc.stream_stream_rpc_method_handler(answered_later, handler.request_deserializer,
+                                                             handler.response_serializer)
 
             def stream_out(requests, context):
                 yield from behaviour(first(requests, context), context)
@@ -185,6 +191,11 @@ class AsyncRequestArrivalDeadline(grpc.aio.ServerInterceptor):
             return await self._first_request(requests, context, seconds, waiting)
         if handler.response_streaming:
             behaviour = handler.unary_stream
+            if inspect.iscoroutinefunction(behaviour):  # a stream written with context.write (the health watch)
+                async def written_out(requests, context):
+                    return await behaviour(await first(requests, context), context)
+                return grpc.stream_stream_rpc_method_handler(written_out, handler.request_deserializer,
+                                                             handler.response_serializer)
             if not inspect.isasyncgenfunction(behaviour):
                 return handler  # (no blocking response streams are served this way)
 

@@ -15,6 +15,7 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.contracts.product_classification.v1 import gateway_pb2
 from services.drivers.traffic import sample_listings, submit_and_collect
@@ -31,6 +32,7 @@ class Attacker:
         self.sockets: list[socket.socket] = []
         self.channels: list[grpc.Channel] = []
         self.calls: list[grpc.Future] = []
+        self.streams: list[grpc.Call] = []
         self.release = threading.Event()
 
     def hold_sockets(self, port: int, count: int) -> None:
@@ -47,6 +49,27 @@ class Attacker:
             yield b""
         call = channel.stream_unary(method)
         self.calls += [call.future(never()) for _ in range(count)]
+
+    def anonymous_streams(self, address: str, count: int) -> int:
+        """Opens `count` health watches and as many reflection streams that ask once and stay open (neither needs
+        a key); returns how many the server took."""
+        channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.channels.append(channel)
+
+        def ask_once():
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            self.release.wait()
+        taken = 0
+        for _ in range(count):
+            for call in (health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest()),
+                         reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(ask_once())):
+                self.streams.append(call)  # (a call object collected is a call cancelled)
+                try:
+                    next(call)
+                    taken += 1
+                except grpc.RpcError as refused:
+                    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+        return taken
 
     def close(self) -> None:
         self.release.set()
@@ -101,6 +124,25 @@ def test_every_port_held_at_once_and_the_stack_still_classifies(stack, kafka, ga
                 assert time.monotonic() < deadline, f"{name}'s metrics did not answer again"
                 time.sleep(0.5)
         assert service.process.running(), name
+
+
+def test_health_watches_and_reflection_streams_from_anyone_leave_every_service_its_calls(stack, kafka, gateway):
+    """Anyone may watch a service's health or ask its reflection, with no key. Each such stream used to take one of
+    the server's calls, and a thread on the gateway and preprocessing, for as long as its caller kept it open: 32 of
+    them turned every caller of the gateway away, health checks included. Now one address holds at most 4 (the
+    rest refused at once) and they never take the service's own calls (services/common/anonymous_streams.py)."""
+    attacker = Attacker()
+    try:
+        for name, service in stack.services.items():
+            assert attacker.anonymous_streams(service.address, 40) == 4, name
+        for name, service in stack.services.items():
+            assert serving(service.address) == health_pb2.HealthCheckResponse.SERVING, name
+        direct, queued = sample_listings(2, seed=163, prefix="anonymous-streams")
+        answer = gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=direct.listing), timeout=60)
+        assert answer.listing_id == direct.listing.listing_id and answer.label
+        assert len(submit_and_collect(kafka, [queued.listing], 90)) == 1
+    finally:
+        attacker.close()
 
 
 def test_a_service_started_under_a_low_open_files_limit_raises_it_and_idle_sockets_do_not_stop_it(stack):
