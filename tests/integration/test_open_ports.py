@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.contracts.product_classification.v1 import gateway_pb2
+from services.common.grpc_server import MAX_STREAMS_PER_CONNECTION
 from services.drivers.traffic import sample_listings, submit_and_collect
 
 pytestmark = pytest.mark.integration
@@ -40,15 +41,15 @@ class Attacker:
             self.sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
 
     def silent_calls(self, address: str, method: str, count: int) -> None:
-        # a connection of its own (channels to one address otherwise share one)
-        channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        self.channels.append(channel)
-
         def never():
             self.release.wait()
             yield b""
-        call = channel.stream_unary(method)
-        self.calls += [call.future(never()) for _ in range(count)]
+        for first in range(0, count, MAX_STREAMS_PER_CONNECTION):  # as many connections as it takes
+            # a connection of its own (channels to one address otherwise share one)
+            channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            self.channels.append(channel)
+            call = channel.stream_unary(method)
+            self.calls += [call.future(never()) for _ in range(min(count - first, MAX_STREAMS_PER_CONNECTION))]
 
     def anonymous_streams(self, address: str, count: int) -> int:
         """Opens `count` health watches and as many reflection streams that ask once and stay open (neither needs

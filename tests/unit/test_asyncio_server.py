@@ -78,9 +78,12 @@ def test_garbage_to_an_asyncio_stream_is_invalid_argument(server):
 def test_two_hundred_open_streams_hold_no_thread_and_blocking_calls_past_the_pool_are_refused_at_once(server):
     grpc_server, servicer = server
     channel, results, metadata = stub(grpc_server)
+    # four connections of 50 streams (one connection holds at most MAX_STREAMS_PER_CONNECTION at once)
+    watchers = [grpc.insecure_channel(f"127.0.0.1:{grpc_server.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(4)]
     with channel:
-        streams = [results.WatchClassifications(results_pb2.WatchClassificationsRequest(), metadata=metadata,
-                                                timeout=60) for _ in range(200)]
+        streams = [results_pb2_grpc.ClassificationResultsStub(watchers[index % 4]).WatchClassifications(
+            results_pb2.WatchClassificationsRequest(), metadata=metadata, timeout=60) for index in range(200)]
         for stream in streams:
             stream.initial_metadata()
             assert next(stream).sequence == 1
@@ -108,6 +111,8 @@ def test_two_hundred_open_streams_hold_no_thread_and_blocking_calls_past_the_poo
             assert [f.result().listing_id for f in slow] == ["slow", "slow"]
         for stream in streams:
             stream.cancel()
+    for watcher in watchers:
+        watcher.close()
 
 
 def test_blocking_calls_whose_message_never_came_do_not_keep_their_thread_places():

@@ -54,7 +54,10 @@ def main() -> None:
         threading.Thread(target=loop.run_forever, daemon=True).start()
 
         async def open_streams():
-            channels = [grpc.aio.insecure_channel(address) for _ in keys]
+            # a connection per caller, as distinct callers have (channels to one address otherwise share one, and a
+            # connection holds at most MAX_STREAMS_PER_CONNECTION streams at once)
+            channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                        for _ in keys]
 
             async def watch(index: int) -> None:
                 key = keys[index % len(keys)]
