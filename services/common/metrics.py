@@ -57,13 +57,18 @@ class BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
     """prometheus_client's server starts a thread per connection and waits for its request for ever, so sockets held
     open on the metrics port pile up threads and file descriptors in the service itself. This one serves at most
     `slots` connections at once and `per_address` from one address (one more is closed at once: a scrape is
-    retried), and drops a connection whose request does not arrive within `read_timeout_s`."""
+    retried), and drops a connection that waits `read_timeout_s` for any one read or write, or has not been answered
+    within `request_deadline_s` of its arrival: a socket's timeout counts each read afresh, so a caller dripping
+    its request a byte every few seconds (or reading the answer as slowly) used to hold a slot for ever, and four
+    addresses doing so held them all."""
 
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], slots: int = 8, read_timeout_s: float = 5.0, per_address: int = 2):
+    def __init__(self, address: tuple[str, int], slots: int = 8, read_timeout_s: float = 5.0, per_address: int = 2,
+                 request_deadline_s: float = 10.0):
         handler = type("MetricsRequestHandler", (_QuietHandler,), {"timeout": read_timeout_s})
+        self.request_deadline_s = request_deadline_s
         self.slots = threading.BoundedSemaphore(slots)
         self.shares = AddressShare(per_address)
         super().__init__(address, handler)
@@ -87,9 +92,13 @@ class BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
         log.debug("metrics request from %s dropped", client_address, exc_info=True)  # a timeout or a hang-up
 
     def process_request_thread(self, request, client_address):
+        deadline = threading.Timer(self.request_deadline_s, _cut, (request,))
+        deadline.daemon = True
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self._release(client_address)
 
     def _release(self, client_address) -> None:
@@ -97,12 +106,20 @@ class BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
         self.shares.leave(client_address[0])
 
 
+def _cut(connection: socket.socket) -> None:
+    """Ends a connection's reads and writes from another thread (its handler then fails and lets go)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def serve_metrics(port: int, address: str = "0.0.0.0", slots: int = 8, read_timeout_s: float = 5.0,
-                  per_address: int = 2) -> BoundedMetricsServer:
+                  per_address: int = 2, request_deadline_s: float = 10.0) -> BoundedMetricsServer:
     """Serves /metrics on (address, port) from a daemon thread; returns the server (its shutdown() stops it)."""
     family, *_, socket_address = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     server_class = type("MetricsServer", (BoundedMetricsServer,), {"address_family": family})
-    server = server_class((socket_address[0], port), slots, read_timeout_s, per_address)
+    server = server_class((socket_address[0], port), slots, read_timeout_s, per_address, request_deadline_s)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

@@ -63,6 +63,29 @@ def test_a_request_that_trickles_in_is_dropped_at_the_read_timeout():
         server.server_close()
 
 
+def test_a_request_dripped_a_byte_at_a_time_is_dropped_at_the_request_deadline():
+    """Each byte comes well within the read timeout, so only a deadline on the whole request ends it; before, four
+    addresses dripping like this held every slot for as long as they liked."""
+    port = free_port()
+    server = serve_metrics(port, "127.0.0.1", slots=2, read_timeout_s=1.0, request_deadline_s=1.5)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        began = time.monotonic()
+        dropped = None
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n" * 4:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                dropped = time.monotonic() - began
+                break
+            time.sleep(0.25)
+        assert dropped is not None and dropped < 4, "the dripping request was still being read"
+        assert scrape(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_sockets_held_from_one_address_leave_the_scrapes_from_another_answered():
     port = free_port()
     server = serve_metrics(port, "0.0.0.0", slots=8, read_timeout_s=30, per_address=2)
