@@ -2,7 +2,9 @@
 
 The guard checks the address each connection actually reached (after DNS and after every redirect), not the name
 in the URL, so neither a DNS answer pointing inside nor a redirect to 127.0.0.1 gets through. Private, loopback,
-link-local, multicast and reserved addresses are refused unless their host is allow-listed; only http(s) is fetched.
+link-local, multicast and reserved addresses are refused unless their host is allow-listed, and so are IPv6
+addresses that lead to one of them through a translator or tunnel (NAT64, 6to4, IPv4-mapped and the like); only
+http(s) is fetched.
 """
 
 from __future__ import annotations
@@ -40,10 +42,33 @@ class ForbiddenAddress(urllib.error.URLError):
     pass
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits, which a translator may reach: NAT64's well-known
+# prefix (RFC 6052), IPv4-translated (RFC 2765) and the deprecated IPv4-compatible addresses. Python 3.11 calls
+# 64:ff9b::7f00:1 (127.0.0.1 through NAT64) global. NAT64's local-use prefix (RFC 8215) leads to a site's own
+# translator, where the IPv4 address may sit anywhere: it is refused whole.
+_EMBEDDING_IPV4 = tuple(ipaddress.ip_network(prefix) for prefix in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+_LOCAL_TRANSLATION = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def _inner_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to: mapped, 6to4, Teredo (server and client), or one of the prefixes
+    above."""
+    inner = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+    if any(ip in network for network in _EMBEDDING_IPV4):
+        inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return [address for address in inner if address is not None]
+
+
 def _forbidden(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_TRANSLATION:
+            return True
+        inner = _inner_ipv4(ip)
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        elif any(_forbidden(str(address)) for address in inner):
+            return True
     return not ip.is_global or ip.is_multicast
 
 

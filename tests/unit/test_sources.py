@@ -260,3 +260,24 @@ def test_a_configured_proxy_is_used_and_the_target_is_guarded(proxy):
     allowed = FetchSettings(timeout_s=2, proxy=settings.proxy, allowed_hosts=frozenset({"images.internal.test"}))
     assert fetch_url("http://images.internal.test/shoe.jpg", allowed) == IMAGE  # through the proxy
     assert Proxy.asked == ["http://images.internal.test/shoe.jpg"]
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "10.1.2.3", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "::", "fd00::1", "fe80::1",
+    "::ffff:127.0.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
+    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",  # NAT64 to loopback and to the metadata service
+    "64:ff9b:1::5db8:d822",  # NAT64's local-use prefix: a site's own translator, whatever the IPv4 address
+    "::127.0.0.1", "::ffff:0:a00:1",  # IPv4-compatible, IPv4-translated
+    "2002:7f00:1::", "2002:a9fe:a9fe::1",  # 6to4 of loopback and of the metadata service
+])
+def test_addresses_that_lead_inside_are_refused_however_they_are_written(address):
+    from services.preprocessing.sources import _forbidden
+
+    assert _forbidden(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:4700:4700::1111", "64:ff9b::5db8:d822", "2002:5db8:d822::"])
+def test_public_addresses_are_fetched_however_they_are_written(address):
+    from services.preprocessing.sources import _forbidden
+
+    assert not _forbidden(address)
