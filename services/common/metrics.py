@@ -171,14 +171,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                     finally:
                         observe(began, context)
                 return async_wrapper
-            if inspect.iscoroutinefunction(behaviour):  # a grpc.aio stream written with context.write
-                async def async_writer(request, context):
-                    began = time.perf_counter()
-                    try:
-                        return await behaviour(request, context)
-                    finally:
-                        observe(began, context)
-                return async_writer
+            if inspect.iscoroutinefunction(behaviour):  # a grpc.aio stream written with context.write: awaited once
+                return unary(behaviour)
             if getattr(behaviour, "experimental_non_blocking", False):  # answers later through a callback
                 def non_blocking(request, context, send_response_callback=None):
                     began = time.perf_counter()
