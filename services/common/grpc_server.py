@@ -180,6 +180,38 @@ class GrpcServer:
         self.server.stop(grace_s).wait(grace_s + 1)
 
 
+class AsyncHealth(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 on grpc.aio. grpcio's own asyncio servicer drops a service's watchers when any one of them
+    leaves, so the others never heard of a change again: a client balancing on health went on sending to a replica
+    that had said NOT_SERVING. Here every watch waits on one event, replaced at each change, and nothing is kept per
+    service name a caller makes up."""
+
+    def __init__(self):
+        self._status: dict[str, int] = {}
+        self._changed = asyncio.Event()
+
+    async def set(self, service: str, status: int) -> None:
+        self._status[service] = status
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def Check(self, request, context):
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service named {request.service[:100]!r} here")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request, context):
+        last = None
+        while True:
+            changed = self._changed  # taken before the status is read, so a change in between is not missed
+            status = self._status.get(request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            await changed.wait()
+
+
 class _OnAsyncio(grpc.aio.ServerInterceptor):
     """Runs one of the interceptors above (each wraps a handler, sync or asyncio) on a grpc.aio server."""
 
@@ -270,7 +302,7 @@ class AsyncioGrpcServer:
             # health watches and reflection streams have places of their own (anonymous_streams.py)
             server = grpc.aio.server(migration_thread_pool=self.pool, options=options, interceptors=chain,
                                      maximum_concurrent_rpcs=max_workers + max_streams + self.anonymous.extra_calls)
-            health_servicer = health.aio.HealthServicer()
+            health_servicer = AsyncHealth()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             for add, servicer, _ in services:
                 add(servicer, server)

@@ -137,3 +137,23 @@ def test_by_default_reflection_takes_at_most_a_sixteenth_of_the_workers():
     assert default["max_in_flight"] + default["max_streams"] + reflections <= default["grpc_workers"]
     assert AnonymousStreamPolicy(2).reflections == 1
     assert AnonymousStreamPolicy(32).extra_calls == AnonymousStreamPolicy(32).watches + 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_watch_still_hears_a_change_after_another_watch_left(serve, kind):
+    """grpcio's asyncio health servicer forgot every watcher of a service when one of them left."""
+    server, channel = serve(kind)
+    leaving, _ = watch(channel)
+    staying, status = watch(channel)
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    leaving.cancel()
+    assert until(lambda: server.anonymous.open_streams("watch") == 1)
+    server.set_serving(False)
+    heard = []
+    listener = threading.Thread(target=lambda: heard.append(next(staying).status), daemon=True)
+    listener.start()
+    listener.join(5)
+    assert heard == [health_pb2.HealthCheckResponse.NOT_SERVING]
+    with pytest.raises(grpc.RpcError) as unknown:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="made.Up"), timeout=5)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
