@@ -110,10 +110,9 @@ class AnonymousStreamLimit(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         kind = _kind(handler_call_details.method)
-        if handler is None or kind is None:
+        if handler is None or kind is None or not handler.response_streaming:
             return handler
-        attribute = next(a for a in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-                         if getattr(handler, a))
+        attribute = "stream_stream" if handler.request_streaming else "unary_stream"
         behaviour = getattr(handler, attribute)
         policy, watchdog = self.policy, self._watchdog
 
@@ -142,16 +141,7 @@ class AnonymousStreamLimit(grpc.ServerInterceptor):
 
         def blocking(request, context):
             opened(context)
-            result = behaviour(request, context)
-            if inspect.isgenerator(result):
-                yield from result
-            else:  # (a unary response: none of these methods has one)
-                yield result
-        if not handler.response_streaming:
-            def blocking_unary(request, context):
-                opened(context)
-                return behaviour(request, context)
-            return handler._replace(**{attribute: blocking_unary})
+            yield from behaviour(request, context)
         return handler._replace(**{attribute: blocking})
 
 
