@@ -138,6 +138,16 @@ class HandlerBug(RuntimeError):
 
 
 # How many batches one poll may take (the rest held for the batches after it): see ConsumeLoop._poll_batch.
+# Polls that raise for what they read, one after another, before health says NOT_SERVING: a corrupt batch or a codec
+# kafka-python has no library for is met again on every poll, so the loop stops consuming there for good and must not
+# go on saying SERVING. The broker being away (kafka-python's retriable errors) does not count: a service with no
+# batch in hand keeps serving its API then.
+UNHEALTHY_AFTER_FAILED_POLLS = 3
+
+
+def _broker_away(error: Exception) -> bool:
+    return bool(getattr(error, "retriable", False))
+
 POLL_AHEAD_BATCHES = 4
 
 # A batch handler gets the polled records and returns the futures of every record it produced.
@@ -189,13 +199,22 @@ class ConsumeLoop:
     def _run(self) -> None:
         backoff = Backoff()
         self.healthy.set()
+        failed_polls = 0
         while not self._stopping.is_set():
             try:
                 records = self._poll_batch()
-            except Exception:  # noqa: BLE001  (broker unreachable: kafka-python reconnects by itself)
+            except Exception as error:  # noqa: BLE001  (broker unreachable: kafka-python reconnects by itself)
                 log.exception("poll failed", extra={"loop": self.name})
+                if not _broker_away(error):
+                    failed_polls += 1
+                if failed_polls >= UNHEALTHY_AFTER_FAILED_POLLS:  # its partitions cannot be read: say so
+                    self.healthy.clear()
                 self._stopping.wait(backoff.next_delay())
                 continue
+            if failed_polls:
+                failed_polls = 0
+                backoff.reset()
+                self.healthy.set()
             if not records:
                 continue
             for record in records:

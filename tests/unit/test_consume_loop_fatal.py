@@ -238,3 +238,59 @@ def test_health_says_not_serving_while_the_broker_keeps_a_batch_unacknowledged()
     assert consumer.committed and loop.healthy.is_set()  # acknowledged: committed and serving again
     loop.stop(5)
     assert not loop.fatal.is_set()
+
+
+class UnreadableConsumer(FakeConsumer):
+    """The seam: polls that raise, as kafka-python's does for a batch it cannot read, until `readable` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+        self.readable = threading.Event()
+        self.failed = 0
+
+    def poll(self, timeout_ms=0, max_records=None):
+        if not self.readable.is_set():
+            from kafka.errors import UnsupportedCodecError
+
+            self.failed += 1
+            raise UnsupportedCodecError("Libraries for lz4 compression codec not found")
+        return super().poll(timeout_ms, max_records)
+
+
+def test_polls_that_keep_failing_turn_health_not_serving_until_one_succeeds():
+    consumer = UnreadableConsumer()
+    loop = ConsumeLoop("test", consumer, ["t"], lambda records: [], FakeProducer())
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while loop.healthy.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not loop.healthy.is_set(), "a loop that cannot read its partitions said SERVING"
+        assert consumer.failed >= 3 and not loop.fatal.is_set()  # not a bug of ours: it keeps trying
+        consumer.readable.set()
+        assert loop.healthy.wait(15), "health did not come back once the polls succeeded"
+    finally:
+        loop.stop(5)
+
+
+def test_polls_failing_while_the_broker_is_away_leave_health_alone():
+    """An unreachable broker makes polls raise kafka-python's retriable errors; a service with no batch in hand keeps
+    serving its API meanwhile (the README's Faults section)."""
+    from kafka.errors import KafkaConnectionError
+
+    class BrokerAway(UnreadableConsumer):
+        def poll(self, timeout_ms=0, max_records=None):
+            self.failed += 1
+            raise KafkaConnectionError("socket disconnected")
+
+    consumer = BrokerAway()
+    loop = ConsumeLoop("test", consumer, ["t"], lambda records: [], FakeProducer())
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while consumer.failed < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert consumer.failed >= 5 and loop.healthy.is_set()
+    finally:
+        loop.stop(5)
