@@ -137,7 +137,6 @@ class HandlerBug(RuntimeError):
     """A handler raised what no event can cause on its own (a bug): retrying would stall the partition for good."""
 
 
-# How many batches one poll may take (the rest held for the batches after it): see ConsumeLoop._poll_batch.
 # Polls that raise for what they read, one after another, before health says NOT_SERVING: a corrupt batch or a codec
 # kafka-python has no library for is met again on every poll, so the loop stops consuming there for good and must not
 # go on saying SERVING. The broker being away (kafka-python's retriable errors) does not count: a service with no
@@ -148,6 +147,8 @@ UNHEALTHY_AFTER_FAILED_POLLS = 3
 def _broker_away(error: Exception) -> bool:
     return bool(getattr(error, "retriable", False))
 
+
+# How many batches one poll may take (the rest held for the batches after it): see ConsumeLoop._poll_batch.
 POLL_AHEAD_BATCHES = 4
 
 # A batch handler gets the polled records and returns the futures of every record it produced.
