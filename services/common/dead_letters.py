@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ErrorKind
-from services.common.kafka import send_event
+from services.common.kafka import UnreadableHandler, UnreadableRecord, send_event
 from services.common.metrics import KAFKA_DEAD_LETTERED
 
 log = logging.getLogger(__name__)
@@ -44,3 +44,15 @@ def dead_letter(record, kind: ErrorKind, reason: str, stage: str, *, listing_id:
         reason=reason, stage=stage, source_topic=record.topic, source_partition=record.partition,
         source_offset=record.offset, original_payload=record.value or b"", failed_at=failed_at)
     return failure
+
+
+def unreadable_dead_letterer(producer, topic: str, stage: str) -> UnreadableHandler:
+    """What a consume loop calls for a record the Kafka client cannot read: a ProcessingFailed with where it sits and
+    why (no payload, no listing: nothing of it could be read), published on topic; returns the send future."""
+    def dead_letter_unreadable(record: UnreadableRecord):
+        failed_at = Timestamp()
+        failed_at.GetCurrentTime()
+        return publish_dead_letter(producer, topic, events_pb2.ProcessingFailed(
+            error_kind=ErrorKind.INVALID_REQUEST.proto, reason=record.reason, stage=stage, source_topic=record.topic,
+            source_partition=record.partition, source_offset=record.offset, failed_at=failed_at))
+    return dead_letter_unreadable

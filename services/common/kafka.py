@@ -19,7 +19,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from services.common import kafka_receive
+from services.common import kafka_receive, kafka_unreadable
 from services.common.errors import ClassificationError, KafkaOutcome
 from services.common.metrics import KAFKA_ASSIGNED_PARTITIONS, KAFKA_BATCH_RETRIES, KAFKA_CONSUMED, KAFKA_PRODUCED
 from services.common.settings import KafkaSettings
@@ -27,8 +27,10 @@ from services.common.tracing import inject_headers
 
 log = logging.getLogger(__name__)
 
-# Every client made in a process that imports this module reads what the broker sends with fewer copies.
+# Every client made in a process that imports this module reads what the broker sends with fewer copies, and raises
+# on every poll, with where it sits, for a record it cannot read (kafka_unreadable).
 kafka_receive.install()
+kafka_unreadable.install()
 
 PAYLOAD_TYPE_HEADER = "payload-type"
 
@@ -137,10 +139,10 @@ class HandlerBug(RuntimeError):
     """A handler raised what no event can cause on its own (a bug): retrying would stall the partition for good."""
 
 
-# Polls that raise for what they read, one after another, before health says NOT_SERVING: a corrupt batch or a codec
-# kafka-python has no library for is met again on every poll, so the loop stops consuming there for good and must not
-# go on saying SERVING. The broker being away (kafka-python's retriable errors) does not count: a service with no
-# batch in hand keeps serving its API then.
+# Polls that raise, one after another, before health says NOT_SERVING: an error met again on every poll stops the
+# loop consuming, and it must not go on saying SERVING. A record the client cannot read is not one of them where the
+# loop can dead-letter it (on_unreadable): it is moved past. The broker being away (kafka-python's retriable errors)
+# does not count: a service with no batch in hand keeps serving its API then.
 UNHEALTHY_AFTER_FAILED_POLLS = 3
 
 
@@ -151,6 +153,21 @@ def _broker_away(error: Exception) -> bool:
 # How many batches one poll may take (the rest held for the batches after it): see ConsumeLoop._poll_batch.
 POLL_AHEAD_BATCHES = 4
 
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A record the Kafka client cannot read (kafka_unreadable), met twice in a row at the same place (once may be the
+    transfer's fault: it is fetched again): dead-lettered with where it sits (its bytes stay in the broker's log for
+    whoever can read them) before the loop moves past it."""
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+# Publishes the dead letter of an unreadable record; returns its send future.
+UnreadableHandler = Callable[[UnreadableRecord], object]
+
 # A batch handler gets the polled records and returns the futures of every record it produced.
 BatchHandler = Callable[[Sequence], list]
 
@@ -160,8 +177,13 @@ class ConsumeLoop:
 
     def __init__(self, name: str, consumer: KafkaConsumer, topics: Sequence[str], handler: BatchHandler,
                  producer: KafkaProducer, send_timeout_s: float = 30.0, max_batch: int = 500,
-                 batch_linger_s: float = 0.0, ack_patience_s: float = 2.0):
+                 batch_linger_s: float = 0.0, ack_patience_s: float = 2.0,
+                 on_unreadable: UnreadableHandler | None = None):
         self.name = name
+        # Dead-letters a record kafka-python cannot read, so the loop can move past it (_skip_if_unreadable); without
+        # it such a record holds its partition, and health says NOT_SERVING.
+        self.on_unreadable = on_unreadable
+        self._unreadable_met: tuple[tuple[TopicPartition, int], BaseException] | None = None
         # A batch whose sends and commit the broker has not acknowledged within this long makes health NOT_SERVING
         # while the loop goes on waiting (up to send_timeout_s, then the batch is retried).
         self.ack_patience_s = ack_patience_s
@@ -206,6 +228,8 @@ class ConsumeLoop:
                 records = self._poll_batch()
             except Exception as error:  # noqa: BLE001  (broker unreachable: kafka-python reconnects by itself)
                 log.exception("poll failed", extra={"loop": self.name})
+                if self._skip_if_unreadable(error):
+                    continue  # met once (fetched again at once), or dead-lettered and moved past
                 if not _broker_away(error):
                     failed_polls += 1
                 if failed_polls >= UNHEALTHY_AFTER_FAILED_POLLS:  # its partitions cannot be read: say so
@@ -276,7 +300,7 @@ class ConsumeLoop:
             try:
                 self.consumer.pause(*self.consumer.assignment())  # again after a rebalance: new partitions too
                 leaked = self.consumer.poll(timeout_ms=wait_ms)
-            except KafkaError as error:  # the broker unreachable as well: wait, the client reconnects by itself
+            except Exception as error:  # noqa: BLE001  (the broker unreachable as well: the client reconnects)
                 log.warning("poll failed while paused", extra={"loop": self.name, "reason": repr(error)})
                 self._stopping.wait(wait_ms / 1000)
                 leaked = {}
@@ -300,13 +324,49 @@ class ConsumeLoop:
         # Polled into the held list itself: a poll that fails leaves what earlier polls returned held, not lost
         # behind a position kafka-python has moved past them.
         records = self._ahead
-        if len(records) < self.max_batch:
-            records.extend(self._poll(0 if records else 200))
-        deadline = time.monotonic() + self.batch_linger_s
-        while records and len(records) < self.max_batch and time.monotonic() < deadline:
-            records.extend(self._poll(max(1, int((deadline - time.monotonic()) * 1000))))
+        try:
+            if len(records) < self.max_batch:
+                records.extend(self._poll(0 if records else 200))
+            deadline = time.monotonic() + self.batch_linger_s
+            while records and len(records) < self.max_batch and time.monotonic() < deadline:
+                records.extend(self._poll(max(1, int((deadline - time.monotonic()) * 1000))))
+        except Exception as error:  # noqa: BLE001
+            if not records:
+                raise
+            # The records in hand are handled, not held back behind a record that cannot be read (those of its
+            # partition are all before it); a failure met again on the next poll is dealt with then.
+            log.warning("poll failed; handling the records in hand first", extra={"loop": self.name}, exc_info=True)
+            self._skip_if_unreadable(error)
         self._ahead = records[self.max_batch:]
         return records[:self.max_batch]
+
+    def _skip_if_unreadable(self, error: Exception) -> bool:
+        """Whether a poll's error was a record the client cannot read (kafka_unreadable): the first time at a place it
+        is only noted (the next poll fetches it again); the second time in a row it is dead-lettered and, once the
+        broker acknowledged that, the partition's position moves past it. Not skipped unless dead-lettered."""
+        place = kafka_unreadable.unreadable_at(error)
+        if place is None or self.on_unreadable is None:
+            return False
+        partition, offset = place
+        met = self._unreadable_met
+        if met is None or met[0] != place or met[1] is error:  # the same error raised again is not a second fetch
+            self._unreadable_met = (place, error)
+            return True
+        self._unreadable_met = None
+        if partition not in self.consumer.assignment() or self.consumer.position(partition) != offset:
+            return True  # moved on meanwhile (a rebalance, a rewind): whoever reads it next meets it again
+        record = UnreadableRecord(partition.topic, partition.partition, offset,
+                                  f"unreadable record: {type(error).__name__}: {error}"[:500])
+        try:
+            self.on_unreadable(record).get(timeout=self.send_timeout_s)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001  (not acknowledged: not skipped; met again on the next poll)
+            log.exception("dead-lettering an unreadable record failed", extra={"loop": self.name})
+            return False
+        log.error("unreadable record dead-lettered and skipped",
+                  extra={"loop": self.name, "source": f"{record.topic}/{record.partition}/{record.offset}",
+                         "reason": record.reason})
+        self.consumer.seek(partition, offset + 1)
+        return True
 
     def _poll(self, timeout_ms: int) -> list:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_batch * POLL_AHEAD_BATCHES)

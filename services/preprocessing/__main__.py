@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from services.common.contracts.product_classification.v1 import preprocessing_pb2, preprocessing_pb2_grpc
+from services.common.dead_letters import unreadable_dead_letterer
 from services.common.grpc_security import server_credentials
 from services.common.grpc_server import GrpcServer
 from services.common.request_arrival import ArrivalPolicy
@@ -46,7 +47,8 @@ def main() -> None:
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],
                        SubmittedListingHandler(predictor, producer, kafka.topics), producer,
-                       max_batch=settings.max_batch_listings, batch_linger_s=settings.batch_linger_s)
+                       max_batch=settings.max_batch_listings, batch_linger_s=settings.batch_linger_s,
+                       on_unreadable=unreadable_dead_letterer(producer, kafka.topics.processing_failed, "preprocessing"))
     server = GrpcServer(settings.grpc_address,
                         [(preprocessing_pb2_grpc.add_ImagePredictorServicer_to_server, ImagePredictorServicer(predictor),
                           preprocessing_pb2.DESCRIPTOR.services_by_name["ImagePredictor"].full_name)],

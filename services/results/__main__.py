@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
+from services.common.dead_letters import unreadable_dead_letterer
 from services.common.grpc_security import server_credentials
 from services.common.grpc_server import AsyncioGrpcServer
 from services.common.request_arrival import ArrivalPolicy
@@ -71,7 +72,8 @@ def main() -> None:
     consumer = make_consumer(kafka, settings.consumer_group, "results", settings.max_batch_predictions)
     loop = ConsumeLoop("results", consumer, [kafka.topics.prediction_made, kafka.topics.processing_failed],
                        PredictionHandler(recorder, producer, kafka.topics), producer,
-                       max_batch=settings.max_batch_predictions)
+                       max_batch=settings.max_batch_predictions,
+                       on_unreadable=unreadable_dead_letterer(producer, kafka.topics.processing_failed, "results"))
     hub = WatchHub(store, settings.watch_poll_s, settings.watch_lookback_s)
     recorder.on_stored.append(hub.notify)
     # asyncio: watch streams wait without holding threads; the blocking calls run in grpc_workers threads.

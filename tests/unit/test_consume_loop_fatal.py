@@ -294,3 +294,110 @@ def test_polls_failing_while_the_broker_is_away_leave_health_alone():
         assert consumer.failed >= 5 and loop.healthy.is_set()
     finally:
         loop.stop(5)
+
+
+class UnreadableRecordConsumer(RecordingConsumer):
+    """The seam: partition 0 holds records 3 and 4, then one the client cannot read at offset 5 (raised with its
+    place, as kafka_unreadable makes kafka-python raise it: a new error on every poll that fetched it again; with
+    reraise_held the error of the fetch that returned 3 and 4 is raised again first, as kafka-python raises what it
+    held), then record 6."""
+
+    def __init__(self, reraise_held: bool = False):
+        super().__init__([])
+        self.position_at = 3
+        self.reraise_held = reraise_held
+        self.held_error = None
+        self.unreadable_polls = 0
+
+    def position(self, partition):
+        return self.position_at
+
+    def seek(self, partition, offset):
+        super().seek(partition, offset)
+        self.position_at = offset
+
+    def poll(self, timeout_ms=0, max_records=None):
+        from kafka import TopicPartition
+        from kafka.errors import CorruptRecordError
+
+        from services.common.kafka_unreadable import PLACE_ATTRIBUTE
+
+        if self.position_at == 3:  # the records before it, then the error in the same fetch
+            self.position_at = 5
+            self.held_error = CorruptRecordError("Record batch at offset 5 failed crc check")
+            setattr(self.held_error, PLACE_ATTRIBUTE, (TopicPartition("t", 0), 5))
+            return {"tp": [SimpleNamespace(topic="t", partition=0, offset=o, key=b"k", value=b"v") for o in (3, 4)]}
+        if self.position_at == 5:
+            self.unreadable_polls += 1
+            if self.reraise_held and self.unreadable_polls <= 2:
+                raise self.held_error  # the error met in the first fetch, raised again (twice: a stricter seam)
+            error = CorruptRecordError("Record batch at offset 5 failed crc check")
+            setattr(error, PLACE_ATTRIBUTE, (TopicPartition("t", 0), 5))
+            raise error
+        if self.position_at == 6:
+            self.position_at = 7
+            return {"tp": [SimpleNamespace(topic="t", partition=0, offset=6, key=b"k", value=b"v")]}
+        time.sleep(timeout_ms / 1000)
+        return {}
+
+
+def run_until_offset_committed(consumer, handled: list, offset: int, **options) -> ConsumeLoop:
+    def handler(batch):
+        handled.extend(r.offset for r in batch)
+        return []
+
+    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer(), batch_linger_s=0.05, **options)
+    loop.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            o.offset >= offset for commit in consumer.committed for o in commit.values()):
+        time.sleep(0.02)
+    loop.stop(5)
+    return loop
+
+
+@pytest.mark.parametrize("reraise_held", [False, True])
+def test_a_record_the_client_cannot_read_is_dead_lettered_then_skipped_and_what_surrounds_it_handled(reraise_held):
+    consumer = UnreadableRecordConsumer(reraise_held)
+    letters, handled = [], []
+
+    def dead_letter(record):
+        letters.append(record)
+        return Future()
+
+    loop = run_until_offset_committed(consumer, handled, 7, on_unreadable=dead_letter)
+    assert handled == [3, 4, 6], "the records before and after it were not all handled, once each"
+    assert [(r.topic, r.partition, r.offset) for r in letters] == [("t", 0, 5)]
+    assert "crc" in letters[0].reason and consumer.seeks == [(0, 6)]
+    # met in two fetches: the same error raised again is not counted as a second
+    assert consumer.unreadable_polls == (3 if reraise_held else 2)
+    assert not loop.fatal.is_set()
+
+
+def test_an_unreadable_record_whose_dead_letter_is_not_acknowledged_is_not_skipped():
+    from kafka.errors import KafkaTimeoutError
+
+    consumer = UnreadableRecordConsumer()
+    attempts, handled = [], []
+
+    def dead_letter(record):
+        attempts.append(record.offset)
+        return Future(KafkaTimeoutError("no ack")) if len(attempts) == 1 else Future()
+
+    run_until_offset_committed(consumer, handled, 7, on_unreadable=dead_letter, send_timeout_s=0.1)
+    assert attempts == [5, 5] and consumer.seeks == [(0, 6)] and handled == [3, 4, 6]
+
+
+def test_without_a_dead_letter_an_unreadable_record_is_not_skipped_and_health_says_so():
+    consumer = UnreadableRecordConsumer()
+    handled = []
+    loop = ConsumeLoop("test", consumer, ["t"], lambda batch: handled.extend(r.offset for r in batch) or [],
+                       FakeProducer())
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while loop.healthy.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not loop.healthy.is_set() and handled == [3, 4] and consumer.seeks == []
+    finally:
+        loop.stop(5)

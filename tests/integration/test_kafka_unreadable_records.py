@@ -1,0 +1,109 @@
+"""Listing events the Kafka client cannot read. A header key that is not UTF-8, as a Go or C producer may write (header
+keys are bytes on the wire): kafka-python's parser raised, and the next poll never returned (the fetcher looped for
+ever on the records it still held), so the listings before it in the same fetch and every one after it in its
+partition were never classified, while health said SERVING. A batch whose checksum fails (which this broker stores;
+Apache Kafka refuses it on produce, but a disk or a replica can still corrupt one): raised on every poll, the
+partition held for good. Now each such record is dead-lettered with where it sits, and the partition goes on."""
+
+from __future__ import annotations
+
+import kafka.record.default_records as default_records
+import pytest
+from kafka import KafkaProducer
+
+from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
+from services.common.kafka import PAYLOAD_TYPE_HEADER
+from services.drivers.traffic import AllClassified, TopicReader, classified_by_listing, sample_listings, submitted_event
+
+pytestmark = pytest.mark.integration
+
+
+class UndecodableKey(str):
+    """A header key whose bytes on the wire are not UTF-8 (kafka-python's producer only writes what encode returns)."""
+
+    def encode(self, *args, **kwargs) -> bytes:
+        return b"\xff\xfe-not-utf-8"
+
+
+def dead_letters_at(topic: str, partition: int, offsets: list[int]):
+    def found(records: list) -> bool:
+        return all(any(_at(record, topic, partition, offset) for record in records) for offset in offsets)
+    return found
+
+
+def _at(record, topic: str, partition: int, offset: int) -> bool:
+    failure = events_pb2.ProcessingFailed.FromString(record.value)
+    return (failure.source_topic, failure.source_partition, failure.source_offset) == (topic, partition, offset)
+
+
+def test_a_record_the_client_cannot_read_is_dead_lettered_and_its_partition_goes_on(stack, kafka):
+    samples = sample_listings(4, seed=171, prefix="unreadable")
+    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
+    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
+    try:
+        offsets = []
+        for index, sample in enumerate(samples):
+            event = submitted_event(sample.listing)
+            headers = [(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())]
+            if index == 2:
+                headers.append((UndecodableKey("x"), b"value"))
+            # One key: one partition, the listings before and after the unreadable one in the same log.
+            metadata = producer.send(kafka.topics.listing_submitted, key=b"one-partition",
+                                     value=event.SerializeToString(), headers=headers).get(30)
+            offsets.append((metadata.partition, metadata.offset))
+        readable = {sample.listing.listing_id for index, sample in enumerate(samples) if index != 2}
+        classified = classified_by_listing(classified_reader.read(AllClassified(readable), 90))
+        partition, offset = offsets[2]
+        failures = failed_reader.read(dead_letters_at(kafka.topics.listing_submitted, partition, [offset]), 30)
+    finally:
+        producer.close()
+        classified_reader.close()
+        failed_reader.close()
+    assert readable <= set(classified), f"never classified: {sorted(readable - set(classified))}"
+    assert samples[2].listing.listing_id not in classified
+    letters = [events_pb2.ProcessingFailed.FromString(r.value) for r in failures
+               if _at(r, kafka.topics.listing_submitted, *offsets[2])]
+    assert len(letters) >= 1, "the unreadable record was not dead-lettered"
+    letter = letters[0]
+    assert letter.stage == "preprocessing"
+    assert "UnicodeDecodeError" in letter.reason and letter.error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST
+
+
+def test_every_record_of_a_batch_failing_its_checksum_is_dead_lettered_and_the_partition_goes_on(stack, kafka,
+                                                                                                   monkeypatch):
+    samples = sample_listings(5, seed=173, prefix="corrupt")
+    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
+    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=200, retries=0)
+
+    def send(sample):
+        event = submitted_event(sample.listing)
+        return producer.send(kafka.topics.listing_submitted, key=b"one-corrupt-partition",
+                             value=event.SerializeToString(),
+                             headers=[(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())])
+    try:
+        first = send(samples[0]).get(30)
+        checksum = default_records.calc_crc32c
+        monkeypatch.setattr(default_records, "calc_crc32c", lambda data: (checksum(data) + 1) & 0xFFFFFFFF)
+        corrupt = [send(sample) for sample in samples[1:4]]  # one batch of three, its checksum wrong
+        producer.flush(30)
+        monkeypatch.setattr(default_records, "calc_crc32c", checksum)
+        corrupt = [future.get(30) for future in corrupt]
+        last = send(samples[4]).get(30)
+        assert len({m.partition for m in [first, *corrupt, last]}) == 1
+        assert [m.offset for m in corrupt] == [first.offset + 1, first.offset + 2, first.offset + 3]
+        readable = {samples[0].listing.listing_id, samples[4].listing.listing_id}
+        classified = classified_by_listing(classified_reader.read(AllClassified(readable), 90))
+        failures = failed_reader.read(dead_letters_at(kafka.topics.listing_submitted, last.partition,
+                                                      [m.offset for m in corrupt]), 30)
+    finally:
+        producer.close()
+        classified_reader.close()
+        failed_reader.close()
+    assert readable <= set(classified), f"never classified: {sorted(readable - set(classified))}"
+    for metadata in corrupt:
+        letters = [events_pb2.ProcessingFailed.FromString(r.value) for r in failures
+                   if _at(r, kafka.topics.listing_submitted, metadata.partition, metadata.offset)]
+        assert letters, f"offset {metadata.offset} was not dead-lettered"
+        assert "crc" in letters[0].reason and letters[0].stage == "preprocessing"
