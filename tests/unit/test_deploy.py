@@ -240,3 +240,68 @@ def test_each_image_carries_every_package_its_service_imports(service):
                     imported.setdefault(parts[1], str(source.relative_to(root)))
     missing = {package: where for package, where in imported.items() if package not in copied}
     assert not missing, f"services/{service}/Dockerfile does not copy what these files import: {missing}"
+
+
+# -- who may connect to what: the NetworkPolicies, read as Kubernetes reads them
+
+OUTSIDE = "outside the cluster"
+ELSEWHERE = "a pod in another namespace"
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are read here"
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def _peer_admits(peer: dict, source) -> bool:
+    if source == OUTSIDE:
+        return False  # no ipBlock peers are used: only the cluster's pods are named
+    if "namespaceSelector" in peer:
+        assert peer["namespaceSelector"] == {} and "podSelector" not in peer
+        return True  # any pod in any namespace
+    return source != ELSEWHERE and _selects(peer["podSelector"], source)
+
+
+def reachable(policies: list[dict], pod_labels: dict, port_name: str, source) -> bool:
+    """Whether a connection from source (a pod's labels in this namespace, ELSEWHERE or OUTSIDE) to the named port of
+    a pod with pod_labels gets in: a pod no ingress policy selects takes anything; otherwise some rule of a policy
+    selecting it must admit both the source (no `from`: any) and the port (no `ports`: any)."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], pod_labels)]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports is not None and not any(p["port"] == port_name for p in ports):
+                continue
+            peers = rule.get("from")
+            if peers is None or any(_peer_admits(peer, source) for peer in peers):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", ["overlays/production", "overlays/production-colocated-workers"])
+def test_only_the_callers_each_port_serves_can_reach_it(overlay):
+    documents = rendered(overlay)
+    policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    assert all(d["spec"]["policyTypes"] == ["Ingress"] for d in policies)
+    pods = {d["metadata"]["name"]: d["spec"]["template"] for d in documents if d["kind"] in ("Deployment", "Job")}
+    labels = {name: pod["metadata"].get("labels", {}) for name, pod in pods.items()}
+    sources = {OUTSIDE: OUTSIDE, ELSEWHERE: ELSEWHERE, **labels}
+    # which callers each served port is for; every other (source, port) must be refused
+    callers = {("gateway", "grpc"): set(sources), ("console", "http"): set(sources),
+               ("preprocessing", "grpc"): {"gateway"}, ("results", "grpc"): {"gateway", "console"},
+               ("triton", "grpc"): {"preprocessing"}, ("triton", "http"): {"preprocessing"}}
+    ports_seen = set()
+    for name, pod in pods.items():
+        for container in pod["spec"]["containers"]:
+            for port in container.get("ports", []):
+                ports_seen.add((name, port["name"]))
+                if port["name"].endswith("metrics"):  # Prometheus, wherever it runs in the cluster
+                    wanted = set(sources) - {OUTSIDE}
+                else:
+                    wanted = callers.get((name, port["name"]), set())
+                admitted = {s for s, source in sources.items()
+                            if reachable(policies, labels[name], port["name"], source)}
+                assert admitted == wanted, f"{name}'s {port['name']} port: {sorted(admitted)} can reach it"
+    assert set(callers) <= ports_seen, "a policy names a port no pod serves"
