@@ -7,6 +7,7 @@ them, so what comes back is what a marketplace would get.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 import uuid
@@ -19,8 +20,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.kafka import payload_headers
+from services.common.kafka_unreadable import unreadable_at
 from services.common.settings import KafkaSettings
 from services.trainer.dataset import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
 
 # The example marketplaces (services/results/config/marketplaces) and a locale each of their listings arrives in.
 MARKETPLACES = (("de-modehaus", "de-DE"), ("fr-boutique", "fr-FR"), ("jp-ichiba", "ja-JP"), ("br-loja", "pt-BR"))
@@ -120,13 +124,26 @@ class TopicReader:
             partitions = self.consumer.partitions_for_topic(topic) or set()
         self.consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         self.consumer.seek_to_beginning()
+        self.unreadable: list[tuple[TopicPartition, int]] = []  # where records that could not be read were passed over
 
     def read(self, until, timeout_s: float) -> list:
-        """Polls records until until(records_so_far) holds or the time is up; returns every record read."""
+        """Polls records until until(records_so_far) holds or the time is up; returns every record read. A record the
+        client cannot read (services.common.kafka_unreadable) is logged, noted in `unreadable` and passed over."""
         records: list = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not until(records):
-            for batch in self.consumer.poll(timeout_ms=200).values():
+            try:
+                polled = self.consumer.poll(timeout_ms=200)
+            except Exception as error:  # noqa: BLE001
+                place = unreadable_at(error)
+                if place is None:
+                    raise
+                log.warning("passing over a record that cannot be read at %s/%s/%s: %s", place[0].topic,
+                            place[0].partition, place[1], error)
+                self.unreadable.append(place)
+                self.consumer.seek(place[0], place[1] + 1)
+                continue
+            for batch in polled.values():
                 records.extend(batch)
         return records
 

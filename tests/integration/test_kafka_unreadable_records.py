@@ -70,6 +70,25 @@ def test_a_record_the_client_cannot_read_is_dead_lettered_and_its_partition_goes
     assert "UnicodeDecodeError" in letter.reason and letter.error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST
 
 
+def test_a_topic_reader_passes_over_a_record_it_cannot_read(stack, kafka):
+    """The drivers' reader (demo, evaluation, these tests) reads a topic holding one, as the services do."""
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
+    topic = kafka.topics.listing_corrected  # read by no service: nothing else meets the record
+    try:
+        sent = [producer.send(topic, key=b"reader", value=value, headers=headers).get(30) for value, headers in
+                ((b"before", []), (b"unreadable", [(UndecodableKey("x"), b"1")]), (b"after", []))]
+    finally:
+        producer.close()
+    reader = TopicReader(kafka, topic)
+    try:
+        records = reader.read(lambda rs: any(r.value == b"after" and r.offset == sent[2].offset for r in rs), 30)
+    finally:
+        reader.close()
+    mine = [(r.value, r.offset) for r in records if r.partition == sent[0].partition and r.key == b"reader"]
+    assert (b"before", sent[0].offset) in mine and (b"after", sent[2].offset) in mine
+    assert (sent[1].topic_partition, sent[1].offset) in reader.unreadable
+
+
 def test_every_record_of_a_batch_failing_its_checksum_is_dead_lettered_and_the_partition_goes_on(stack, kafka,
                                                                                                    monkeypatch):
     samples = sample_listings(5, seed=173, prefix="corrupt")
