@@ -78,17 +78,12 @@ def per_model_top1(stack: LocalStack, photos: list[tuple[Path, str]], decode_in_
                    ) -> dict[str, float]:
     """Each served model alone, on the same photos, prepared by the same code (or, on the GPU decode path, decoded by
     the same ensemble), through the same Triton."""
-    import tritonclient.grpc as triton_grpc
-
+    from services.common.decode_path import ENSEMBLE_MODEL
     from services.common.errors import ClassificationError
     from services.preprocessing.images import ImageLimits, prepare_encoded, prepare_image
-    from services.preprocessing.triton_models import TritonClassifier
 
-    from services.common.decode_path import ENSEMBLE_MODEL
-
-    classifier = TritonClassifier(stack.triton.grpc_url, stack.called_models if decode_in_triton
-                                  else stack.triton.model_names, parallel=False,
-                                  ensemble=ENSEMBLE_MODEL if decode_in_triton else None)
+    classifier = stack.triton.classifier(stack.called_models if decode_in_triton else stack.triton.model_names,
+                                         parallel=False, ensemble=ENSEMBLE_MODEL if decode_in_triton else None)
     classifier.start()
     try:
         specs = classifier.specs
@@ -119,7 +114,6 @@ def per_model_top1(stack: LocalStack, photos: list[tuple[Path, str]], decode_in_
             for spec in specs:
                 predicted = [spec.labels[i] for i in outputs[spec.name].argmax(axis=1)]
                 correct[spec.name] += sum(p == t for p, t in zip(predicted, truths))
-        del triton_grpc
         return {name: hits / max(1, len(photos)) for name, hits in correct.items()}
     finally:
         classifier.stop()

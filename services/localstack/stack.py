@@ -159,6 +159,8 @@ class LocalStack:
             env[f"{prefix}_FUSION_PATH"] = str(self.options.model_repository / "fusion.json")
         if prefix == "PREPROCESSING":
             env["PREPROCESSING_TRITON_URL"] = self.triton.grpc_url
+            if self.triton.access_token:
+                env["PREPROCESSING_TRITON_ACCESS_TOKEN"] = self.triton.access_token
             # CPU Triton shares this machine's few cores: one model at a time beats both at once (see `make bench`).
             env["PREPROCESSING_PARALLEL_MODEL_CALLS"] = "false"
         elif prefix == "RESULTS":

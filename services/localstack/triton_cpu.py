@@ -8,6 +8,7 @@ same model.onnx with onnxruntime (the bundle lacks the onnxruntime backend).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -20,6 +21,7 @@ from tritonclient.grpc import model_config_pb2
 
 from services.common.decode_path import PIXELS_ENSEMBLE
 from services.localstack.processes import ChildProcess, StartupError, free_port
+from services.preprocessing.triton_models import TRITON_ACCESS_KEY, TRITON_RESTRICTED
 
 _PYTHON_MODEL = Path(__file__).with_name("onnx_python_model.py")
 _DECODE_MODEL = Path(__file__).with_name("photo_decode_dali.py")  # the production DALI pipeline, on the CPU
@@ -135,8 +137,12 @@ class LocalTriton:
     """start() builds the CPU repository, launches tritonserver on free ports and waits until every model is ready."""
 
     def __init__(self, production_repository: Path, work_dir: Path, onnx_threads: int = 0,
-                 build_repository: Callable[[Path, Path], tuple[list[str], list[str]]] = build_cpu_repository):
+                 build_repository: Callable[[Path, Path], tuple[list[str], list[str]]] = build_cpu_repository,
+                 restricted: bool = True):
         self.production_repository = production_repository
+        # As the deployments run it: every API but health answers only calls carrying this token (TRITON_RESTRICTED);
+        # restricted=False (the GPU bench's own rig): no token, nothing restricted.
+        self.access_token = secrets.token_urlsafe(24) if restricted else ""
         self.build_repository = build_repository
         self.work_dir = work_dir
         self.onnx_threads = onnx_threads
@@ -151,6 +157,18 @@ class LocalTriton:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    def client(self):
+        """A gRPC client of this Triton whose calls carry its access token."""
+        from services.preprocessing.triton_models import triton_client
+
+        return triton_client(self.grpc_url, self.access_token)
+
+    def classifier(self, model_names: list[str], **options):
+        """The preprocessing service's TritonClassifier on this Triton, with its access token."""
+        from services.preprocessing.triton_models import TritonClassifier
+
+        return TritonClassifier(self.grpc_url, model_names, access_token=self.access_token, **options)
 
     def start(self, timeout_s: float = 120.0) -> None:
         repository = self.work_dir / "model_repository"
@@ -172,12 +190,13 @@ class LocalTriton:
             "--model-control-mode=poll", "--repository-poll-secs=5",
             "--allow-metrics=true", "--log-verbose=0",
         ]
+        if self.access_token:
+            command += [f"--grpc-restricted-protocol={TRITON_RESTRICTED}:{TRITON_ACCESS_KEY}={self.access_token}",
+                        f"--http-restricted-api={TRITON_RESTRICTED}:{TRITON_ACCESS_KEY}={self.access_token}"]
         self._process = ChildProcess("tritonserver", command, self.work_dir / "tritonserver.log", env)
         self._process.start()
 
-        import tritonclient.grpc as triton_grpc
-
-        client = triton_grpc.InferenceServerClient(self.grpc_url)
+        client = self.client()
         try:
             self._process.wait_until(
                 lambda: client.is_server_ready() and all(client.is_model_ready(n) for n in self.model_names + self.composed_models),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import GrpcServiceSettings
@@ -19,6 +19,10 @@ class PreprocessingSettings(GrpcServiceSettings):
                              "the models whose weight in fusion_path is above zero")
     fusion_path: Path = Field(Path("triton_models/fusion.json"),
                               description="the fusion the trainer published beside the model versions")
+    triton_access_token: SecretStr | None = Field(None, description="sent with every call to Triton, for a Triton "
+                                                  "started with --grpc-restricted-protocol=...:triton-access-token="
+                                                  "<the same> (docker-compose.yml, deploy/base/triton.yaml); unset: "
+                                                  "none")
     triton_timeout_s: float = Field(30.0, description="per Triton call")
     consumer_group: str = Field("product-classification.preprocessing",
                                 description="consumer group on the listing-submitted topic")

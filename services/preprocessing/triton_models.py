@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import InferenceServerClientPlugin
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from services.common.decode_path import (PHOTO_INPUT, THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, image_output,
@@ -91,13 +92,44 @@ def tensor_in(name: str, array: np.ndarray) -> TensorIn:
     return TensorIn(name, array.dtype.type, array.shape, lambda target: np.copyto(target, array), array)
 
 
+# Triton started with --grpc-restricted-protocol=<categories>:triton-access-token=<token> (and the same for HTTP)
+# answers those categories only to calls that carry the token under this key: in gRPC metadata prefixed as Triton
+# wants it, as an HTTP header as it is (the key PyTriton uses too).
+TRITON_ACCESS_KEY = "triton-access-token"
+TRITON_GRPC_ACCESS_HEADER = f"triton-grpc-protocol-{TRITON_ACCESS_KEY}"
+# What the deployments restrict so: every API but health (Triton has no authentication of its own; anyone reaching
+# it could otherwise infer, change log and trace settings, load and unload models where the mode allows it, or map
+# another worker's shared-memory regions and have Triton write into them).
+TRITON_RESTRICTED = "inference,metadata,shared-memory,model-config,model-repository,statistics,trace,logging"
+
+
+class TritonAccessToken(InferenceServerClientPlugin):
+    """tritonclient plugin: every call the client makes carries the token."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request) -> None:
+        request.headers[TRITON_GRPC_ACCESS_HEADER] = self._token
+
+
+def triton_client(url: str, access_token: str = "") -> triton_grpc.InferenceServerClient:
+    """A gRPC client of Triton whose every call carries access_token (none when empty)."""
+    client = triton_grpc.InferenceServerClient(url)
+    if access_token:
+        client.register_plugin(TritonAccessToken(access_token))
+    return client
+
+
 class TritonClassifier:
     """Runs batches of images through every configured model: one request per batch to pixels_ensemble where Triton
     serves it for exactly these models, otherwise each model called once per batch, in parallel."""
 
     def __init__(self, url: str, model_names: list[str], timeout_s: float = 30.0, parallel: bool = True,
-                 ensemble: str | None = None, pixels_ensemble: str | None = None, shared_memory: bool = False):
+                 ensemble: str | None = None, pixels_ensemble: str | None = None, shared_memory: bool = False,
+                 access_token: str = ""):
         self.url = url
+        self.access_token = access_token  # sent with every call (TRITON_ACCESS_KEY); empty: none
         # The ensembles' tensors through system shared memory (a worker on Triton's host); False: in gRPC messages
         self.shared_memory = shared_memory
         self._regions: SharedMemoryPool | None = None
@@ -118,7 +150,7 @@ class TritonClassifier:
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(model_names)), thread_name_prefix="triton")
 
     def start(self) -> None:
-        self._client = triton_grpc.InferenceServerClient(self.url)
+        self._client = triton_client(self.url, self.access_token)
         if self.shared_memory:
             self._regions = SharedMemoryPool(self._client)
             self._regions.start()

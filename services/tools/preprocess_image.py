@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if options.triton_url:
         from services.preprocessing.triton_models import TritonClassifier
 
-        classifier = TritonClassifier(options.triton_url, settings.model_names.split(","))
+        token = settings.triton_access_token
+        classifier = TritonClassifier(options.triton_url, settings.model_names.split(","),
+                                      access_token=token.get_secret_value() if token else "")
         classifier.start()
         sizes = classifier.input_sizes()
         classifier.stop()

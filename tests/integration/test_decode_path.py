@@ -17,7 +17,6 @@ from services.drivers.chaos.poison import oversized_image_listing, scan_bomb_lis
 from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.stack import LocalStack, StackOptions
 from services.preprocessing.images import ImageLimits, prepare_image
-from services.preprocessing.triton_models import TritonClassifier
 from services.common.decode_path import ENSEMBLE_MODEL
 
 
@@ -38,7 +37,7 @@ def truncated_jpeg(listing_id: str) -> common_pb2.Listing:
 def test_the_ensemble_answers_as_the_models_do_on_the_same_squares(decode_in_triton):
     """The ensemble's outputs are the called models' probabilities, one row per photo, in order."""
     photos = [s.listing.image_bytes for s in sample_listings(5, seed=167, prefix="ensemble")]
-    classifier = TritonClassifier(decode_in_triton.triton.grpc_url, decode_in_triton.called_models,
+    classifier = decode_in_triton.triton.classifier(decode_in_triton.called_models,
                                   ensemble=ENSEMBLE_MODEL)
     classifier.start()
     try:

@@ -8,7 +8,6 @@ import numpy as np
 
 from services.common.decode_path import PIXELS_ENSEMBLE
 from services.preprocessing.images import ImageLimits, prepare_image
-from services.preprocessing.triton_models import TritonClassifier
 from services.drivers.traffic import sample_listings
 
 
@@ -16,7 +15,7 @@ def test_parallel_and_sequential_model_calls_agree(stack):
     photos = sample_listings(6, seed=137, prefix="paths")
     outputs = {}
     for parallel in (True, False):
-        classifier = TritonClassifier(stack.triton.grpc_url, stack.triton.model_names, parallel=parallel)
+        classifier = stack.triton.classifier(stack.triton.model_names, parallel=parallel)
         classifier.start()
         try:
             sizes = classifier.input_sizes()
@@ -42,10 +41,10 @@ def test_the_pixels_ensemble_answers_as_the_models_do_in_one_request_per_batch(s
     it for other models, gets one request per model instead, with the same answers."""
     photos = sample_listings(40, seed=139, prefix="ensemble")  # more than the models' max batch: two requests
     names = stack.called_models
-    per_model = TritonClassifier(stack.triton.grpc_url, names, parallel=False)
-    ensemble = TritonClassifier(stack.triton.grpc_url, names, pixels_ensemble=PIXELS_ENSEMBLE)
-    missing = TritonClassifier(stack.triton.grpc_url, names, pixels_ensemble="no_such_ensemble")
-    other_models = TritonClassifier(stack.triton.grpc_url, names[:1], pixels_ensemble=PIXELS_ENSEMBLE)
+    per_model = stack.triton.classifier(names, parallel=False)
+    ensemble = stack.triton.classifier(names, pixels_ensemble=PIXELS_ENSEMBLE)
+    missing = stack.triton.classifier(names, pixels_ensemble="no_such_ensemble")
+    other_models = stack.triton.classifier(names[:1], pixels_ensemble=PIXELS_ENSEMBLE)
     classifiers = [per_model, ensemble, missing, other_models]
     for classifier in classifiers:
         classifier.start()

@@ -4,7 +4,6 @@ leaves that Triton serving."""
 
 from __future__ import annotations
 
-import tritonclient.grpc as triton_grpc
 
 from services.drivers.benchmarks.pipeline_runs import StackRuns
 from services.drivers.traffic import labelled_photos
@@ -28,7 +27,7 @@ def test_a_stack_on_a_shared_triton_classifies_through_kafka_and_leaves_that_tri
     spent = figures["cpu_ms_per_listing"]
     assert {"gateway", "preprocessing", "results", "services_total", "broker", "triton", "load_generator"} <= set(spent)
     assert spent["preprocessing"] > 0 and spent["triton"] > 0  # the shared Triton did the models' work
-    client = triton_grpc.InferenceServerClient(stack.triton.grpc_url)
+    client = stack.triton.client()
     try:
         assert client.is_server_ready() and all(client.is_model_ready(name) for name in stack.triton.model_names)
     finally:

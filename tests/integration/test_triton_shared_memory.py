@@ -13,17 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import tritonclient.grpc as triton_grpc
 
 from services.common.decode_path import ENSEMBLE_MODEL, PIXELS_ENSEMBLE
 from services.drivers.traffic import sample_listings
 from services.preprocessing.images import ImageLimits, prepare_image
-from services.preprocessing.triton_models import TritonClassifier
 from services.preprocessing.triton_shared_memory import REGION_PREFIX, SHM_DIRECTORY
 
 
-def our_regions(url: str) -> set[str]:
-    client = triton_grpc.InferenceServerClient(url)
+def our_regions(triton) -> set[str]:
+    client = triton.client()
     try:
         regions = client.get_system_shared_memory_status(as_json=True).get("regions", {})
     finally:
@@ -39,14 +37,14 @@ def photos():
 @pytest.fixture
 def classifiers(stack):
     """The decode path's classifier over gRPC and through shared memory, on the stack's Triton."""
-    made = {shared: TritonClassifier(stack.triton.grpc_url, stack.called_models, ensemble=ENSEMBLE_MODEL,
+    made = {shared: stack.triton.classifier(stack.called_models, ensemble=ENSEMBLE_MODEL,
                                      shared_memory=shared) for shared in (False, True)}
     for classifier in made.values():
         classifier.start()
     yield made
     for classifier in made.values():
         classifier.stop()
-    assert our_regions(stack.triton.grpc_url) == set()  # stop unregistered every region it made
+    assert our_regions(stack.triton) == set()  # stop unregistered every region it made
 
 
 def assert_same_answers(got: dict, expected: dict) -> None:
@@ -61,8 +59,8 @@ def test_both_ensembles_answer_through_shared_memory_as_over_grpc(stack, classif
     got, refused = classifiers[True].classify_photos(photos[:5], thumbnails=True)
     assert refused == {}
     assert_same_answers(got, expected)
-    assert len(our_regions(stack.triton.grpc_url)) == 1
-    pixels = {shared: TritonClassifier(stack.triton.grpc_url, stack.called_models, pixels_ensemble=PIXELS_ENSEMBLE,
+    assert len(our_regions(stack.triton)) == 1
+    pixels = {shared: stack.triton.classifier(stack.called_models, pixels_ensemble=PIXELS_ENSEMBLE,
                                        shared_memory=shared) for shared in (False, True)}
     for classifier in pixels.values():
         classifier.start()
@@ -84,7 +82,7 @@ def test_concurrent_calls_each_get_their_own_answers(stack, classifiers, photos)
         got = list(pool.map(lambda batch: classifiers[True].classify_photos(batch)[0], batches))
     for answers, wanted in zip(got, expected):
         assert_same_answers(answers, wanted)
-    assert 1 <= len(our_regions(stack.triton.grpc_url)) <= 4  # the pool's bound; the other calls went over gRPC
+    assert 1 <= len(our_regions(stack.triton)) <= 4  # the pool's bound; the other calls went over gRPC
 
 
 def test_a_photo_triton_refuses_fails_alone_and_the_region_is_kept(stack, classifiers, photos):
@@ -92,18 +90,18 @@ def test_a_photo_triton_refuses_fails_alone_and_the_region_is_kept(stack, classi
     batch = [photos[1], truncated, photos[2]]
     expected, _ = classifiers[False].classify_photos([photos[1], photos[2]])
     got, refused = classifiers[True].classify_photos(batch)
-    regions = our_regions(stack.triton.grpc_url)
+    regions = our_regions(stack.triton)
     assert set(refused) == {1} and "decode" in refused[1].reason
     assert_same_answers(got, expected)
     classifiers[True].classify_photos(photos[:2])
-    assert our_regions(stack.triton.grpc_url) == regions  # Triton answered about a photo: the region stays in use
+    assert our_regions(stack.triton) == regions  # Triton answered about a photo: the region stays in use
 
 
 def test_a_region_triton_forgot_is_replaced_within_the_call(stack, classifiers, photos):
     """A restarted Triton knows none of the regions: the call that finds out makes a new one and goes on."""
     classifiers[True].classify_photos(photos[:2])
-    [forgotten] = our_regions(stack.triton.grpc_url)
-    client = triton_grpc.InferenceServerClient(stack.triton.grpc_url)
+    [forgotten] = our_regions(stack.triton)
+    client = stack.triton.client()
     try:
         client.unregister_system_shared_memory(forgotten)
     finally:
@@ -112,7 +110,7 @@ def test_a_region_triton_forgot_is_replaced_within_the_call(stack, classifiers, 
     got, refused = classifiers[True].classify_photos(photos[:2])
     assert refused == {}
     assert_same_answers(got, expected)
-    [replacement] = our_regions(stack.triton.grpc_url)
+    [replacement] = our_regions(stack.triton)
     assert replacement != forgotten and not (SHM_DIRECTORY / forgotten).exists()
 
 
@@ -125,29 +123,29 @@ def test_a_killed_workers_regions_are_removed_by_the_next_worker_to_start(stack,
         import pathlib, time
         from services.preprocessing.triton_models import TritonClassifier
         classifier = TritonClassifier({stack.triton.grpc_url!r}, {stack.called_models!r}, ensemble={ENSEMBLE_MODEL!r},
-                                      shared_memory=True)
+                                      shared_memory=True, access_token={stack.triton.access_token!r})
         classifier.start()
         classifier.classify_photos([pathlib.Path({str(photo_file)!r}).read_bytes()])
         print("called", flush=True)
         time.sleep(600)
     """)
-    live = TritonClassifier(stack.triton.grpc_url, stack.called_models, ensemble=ENSEMBLE_MODEL, shared_memory=True)
+    live = stack.triton.classifier(stack.called_models, ensemble=ENSEMBLE_MODEL, shared_memory=True)
     live.start()
     worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:
         live.classify_photos(photos[:1])
-        [live_region] = our_regions(stack.triton.grpc_url)
+        [live_region] = our_regions(stack.triton)
         assert worker.stdout.readline().strip() == "called"
-        [dead_region] = our_regions(stack.triton.grpc_url) - {live_region}
+        [dead_region] = our_regions(stack.triton) - {live_region}
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)
         assert (SHM_DIRECTORY / dead_region).exists()  # nobody removed it: the process had no chance to
-        next_worker = TritonClassifier(stack.triton.grpc_url, stack.called_models, ensemble=ENSEMBLE_MODEL,
+        next_worker = stack.triton.classifier(stack.called_models, ensemble=ENSEMBLE_MODEL,
                                        shared_memory=True)
         next_worker.start()
         next_worker.stop()
-        assert our_regions(stack.triton.grpc_url) == {live_region}
+        assert our_regions(stack.triton) == {live_region}
         assert not (SHM_DIRECTORY / dead_region).exists()
         got, _ = live.classify_photos(photos[:1])  # the live worker's region still works
         assert got[stack.called_models[0]].shape == (1, 10)

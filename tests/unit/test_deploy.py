@@ -305,3 +305,34 @@ def test_only_the_callers_each_port_serves_can_reach_it(overlay):
                             if reachable(policies, labels[name], port["name"], source)}
                 assert admitted == wanted, f"{name}'s {port['name']} port: {sorted(admitted)} can reach it"
     assert set(callers) <= ports_seen, "a policy names a port no pod serves"
+
+
+def test_triton_answers_only_health_without_the_token_preprocessing_sends():
+    """Both deployments start Triton as the local stack does (tests/integration/test_triton_access.py): every API
+    but health restricted to calls carrying the token, and give preprocessing the same token."""
+    from services.preprocessing.triton_models import TRITON_ACCESS_KEY, TRITON_RESTRICTED
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    token = "${TRITON_ACCESS_TOKEN:?set TRITON_ACCESS_TOKEN"
+    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+        [value] = [part.split("=", 1)[1] for part in compose["triton"]["command"] if part.startswith(flag + "=")]
+        assert value.startswith(f"{TRITON_RESTRICTED}:{TRITON_ACCESS_KEY}={token}")
+    assert "health" not in TRITON_RESTRICTED.split(",")  # the healthchecks and probes
+    assert compose["preprocessing"]["environment"]["PREPROCESSING_TRITON_ACCESS_TOKEN"].startswith(token)
+    for overlay in ("overlays/production", "overlays/production-colocated-workers"):
+        documents = rendered(overlay)
+        [triton] = [d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "triton"]
+        [secret] = [d for d in documents if d["kind"] == "Secret"
+                    and d["metadata"]["name"] == "product-classification-secrets"]
+        server = triton["spec"]["template"]["spec"]["containers"][0]
+        for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+            assert f"{flag}={TRITON_RESTRICTED}:{TRITON_ACCESS_KEY}=$(TRITON_ACCESS_TOKEN)" in server["args"]
+        [variable] = [v for v in server["env"] if v["name"] == "TRITON_ACCESS_TOKEN"]
+        reference = variable["valueFrom"]["secretKeyRef"]
+        assert reference["name"] == secret["metadata"]["name"] and reference["key"] in secret["stringData"]
+        assert reference["key"] == "PREPROCESSING_TRITON_ACCESS_TOKEN"  # what preprocessing reads, from the Secret
+        workers = [d["spec"]["template"]["spec"]["containers"][0] for d in documents
+                   if d["kind"] == "Deployment" and d["metadata"]["name"] == "preprocessing"]
+        workers += triton["spec"]["template"]["spec"]["containers"][1:]
+        for worker in workers:
+            assert {"secretRef": {"name": secret["metadata"]["name"]}} in worker["envFrom"]

@@ -647,7 +647,8 @@ def main() -> int:
                          lambda source, target: gpu_repository(source, target, options.instance_kind,
                                                                options.instances, options.engine, options.cpu_twins,
                                                                tuple(called_models(REPOSITORY_ROOT / "triton_models"))
-                                                               if as_formed_copies else ()))
+                                                               if as_formed_copies else ()),
+                         restricted=False)  # the measured rig, reachable from the lent machine only
     names, specs = [], []
     try:
         bundle = Path(os.environ["TRITONSERVER_BUNDLE"])

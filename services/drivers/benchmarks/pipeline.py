@@ -28,9 +28,10 @@ from services.preprocessing.triton_models import read_model_spec
 from services.trainer.build_untrained import build_untrained_models
 
 
-def triton_direct(url: str, images: list[bytes], concurrency: int, batch: int) -> float:
-    """Images per second through every model, requests of `batch` images, `concurrency` requests in flight."""
-    client = triton_grpc.InferenceServerClient(url)
+def triton_direct(triton, images: list[bytes], concurrency: int, batch: int) -> float:
+    """Images per second through every model of the LocalTriton, requests of `batch` images, `concurrency` requests
+    in flight."""
+    client = triton.client()
     specs = [read_model_spec(client, name) for name in ("resnet50", "inception_v3")]
     sizes = sorted({s.input_size for s in specs})
     prepared = [prepare_image(data, sizes, ImageLimits()) for data in images]
@@ -87,7 +88,7 @@ def main() -> None:
         direct = {}
         for concurrency, batch in ((1, 1), (2, 1), (4, 1), (8, 1), (1, 16), (2, 16), (1, 32), (2, 32)):
             direct[f"concurrency {concurrency}, batch {batch}"] = rate = triton_direct(
-                stack.triton.grpc_url, images, concurrency, batch)
+                stack.triton, images, concurrency, batch)
             print(f"triton direct, concurrency {concurrency}, batch {batch}: {rate:.2f} images/s", flush=True)
         best = max(direct, key=direct.get)
 

@@ -296,8 +296,6 @@ def model_reloaded(stack: LocalStack, count: int = 300, model: str | None = None
 
     Half the listings go before the new version, half once Triton reports it ready, so both versions serve
     whatever the machine's speed."""
-    import tritonclient.grpc as triton_grpc
-
     model = model or stack.called_models[0]
     repository = stack.triton.work_dir / "model_repository" / model
     current = max(int(p.name) for p in repository.iterdir() if p.name.isdigit())
@@ -305,7 +303,7 @@ def model_reloaded(stack: LocalStack, count: int = 300, model: str | None = None
     ids = {s.listing.listing_id for s in samples}
     first, second = samples[:count // 2], samples[count // 2:]
     outcomes = Outcomes(stack)
-    client = triton_grpc.InferenceServerClient(stack.triton.grpc_url)
+    client = stack.triton.client()
     try:
         threading.Thread(target=submit_listings, args=(stack.kafka_settings, [s.listing for s in first]),
                          daemon=True).start()
