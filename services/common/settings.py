@@ -64,6 +64,8 @@ class GrpcServiceSettings(BaseSettings):
     api_keys: SecretStr | None = Field(None, description="caller=key,... (keys of 16+ characters); required with "
                                        "auth_mode api-key. Internal services name their callers: 'gateway' is the "
                                        "only one allowed the gateway's own methods")
+    metrics_address: str = Field("0.0.0.0", description="the address the metrics port listens on: every address "
+                                 "of the host (for Prometheus) by default; 127.0.0.1: this host only")
 
     def server_tls(self) -> TlsFiles:
         return TlsFiles(cert_file=self.tls_cert_file, key_file=self.tls_key_file, ca_file=self.tls_client_ca_file)

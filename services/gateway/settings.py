@@ -39,7 +39,8 @@ class GatewaySettings(GrpcServiceSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, description="inline images larger than this are refused")
     grpc_workers: int = Field(32, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish calls in flight on SIGTERM")
-    metrics_port: int = Field(9101, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
+    metrics_port: int = Field(9101, description="Prometheus metrics on http://METRICS_ADDRESS:PORT/metrics; 0 turns it "
+                              "off")
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"

@@ -149,7 +149,7 @@ class LocalStack:
     def service_env(self, name: str, grpc_port: int) -> dict[str, str]:
         prefix = name.split("-")[0].upper()
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
-               f"{prefix}_METRICS_PORT": str(free_port())}
+               f"{prefix}_METRICS_PORT": str(free_port()), f"{prefix}_METRICS_ADDRESS": "127.0.0.1"}
         if self.pki:
             env.update(self.pki.server_env(prefix))
         if prefix in ("PREPROCESSING", "RESULTS"):

@@ -67,7 +67,8 @@ class PreprocessingSettings(GrpcServiceSettings):
                                 "prediction for the operators' console (kept by the result service); 0: none")
     grpc_workers: int = Field(16, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
-    metrics_port: int = Field(9102, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
+    metrics_port: int = Field(9102, description="Prometheus metrics on http://METRICS_ADDRESS:PORT/metrics; 0 turns it "
+                              "off")
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"

@@ -46,7 +46,8 @@ class ResultsSettings(GrpcServiceSettings):
                               "name), so a replica that crashed takes its claimed rows back at once instead of "
                               "waiting out their lease; empty: a new name per process (host, pid, random)")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
-    metrics_port: int = Field(9103, description="Prometheus metrics on http://0.0.0.0:PORT/metrics; 0 turns it off")
+    metrics_port: int = Field(9103, description="Prometheus metrics on http://METRICS_ADDRESS:PORT/metrics; 0 turns it "
+                              "off")
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint for traces, e.g. http://collector:4317; "
                                       "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"

@@ -6,6 +6,7 @@ metrics answer again."""
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
 import threading
@@ -181,3 +182,60 @@ def test_a_service_started_under_a_low_open_files_limit_raises_it_and_idle_socke
     finally:
         attacker.close()
         stack.services.pop("gateway-2").stop()
+
+
+# -- where the stack listens
+
+def _listening() -> dict[str, str]:
+    """Socket inode -> local address of every listening TCP socket on the host (/proc/net/tcp and tcp6)."""
+    found = {}
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                address, port = fields[1].split(":")
+                found[fields[9]] = f"{address}:{int(port, 16)}"
+    return found
+
+
+def _loopback(address: str) -> bool:
+    host = address.split(":")[0]
+    return host in ("0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F")
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_every_port_the_stack_opens_listens_on_loopback_only(stack):
+    """The local stack runs on a developer's (or a checker's) machine: its gRPC ports, the console, Triton, the broker
+    and each service's metrics port answer this host only. The metrics ports listened on every address."""
+    listening = _listening()
+    ours = {}
+    for pid in _descendants(os.getpid()):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        for link in links:
+            inode = link.removeprefix("socket:[").removesuffix("]")
+            if link.startswith("socket:[") and inode in listening:
+                ours[listening[inode]] = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:120]
+    assert len(ours) >= 10, ours  # gRPC and metrics of three services, the console, Triton's three, the broker
+    wide = {address: command for address, command in ours.items() if not _loopback(address)}
+    assert not wide, f"listening beyond loopback: {wide}"
