@@ -366,6 +366,13 @@ class ConsumeLoop:
                   extra={"loop": self.name, "source": f"{record.topic}/{record.partition}/{record.offset}",
                          "reason": record.reason})
         self.consumer.seek(partition, offset + 1)
+        if not any(r.topic == partition.topic and r.partition == partition.partition for r in self._ahead):
+            # Nothing of the partition in hand: the skip is committed now, not met (and dead-lettered) again after a
+            # restart when no later record of the partition is handled first.
+            try:
+                self.consumer.commit({partition: OffsetAndMetadata(offset + 1, "", -1)})
+            except Exception:  # noqa: BLE001  (committed with the partition's next batch instead)
+                log.warning("committing past an unreadable record failed", extra={"loop": self.name}, exc_info=True)
         return True
 
     def _poll(self, timeout_ms: int) -> list:

@@ -369,6 +369,8 @@ def test_a_record_the_client_cannot_read_is_dead_lettered_then_skipped_and_what_
     assert handled == [3, 4, 6], "the records before and after it were not all handled, once each"
     assert [(r.topic, r.partition, r.offset) for r in letters] == [("t", 0, 5)]
     assert "crc" in letters[0].reason and consumer.seeks == [(0, 6)]
+    # the skip committed as soon as nothing before it was in hand, then the record after it
+    assert [{tp.partition: o.offset for tp, o in c.items()} for c in consumer.committed] == [{0: 5}, {0: 6}, {0: 7}]
     # met in two fetches: the same error raised again is not counted as a second
     assert consumer.unreadable_polls == (3 if reraise_held else 2)
     assert not loop.fatal.is_set()
