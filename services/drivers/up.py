@@ -54,12 +54,14 @@ def main() -> int:
         _write_private(UP_DIR / "results-api-key", stack.internal_keys["results"]["localstack"])
         _write_private(UP_DIR / "console-password", stack.console.add_operator("admin"))
         _write_private(UP_DIR / "console-url", stack.console.url)
+        _write_private(UP_DIR / "triton-access-token", stack.triton.access_token)
         print(f"""
 ready:
   gateway (gRPC, ListingClassifier)  {gateway}
   results (gRPC, ClassificationResults) {stack.services['results'].address}
   Kafka (tansu)                      {stack.broker.bootstrap_servers}
   Triton (gRPC)                      {stack.triton.grpc_url}  models: {', '.join(stack.triton.model_names)}
+                                     (every API but health wants 'triton-access-token', in {UP_DIR / 'triton-access-token'})
   gateway API key                    in {UP_DIR / 'gateway-api-key'} (send it as 'authorization: Bearer <key>')
   review console (web)               {stack.console.url}  operator 'admin', password in {UP_DIR / 'console-password'}
   result store                       {stack.database_url}

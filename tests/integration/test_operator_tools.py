@@ -64,7 +64,7 @@ def test_make_up_prints_where_everything_is_and_stops_cleanly():
         output = "".join(lines)
         assert "gateway (gRPC, ListingClassifier)" in output and "gateway API key" in output, output
         up = REPOSITORY_ROOT / ".run" / "up"
-        for name in ("gateway-api-key", "console-password", "results-api-key"):
+        for name in ("gateway-api-key", "console-password", "results-api-key", "triton-access-token"):
             assert oct((up / name).stat().st_mode & 0o777) == "0o600" and len((up / name).read_text().strip()) >= 16
         console_url = (up / "console-url").read_text().strip()
         assert f"review console (web)               {console_url}" in output
