@@ -103,10 +103,11 @@ def submit_listings(settings: KafkaSettings, listings: Iterable[common_pb2.Listi
         producer.close()
 
 
-def produce_raw(settings: KafkaSettings, topic: str, key: bytes, value: bytes) -> None:
+def produce_raw(settings: KafkaSettings, topic: str, key: bytes, value: bytes, headers: list | None = None):
+    """One record as given; returns its metadata (partition, offset) once the broker acknowledged it."""
     producer = KafkaProducer(**settings.client_options(), acks="all")
     try:
-        producer.send(topic, key=key, value=value).get(timeout=30)
+        return producer.send(topic, key=key, value=value, headers=headers or []).get(timeout=30)
     finally:
         producer.close()
 

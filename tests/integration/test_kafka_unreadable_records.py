@@ -13,16 +13,10 @@ from kafka import KafkaProducer
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.kafka import PAYLOAD_TYPE_HEADER
+from services.drivers.chaos.poison import UndecodableHeaderKey
 from services.drivers.traffic import AllClassified, TopicReader, classified_by_listing, sample_listings, submitted_event
 
 pytestmark = pytest.mark.integration
-
-
-class UndecodableKey(str):
-    """A header key whose bytes on the wire are not UTF-8 (kafka-python's producer only writes what encode returns)."""
-
-    def encode(self, *args, **kwargs) -> bytes:
-        return b"\xff\xfe-not-utf-8"
 
 
 def dead_letters_at(topic: str, partition: int, offsets: list[int]):
@@ -47,7 +41,7 @@ def test_a_record_the_client_cannot_read_is_dead_lettered_and_its_partition_goes
             event = submitted_event(sample.listing)
             headers = [(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())]
             if index == 2:
-                headers.append((UndecodableKey("x"), b"value"))
+                headers.append((UndecodableHeaderKey("x"), b"value"))
             # One key: one partition, the listings before and after the unreadable one in the same log.
             metadata = producer.send(kafka.topics.listing_submitted, key=b"one-partition",
                                      value=event.SerializeToString(), headers=headers).get(30)
@@ -76,7 +70,7 @@ def test_a_topic_reader_passes_over_a_record_it_cannot_read(stack, kafka):
     topic = kafka.topics.listing_corrected  # read by no service: nothing else meets the record
     try:
         sent = [producer.send(topic, key=b"reader", value=value, headers=headers).get(30) for value, headers in
-                ((b"before", []), (b"unreadable", [(UndecodableKey("x"), b"1")]), (b"after", []))]
+                ((b"before", []), (b"unreadable", [(UndecodableHeaderKey("x"), b"1")]), (b"after", []))]
     finally:
         producer.close()
     reader = TopicReader(kafka, topic)

@@ -10,11 +10,7 @@ from kafka.consumer.fetcher import Fetcher
 from kafka.record import MemoryRecords, MemoryRecordsBuilder
 
 from services.common import kafka_unreadable
-
-
-class UndecodableKey(str):
-    def encode(self, *args, **kwargs) -> bytes:
-        return b"\xff\xfe"
+from services.drivers.chaos.poison import UndecodableHeaderKey
 
 
 def fetched(records: list[tuple[bytes, list]], base_offset: int = 10, corrupt: bool = False) -> MemoryRecords:
@@ -45,7 +41,7 @@ def test_installed_for_the_pinned_release_by_every_client_the_services_make():
 def test_a_record_that_cannot_be_read_raises_with_its_place_and_its_fetch_is_let_go():
     import services.common.kafka  # noqa: F401  (installs it)
 
-    part, drained = partition_records(fetched([(b"a", []), (b"b", []), (b"c", [(UndecodableKey("x"), b"1")]),
+    part, drained = partition_records(fetched([(b"a", []), (b"b", []), (b"c", [(UndecodableHeaderKey("x"), b"1")]),
                                                (b"d", [])]))
     assert [r.value for r in part.take(10)] == [b"a", b"b"]  # what comes before it is handed out
     with pytest.raises(Exception) as raised:
@@ -69,7 +65,7 @@ def test_without_it_the_fetch_is_kept_as_if_unread():
     """What the wrapper changes: kafka-python's own take leaves the fetch in hand, its reader finished."""
     original = Fetcher.PartitionRecords.take
     original = getattr(original, "__wrapped__", original)
-    part, drained = partition_records(fetched([(b"a", [(UndecodableKey("x"), b"1")])]))
+    part, drained = partition_records(fetched([(b"a", [(UndecodableHeaderKey("x"), b"1")])]))
     with pytest.raises(Exception):
         original(part, 10)
     assert part and drained == [] and original(part, 10) == []  # held, nothing to read: the poll loops on it

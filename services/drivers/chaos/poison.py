@@ -1,5 +1,5 @@
-"""Listings that can never be classified, for fault tests: a corrupt image and a decompression bomb; and a JPEG whose
-endless scans would hold a decoder for minutes."""
+"""Listings that can never be classified, for fault tests: a corrupt image and a decompression bomb; a JPEG whose
+endless scans would hold a decoder for minutes; and a header key the Kafka client cannot read."""
 
 from __future__ import annotations
 
@@ -45,3 +45,11 @@ def scan_bomb_listing(listing_id: str) -> common_pb2.Listing:
     """A 2000x2000 progressive JPEG of 20,000 scans (about 300 KB): several CPU-seconds to decode, were it decoded."""
     return common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
                               image_bytes=jpeg_scan_bomb(2000, 20_000))
+
+
+class UndecodableHeaderKey(str):
+    """A Kafka record header key whose bytes on the wire are not UTF-8, as a Go or C producer may write (header keys
+    are bytes there); kafka-python's producer writes whatever encode() returns, its consumer cannot read it back."""
+
+    def encode(self, *args, **kwargs) -> bytes:
+        return b"\xff\xfe-not-utf-8"

@@ -253,7 +253,8 @@ def produced_twice(stack: LocalStack, count: int = 100) -> ScenarioResult:
 
 
 def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResult:
-    from services.drivers.chaos.poison import corrupt_image_listing, oversized_image_listing, scan_bomb_listing
+    from services.drivers.chaos.poison import (UndecodableHeaderKey, corrupt_image_listing, oversized_image_listing,
+                                               scan_bomb_listing)
 
     samples = sample_listings(good_count, seed=79, prefix="chaos-poison")
     good_ids = {s.listing.listing_id for s in samples}
@@ -269,6 +270,9 @@ def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResul
             submit_listings(kafka, [sample.listing])
             if index == 10:
                 produce_raw(kafka, kafka.topics.listing_submitted, b"chaos-poison-garbage", b"\x00\xffgarbage")
+            if index == 15:  # a record the consumers cannot read at all: dead-lettered with where it sits
+                unreadable = produce_raw(kafka, kafka.topics.listing_submitted, b"chaos-poison-unreadable",
+                                         sample.listing.SerializeToString(), [(UndecodableHeaderKey("x"), b"1")])
             if index == 20:
                 submit_listings(kafka, poison)
             if index == 30:
@@ -277,8 +281,17 @@ def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResul
         order_id = ordered[0].listing.listing_id
         outcomes.wait_for(good_ids | poison_ids | {order_id}, 300)
         result = outcomes.result("poison interleaved with good events", good_ids | poison_ids,
-                                 len(good_ids) + len(poison_ids))
+                                 len(good_ids) + len(poison_ids) + 1)
         reasons = {f.listing_id: f.reason for f in outcomes.failed if f.listing_id in poison_ids}
+        # The unreadable record has no listing id anyone could read: its dead letter is found by where it sat (the
+        # barrier in wait_for went through its partition after it).
+        place = (kafka.topics.listing_submitted, unreadable.partition, unreadable.offset)
+        letters = [f for f in outcomes.failed if (f.source_topic, f.source_partition, f.source_offset) == place]
+        if letters:
+            result.dead_lettered += 1
+            reasons["chaos-poison-unreadable"] = letters[0].reason
+        else:
+            result.lost += 1
         digests = [e.classification.image_digest for _, e in outcomes.published
                    if e.classification.listing_id == order_id]
         from services.preprocessing.images import image_digest
