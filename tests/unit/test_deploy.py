@@ -336,3 +336,47 @@ def test_triton_answers_only_health_without_the_token_preprocessing_sends():
         workers += triton["spec"]["template"]["spec"]["containers"][1:]
         for worker in workers:
             assert {"secretRef": {"name": secret["metadata"]["name"]}} in worker["envFrom"]
+
+
+def compose_calls(services: dict) -> set[tuple[str, str]]:
+    """(caller, called) for every address of another service that a service is given (its environment, its command)
+    and every target Prometheus scrapes."""
+    import re
+
+    calls = set()
+    for name, service in services.items():
+        texts = [str(v) for v in (service.get("environment") or {}).values()]
+        texts += [str(part) for part in (service.get("command") or []) + (service.get("entrypoint") or [])]
+        for text in texts:
+            for host in re.findall(r"(?:^|[/@\s])([a-z][a-z-]*):\d+", text):
+                if host in services and host != name:
+                    calls.add((name, host))
+    scraped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    for job in scraped["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            calls.add(("prometheus", target.split(":")[0]))
+    return calls
+
+
+def test_compose_services_share_a_network_only_with_what_they_call_or_what_calls_them():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services, networks = compose["services"], compose["networks"]
+    member = {name: set(service.get("networks") or ["default"]) for name, service in services.items()}
+    calls = compose_calls(services)
+    assert {("gateway", "preprocessing"), ("gateway", "results"), ("console", "results"), ("results", "postgres"),
+            ("preprocessing", "triton"), ("preprocessing", "kafka"), ("prometheus", "triton")} <= calls
+    for caller, called in calls:
+        assert member[caller] & member[called], f"{caller} cannot reach {called}"
+    for network, settings in networks.items():
+        inside = {name for name, nets in member.items() if network in nets}
+        if network in ("edge", "egress"):
+            assert not (settings or {}).get("internal")  # published ports and the photo fetches need a way out
+            continue
+        assert (settings or {}).get("internal"), f"{network} must have no way out of the host"
+        hubs = [hub for hub in inside if all((m, hub) in calls or (hub, m) in calls for m in inside - {hub})]
+        assert hubs, f"{network} joins services that neither call one of them nor are called by it: {sorted(inside)}"
+    # what a compromised console reaches (besides the other published services on edge): the result service only
+    reachable = {other for other, nets in member.items() if other != "console" and nets & member["console"] - {"edge"}}
+    assert reachable == {"results"}
+    assert [name for name, nets in member.items() if "egress" in nets] == ["preprocessing"]
+    assert not member["triton"] & (member["kafka"] | member["postgres"] | member["console"])
