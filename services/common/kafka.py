@@ -2,7 +2,8 @@
 
 The consume loop holds the commit discipline: auto-commit off; a polled batch is handled, every output it sent is
 acknowledged by the broker, and only then are the batch's offsets committed. A retryable failure rewinds the batch
-and tries again after a backoff, so nothing is skipped; stop() lets the batch in hand finish and commit first.
+and tries again after a backoff, so nothing is skipped; stop() lets the batch in hand finish and commit first. The
+one record moved past is one the client cannot read at all, and only once its dead letter is acknowledged.
 """
 
 from __future__ import annotations
