@@ -21,7 +21,8 @@ from tritonclient.grpc import model_config_pb2
 
 from services.common.decode_path import PIXELS_ENSEMBLE
 from services.localstack.processes import ChildProcess, StartupError, free_port
-from services.preprocessing.triton_models import TRITON_ACCESS_KEY, TRITON_RESTRICTED
+from services.preprocessing.triton_models import (TRITON_ACCESS_KEY, TRITON_RESTRICTED, TritonClassifier,
+                                                   triton_client)
 
 _PYTHON_MODEL = Path(__file__).with_name("onnx_python_model.py")
 _DECODE_MODEL = Path(__file__).with_name("photo_decode_dali.py")  # the production DALI pipeline, on the CPU
@@ -160,14 +161,10 @@ class LocalTriton:
 
     def client(self):
         """A gRPC client of this Triton whose calls carry its access token."""
-        from services.preprocessing.triton_models import triton_client
-
         return triton_client(self.grpc_url, self.access_token)
 
     def classifier(self, model_names: list[str], **options):
         """The preprocessing service's TritonClassifier on this Triton, with its access token."""
-        from services.preprocessing.triton_models import TritonClassifier
-
         return TritonClassifier(self.grpc_url, model_names, access_token=self.access_token, **options)
 
     def start(self, timeout_s: float = 120.0) -> None:

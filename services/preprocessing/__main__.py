@@ -40,8 +40,7 @@ def main() -> None:
                                   ensemble=settings.ensemble_model if settings.decode_in_triton else None,
                                   pixels_ensemble=settings.pixels_ensemble.strip() or None,
                                   shared_memory=settings.triton_shared_memory,
-                                  access_token=settings.triton_access_token.get_secret_value()
-                                  if settings.triton_access_token else "")
+                                  access_token=settings.triton_token())
     predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads,
                                  settings.fetch_threads, settings.thumbnail_size, settings.decode_in_triton,
                                  settings.thumbnail_in_triton)

@@ -73,6 +73,10 @@ class PreprocessingSettings(GrpcServiceSettings):
                                       "unset: no spans are exported (trace ids still appear in the logs)")
     log_level: str = "INFO"
 
+    def triton_token(self) -> str:
+        """triton_access_token as the Triton client takes it: empty when unset."""
+        return self.triton_access_token.get_secret_value() if self.triton_access_token else ""
+
     def called_models(self) -> list[str]:
         """The models to call: model_names, or those the published fusion gives a weight above zero."""
         if self.model_names.strip():

@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if options.triton_url:
         from services.preprocessing.triton_models import TritonClassifier
 
-        token = settings.triton_access_token
         classifier = TritonClassifier(options.triton_url, settings.model_names.split(","),
-                                      access_token=token.get_secret_value() if token else "")
+                                      access_token=settings.triton_token())
         classifier.start()
         sizes = classifier.input_sizes()
         classifier.stop()
