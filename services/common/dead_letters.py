@@ -8,10 +8,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ErrorKind
-from services.common.kafka import UnreadableHandler, UnreadableRecord, send_event
+from services.common.kafka import MAX_REQUEST_BYTES, UnreadableHandler, UnreadableRecord, send_event
 from services.common.metrics import KAFKA_DEAD_LETTERED
 
 log = logging.getLogger(__name__)
+
+# The most of the original payload a dead letter carries: what a produce request holds, less room for the rest of
+# the dead letter, whose texts are clipped below (a record larger than that still sits in its topic, where the dead
+# letter says).
+MAX_DEAD_LETTER_PAYLOAD = MAX_REQUEST_BYTES - 64 * 1024
+# Ids (and a record's key standing in for one) longer than any valid id (256) stay longer than that once clipped, so
+# the result service still refuses to store them, rather than under another listing's id.
+MAX_DEAD_LETTER_ID = 1024
+MAX_DEAD_LETTER_REASON = 2000
 
 
 def send_dead_letter(producer, topic: str, record, kind: ErrorKind, reason: str, stage: str, *,
@@ -34,15 +43,24 @@ def publish_dead_letter(producer, topic: str, failure: events_pb2.ProcessingFail
 
 def dead_letter(record, kind: ErrorKind, reason: str, stage: str, *, listing_id: str = "", submission_id: str = "",
                 marketplace: str = "") -> events_pb2.ProcessingFailed:
-    """The ProcessingFailed for one record: its reason, where it came from, and the original payload."""
+    """The ProcessingFailed for one record: its reason, where it came from, and the original payload when a dead
+    letter can carry it (MAX_DEAD_LETTER_PAYLOAD; a larger one is left out and the reason says so). Before, a
+    payload near or past the produce limit (a record unfolded from a compressed batch can be 64 MiB) made a dead
+    letter the producer refused, and the batch was retried for ever, its partition stopped."""
     failed_at = Timestamp()
     failed_at.GetCurrentTime()
     if not listing_id and record.key:
-        listing_id = record.key.decode(errors="replace")
+        listing_id = record.key[:4 * MAX_DEAD_LETTER_ID].decode(errors="replace")
+    payload, reason = record.value or b"", reason[:MAX_DEAD_LETTER_REASON]
+    if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+        reason = (f"{reason} (the payload, {len(payload)} bytes, is not copied into this dead letter, which carries "
+                  f"at most {MAX_DEAD_LETTER_PAYLOAD}: it stays at its source offset)")
+        payload = b""
     failure = events_pb2.ProcessingFailed(
-        submission_id=submission_id, listing_id=listing_id, marketplace=marketplace, error_kind=kind.proto,
-        reason=reason, stage=stage, source_topic=record.topic, source_partition=record.partition,
-        source_offset=record.offset, original_payload=record.value or b"", failed_at=failed_at)
+        submission_id=submission_id[:MAX_DEAD_LETTER_ID], listing_id=listing_id[:MAX_DEAD_LETTER_ID],
+        marketplace=marketplace[:MAX_DEAD_LETTER_ID], error_kind=kind.proto, reason=reason,
+        stage=stage, source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
+        original_payload=payload, failed_at=failed_at)
     return failure
 
 

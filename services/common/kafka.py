@@ -34,6 +34,8 @@ kafka_receive.install()
 kafka_unreadable.install()
 
 PAYLOAD_TYPE_HEADER = "payload-type"
+# The largest produce request the services send: the topics' max.message.bytes (docker-compose.yml).
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 EVENT_ID_HEADER = "event-id"
@@ -76,7 +78,7 @@ def make_producer(settings: KafkaSettings, client_id: str) -> KafkaProducer:
     # what limits throughput, not the network.
     return KafkaProducer(**settings.client_options(), client_id=client_id, acks="all", linger_ms=5,
                          batch_size=1024 * 1024, retries=5, max_in_flight_requests_per_connection=1,
-                         max_request_size=16 * 1024 * 1024)
+                         max_request_size=MAX_REQUEST_BYTES)
 
 
 def make_consumer(settings: KafkaSettings, group_id: str, client_id: str, max_poll_records: int) -> KafkaConsumer:

@@ -120,3 +120,41 @@ def test_every_record_of_a_batch_failing_its_checksum_is_dead_lettered_and_the_p
                    if _at(r, kafka.topics.listing_submitted, metadata.partition, metadata.offset)]
         assert letters, f"offset {metadata.offset} was not dead-lettered"
         assert "crc" in letters[0].reason and letters[0].stage == "preprocessing"
+
+
+def test_a_listing_too_large_for_a_dead_letter_is_dead_lettered_without_it_and_the_partition_goes_on(stack, kafka):
+    """A listing event of 40 MiB (a photo of 40 MiB of zeros: a few kilobytes of zstd, so the broker takes it) is
+    refused for its image's size. Its dead letter used to copy it whole: the producer refused a 40 MiB dead letter,
+    the batch was retried for ever, and nothing after it in its partition was classified."""
+    samples = sample_listings(2, seed=181, prefix="oversized")
+    large = common_pb2.Listing()
+    large.CopyFrom(samples[0].listing)
+    large.image_bytes = bytes(40 << 20)
+    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
+    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
+    compressing = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0,
+                                compression_type="zstd", max_request_size=1 << 30)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
+    try:
+        event = submitted_event(large)
+        headers = [(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())]
+        refused = compressing.send(kafka.topics.listing_submitted, key=b"oversized", value=event.SerializeToString(),
+                                   headers=headers).get(60)
+        event = submitted_event(samples[1].listing)
+        after = producer.send(kafka.topics.listing_submitted, key=b"oversized", value=event.SerializeToString(),
+                              headers=headers).get(30)
+        assert after.partition == refused.partition
+        wanted = {samples[1].listing.listing_id}
+        classified = classified_by_listing(classified_reader.read(AllClassified(wanted), 90))
+        failures = failed_reader.read(dead_letters_at(kafka.topics.listing_submitted, refused.partition,
+                                                      [refused.offset]), 30)
+    finally:
+        compressing.close()
+        producer.close()
+        classified_reader.close()
+        failed_reader.close()
+    assert wanted <= set(classified), "the listing after the large one was never classified"
+    [letter] = [events_pb2.ProcessingFailed.FromString(r.value) for r in failures
+                if _at(r, kafka.topics.listing_submitted, refused.partition, refused.offset)][:1]
+    assert letter.listing_id == large.listing_id and letter.stage == "preprocessing"
+    assert letter.original_payload == b"" and "is not copied into this dead letter" in letter.reason
