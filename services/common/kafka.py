@@ -20,7 +20,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from services.common import kafka_receive, kafka_unreadable
+from services.common import kafka_decompression, kafka_receive, kafka_unreadable
 from services.common.errors import ClassificationError, KafkaOutcome
 from services.common.metrics import KAFKA_ASSIGNED_PARTITIONS, KAFKA_BATCH_RETRIES, KAFKA_CONSUMED, KAFKA_PRODUCED
 from services.common.settings import KafkaSettings
@@ -28,10 +28,12 @@ from services.common.tracing import inject_headers
 
 log = logging.getLogger(__name__)
 
-# Every client made in a process that imports this module reads what the broker sends with fewer copies, and raises
-# on every poll, with where it sits, for a record it cannot read (kafka_unreadable).
+# Every client made in a process that imports this module reads what the broker sends with fewer copies, raises on
+# every poll, with where it sits, for a record it cannot read (kafka_unreadable), and decompresses a batch no further
+# than a bound (kafka_decompression; make_consumer sets it from the settings).
 kafka_receive.install()
 kafka_unreadable.install()
+kafka_decompression.install()
 
 PAYLOAD_TYPE_HEADER = "payload-type"
 # The largest produce request the services send: the topics' max.message.bytes (docker-compose.yml).
@@ -82,6 +84,7 @@ def make_producer(settings: KafkaSettings, client_id: str) -> KafkaProducer:
 
 
 def make_consumer(settings: KafkaSettings, group_id: str, client_id: str, max_poll_records: int) -> KafkaConsumer:
+    kafka_decompression.install(settings.max_decompressed_batch_bytes)
     return KafkaConsumer(
         **settings.client_options(),
         client_id=client_id,

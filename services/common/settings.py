@@ -37,6 +37,10 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: str | None = Field(None, description="key of ssl_certfile")
     session_timeout_ms: int = Field(6000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1000, description="consumer group heartbeat interval")
+    max_decompressed_batch_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024 * 1024,
+        description="a compressed batch that unfolds past this many bytes is not read: dead-lettered with where it "
+                    "sits, then moved past (a few KB of zstd can unfold to GBs)")
     topics: Topics = Topics()
 
     def client_options(self) -> dict:

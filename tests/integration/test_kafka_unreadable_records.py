@@ -7,6 +7,8 @@ partition held for good. Now each such record is dead-lettered with where it sit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import kafka.record.default_records as default_records
 import pytest
 from kafka import KafkaProducer
@@ -120,6 +122,53 @@ def test_every_record_of_a_batch_failing_its_checksum_is_dead_lettered_and_the_p
                    if _at(r, kafka.topics.listing_submitted, metadata.partition, metadata.offset)]
         assert letters, f"offset {metadata.offset} was not dead-lettered"
         assert "crc" in letters[0].reason and letters[0].stage == "preprocessing"
+
+
+def _memory_kib(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS", "VmHWM"))}
+
+
+def test_a_batch_unfolding_to_gigabytes_is_dead_lettered_without_the_worker_growing_by_it(stack, kafka):
+    """256 MiB of zeros in 8 KB of zstd: kafka-python unfolded the batch whole and copied it, so each fetch grew the
+    worker by about 768 MiB (past its 2 GiB limit in deploy/ with a larger batch: restarted onto the same batch for
+    good), and the record's dead letter, which copied its 256 MiB, was refused, so nothing after it was classified.
+    Now it stops at KAFKA_MAX_DECOMPRESSED_BATCH_BYTES (64 MiB), dead-letters the record with where it sits, and the
+    partition goes on."""
+    sample = sample_listings(1, seed=179, prefix="unfolding")[0]
+    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
+    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
+    workers = [service.process.process.pid for name, service in stack.services.items()
+               if name.startswith("preprocessing")]
+    before = {pid: _memory_kib(pid) for pid in workers}
+    bomb = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0,
+                         compression_type="zstd", max_request_size=1 << 30)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
+    try:
+        unfolding = bomb.send(kafka.topics.listing_submitted, key=b"unfolding", value=bytes(256 << 20)).get(60)
+        event = submitted_event(sample.listing)
+        after = producer.send(kafka.topics.listing_submitted, key=b"unfolding", value=event.SerializeToString(),
+                              headers=[(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())]).get(30)
+        assert after.partition == unfolding.partition and after.offset > unfolding.offset
+        classified = classified_by_listing(classified_reader.read(AllClassified({sample.listing.listing_id}), 90))
+        failures = failed_reader.read(dead_letters_at(kafka.topics.listing_submitted, unfolding.partition,
+                                                      [unfolding.offset]), 30)
+    finally:
+        bomb.close()
+        producer.close()
+        classified_reader.close()
+        failed_reader.close()
+    assert sample.listing.listing_id in classified, "the listing after the batch was never classified"
+    letters = [events_pb2.ProcessingFailed.FromString(r.value) for r in failures
+               if _at(r, kafka.topics.listing_submitted, unfolding.partition, unfolding.offset)]
+    assert letters, "the batch was not dead-lettered"
+    assert "zstd-compressed batch unfolds to more than" in letters[0].reason
+    assert letters[0].error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST
+    for pid, memory in before.items():
+        peak = _memory_kib(pid)["VmHWM"]
+        # The peak may rise by what one bounded read holds (64 MiB, in 1 MiB parts), not by the batch unfolded.
+        assert peak <= max(memory["VmHWM"], memory["VmRSS"] + 160 * 1024), (
+            f"preprocessing (pid {pid}) peaked at {peak >> 10} MiB, from {memory['VmRSS'] >> 10} MiB resident")
 
 
 def test_a_listing_too_large_for_a_dead_letter_is_dead_lettered_without_it_and_the_partition_goes_on(stack, kafka):
