@@ -103,9 +103,12 @@ def submit_listings(settings: KafkaSettings, listings: Iterable[common_pb2.Listi
         producer.close()
 
 
-def produce_raw(settings: KafkaSettings, topic: str, key: bytes, value: bytes, headers: list | None = None):
-    """One record as given; returns its metadata (partition, offset) once the broker acknowledged it."""
-    producer = KafkaProducer(**settings.client_options(), acks="all")
+def produce_raw(settings: KafkaSettings, topic: str, key: bytes, value: bytes, headers: list | None = None,
+                compression_type: str | None = None):
+    """One record as given (in a batch of its own, compressed when asked: any size then, what travels is checked by
+    the broker); returns its metadata (partition, offset) once the broker acknowledged it."""
+    producer = KafkaProducer(**settings.client_options(), acks="all", compression_type=compression_type,
+                             **({"max_request_size": 1 << 30} if compression_type else {}))
     try:
         return producer.send(topic, key=key, value=value, headers=headers or []).get(timeout=30)
     finally:

@@ -70,10 +70,11 @@ def test_the_same_events_twice_are_stored_and_published_once(chaos_stack):
 
 def test_poison_is_dead_lettered_and_good_events_go_on_in_order(chaos_stack):
     result = scenarios.poison_interleaved(chaos_stack, 60)
-    assert_nothing_lost_or_doubled(result, dead_lettered=5)
+    assert_nothing_lost_or_doubled(result, dead_lettered=6)
     assert result.classified == 60
     notes = json.loads(result.notes)
     assert "UnicodeDecodeError" in notes["poison_reasons"]["chaos-poison-unreadable"]  # a record no one can read
+    assert "zstd-compressed batch unfolds to more than" in notes["poison_reasons"]["chaos-poison-unfolding"]
     assert notes["order_kept"]
     assert "cannot be decoded" in notes["poison_reasons"]["chaos-poison-corrupt"]
     assert "100000x100000" in notes["poison_reasons"]["chaos-poison-bomb"]

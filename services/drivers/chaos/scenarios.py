@@ -275,23 +275,27 @@ def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResul
                                          sample.listing.SerializeToString(), [(UndecodableHeaderKey("x"), b"1")])
             if index == 20:
                 submit_listings(kafka, poison)
+            if index == 25:  # 8 KB of zstd unfolding to 256 MiB: no consumer unfolds it past its bound
+                unfolding = produce_raw(kafka, kafka.topics.listing_submitted, b"chaos-poison-unfolding",
+                                        bytes(256 << 20), compression_type="zstd")
             if index == 30:
                 submit_listings(kafka, [ordered[0].listing, ordered[1].listing])
         poison_ids = {"chaos-poison-garbage", *(p.listing_id for p in poison)}
         order_id = ordered[0].listing.listing_id
         outcomes.wait_for(good_ids | poison_ids | {order_id}, 300)
         result = outcomes.result("poison interleaved with good events", good_ids | poison_ids,
-                                 len(good_ids) + len(poison_ids) + 1)
+                                 len(good_ids) + len(poison_ids) + 2)
         reasons = {f.listing_id: f.reason for f in outcomes.failed if f.listing_id in poison_ids}
-        # The unreadable record has no listing id anyone could read: its dead letter is found by where it sat (the
-        # barrier in wait_for went through its partition after it).
-        place = (kafka.topics.listing_submitted, unreadable.partition, unreadable.offset)
-        letters = [f for f in outcomes.failed if (f.source_topic, f.source_partition, f.source_offset) == place]
-        if letters:
-            result.dead_lettered += 1
-            reasons["chaos-poison-unreadable"] = letters[0].reason
-        else:
-            result.lost += 1
+        # The records no one can read have no listing id anyone could read: their dead letters are found by where
+        # they sat (the barrier in wait_for went through their partitions after them).
+        for name, metadata in (("chaos-poison-unreadable", unreadable), ("chaos-poison-unfolding", unfolding)):
+            place = (kafka.topics.listing_submitted, metadata.partition, metadata.offset)
+            letters = [f for f in outcomes.failed if (f.source_topic, f.source_partition, f.source_offset) == place]
+            if letters:
+                result.dead_lettered += 1
+                reasons[name] = letters[0].reason
+            else:
+                result.lost += 1
         digests = [e.classification.image_digest for _, e in outcomes.published
                    if e.classification.listing_id == order_id]
         from services.preprocessing.images import image_digest
