@@ -124,6 +124,54 @@ def test_every_record_of_a_batch_failing_its_checksum_is_dead_lettered_and_the_p
         assert "crc" in letters[0].reason and letters[0].stage == "preprocessing"
 
 
+
+def _large_then_listing(kafka, key: bytes, value: bytes, headers: list, sample):
+    """Sends value as one zstd-compressed record (a few KB on the wire, whatever it unfolds to), then sample's listing
+    under the same key (the same partition, after it); returns the first's metadata, whether the listing was
+    classified, and the first's dead letters."""
+    topic = kafka.topics.listing_submitted
+    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
+    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
+    compressing = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0,
+                                compression_type="zstd", max_request_size=1 << 30)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
+    try:
+        large = compressing.send(topic, key=key, value=value, headers=headers).get(60)
+        event = submitted_event(sample.listing)
+        after = producer.send(topic, key=key, value=event.SerializeToString(),
+                              headers=[(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())]).get(30)
+        assert after.partition == large.partition and after.offset > large.offset
+        wanted = {sample.listing.listing_id}
+        classified = wanted <= set(classified_by_listing(classified_reader.read(AllClassified(wanted), 90)))
+        failures = failed_reader.read(dead_letters_at(topic, large.partition, [large.offset]), 30)
+    finally:
+        compressing.close()
+        producer.close()
+        classified_reader.close()
+        failed_reader.close()
+    letters = [events_pb2.ProcessingFailed.FromString(r.value) for r in failures
+               if _at(r, topic, large.partition, large.offset)]
+    return large, classified, letters
+
+
+def test_a_listing_too_large_for_a_dead_letter_is_dead_lettered_without_it_and_the_partition_goes_on(stack, kafka):
+    """A listing event of 40 MiB (a photo of 40 MiB of zeros: a few kilobytes of zstd, so the broker takes it) is
+    refused for its image's size. Its dead letter used to copy it whole: the producer refused a 40 MiB dead letter,
+    the batch was retried for ever, and nothing after it in its partition was classified."""
+    samples = sample_listings(2, seed=181, prefix="oversized")
+    large = common_pb2.Listing()
+    large.CopyFrom(samples[0].listing)
+    large.image_bytes = bytes(40 << 20)
+    event = submitted_event(large)
+    _, classified, letters = _large_then_listing(kafka, b"oversized", event.SerializeToString(),
+                                                 [(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())],
+                                                 samples[1])
+    assert classified, "the listing after the large one was never classified"
+    assert letters, "the large listing was not dead-lettered"
+    assert letters[0].listing_id == large.listing_id and letters[0].stage == "preprocessing"
+    assert letters[0].original_payload == b"" and "is not copied into this dead letter" in letters[0].reason
+
+
 def _memory_kib(pid: int) -> dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS", "VmHWM"))}
@@ -136,31 +184,11 @@ def test_a_batch_unfolding_to_gigabytes_is_dead_lettered_without_the_worker_grow
     Now it stops at KAFKA_MAX_DECOMPRESSED_BATCH_BYTES (64 MiB), dead-letters the record with where it sits, and the
     partition goes on."""
     sample = sample_listings(1, seed=179, prefix="unfolding")[0]
-    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
-    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
     workers = [service.process.process.pid for name, service in stack.services.items()
                if name.startswith("preprocessing")]
     before = {pid: _memory_kib(pid) for pid in workers}
-    bomb = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0,
-                         compression_type="zstd", max_request_size=1 << 30)
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
-    try:
-        unfolding = bomb.send(kafka.topics.listing_submitted, key=b"unfolding", value=bytes(256 << 20)).get(60)
-        event = submitted_event(sample.listing)
-        after = producer.send(kafka.topics.listing_submitted, key=b"unfolding", value=event.SerializeToString(),
-                              headers=[(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())]).get(30)
-        assert after.partition == unfolding.partition and after.offset > unfolding.offset
-        classified = classified_by_listing(classified_reader.read(AllClassified({sample.listing.listing_id}), 90))
-        failures = failed_reader.read(dead_letters_at(kafka.topics.listing_submitted, unfolding.partition,
-                                                      [unfolding.offset]), 30)
-    finally:
-        bomb.close()
-        producer.close()
-        classified_reader.close()
-        failed_reader.close()
-    assert sample.listing.listing_id in classified, "the listing after the batch was never classified"
-    letters = [events_pb2.ProcessingFailed.FromString(r.value) for r in failures
-               if _at(r, kafka.topics.listing_submitted, unfolding.partition, unfolding.offset)]
+    _, classified, letters = _large_then_listing(kafka, b"unfolding", bytes(256 << 20), [], sample)
+    assert classified, "the listing after the batch was never classified"
     assert letters, "the batch was not dead-lettered"
     assert "zstd-compressed batch unfolds to more than" in letters[0].reason
     assert letters[0].error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST
@@ -169,41 +197,3 @@ def test_a_batch_unfolding_to_gigabytes_is_dead_lettered_without_the_worker_grow
         # The peak may rise by what one bounded read holds (64 MiB, in 1 MiB parts), not by the batch unfolded.
         assert peak <= max(memory["VmHWM"], memory["VmRSS"] + 160 * 1024), (
             f"preprocessing (pid {pid}) peaked at {peak >> 10} MiB, from {memory['VmRSS'] >> 10} MiB resident")
-
-
-def test_a_listing_too_large_for_a_dead_letter_is_dead_lettered_without_it_and_the_partition_goes_on(stack, kafka):
-    """A listing event of 40 MiB (a photo of 40 MiB of zeros: a few kilobytes of zstd, so the broker takes it) is
-    refused for its image's size. Its dead letter used to copy it whole: the producer refused a 40 MiB dead letter,
-    the batch was retried for ever, and nothing after it in its partition was classified."""
-    samples = sample_listings(2, seed=181, prefix="oversized")
-    large = common_pb2.Listing()
-    large.CopyFrom(samples[0].listing)
-    large.image_bytes = bytes(40 << 20)
-    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
-    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
-    compressing = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0,
-                                compression_type="zstd", max_request_size=1 << 30)
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
-    try:
-        event = submitted_event(large)
-        headers = [(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())]
-        refused = compressing.send(kafka.topics.listing_submitted, key=b"oversized", value=event.SerializeToString(),
-                                   headers=headers).get(60)
-        event = submitted_event(samples[1].listing)
-        after = producer.send(kafka.topics.listing_submitted, key=b"oversized", value=event.SerializeToString(),
-                              headers=headers).get(30)
-        assert after.partition == refused.partition
-        wanted = {samples[1].listing.listing_id}
-        classified = classified_by_listing(classified_reader.read(AllClassified(wanted), 90))
-        failures = failed_reader.read(dead_letters_at(kafka.topics.listing_submitted, refused.partition,
-                                                      [refused.offset]), 30)
-    finally:
-        compressing.close()
-        producer.close()
-        classified_reader.close()
-        failed_reader.close()
-    assert wanted <= set(classified), "the listing after the large one was never classified"
-    [letter] = [events_pb2.ProcessingFailed.FromString(r.value) for r in failures
-                if _at(r, kafka.topics.listing_submitted, refused.partition, refused.offset)][:1]
-    assert letter.listing_id == large.listing_id and letter.stage == "preprocessing"
-    assert letter.original_payload == b"" and "is not copied into this dead letter" in letter.reason
