@@ -25,9 +25,9 @@ import kafka.record.default_records as default_records
 import kafka.record.legacy_records as legacy_records
 from kafka.errors import CorruptRecordError
 
-# The topics take batches of at most 16 MiB (max.message.bytes in docker-compose.yml, max_request_size in kafka.py);
-# listing events carry JPEG, which compresses by a few per cent, so a real batch unfolds to about its own size.
-DEFAULT_LIMIT = 64 * 1024 * 1024
+from services.common.settings import MAX_DECOMPRESSED_BATCH_BYTES
+
+DEFAULT_LIMIT = MAX_DECOMPRESSED_BATCH_BYTES
 _CHUNK = 1024 * 1024
 
 _limit = DEFAULT_LIMIT

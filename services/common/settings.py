@@ -22,6 +22,11 @@ class Topics(BaseModel):
     listing_corrected: str = "product-classification.listing-corrected.v1"
 
 
+# The topics take batches of at most 16 MiB (max.message.bytes in docker-compose.yml); listing events carry JPEG,
+# which compresses by a few per cent, so a real batch unfolds to about its own size (kafka_decompression.py).
+MAX_DECOMPRESSED_BATCH_BYTES = 64 * 1024 * 1024
+
+
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka cluster. Env prefix KAFKA_ (e.g. KAFKA_BOOTSTRAP_SERVERS)."""
 
@@ -38,7 +43,7 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(6000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1000, description="consumer group heartbeat interval")
     max_decompressed_batch_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024 * 1024,
+        MAX_DECOMPRESSED_BATCH_BYTES, ge=1024 * 1024,
         description="a compressed batch that unfolds past this many bytes is not read: dead-lettered with where it "
                     "sits, then moved past (a few KB of zstd can unfold to GBs)")
     topics: Topics = Topics()
