@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import secrets
 from pathlib import Path
 
 import grpc
@@ -48,6 +49,15 @@ def secure_channel(address: str, tls: TlsFiles | None, options: list | None = No
         private_key=tls.key_file.read_bytes() if tls.key_file else None,
         certificate_chain=tls.cert_file.read_bytes() if tls.cert_file else None)
     return grpc.secure_channel(address, credentials, options=options)
+
+
+def new_api_key(nbytes: int = 24) -> str:
+    """A random URL-safe key that never starts with '-': one that did would read as an option on a command line
+    (`--api-key -x...` is refused by argparse and most other parsers)."""
+    while True:
+        key = secrets.token_urlsafe(nbytes)
+        if not key.startswith("-"):
+            return key
 
 
 def parse_api_keys(secret: SecretStr | None) -> dict[str, str]:

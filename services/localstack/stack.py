@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpc_security import TlsFiles, secure_channel, with_api_key
+from services.common.grpc_security import TlsFiles, new_api_key, secure_channel, with_api_key
 from services.common.kafka import create_topics
 from services.common.settings import KafkaSettings
 from services.localstack.broker import LocalBroker
@@ -123,9 +123,9 @@ class LocalStack:
         self.database_url = options.database_url or f"sqlite:///{work / 'results.sqlite3'}"
         self.services: dict[str, ServiceProcess] = {}
         # Generated per run: callers use gateway_channel() (and results_channel()), which send them.
-        self.gateway_api_key = secrets.token_urlsafe(24)
+        self.gateway_api_key = new_api_key()
         # Each internal service knows its callers by key: the gateway, and this stack's own tools.
-        self.internal_keys = {service: {caller: secrets.token_urlsafe(24) for caller in callers}
+        self.internal_keys = {service: {caller: new_api_key() for caller in callers}
                               for service, callers in (("results", ("gateway", "console", "localstack")),
                                                        ("preprocessing", ("gateway", "localstack")))}
         self.console: ConsoleProcess | None = None

@@ -329,8 +329,9 @@ def test_export_corrections_writes_a_catalogue_make_train_takes(stack, console, 
         assert status == 200
     out = tmp_path / "corrected"
     run = subprocess.run([sys.executable, "-m", "services.tools.export_corrections", str(out), "--marketplace",
-                          marketplace, "--results", stack.services["results"].address, "--api-key",
-                          stack.internal_keys["results"]["localstack"]], capture_output=True, text=True, timeout=120)
+                          marketplace, "--results", stack.services["results"].address,
+                          f"--api-key={stack.internal_keys['results']['localstack']}"],  # a key may start with '-'
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     counts = json.loads(run.stdout.strip().splitlines()[-1])
     assert counts["exported"] >= 5

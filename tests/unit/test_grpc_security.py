@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
-from services.common.grpc_security import ApiKeyInterceptor, TlsFiles, parse_api_keys, secure_channel, server_credentials
+from services.common.grpc_security import (ApiKeyInterceptor, TlsFiles, new_api_key, parse_api_keys, secure_channel,
+                                           server_credentials)
 from services.common.grpc_server import GrpcServer
 
 
@@ -185,3 +186,18 @@ def test_mtls_settings_bring_the_certificate_check_only_where_methods_are_named(
     assert [type(i) for i in settings.authentication({"RecordPrediction": frozenset({"gateway"})})] == \
         [CertificateCallerInterceptor]
     assert settings.authentication() == []
+
+
+def test_a_generated_api_key_never_starts_with_a_dash(monkeypatch):
+    """One key in 64 from token_urlsafe starts with '-', which `--api-key KEY` reads as an option (a CI run failed so)."""
+    import argparse
+    import secrets
+
+    drawn = iter(["-" + "a" * 31, "-" + "b" * 31, "c" * 32])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    key = new_api_key()
+    assert key == "c" * 32
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--api-key")
+    assert parser.parse_args(["--api-key", key]).api_key == key
+    assert parse_api_keys(SecretStr(f"tool={key}")) == {key: "tool"}

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import platform
-import secrets
 import shutil
 import threading
 import time
@@ -22,6 +21,7 @@ import grpc
 import numpy as np
 
 from services.common.contracts.product_classification.v1 import gateway_pb2, results_pb2, results_pb2_grpc
+from services.common.grpc_security import new_api_key
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions, authenticated_channel
 from services.drivers.traffic import sample_listings
 
@@ -35,7 +35,7 @@ def main() -> None:
     work_dir = REPOSITORY_ROOT / ".run" / "bench-watch"
     shutil.rmtree(work_dir, ignore_errors=True)
     stack = LocalStack(StackOptions(work_dir=work_dir))
-    callers = {f"watcher-{i}": secrets.token_urlsafe(18) for i in range(options.callers)}
+    callers = {f"watcher-{i}": new_api_key(18) for i in range(options.callers)}
     stack.internal_keys["results"].update(callers)
     with stack:
         address = stack.services["results"].address
