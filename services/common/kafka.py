@@ -162,7 +162,7 @@ POLL_AHEAD_BATCHES = 4
 
 @dataclass(frozen=True)
 class UnreadableRecord:
-    """A record the Kafka client cannot read (kafka_unreadable), met twice in a row at the same place (once may be the
+    """A record the Kafka client cannot read (kafka_unreadable), met in two fetches at the same place (once may be the
     transfer's fault: it is fetched again): dead-lettered with where it sits (its bytes stay in the broker's log for
     whoever can read them) before the loop moves past it."""
     topic: str
@@ -189,7 +189,10 @@ class ConsumeLoop:
         # Dead-letters a record kafka-python cannot read, so the loop can move past it (_skip_if_unreadable); without
         # it such a record holds its partition, and health says NOT_SERVING.
         self.on_unreadable = on_unreadable
-        self._unreadable_met: tuple[tuple[TopicPartition, int], BaseException] | None = None
+        # Per partition, the unreadable record met once (its offset) and the error it raised. Per partition, not the
+        # last one met: kafka-python fetches partitions in turn, so two partitions holding one each raise in turn,
+        # and a loop that remembered only the last would never meet either twice in a row (seen in `make chaos`).
+        self._unreadable_met: dict[TopicPartition, tuple[int, BaseException]] = {}
         # A batch whose sends and commit the broker has not acknowledged within this long makes health NOT_SERVING
         # while the loop goes on waiting (up to send_timeout_s, then the batch is retried).
         self.ack_patience_s = ack_patience_s
@@ -348,17 +351,20 @@ class ConsumeLoop:
 
     def _skip_if_unreadable(self, error: Exception) -> bool:
         """Whether a poll's error was a record the client cannot read (kafka_unreadable): the first time at a place it
-        is only noted (the next poll fetches it again); the second time in a row it is dead-lettered and, once the
-        broker acknowledged that, the partition's position moves past it. Not skipped unless dead-lettered."""
+        is only noted (the next poll fetches it again); the next time its partition raises there it is dead-lettered
+        and, once the broker acknowledged that, the partition's position moves past it. Not skipped unless
+        dead-lettered."""
         place = kafka_unreadable.unreadable_at(error)
         if place is None or self.on_unreadable is None:
             return False
         partition, offset = place
-        met = self._unreadable_met
-        if met is None or met[0] != place or met[1] is error:  # the same error raised again is not a second fetch
-            self._unreadable_met = (place, error)
+        met = self._unreadable_met.get(partition)
+        if met is None or met[0] != offset or met[1] is error:  # the same error raised again is not a second fetch
+            assigned = self.consumer.assignment()  # a partition a rebalance took away is forgotten
+            self._unreadable_met = {p: m for p, m in self._unreadable_met.items() if p in assigned}
+            self._unreadable_met[partition] = (offset, error)
             return True
-        self._unreadable_met = None
+        del self._unreadable_met[partition]
         if partition not in self.consumer.assignment() or self.consumer.position(partition) != offset:
             return True  # moved on meanwhile (a rebalance, a rewind): whoever reads it next meets it again
         record = UnreadableRecord(partition.topic, partition.partition, offset,

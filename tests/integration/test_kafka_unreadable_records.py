@@ -7,6 +7,8 @@ partition held for good. Now each such record is dead-lettered with where it sit
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import kafka.record.default_records as default_records
@@ -64,6 +66,48 @@ def test_a_record_the_client_cannot_read_is_dead_lettered_and_its_partition_goes
     letter = letters[0]
     assert letter.stage == "preprocessing"
     assert "UnicodeDecodeError" in letter.reason and letter.error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST
+
+
+def test_unreadable_records_in_two_partitions_fetched_together_are_both_dead_lettered(stack, kafka):
+    """One such record in each of two partitions, in the worker's one fetch: kafka-python raises them in turn, and the
+    loop, which remembered only the last place met, never met either twice in a row: it polled for ever and neither
+    partition went on (seen in `make chaos`). The workers are stopped while the records are sent, so that one fetch
+    holds both."""
+    samples = sample_listings(2, seed=191, prefix="two-unreadable")
+    topic = kafka.topics.listing_submitted
+    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
+    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
+    workers = [service.process.process.pid for name, service in stack.services.items()
+               if name.startswith("preprocessing")]
+    unreadable = []
+    try:
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:  # well within the group's session timeout: no rebalance
+            for partition, sample in zip((0, 1), samples):
+                unreadable.append(producer.send(topic, partition=partition, key=b"two-unreadable", value=b"x",
+                                                headers=[(UndecodableHeaderKey("x"), b"1")]))
+                event = submitted_event(sample.listing)
+                producer.send(topic, partition=partition, key=b"two-unreadable", value=event.SerializeToString(),
+                              headers=[(PAYLOAD_TYPE_HEADER, event.DESCRIPTOR.full_name.encode())])
+            producer.flush(10)
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        unreadable = [future.get(30) for future in unreadable]
+        wanted = {sample.listing.listing_id for sample in samples}
+        classified = set(classified_by_listing(classified_reader.read(AllClassified(wanted), 90)))
+        failures = failed_reader.read(lambda rs: all(dead_letters_at(topic, m.partition, [m.offset])(rs)
+                                                     for m in unreadable), 30)
+    finally:
+        producer.close()
+        classified_reader.close()
+        failed_reader.close()
+    assert wanted <= classified, f"never classified: {sorted(wanted - classified)}"
+    for metadata in unreadable:
+        assert any(_at(r, topic, metadata.partition, metadata.offset) for r in failures), (
+            f"the unreadable record at {metadata.partition}/{metadata.offset} was not dead-lettered")
 
 
 def test_a_topic_reader_passes_over_a_record_it_cannot_read(stack, kafka):

@@ -376,6 +376,73 @@ def test_a_record_the_client_cannot_read_is_dead_lettered_then_skipped_and_what_
     assert not loop.fatal.is_set()
 
 
+class TwoUnreadablePartitionsConsumer(RecordingConsumer):
+    """The seam: partitions 0 and 1 each hold a record the client cannot read at offset 5, then a readable one at 6.
+    Polls take the partitions in turn, as kafka-python's fetcher does, so the two raise one after the other."""
+
+    def __init__(self):
+        super().__init__([])
+        self.positions = {0: 5, 1: 5}
+        self.turn = 0
+
+    def assignment(self):
+        from kafka import TopicPartition
+
+        return {TopicPartition("t", 0), TopicPartition("t", 1)}
+
+    def position(self, partition):
+        return self.positions[partition.partition]
+
+    def seek(self, partition, offset):
+        super().seek(partition, offset)
+        self.positions[partition.partition] = offset
+
+    def poll(self, timeout_ms=0, max_records=None):
+        from kafka import TopicPartition
+        from kafka.errors import CorruptRecordError
+
+        from services.common.kafka_unreadable import PLACE_ATTRIBUTE
+
+        waiting = [p for p in (0, 1) if self.positions[p] < 7]
+        if not waiting:
+            time.sleep(timeout_ms / 1000)
+            return {}
+        partition = waiting[self.turn % len(waiting)]
+        self.turn += 1
+        if self.positions[partition] == 6:
+            self.positions[partition] = 7
+            return {partition: [SimpleNamespace(topic="t", partition=partition, offset=6, key=b"k", value=b"v")]}
+        error = CorruptRecordError(f"Record batch at offset 5 of partition {partition} failed crc check")
+        setattr(error, PLACE_ATTRIBUTE, (TopicPartition("t", partition), 5))
+        raise error
+
+
+def test_unreadable_records_in_two_partitions_raising_in_turn_are_both_dead_lettered():
+    """make chaos held two such records, in two partitions: the loop, which remembered only the last place met, never
+    met either twice in a row and polled for ever, both partitions stalled."""
+    consumer = TwoUnreadablePartitionsConsumer()
+    letters, handled = [], []
+
+    def handler(batch):
+        handled.extend((r.partition, r.offset) for r in batch)
+        return []
+
+    def dead_letter(record):
+        letters.append((record.partition, record.offset))
+        return Future()
+
+    loop = ConsumeLoop("test", consumer, ["t"], handler, FakeProducer(), on_unreadable=dead_letter)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sorted(handled) != [(0, 6), (1, 6)]:
+            time.sleep(0.02)
+    finally:
+        loop.stop(5)
+    assert sorted(letters) == [(0, 5), (1, 5)]
+    assert sorted(handled) == [(0, 6), (1, 6)] and sorted(consumer.seeks) == [(0, 6), (1, 6)]
+
+
 def test_an_unreadable_record_whose_dead_letter_is_not_acknowledged_is_not_skipped():
     from kafka.errors import KafkaTimeoutError
 
