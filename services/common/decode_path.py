@@ -26,6 +26,8 @@ def probabilities_output(model: str) -> str:
 
 
 # The console's thumbnail, made by photo_decode from the decoded photo (so the service never decodes it):
-THUMBNAIL_SIDE = 256  # the longer side, the service's default thumbnail size; a larger setting decodes locally
+# The longer side, the service's default thumbnail size (a larger setting decodes locally): the models' input size,
+# so on the CPU path the picture resized for them is the thumbnail too whenever the photo needs no crop.
+THUMBNAIL_SIDE = 224
 THUMBNAIL_OUTPUT = "thumbnail"  # uint8 (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3): the whole photo, top-left, zero-padded
 THUMBNAIL_SHAPE_OUTPUT = "thumbnail_shape"  # int32 (3,): the thumbnail's height, width, channels inside that square

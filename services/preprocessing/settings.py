@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.common.decode_path import THUMBNAIL_SIDE
 from services.common.settings import GrpcServiceSettings
 
 
@@ -37,7 +38,7 @@ class PreprocessingSettings(GrpcServiceSettings):
                                    "their header) to Triton's ensemble_model, which decodes and resizes them on the "
                                    "GPU (NVIDIA DALI) before the models; false (the default): decode here on the CPU")
     thumbnail_in_triton: bool = Field(True, description="on the GPU decode path, the ensemble also makes the "
-                                      "console's thumbnail (up to 256 px) and only its JPEG encoding is done here; "
+                                      "console's thumbnail (up to 224 px) and only its JPEG encoding is done here; "
                                       "false: the photo is decoded here for it (at a reduced scale)")
     triton_shared_memory: bool = Field(False, description="the ensembles' tensors (the batch's photos or squares, "
                                        "the answers and thumbnails) go through system shared memory (/dev/shm) "
@@ -63,8 +64,10 @@ class PreprocessingSettings(GrpcServiceSettings):
     fetch_allowed_hosts: str = Field("", description="host[:port],... allowed to resolve to internal addresses "
                                      "(all others are refused: the SSRF guard)")
     decode_threads: int = Field(2, description="images decoded in parallel")
-    thumbnail_size: int = Field(256, ge=0, le=512, description="longest side of the small JPEG sent with each "
-                                "prediction for the operators' console (kept by the result service); 0: none")
+    thumbnail_size: int = Field(THUMBNAIL_SIDE, ge=0, le=512, description="longest side of the small JPEG sent "
+                                "with each prediction for the operators' console (kept by the result service); 0: "
+                                "none. At the largest model input size (224, the default) the CPU path's picture "
+                                "for the models is the thumbnail too when the photo needs no crop: no second resize")
     grpc_workers: int = Field(16, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
     metrics_port: int = Field(9102, description="Prometheus metrics on http://METRICS_ADDRESS:PORT/metrics; 0 turns it "

@@ -17,7 +17,7 @@ from services.drivers.chaos.poison import oversized_image_listing, scan_bomb_lis
 from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.stack import LocalStack, StackOptions
 from services.preprocessing.images import ImageLimits, prepare_image
-from services.common.decode_path import ENSEMBLE_MODEL
+from services.common.decode_path import ENSEMBLE_MODEL, THUMBNAIL_SIDE
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,8 @@ def test_the_decode_path_sends_the_thumbnail_triton_made_turned_as_the_exif_says
                                           timeout=60).thumbnail_jpeg for listing in listings]
     for listing, thumbnail in zip(listings, thumbnails):
         assert thumbnail[:2] == b"\xff\xd8" and len(thumbnail) <= 64 * 1024
-        made_here = prepare_image(listing.image_bytes, [224], ImageLimits(), thumbnail_size=256).thumbnail_jpeg
+        made_here = prepare_image(listing.image_bytes, [224], ImageLimits(),
+                                  thumbnail_size=THUMBNAIL_SIDE).thumbnail_jpeg
         got, expected = Image.open(io.BytesIO(thumbnail)), Image.open(io.BytesIO(made_here))
         assert abs(got.width - expected.width) <= 1 and abs(got.height - expected.height) <= 1
         got = np.asarray(got.resize(expected.size), np.int16)

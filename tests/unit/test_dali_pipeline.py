@@ -96,7 +96,7 @@ def test_real_photos_padded_as_triton_sends_them_decode_to_the_twins_squares_and
     photos.append(encode(large.resize((large.width * 3, large.height * 3), Image.BICUBIC), quality=90))
     photos.append(encode(Image.open(io.BytesIO(photos[2])).convert("L"), quality=90))  # grey
     squares, thumbnails, shapes = decoded(photos)
-    assert squares.shape == (len(photos), SIZE, SIZE, 3) and thumbnails.shape == (len(photos), 256, 256, 3)
+    assert squares.shape == (len(photos), SIZE, SIZE, 3) and thumbnails.shape == (len(photos), THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
     for row, photo in enumerate(photos):
         image = twin._decode(np.frombuffer(photo, np.uint8))
         expected_thumbnail, expected_shape = twin._thumbnail(image)

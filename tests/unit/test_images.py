@@ -131,6 +131,46 @@ def test_the_thumbnail_is_a_small_jpeg_of_the_whole_photo_within_the_bound():
     assert prepare_image(encode(product_on_white()), [224], ImageLimits()).thumbnail_jpeg == b""
 
 
+def test_an_uncropped_photo_resized_for_the_model_is_its_thumbnail_without_a_second_resize(monkeypatch):
+    """Resampling is most of a photo's cost after decoding: a photo that needs no crop is resized once, for the
+    model's square and the thumbnail of the same size alike."""
+    blobs = Image.fromarray(np.random.default_rng(3).integers(0, 255, (10, 15, 3), dtype=np.uint8))
+    data = encode(blobs.resize((450, 300), Image.BICUBIC), quality=95)  # no plain background: nothing to crop
+    resizes = []
+    original = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resizes.append(self.size) or original(self, *a, **k))
+    prepared = prepare_image(data, [224], ImageLimits(), thumbnail_size=224)
+    monkeypatch.undo()
+    assert prepared.crop_box == (0, 0, *prepared.decoded_size) and len(resizes) == 1
+    thumbnail = Image.open(io.BytesIO(prepared.thumbnail_jpeg))
+    assert thumbnail.format == "JPEG" and thumbnail.size == (224, 149)
+    square = prepared.tensors[224][37:37 + 149]  # the same picture, centred in the square
+    assert np.abs(np.asarray(thumbnail, np.int16) - square).mean() < 3
+    alone = prepare_image(data, [224], ImageLimits())
+    assert np.array_equal(alone.tensors[224], prepared.tensors[224])
+
+
+def test_a_cropped_photo_keeps_the_whole_photo_as_its_thumbnail_and_a_small_one_is_never_enlarged():
+    cropped = prepare_image(encode(product_on_white(), quality=95), [224], ImageLimits(), thumbnail_size=224)
+    assert cropped.crop_box != (0, 0, *cropped.decoded_size)
+    assert Image.open(io.BytesIO(cropped.thumbnail_jpeg)).size == (224, 149)  # the photo's shape, not the crop's
+    small = prepare_image(encode(product_on_white(150, 100, (60, 30, 90, 70)), quality=95), [224], ImageLimits(),
+                          thumbnail_size=224)
+    assert Image.open(io.BytesIO(small.thumbnail_jpeg)).size == (150, 100)
+    plain = Image.fromarray(np.random.default_rng(4).integers(0, 255, (100, 150, 3), dtype=np.uint8))
+    assert Image.open(io.BytesIO(prepare_image(encode(plain), [224], ImageLimits(), thumbnail_size=224)
+                                 .thumbnail_jpeg)).size == (150, 100)
+
+
+def test_each_smaller_square_is_the_largest_ones_picture_resized_again():
+    photo = encode(product_on_white(640, 480, (100, 100, 500, 400)), quality=95)
+    prepared = prepare_image(photo, [80, 224], ImageLimits())
+    decoded = decode_rgb(photo, ImageLimits(), 224).crop(prepared.crop_box)
+    assert np.array_equal(prepared.tensors[224], square_tensor(decoded, 224))
+    direct = square_tensor(decoded, 80).astype(np.int16)
+    assert prepared.tensors[80].shape == (80, 80, 3) and np.abs(prepared.tensors[80] - direct).mean() < 2
+
+
 def exif_rotated_jpeg(orientation: int) -> tuple[bytes, Image.Image]:
     """A landscape photo whose EXIF says how to turn it, and how it should look once turned."""
     image = product_on_white(600, 400, box=(50, 50, 200, 150))

@@ -65,8 +65,10 @@ def test_the_stand_in_answers_the_shapes_the_pillow_twin_answers_and_refuses_wha
     for name in (image_output(224), THUMBNAIL_OUTPUT):
         assert answers[0].tensors[name].shape == expected[0].tensors[name].shape
     assert answers[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist() == expected[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist()
-    assert answers[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist() == [[154, 256, 3], [256, 77, 3], [256, 154, 3]]
+    side = THUMBNAIL_SIDE
+    short, narrow = round(300 * side / 500), round(120 * side / 400)
+    assert answers[0].tensors[THUMBNAIL_SHAPE_OUTPUT].tolist() == [[short, side, 3], [side, narrow, 3], [side, short, 3]]
     thumbnail = answers[0].tensors[THUMBNAIL_OUTPUT][1]
-    assert thumbnail[:, 77:].max() == 0 and thumbnail[:, :77].std() > 20  # photo-like where the photo is, zero beside
+    assert thumbnail[:, narrow:].max() == 0 and thumbnail[:, :narrow].std() > 20  # photo-like where it is, zero beside
     assert (answers[0].tensors[image_output(224)] == 255).all()  # the pad value: the stand-in CNNs average colours
     assert answers[1].error and "cannot be decoded" in answers[1].error and expected[1].error

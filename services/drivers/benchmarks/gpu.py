@@ -45,12 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.decode_path import THUMBNAIL_SIDE
+
 REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 GPU_MODELS = Path(__file__).with_name("gpu_host")
 BATCH = 32
 PIPELINE_PATHS = ("gpu_decode_path", "cpu_path")  # gpu_host/pipeline.py's PATHS (imported only there)
 PIPELINE_TRANSPORTS = ("grpc", "shared_memory")  # and its TRANSPORTS
-THUMBNAIL_SIZE = 256  # the preprocessing service's default
+THUMBNAIL_SIZE = THUMBNAIL_SIDE  # the preprocessing service's default
 
 
 # ---- photos ---------------------------------------------------------------------------------------------------------
