@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from services.common.contracts.product_classification.v1 import gateway_pb2_grpc, results_pb2_grpc

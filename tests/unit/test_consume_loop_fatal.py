@@ -179,7 +179,7 @@ def test_a_partition_revoked_while_a_batch_waits_to_be_retried_is_left_to_its_ne
             raise ClassificationError(ErrorKind.UNAVAILABLE, "the store is away for a moment")
         return []
 
-    loop = run_until_committed(consumer, handler)
+    run_until_committed(consumer, handler)
     assert calls == [[(0, 3), (1, 9)], [(1, 9)]]  # partition 0's record is not redone here
     [offsets] = consumer.committed
     assert {tp.partition: o.offset for tp, o in offsets.items()} == {1: 10}  # nothing committed for partition 0
