@@ -66,8 +66,9 @@ class PreprocessingSettings(GrpcServiceSettings):
     decode_threads: int = Field(2, description="images decoded in parallel")
     thumbnail_size: int = Field(THUMBNAIL_SIDE, ge=0, le=512, description="longest side of the small JPEG sent "
                                 "with each prediction for the operators' console (kept by the result service); 0: "
-                                "none. At the largest model input size (224, the default) the CPU path's picture "
-                                "for the models is the thumbnail too when the photo needs no crop: no second resize")
+                                "none. At one of the models' input sizes (the default, 224, is the served models' size) the "
+                                "CPU path's picture for that model is the thumbnail too when the photo needs no crop: "
+                                "no second resize")
     grpc_workers: int = Field(16, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
     metrics_port: int = Field(9102, description="Prometheus metrics on http://METRICS_ADDRESS:PORT/metrics; 0 turns it "

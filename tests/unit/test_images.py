@@ -131,6 +131,10 @@ def test_the_thumbnail_is_a_small_jpeg_of_the_whole_photo_within_the_bound():
     assert prepare_image(encode(product_on_white()), [224], ImageLimits()).thumbnail_jpeg == b""
 
 
+def jpeg_of(pixels: np.ndarray) -> bytes:
+    return encode(Image.fromarray(pixels), quality=80)
+
+
 def test_an_uncropped_photo_resized_for_the_model_is_its_thumbnail_without_a_second_resize(monkeypatch):
     """Resampling is most of a photo's cost after decoding: a photo that needs no crop is resized once, for the
     model's square and the thumbnail of the same size alike."""
@@ -148,6 +152,11 @@ def test_an_uncropped_photo_resized_for_the_model_is_its_thumbnail_without_a_sec
     assert np.abs(np.asarray(thumbnail, np.int16) - square).mean() < 3
     alone = prepare_image(data, [224], ImageLimits())
     assert np.array_equal(alone.tensors[224], prepared.tensors[224])
+    resizes.clear()  # served beside a larger model (InceptionV3's 299 px), the 224-px picture is still the thumbnail
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resizes.append(self.size) or original(self, *a, **k))
+    beside = prepare_image(data, [224, 299], ImageLimits(), thumbnail_size=224)
+    monkeypatch.undo()
+    assert len(resizes) == 2 and beside.thumbnail_jpeg == jpeg_of(beside.tensors[224][37:37 + 149])
 
 
 def test_a_cropped_photo_keeps_the_whole_photo_as_its_thumbnail_and_a_small_one_is_never_enlarged():
