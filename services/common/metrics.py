@@ -41,6 +41,9 @@ TRITON_LATENCY = Histogram("product_classification_triton_call_seconds", "Triton
 PREPROCESS_SECONDS = Histogram("product_classification_preprocess_seconds",
                                "fetch + decode + crop + resize time per image",
                                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+PREDICTION_CACHE_LOOKUPS = Counter("product_classification_prediction_cache_lookups_total",
+                                   "photos looked up among the models' earlier answers, by outcome (hit, miss)",
+                                   ["outcome"])
 END_TO_END_SECONDS = Histogram("product_classification_end_to_end_seconds",
                                "from a listing's submission to its classification being published",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))

@@ -43,7 +43,7 @@ def main() -> None:
                                   access_token=settings.triton_token())
     predictor = ListingPredictor(classifier, *preprocessing_limits(settings), settings.decode_threads,
                                  settings.fetch_threads, settings.thumbnail_size, settings.decode_in_triton,
-                                 settings.thumbnail_in_triton)
+                                 settings.thumbnail_in_triton, int(settings.prediction_cache_mb * 1024 * 1024))
     producer = make_producer(kafka, "preprocessing")
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],

@@ -14,10 +14,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.validation import check_listing
-from services.common.metrics import PREPROCESS_SECONDS
+from services.common.metrics import PREDICTION_CACHE_LOOKUPS, PREPROCESS_SECONDS
 from services.common.decode_path import THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE
-from services.preprocessing.images import (ImageLimits, PreparedImage, prepare_encoded, prepare_image,
+from services.preprocessing.images import (ImageLimits, PreparedImage, image_digest, prepare_encoded, prepare_image,
                                            thumbnail_from_pixels)
+from services.preprocessing.prediction_cache import PredictionCache, RememberedPrediction
 from services.preprocessing.settings import PreprocessingSettings
 from services.preprocessing.sources import FetchSettings, image_bytes
 from services.preprocessing.triton_models import TritonClassifier
@@ -52,12 +53,17 @@ class ListingPredictor:
 
     A listing whose image is bad gets its own ClassificationError in the result list; the others go on. A Triton
     failure raises (retryable) for the whole batch, so the caller retries rather than dead-letters good input.
+
+    With prediction_cache_bytes, a photo whose bytes were answered before by the same model versions is not decoded
+    or sent to Triton again (prediction_cache.py); a batch answered wholly that way still asks Triton, in one small
+    call, whether those versions are still the ones it serves.
     """
 
     def __init__(self, classifier: TritonClassifier, limits: ImageLimits, fetch: FetchSettings, decode_threads: int = 2,
                  fetch_threads: int = 16, thumbnail_size: int = 0, decode_in_triton: bool = False,
-                 thumbnail_in_triton: bool = True):
+                 thumbnail_in_triton: bool = True, prediction_cache_bytes: int = 0):
         self.classifier = classifier
+        self.cache = PredictionCache(prediction_cache_bytes) if prediction_cache_bytes > 0 else None
         # The GPU decode path: only the header is checked here; Triton's ensemble decodes and resizes.
         self.decode_in_triton = decode_in_triton
         self.thumbnail_in_triton = thumbnail_in_triton
@@ -83,15 +89,25 @@ class ListingPredictor:
         except ClassificationError:
             return False  # Triton unreachable: the batch will say so; its thumbnails would be made here
 
-    def _prepare(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool = False
-                 ) -> PreparedImage | ClassificationError:
+    def _prepare(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool = False,
+                 versions: tuple[str, ...] | None = None
+                 ) -> PreparedImage | RememberedPrediction | ClassificationError:
+        """The photo's bytes to what Triton needs, or its answer from before when the cache holds one for these
+        model versions (None: not looked up)."""
         try:
             validate_listing(request.listing)
             with PREPROCESS_SECONDS.time():
                 data = image_bytes(request.listing, self.fetch)
+                digest = ""  # computed where the image is prepared, once it passed its checks
+                if self.cache is not None and versions is not None and len(data) <= self.limits.max_bytes:
+                    digest = image_digest(data)
+                    remembered = self.cache.get(digest, versions)
+                    PREDICTION_CACHE_LOOKUPS.labels("hit" if remembered else "miss").inc()
+                    if remembered is not None:
+                        return remembered
                 if self.decode_in_triton:
-                    return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton)
-                return prepare_image(data, sizes, self.limits, self.thumbnail_size)
+                    return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton, digest)
+                return prepare_image(data, sizes, self.limits, self.thumbnail_size, digest)
         except ClassificationError as error:
             return error
         except Exception as error:  # noqa: BLE001  (a decoder bug must not take the batch down)
@@ -107,60 +123,100 @@ class ListingPredictor:
             return ClassificationError(ErrorKind.INVALID_IMAGE, "decoding the image took longer than "
                                        f"{self.limits.decode_timeout_s:.0f} s")
 
-    def _submit(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool):
+    def _submit(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool,
+                versions: tuple[str, ...] | None):
         pool = self._fetchers if request.listing.WhichOneof("image") == "image_url" else self._decoders
-        return pool.submit(self._prepare, request, sizes, thumbnail_in_triton)
+        return pool.submit(self._prepare, request, sizes, thumbnail_in_triton, versions)
+
+    def _versions(self) -> tuple[str, ...] | None:
+        """The called models' names and versions, the cache's key beside the digest; None without a cache, or while
+        Triton cannot say (the batch then goes on as without one, and Triton's failure is met where it was)."""
+        if self.cache is None:
+            return None
+        try:
+            return tuple(spec.versioned_name for spec in self.classifier.specs)
+        except ClassificationError:
+            return None
 
     def predict(self, requests: list[ListingRequest], deadline: float | None = None
                 ) -> list[events_pb2.PredictionMade | ClassificationError]:
+        try:
+            return self._predict(requests, deadline, self._versions())
+        except _RememberedAnswersStale:
+            # A model was reloaded at a new version since the answers were looked up: every photo is answered by the
+            # models now served (the cache's key has their versions, so those answers are not found again).
+            return self._predict(requests, deadline, None)
+
+    def _predict(self, requests: list[ListingRequest], deadline: float | None, versions: tuple[str, ...] | None
+                 ) -> list[events_pb2.PredictionMade | ClassificationError]:
         sizes = [] if self.decode_in_triton else self.classifier.input_sizes()
         thumbnail_in_triton = self._thumbnails_from_triton()
         began = time.perf_counter()
         started = time.monotonic()
-        jobs = [self._submit(r, sizes, thumbnail_in_triton) for r in requests]
+        jobs = [self._submit(r, sizes, thumbnail_in_triton, versions) for r in requests]
         prepared = [self._result_within_limit(job, started) for job in jobs]
+        remembered = [i for i, p in enumerate(prepared) if isinstance(p, RememberedPrediction)]
         good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
-        if not good:
+        if not good and not remembered:
             return prepared  # type: ignore[return-value]
         decoded = time.perf_counter()
         thumbnails: dict[int, bytes] = {}
-        answered = decoded
-        if self.decode_in_triton:
+        probabilities: dict[str, np.ndarray] = {}
+        if good and self.decode_in_triton:
             probabilities, refused = self.classifier.classify_photos([prepared[i].encoded for i in good], deadline,
                                                                      thumbnails=thumbnail_in_triton)
             for position, error in refused.items():
                 prepared[good[position]] = error
             good = [index for position, index in enumerate(good) if position not in refused]
-            answered = time.perf_counter()
-            if thumbnail_in_triton:  # only a small JPEG encode here, in the decoders' threads
-                encoded = self._decoders.map(
-                    lambda row: thumbnail_from_pixels(probabilities[THUMBNAIL_OUTPUT][row],
-                                                      probabilities[THUMBNAIL_SHAPE_OUTPUT][row], self.thumbnail_size),
-                    range(len(good)))
-                thumbnails = dict(zip(good, encoded))
-        else:
+        elif good:
             batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
             probabilities = self.classifier.classify(batches, deadline)
-            answered = time.perf_counter()
+        elif not self.classifier.versions_still_served(deadline):
+            raise _RememberedAnswersStale()
+        answered = time.perf_counter()
+        specs = self.classifier.specs
+        if remembered and tuple(spec.versioned_name for spec in specs) != versions:
+            raise _RememberedAnswersStale()  # the models' call found them reloaded and read them again
+        if good and self.decode_in_triton and thumbnail_in_triton:  # only a small JPEG encode here, in the decoders'
+            encoded = self._decoders.map(                           # threads
+                lambda row: thumbnail_from_pixels(probabilities[THUMBNAIL_OUTPUT][row],
+                                                  probabilities[THUMBNAIL_SHAPE_OUTPUT][row], self.thumbnail_size),
+                range(len(good)))
+            thumbnails = dict(zip(good, encoded))
         finished = time.perf_counter()
         log.info("batch predicted", extra={"listings": len(requests), "images": len(good),
+                                           "answered_before": len(remembered),
                                            "preprocess_ms": round((decoded - began) * 1000, 1),
                                            "triton_ms": round((answered - decoded) * 1000, 1),
                                            "thumbnails_ms": round((finished - answered) * 1000, 1)})
-        specs = self.classifier.specs
+        answers: dict[int, tuple[dict[str, np.ndarray], str, bytes]] = {}
+        for row, index in enumerate(good):
+            image = prepared[index]
+            answer = {s.name: probabilities[s.name][row] for s in specs}
+            thumbnail = thumbnails.get(index, image.thumbnail_jpeg)
+            answers[index] = (answer, image.digest, thumbnail)
+            if self.cache is not None:
+                self.cache.put(image.digest, tuple(s.versioned_name for s in specs), answer, thumbnail)
+        for index in remembered:
+            earlier = prepared[index]
+            answers[index] = (earlier.probabilities, earlier.digest, earlier.thumbnail_jpeg)
         now = Timestamp()
         now.GetCurrentTime()
         results: list = list(prepared)
-        for row, index in enumerate(good):
-            request, image = requests[index], prepared[index]
+        for index, (answer, digest, thumbnail) in answers.items():
+            request = requests[index]
             event = events_pb2.PredictionMade(
                 submission_id=request.submission_id, listing_id=request.listing.listing_id,
-                marketplace=request.listing.marketplace, locale=request.listing.locale, image_digest=image.digest,
+                marketplace=request.listing.marketplace, locale=request.listing.locale, image_digest=digest,
                 predictions=[common_pb2.ModelPrediction(model_name=s.name, model_version=s.version, labels=s.labels,
-                                                        probabilities=probabilities[s.name][row].tolist())
+                                                        probabilities=answer[s.name].tolist())
                              for s in specs],
-                predicted_at=now, thumbnail_jpeg=thumbnails.get(index, image.thumbnail_jpeg))
+                predicted_at=now, thumbnail_jpeg=thumbnail)
             if request.submitted_at is not None:
                 event.submitted_at.CopyFrom(request.submitted_at)
             results[index] = event
         return results
+
+
+class _RememberedAnswersStale(Exception):
+    """The batch's answers from the cache were looked up under model versions Triton no longer serves."""

@@ -252,8 +252,8 @@ def square_tensor(image: Image.Image, size: int) -> np.ndarray:
     return padded_square(fitted(image, size), size)
 
 
-def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thumbnail_size: int = 0
-                  ) -> PreparedImage:
+def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thumbnail_size: int = 0,
+                  digest: str = "") -> PreparedImage:
     """Bytes to one tensor per model input size, cropped to the product (and a thumbnail when thumbnail_size).
 
     The product is resized to the largest input size, and each smaller square's picture from that one. Most photos
@@ -275,7 +275,7 @@ def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thum
         shared = uncropped and thumbnail_size in pictures and max(image.size) >= thumbnail_size
         thumbnail = (jpeg_within_limit(pictures[thumbnail_size]) if shared
                      else thumbnail_jpeg(image, thumbnail_size))
-    return PreparedImage(image_digest(data), tensors, box, image.size, thumbnail)
+    return PreparedImage(digest or image_digest(data), tensors, box, image.size, thumbnail)
 
 
 # What Triton's photo_decode (DALI: nvImageCodec) decodes to the pixels the CPU path decodes, EXIF orientation
@@ -307,8 +307,8 @@ def reencoded_for_triton(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0, thumbnail_in_triton: bool = False
-                    ) -> PreparedImage:
+def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0, thumbnail_in_triton: bool = False,
+                    digest: str = "") -> PreparedImage:
     """For the GPU decode path (Triton's photo_ensemble decodes and resizes): the bytes, checked from their header
     only (format, byte size, pixel count), their digest, and the thumbnail when asked for: with thumbnail_in_triton
     the ensemble makes it, otherwise it is made here (a JPEG decoded at a reduced DCT scale, so a fraction of a full
@@ -323,4 +323,4 @@ def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0, t
         thumbnail = thumbnail_jpeg(decoded if decoded is not None else decode_rgb(data, limits, thumbnail_size),
                                    thumbnail_size)
     encoded = reencoded_for_triton(decoded) if decoded is not None else data
-    return PreparedImage(image_digest(data), {}, (0, 0, *image.size), image.size, thumbnail, encoded)
+    return PreparedImage(digest or image_digest(data), {}, (0, 0, *image.size), image.size, thumbnail, encoded)

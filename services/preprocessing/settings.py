@@ -69,6 +69,11 @@ class PreprocessingSettings(GrpcServiceSettings):
                                 "none. At one of the models' input sizes (the default, 224, is the served models' size) the "
                                 "CPU path's picture for that model is the thumbnail too when the photo needs no crop: "
                                 "no second resize")
+    prediction_cache_mb: float = Field(64.0, ge=0, description="the models' answers for photos seen before (the "
+                                       "same bytes, the same model versions: an edited listing, or one product "
+                                       "listed on several marketplaces), kept in memory up to this size and "
+                                       "answered without decoding or calling the models (about 8 KB a photo, "
+                                       "nearly all of it the thumbnail); 0: off")
     grpc_workers: int = Field(16, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish work in flight on SIGTERM")
     metrics_port: int = Field(9102, description="Prometheus metrics on http://METRICS_ADDRESS:PORT/metrics; 0 turns it "

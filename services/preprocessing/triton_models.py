@@ -356,13 +356,23 @@ class TritonClassifier:
         # copies: the region goes back to the pool for the next call
         return {name: region.view(dtype, shape, offset).copy() for name, dtype, shape, offset in shapes}
 
-    def _check_versions_still_served(self, specs: list[ModelSpec]) -> None:
+    def versions_still_served(self, deadline: float | None = None) -> bool:
+        """Whether the versions the predictions name (read before) are still the latest ready ones: one small call,
+        for a batch answered without calling the models. False means they were read again (a model was reloaded);
+        Triton unreachable raises UNAVAILABLE, as a call to the models would."""
+        try:
+            self._check_versions_still_served(self.specs, deadline)
+        except _ModelsReloaded:
+            return False
+        return True
+
+    def _check_versions_still_served(self, specs: list[ModelSpec], deadline: float | None = None) -> None:
         """After an ensemble's answer: its steps run each model's latest version, and the answer does not say which,
         so the versions the predictions will name (read before) must still be the latest ready ones. A model
         reloaded at a new version meanwhile raises _ModelsReloaded (the call is made again with the versions read
         again), never an answer labelled with the version before. One small call per request."""
         try:
-            index = self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+            index = self._client.get_model_repository_index(as_json=True, client_timeout=self._timeout(deadline))
         except InferenceServerException as error:
             raise ClassificationError(ErrorKind.UNAVAILABLE, f"Triton: {error.message()}") from None
         ready: dict[str, int] = {}

@@ -4,8 +4,7 @@ leaves that Triton serving."""
 
 from __future__ import annotations
 
-
-from services.drivers.benchmarks.pipeline_runs import StackRuns
+from services.drivers.benchmarks.pipeline_runs import EVERY_PHOTO_DECODED, StackRuns
 from services.drivers.traffic import labelled_photos
 from services.localstack.stack import LocalStack, StackOptions
 
@@ -13,7 +12,7 @@ from services.localstack.stack import LocalStack, StackOptions
 def test_a_stack_on_a_shared_triton_classifies_through_kafka_and_leaves_that_triton_serving(stack, tmp_path):
     photos = [(path.read_bytes(), "original") for path, _ in labelled_photos()[:12]]
     options = StackOptions(work_dir=tmp_path / "second", triton=stack.triton,  # SQLite: the embedded default
-                           extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true"})
+                           extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **EVERY_PHOTO_DECODED})
     with LocalStack(options) as second:
         assert second.triton is stack.triton
         assert second.services["preprocessing"].process.env["PREPROCESSING_TRITON_URL"] == stack.triton.grpc_url

@@ -21,6 +21,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 
 from services.common.contracts.product_classification.v1 import gateway_pb2, gateway_pb2_grpc
+from services.drivers.benchmarks.pipeline_runs import EVERY_PHOTO_DECODED
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
 from services.drivers.traffic import AllClassified, TopicReader, classified_by_listing, sample_listings, submit_listings
 from services.preprocessing.images import ImageLimits, prepare_image
@@ -64,7 +65,8 @@ def main() -> None:
     for name in ("resnet50", "inception_v3"):
         (models / name).mkdir(parents=True, exist_ok=True)
     build_untrained_models(models, {})
-    with LocalStack(StackOptions(work_dir=work_dir, model_repository=models)) as stack:
+    stack_options = StackOptions(work_dir=work_dir, model_repository=models, extra_env=EVERY_PHOTO_DECODED)
+    with LocalStack(stack_options) as stack:
         kafka = stack.kafka_settings
         samples = sample_listings(options.listings, seed=101, prefix="bench")
         warm = sample_listings(64, seed=5, prefix="warm")

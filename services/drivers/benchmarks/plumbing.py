@@ -38,13 +38,16 @@ from PIL import Image
 
 from services.common.fusion_file import FUSION_FILE, FusionConfig
 from services.drivers.benchmarks.scale import wait_for_split
-from services.drivers.benchmarks.pipeline_runs import StackRuns, idle_floor, less_idle
+from services.drivers.benchmarks.pipeline_runs import EVERY_PHOTO_DECODED, StackRuns, idle_floor, less_idle
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
 from services.localstack.triton_cpu import LocalTriton, build_cpu_repository
 from services.trainer.fusion_fit import publish_fusion
 from services.trainer.photo_ensemble import write_ensembles
 from services.trainer.real_models import clothing_dataset
 from services.trainer.triton_export import publish_onnx
+
+# Every stack here: the models called at once (as on a GPU host), and every photo's whole cost measured.
+STACK_ENV = {"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **EVERY_PHOTO_DECODED}
 
 WORK = REPOSITORY_ROOT / ".run" / "bench-plumbing"
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -209,6 +212,8 @@ def main() -> None:
                         "workers, two result replicas as well)")
     parser.add_argument("--stand-in-decode-only", action="store_true", help="only the GPU decode path's runs with "
                         "the decode step a stand-in (one worker, two workers, two result replicas as well)")
+    parser.add_argument("--seen-before-only", action="store_true", help="only the CPU path with the prediction "
+                        "cache on (the default): the photos listed once, then again under new listing ids")
     parser.add_argument("--triton-over-grpc", action="store_true", help="the ensembles' tensors in the gRPC "
                         "messages (PREPROCESSING_TRITON_SHARED_MEMORY=false) instead of system shared memory, as for "
                         "a worker on another host than Triton")
@@ -227,7 +232,11 @@ def main() -> None:
     try:
         url = f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{database}"
         one = two_workers = two_results = None
-        in_triton, floors, stand_in = {}, {}, None
+        in_triton, floors, stand_in, seen_before = {}, {}, None, None
+        if options.seen_before_only:
+            print(json.dumps({**seen_before_figures(seen_before_run(models, url, photos, warm, transport)),
+                              "store": "postgresql", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}))
+            return
         if options.stand_in_decode_only:
             stand_in = stand_in_decode_runs(models, url, photos, warm, options.profile, transport)
             print(json.dumps({**stand_in_figures(*stand_in), "store": "postgresql",
@@ -236,7 +245,7 @@ def main() -> None:
             return
         with (contextlib.nullcontext() if options.decode_path_only else LocalStack(
             StackOptions(work_dir=WORK / "stack", model_repository=models, database_url=url,
-                         extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **transport}))) as stack:
+                         extra_env={**STACK_ENV, **transport}))) as stack:
             if stack is not None:
                 one, two_workers, two_results = scale_runs(stack, photos, warm, options.profile)
         # The GPU decode path on this CPU: the bytes go to photo_ensemble, whose decode step is the production DALI
@@ -248,7 +257,7 @@ def main() -> None:
                                                              ("false", "decode-in-triton-thumbnail-here"))
         for thumbnails, label in decode_path_runs:
             with LocalStack(StackOptions(work_dir=WORK / f"stack-{label}", model_repository=models, database_url=url,
-                                         extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **transport,
+                                         extra_env={**STACK_ENV, **transport,
                                                     "PREPROCESSING_DECODE_IN_TRITON": "true",
                                                     "PREPROCESSING_THUMBNAIL_IN_TRITON": thumbnails})) as stack, \
                     StackRuns(stack) as runs:
@@ -265,6 +274,7 @@ def main() -> None:
                       f"{json.dumps(in_triton[label])}", flush=True)
         if not (options.decode_path_only or options.cpu_path_only):
             stand_in = stand_in_decode_runs(models, url, photos, warm, False, transport)
+            seen_before = seen_before_run(models, url, photos, warm, transport)
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -293,12 +303,37 @@ def main() -> None:
         **figures,
         **decode_path,
         **(stand_in_figures(*stand_in) if stand_in else {}),
+        **(seen_before_figures(seen_before) if seen_before else {}),
         "store": "postgresql", "triton_transport": "grpc" if options.triton_over_grpc else "shared memory",
         "photos": kinds, "models": "stand-ins (" + ", ".join(names) + ")",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}))
 
 
 STAND_IN_DECODE = Path(__file__).with_name("plumbing_decode_stand_in.py")
+
+
+def seen_before_run(models: Path, database_url: str, photos, warm, transport: dict[str, str]) -> tuple[dict, dict]:
+    """The CPU path as deployed, its prediction cache on: every photo listed once (each decoded and sent to the
+    models), then all of them again under new listing ids (an edited listing, or one product listed on another
+    marketplace), which the worker answers from memory. One worker, one replica; returns both runs' figures."""
+    with LocalStack(StackOptions(work_dir=WORK / "stack-seen-before", model_repository=models,
+                                 database_url=database_url,
+                                 extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **transport})) as stack, \
+            StackRuns(stack) as runs:
+        runs.run(warm, "seen-warm")
+        first = runs.run(photos, "seen-first", held=True)
+        print(f"prediction cache on, photos new to it: {json.dumps(first)}", flush=True)
+        again = runs.run(photos, "seen-again", held=True)
+        print(f"prediction cache on, the same photos under new listing ids: {json.dumps(again)}", flush=True)
+    return first, again
+
+
+def seen_before_figures(runs: tuple[dict, dict]) -> dict:
+    first, again = runs
+    return {"listings_per_s_photos_new_cache_on": first["listings_per_s"],
+            "cpu_ms_per_listing_photos_new_cache_on": first["cpu_ms_per_listing"],
+            "listings_per_s_photos_seen_before": again["listings_per_s"],
+            "cpu_ms_per_listing_photos_seen_before": again["cpu_ms_per_listing"]}
 
 
 def stand_in_decode_runs(models: Path, database_url: str, photos, warm, profile: bool, transport: dict[str, str]
@@ -311,7 +346,7 @@ def stand_in_decode_runs(models: Path, database_url: str, photos, warm, profile:
     try:
         with LocalStack(StackOptions(work_dir=WORK / "stack-stand-in-decode", model_repository=models,
                                      database_url=database_url, triton=triton,
-                                     extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **transport,
+                                     extra_env={**STACK_ENV, **transport,
                                                 "PREPROCESSING_DECODE_IN_TRITON": "true",
                                                 "PREPROCESSING_THUMBNAIL_IN_TRITON": "true"})) as stack:
             return scale_runs(stack, photos, warm, profile, "decode stand-in, ", ids="stand-in-")

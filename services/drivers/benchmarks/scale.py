@@ -13,6 +13,7 @@ import platform
 import shutil
 import time
 
+from services.drivers.benchmarks.pipeline_runs import EVERY_PHOTO_DECODED
 from services.drivers.metrics_reader import scrape, total
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
 from services.drivers.traffic import sample_listings, submit_and_collect
@@ -52,7 +53,8 @@ def wait_for_split(stack: LocalStack, workers: list[str], timeout_s: float = 60)
 def main() -> None:
     work_dir = REPOSITORY_ROOT / ".run" / "bench-scale"
     shutil.rmtree(work_dir, ignore_errors=True)
-    with LocalStack(StackOptions(work_dir=work_dir, partitions=PARTITIONS)) as stack:
+    options = StackOptions(work_dir=work_dir, partitions=PARTITIONS, extra_env=EVERY_PHOTO_DECODED)
+    with LocalStack(options) as stack:
         run_phase(stack, 32, 1, "warm1")
         one, triton_share_one = run_phase(stack, 400, 2, "one")
         print(f"1 worker: {one:.2f} listings/s, Triton busy {triton_share_one:.0%} of the time", flush=True)

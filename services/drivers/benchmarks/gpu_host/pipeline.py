@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services.drivers.benchmarks.scale import wait_for_split
 from services.drivers.metrics_reader import scrape, total
-from services.drivers.benchmarks.pipeline_runs import StackRuns
+from services.drivers.benchmarks.pipeline_runs import EVERY_PHOTO_DECODED, StackRuns
 from services.localstack.stack import LocalStack, StackOptions
 from services.localstack.triton_cpu import LocalTriton
 
@@ -40,8 +40,8 @@ def pipeline_runs(triton: LocalTriton, repository: Path, photos: list[tuple[byte
     for path, transport in [(p, t) for p in paths or list(PATHS) for t in transports or ["grpc"]]:
         options = StackOptions(work_dir=work_dir / f"{path}-{transport}", model_repository=repository,
                                partitions=2 * max(worker_counts), triton=triton,
-                               extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **PATHS[path],
-                                          **TRANSPORTS[transport]})
+                               extra_env={"PREPROCESSING_PARALLEL_MODEL_CALLS": "true", **EVERY_PHOTO_DECODED,
+                                          **PATHS[path], **TRANSPORTS[transport]})
         with LocalStack(options) as stack, StackRuns(stack) as runs:
             workers = ["preprocessing"]
             for count in sorted(worker_counts):

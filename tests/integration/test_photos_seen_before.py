@@ -1,0 +1,63 @@
+"""A photo listed again (an edited listing, one product on several marketplaces) is answered from the preprocessing
+worker's memory: not decoded, not sent to Triton, and classified as it was the first time, through Kafka and gRPC."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+from PIL import Image
+
+from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2
+from services.common.decode_path import PIXELS_ENSEMBLE
+from services.drivers.metrics_reader import scrape, total
+from services.drivers.traffic import labelled_photos, submit_and_collect
+
+LOOKUPS = "product_classification_prediction_cache_lookups_total"
+TRITON_BATCHES = "product_classification_triton_batch_images_count"
+
+
+def photo_no_test_sent_before() -> bytes:
+    """A real photo with a comment of its own: the same pixels, bytes (so a digest) no other test sent."""
+    path, _ = labelled_photos()[7]
+    buffer = io.BytesIO()
+    Image.open(path).save(buffer, format="JPEG", quality=92, comment=uuid.uuid4().hex.encode())
+    return buffer.getvalue()
+
+
+def test_a_photo_listed_again_is_answered_from_memory_and_classified_as_before(stack, kafka, gateway):
+    metrics = stack.services["preprocessing"].metrics_url
+    photo = photo_no_test_sent_before()
+    run = uuid.uuid4().hex[:6]
+
+    def listing(name: str, marketplace: str, locale: str) -> common_pb2.Listing:
+        return common_pb2.Listing(listing_id=f"seen-{run}-{name}", marketplace=marketplace, locale=locale,
+                                  image_bytes=photo)
+
+    first, on_another_marketplace, edited = (listing("first", "de-modehaus", "de-DE"),
+                                             listing("again", "fr-boutique", "fr-FR"),
+                                             listing("first", "de-modehaus", "de-DE"))
+    edited.title = "the same listing, its title edited"
+    before = scrape(metrics)
+    one = submit_and_collect(kafka, [first], 60)[first.listing_id][0].classification
+    after_first = scrape(metrics)
+    two = submit_and_collect(kafka, [on_another_marketplace], 60)[on_another_marketplace.listing_id][0].classification
+    three = gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=edited), timeout=60)
+    after = scrape(metrics)
+
+    def grew(since, until, name: str, *labels: str) -> float:
+        return total(until, name, *labels) - total(since, name, *labels)
+
+    assert grew(before, after_first, LOOKUPS, "outcome=miss") == 1
+    assert grew(before, after_first, LOOKUPS, "outcome=hit") == 0
+    assert grew(before, after_first, TRITON_BATCHES, f"model={PIXELS_ENSEMBLE}") == 1
+    assert grew(after_first, after, LOOKUPS, "outcome=hit") == 2  # through Kafka and through the gateway
+    assert grew(after_first, after, LOOKUPS, "outcome=miss") == 0
+    assert grew(after_first, after, TRITON_BATCHES, f"model={PIXELS_ENSEMBLE}") == 0
+    for again in (two, three):
+        assert again.image_digest == one.image_digest and again.model_versions == one.model_versions
+        assert again.label == one.label and again.confidence == one.confidence
+        assert [(c.label, c.confidence) for c in again.candidates] == [(c.label, c.confidence) for c in one.candidates]
+    assert two.marketplace == "fr-boutique" and two.listing_id != one.listing_id  # mapped for its own marketplace
+    # the edited listing: the same listing, photo and models, so the same classification, stored and published once
+    assert three.listing_id == one.listing_id and three.sequence == one.sequence

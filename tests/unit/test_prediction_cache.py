@@ -1,0 +1,194 @@
+"""A photo answered before by the same model versions is answered again without decoding it or calling the models."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.common.contracts.product_classification.v1 import common_pb2
+from services.common.errors import ClassificationError, ErrorKind
+from services.preprocessing import core
+from services.preprocessing.core import ListingPredictor, ListingRequest
+from services.preprocessing.images import ImageLimits, image_digest
+from services.preprocessing.prediction_cache import ENTRY_OVERHEAD_BYTES, PredictionCache
+from services.preprocessing.sources import FetchSettings
+from services.preprocessing.triton_models import ModelSpec
+
+LABELS = ("dress", "hat")
+
+
+class FakeTriton:
+    """The seam: what Triton would answer, by model version, and what it was asked. `served` is the version Triton
+    serves now; `specs` the one read last (as TritonClassifier reads them: again after finding a reload)."""
+
+    def __init__(self):
+        self.served = "1"
+        self.read = "1"
+        self.rows_classified: list[int] = []
+        self.version_checks = 0
+        self.reachable = True
+        self.reload_during_next_call = False
+
+    @property
+    def specs(self):
+        if not self.reachable:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, "Triton: connection refused")
+        return [ModelSpec("m", self.read, "image", 32, 8, "probabilities", LABELS)]
+
+    def input_sizes(self):
+        return [32]
+
+    def answer(self, version: str) -> np.ndarray:
+        return np.array([0.9, 0.1] if version == "1" else [0.2, 0.8], np.float32)
+
+    def classify(self, batches, deadline=None):
+        if not self.reachable:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, "Triton: connection refused")
+        if self.reload_during_next_call:  # found by the call itself: the versions read again, the call made again
+            self.reload_during_next_call = False
+            self.served = self.read = str(int(self.read) + 1)
+        rows = len(batches[32])
+        self.rows_classified.append(rows)
+        return {"m": np.tile(self.answer(self.read), (rows, 1))}
+
+    def versions_still_served(self, deadline=None):
+        self.version_checks += 1
+        if not self.reachable:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, "Triton: connection refused")
+        if self.served != self.read:
+            self.read = self.served
+            return False
+        return True
+
+
+def photo(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+RED, BLUE = photo((200, 30, 30)), photo((30, 30, 200))
+
+
+def listing(listing_id: str, data: bytes) -> ListingRequest:
+    return ListingRequest(f"s-{listing_id}", common_pb2.Listing(listing_id=listing_id, marketplace="m",
+                                                                image_bytes=data))
+
+
+@pytest.fixture
+def triton():
+    return FakeTriton()
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """How many photos were decoded (prepare_image called)."""
+    calls = []
+    original = core.prepare_image
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(core, "prepare_image", counting)
+    return calls
+
+
+def predictor(triton, cache_bytes=1 << 20) -> ListingPredictor:
+    return ListingPredictor(triton, ImageLimits(), FetchSettings(), decode_threads=1, thumbnail_size=32,
+                            prediction_cache_bytes=cache_bytes)
+
+
+def test_a_photo_sent_again_is_answered_without_decoding_it_or_calling_the_models(triton, decodes):
+    service = predictor(triton)
+    try:
+        first = service.predict([listing("a", RED)])
+        again = service.predict([listing("b", RED), listing("c", RED)])
+    finally:
+        service.stop()
+    assert triton.rows_classified == [1] and len(decodes) == 1
+    assert triton.version_checks == 1  # the batch answered wholly from before still asked which versions are served
+    assert [event.listing_id for event in again] == ["b", "c"]
+    for event in again:
+        assert event.image_digest == first[0].image_digest == image_digest(RED)
+        assert event.thumbnail_jpeg == first[0].thumbnail_jpeg and event.thumbnail_jpeg
+        assert list(event.predictions) == list(first[0].predictions)
+        assert event.predictions[0].model_version == "1"
+
+
+def test_a_mixed_batch_sends_only_the_new_photos_to_the_models(triton, decodes):
+    service = predictor(triton)
+    try:
+        service.predict([listing("a", RED)])
+        results = service.predict([listing("b", BLUE), listing("c", RED), listing("d", b"not an image")])
+    finally:
+        service.stop()
+    assert triton.rows_classified == [1, 1] and triton.version_checks == 0  # the models' call named the versions
+    assert [r.image_digest for r in results[:2]] == [image_digest(BLUE), image_digest(RED)]
+    assert isinstance(results[2], ClassificationError) and results[2].kind is ErrorKind.INVALID_IMAGE
+
+
+def test_a_model_reloaded_at_a_new_version_answers_every_photo_again(triton, decodes):
+    service = predictor(triton)
+    try:
+        service.predict([listing("a", RED)])
+        triton.served = "2"  # reloaded between batches: a batch answered wholly from before finds it
+        reloaded = service.predict([listing("b", RED)])
+        service.predict([listing("c", BLUE)])
+        triton.reload_during_next_call = True  # found by the models' call for the new photo of a mixed batch
+        mixed = service.predict([listing("d", RED), listing("e", photo((30, 200, 30)))])
+    finally:
+        service.stop()
+    assert reloaded[0].predictions[0].model_version == "2"
+    assert list(reloaded[0].predictions[0].probabilities) == pytest.approx([0.2, 0.8])
+    assert [e.predictions[0].model_version for e in mixed] == ["3", "3"]  # red was remembered under version 2
+    assert [list(e.predictions[0].probabilities) for e in mixed] == [pytest.approx([0.2, 0.8])] * 2
+    # a (1 row), b again under version 2 (1), c (1), the mixed batch's new photo (1) and then both (2)
+    assert triton.rows_classified == [1, 1, 1, 1, 2]
+
+
+def test_triton_unreachable_fails_a_batch_answered_from_before_as_it_fails_any_other(triton):
+    service = predictor(triton)
+    try:
+        service.predict([listing("a", RED)])
+        triton.reachable = False
+        with pytest.raises(ClassificationError) as raised:
+            service.predict([listing("b", RED)])
+    finally:
+        service.stop()
+    assert raised.value.kind is ErrorKind.UNAVAILABLE  # retried by the caller, never answered blind
+
+
+def test_without_a_cache_every_photo_is_decoded_and_sent(triton, decodes):
+    service = predictor(triton, cache_bytes=0)
+    try:
+        service.predict([listing("a", RED)])
+        service.predict([listing("b", RED)])
+    finally:
+        service.stop()
+    assert triton.rows_classified == [1, 1] and len(decodes) == 2 and triton.version_checks == 0
+
+
+def entry_bytes(thumbnail: bytes, digest: str = "d") -> int:
+    return ENTRY_OVERHEAD_BYTES + len(digest) + len(thumbnail) + 2 * 4
+
+
+def test_the_cache_keeps_the_most_recently_used_within_its_bytes_and_copies_what_it_keeps():
+    thumbnail = b"x" * 1000
+    cache = PredictionCache(max_bytes=2 * entry_bytes(thumbnail, "a") + 10)
+    row = np.array([0.9, 0.1], np.float32)
+    cache.put("a", ("m:1",), {"m": row}, thumbnail)
+    cache.put("b", ("m:1",), {"m": row}, thumbnail)
+    row[0] = 0.0  # the batch's array is reused: what was kept does not change
+    assert cache.get("a", ("m:1",)).probabilities["m"][0] == pytest.approx(0.9)  # a is now the most recent
+    cache.put("c", ("m:1",), {"m": row}, thumbnail)
+    assert cache.get("b", ("m:1",)) is None and cache.get("a", ("m:1",)) and cache.get("c", ("m:1",))
+    assert cache.get("a", ("m:2",)) is None  # another version of the model: not its answer
+    assert len(cache) == 2 and cache.size_bytes <= cache.max_bytes
+    cache.put("huge", ("m:1",), {"m": row}, b"x" * cache.max_bytes)
+    assert cache.get("huge", ("m:1",)) is None and len(cache) == 2
+    with pytest.raises(ValueError):
+        cache.get("a", ("m:1",)).probabilities["m"][0] = 1.0
