@@ -44,6 +44,9 @@ PREPROCESS_SECONDS = Histogram("product_classification_preprocess_seconds",
 PREDICTION_CACHE_LOOKUPS = Counter("product_classification_prediction_cache_lookups_total",
                                    "photos looked up among the models' earlier answers, by outcome (hit, miss)",
                                    ["outcome"])
+PREDICTION_CACHE_BYTES = Gauge("product_classification_prediction_cache_bytes",
+                               "what the kept answers take (PREPROCESSING_PREDICTION_CACHE_MB bounds it)")
+PREDICTION_CACHE_PHOTOS = Gauge("product_classification_prediction_cache_photos", "photos whose answers are kept")
 END_TO_END_SECONDS = Histogram("product_classification_end_to_end_seconds",
                                "from a listing's submission to its classification being published",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))

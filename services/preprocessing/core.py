@@ -14,7 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.validation import check_listing
-from services.common.metrics import PREDICTION_CACHE_LOOKUPS, PREPROCESS_SECONDS
+from services.common.metrics import (PREDICTION_CACHE_BYTES, PREDICTION_CACHE_LOOKUPS, PREDICTION_CACHE_PHOTOS,
+                                     PREPROCESS_SECONDS)
 from services.common.decode_path import THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE
 from services.preprocessing.images import (ImageLimits, PreparedImage, image_digest, prepare_encoded, prepare_image,
                                            thumbnail_from_pixels)
@@ -171,11 +172,12 @@ class ListingPredictor:
         elif good:
             batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
             probabilities = self.classifier.classify(batches, deadline)
-        elif not self.classifier.versions_still_served(deadline):
-            raise _RememberedAnswersStale()
+        if remembered and not good and not self.classifier.versions_still_served(deadline):
+            raise _RememberedAnswersStale()  # no answer of the models' own to say which versions they are
         answered = time.perf_counter()
         specs = self.classifier.specs
-        if remembered and tuple(spec.versioned_name for spec in specs) != versions:
+        answered_by = tuple(spec.versioned_name for spec in specs)
+        if remembered and answered_by != versions:
             raise _RememberedAnswersStale()  # the models' call found them reloaded and read them again
         if good and self.decode_in_triton and thumbnail_in_triton:  # only a small JPEG encode here, in the decoders'
             encoded = self._decoders.map(                           # threads
@@ -196,7 +198,10 @@ class ListingPredictor:
             thumbnail = thumbnails.get(index, image.thumbnail_jpeg)
             answers[index] = (answer, image.digest, thumbnail)
             if self.cache is not None:
-                self.cache.put(image.digest, tuple(s.versioned_name for s in specs), answer, thumbnail)
+                self.cache.put(image.digest, answered_by, answer, thumbnail)
+        if self.cache is not None and good:
+            PREDICTION_CACHE_BYTES.set(self.cache.size_bytes)
+            PREDICTION_CACHE_PHOTOS.set(len(self.cache))
         for index in remembered:
             earlier = prepared[index]
             answers[index] = (earlier.probabilities, earlier.digest, earlier.thumbnail_jpeg)

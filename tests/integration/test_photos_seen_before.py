@@ -54,6 +54,8 @@ def test_a_photo_listed_again_is_answered_from_memory_and_classified_as_before(s
     assert grew(after_first, after, LOOKUPS, "outcome=hit") == 2  # through Kafka and through the gateway
     assert grew(after_first, after, LOOKUPS, "outcome=miss") == 0
     assert grew(after_first, after, TRITON_BATCHES, f"model={PIXELS_ENSEMBLE}") == 0
+    assert total(after, "product_classification_prediction_cache_photos") >= 1
+    assert total(after, "product_classification_prediction_cache_bytes") > len(one.image_digest)
     for again in (two, three):
         assert again.image_digest == one.image_digest and again.model_versions == one.model_versions
         assert again.label == one.label and again.confidence == one.confidence

@@ -31,6 +31,7 @@ class FakeTriton:
         self.version_checks = 0
         self.reachable = True
         self.reload_during_next_call = False
+        self.refuses: set[bytes] = set()
 
     @property
     def specs(self):
@@ -53,6 +54,16 @@ class FakeTriton:
         rows = len(batches[32])
         self.rows_classified.append(rows)
         return {"m": np.tile(self.answer(self.read), (rows, 1))}
+
+    def classify_photos(self, photos, deadline=None, thumbnails=False):
+        """The GPU decode path: the photos' bytes to the ensemble, which refuses the ones it cannot decode."""
+        if not self.reachable:
+            raise ClassificationError(ErrorKind.UNAVAILABLE, "Triton: connection refused")
+        refused = {row: ClassificationError(ErrorKind.INVALID_IMAGE, "Triton could not decode the photo")
+                   for row, data in enumerate(photos) if data in self.refuses}
+        rows = len(photos) - len(refused)
+        self.rows_classified.append(rows)
+        return {"m": np.tile(self.answer(self.read), (rows, 1))}, refused
 
     def versions_still_served(self, deadline=None):
         self.version_checks += 1
@@ -170,6 +181,25 @@ def test_without_a_cache_every_photo_is_decoded_and_sent(triton, decodes):
     finally:
         service.stop()
     assert triton.rows_classified == [1, 1] and len(decodes) == 2 and triton.version_checks == 0
+
+
+def test_on_the_gpu_decode_path_too_and_a_batch_whose_new_photos_triton_refused_still_checks_the_versions(triton):
+    service = ListingPredictor(triton, ImageLimits(), FetchSettings(), decode_threads=1, thumbnail_size=32,
+                               decode_in_triton=True, thumbnail_in_triton=False, prediction_cache_bytes=1 << 20)
+    unreadable_to_triton = photo((30, 200, 30))
+    triton.refuses.add(unreadable_to_triton)
+    try:
+        first = service.predict([listing("a", RED)])
+        triton.served = "2"
+        results = service.predict([listing("b", RED), listing("c", unreadable_to_triton)])
+    finally:
+        service.stop()
+    assert triton.version_checks == 1  # the models' call answered nothing of its own
+    assert results[0].predictions[0].model_version == "2" and first[0].thumbnail_jpeg
+    assert results[0].thumbnail_jpeg and results[0].image_digest == first[0].image_digest
+    assert isinstance(results[1], ClassificationError) and results[1].kind is ErrorKind.INVALID_IMAGE
+    # a; then b from before and c refused, found stale; then b and c again, c refused again
+    assert triton.rows_classified == [1, 0, 1]
 
 
 def entry_bytes(thumbnail: bytes, digest: str = "d") -> int:
