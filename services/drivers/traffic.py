@@ -49,10 +49,21 @@ def labelled_photos(folder: Path | None = None) -> list[tuple[Path, str]]:
             for path in sorted(category.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def sample_listings(count: int, seed: int = 7, prefix: str = "demo", folder: Path | None = None
-                    ) -> list[SampleListing]:
+def jpeg_with_comment(data: bytes, text: str) -> bytes:
+    """A JPEG with a comment segment (COM) of its own after its start marker: the same pixels in bytes, so a digest,
+    that no other listing had. Anything that is not a JPEG is returned as it is."""
+    comment = text.encode()[:65533]
+    if data[:2] != b"\xff\xd8":
+        return data
+    return data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
+
+
+def sample_listings(count: int, seed: int = 7, prefix: str = "demo", folder: Path | None = None,
+                    photos_new_to_the_stack: bool = False) -> list[SampleListing]:
     """count listings with a real photo inline each, drawn evenly over the categories (the seed picks which),
-    spread over the example marketplaces. Photos repeat once every photo has been used."""
+    spread over the example marketplaces. Photos repeat once every photo has been used. photos_new_to_the_stack:
+    each JPEG carries a comment of its own (jpeg_with_comment), so no preprocessing worker has answered it before
+    and each is decoded and sent to the models (its prediction cache would answer a photo seen before at once)."""
     photos = labelled_photos(folder)
     rng = random.Random(seed)
     by_label: dict[str, list[Path]] = {}
@@ -68,8 +79,12 @@ def sample_listings(count: int, seed: int = 7, prefix: str = "demo", folder: Pat
     for index in range(count):
         path = ordered[index % len(ordered)]
         marketplace, locale = MARKETPLACES[index % len(MARKETPLACES)]
-        listing = common_pb2.Listing(listing_id=f"{prefix}-{run}-{index:04d}", marketplace=marketplace, locale=locale,
-                                     image_bytes=path.read_bytes(), title=f"photo {path.name}")
+        listing_id = f"{prefix}-{run}-{index:04d}"
+        data = path.read_bytes()
+        if photos_new_to_the_stack:
+            data = jpeg_with_comment(data, listing_id)
+        listing = common_pb2.Listing(listing_id=listing_id, marketplace=marketplace, locale=locale,
+                                     image_bytes=data, title=f"photo {path.name}")
         listings.append(SampleListing(listing, labels[path], path))
     return listings
 

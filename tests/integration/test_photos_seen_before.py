@@ -3,15 +3,12 @@ worker's memory: not decoded, not sent to Triton, and classified as it was the f
 
 from __future__ import annotations
 
-import io
 import uuid
-
-from PIL import Image
 
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2
 from services.common.decode_path import PIXELS_ENSEMBLE
 from services.drivers.metrics_reader import scrape, total
-from services.drivers.traffic import labelled_photos, submit_and_collect
+from services.drivers.traffic import jpeg_with_comment, labelled_photos, submit_and_collect
 
 LOOKUPS = "product_classification_prediction_cache_lookups_total"
 TRITON_BATCHES = "product_classification_triton_batch_images_count"
@@ -20,9 +17,7 @@ TRITON_BATCHES = "product_classification_triton_batch_images_count"
 def photo_no_test_sent_before() -> bytes:
     """A real photo with a comment of its own: the same pixels, bytes (so a digest) no other test sent."""
     path, _ = labelled_photos()[7]
-    buffer = io.BytesIO()
-    Image.open(path).save(buffer, format="JPEG", quality=92, comment=uuid.uuid4().hex.encode())
-    return buffer.getvalue()
+    return jpeg_with_comment(path.read_bytes(), uuid.uuid4().hex)
 
 
 def test_a_photo_listed_again_is_answered_from_memory_and_classified_as_before(stack, kafka, gateway):

@@ -222,3 +222,13 @@ def test_the_cache_keeps_the_most_recently_used_within_its_bytes_and_copies_what
     assert cache.get("huge", ("m:1",)) is None and len(cache) == 2
     with pytest.raises(ValueError):
         cache.get("a", ("m:1",)).probabilities["m"][0] = 1.0
+
+
+def test_a_jpeg_with_a_comment_of_its_own_has_the_same_pixels_and_another_digest():
+    from services.drivers.traffic import jpeg_with_comment
+
+    commented = jpeg_with_comment(RED, "listing-1")
+    assert image_digest(commented) != image_digest(RED)
+    assert Image.open(io.BytesIO(commented)).info.get("comment") == b"listing-1"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(commented))), np.asarray(Image.open(io.BytesIO(RED))))
+    assert jpeg_with_comment(b"GIF89a...", "x") == b"GIF89a..."

@@ -5,6 +5,11 @@ published more than once, or a listing stored twice), duplicated_in_crash_window
 service killed between the broker's acknowledgement and the store's mark republishes, with the same event id),
 lost (neither classified nor dead-lettered), and the seconds to recover (from the fault to the next classification
 published). `make chaos` runs them on the machine's PostgreSQL (a fresh database) and prints one line of JSON last.
+
+The scenarios whose fault must land on work in hand send photos new to the stack (`photos_new_to_the_stack`): the
+preprocessing workers answer a photo they have seen from memory, and the rest of such a stream would then be done
+within a fraction of a second of the fault's trigger, leaving the fault nothing to interrupt. `model_reloaded` lists
+its photos twice, so the answers the workers keep under the version it unloads are met after the reload.
 """
 
 from __future__ import annotations
@@ -170,7 +175,7 @@ def _fault_mid_stream(stack: LocalStack, outcomes: Outcomes, samples, fault) -> 
 
 
 def triton_killed_and_restarted(stack: LocalStack, count: int = 300) -> ScenarioResult:
-    samples = sample_listings(count, seed=61, prefix="chaos-triton")
+    samples = sample_listings(count, seed=61, prefix="chaos-triton", photos_new_to_the_stack=True)
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
 
@@ -193,7 +198,7 @@ def triton_killed_and_restarted(stack: LocalStack, count: int = 300) -> Scenario
 def worker_killed(stack: LocalStack, count: int = 200) -> ScenarioResult:
     if "preprocessing-2" not in stack.services:
         stack.add_service("preprocessing-2")
-    samples = sample_listings(count, seed=67, prefix="chaos-worker")
+    samples = sample_listings(count, seed=67, prefix="chaos-worker", photos_new_to_the_stack=True)
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
     try:
@@ -212,7 +217,7 @@ def worker_killed(stack: LocalStack, count: int = 200) -> ScenarioResult:
 
 
 def results_restarted(stack: LocalStack, count: int = 200) -> ScenarioResult:
-    samples = sample_listings(count, seed=71, prefix="chaos-results")
+    samples = sample_listings(count, seed=71, prefix="chaos-results", photos_new_to_the_stack=True)
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
 
@@ -316,9 +321,12 @@ def model_reloaded(stack: LocalStack, count: int = 300, model: str | None = None
     model = model or stack.called_models[0]
     repository = stack.triton.work_dir / "model_repository" / model
     current = max(int(p.name) for p in repository.iterdir() if p.name.isdigit())
-    samples = sample_listings(count, seed=107, prefix="chaos-reload")
+    # The second half lists the first half's photos again under new listing ids (the same seed: the same photos), so
+    # the workers hold answers for them made by the version that is then unloaded.
+    first = sample_listings(count // 2, seed=107, prefix="chaos-reload")
+    second = sample_listings(count - count // 2, seed=107, prefix="chaos-reload-again")
+    samples = first + second
     ids = {s.listing.listing_id for s in samples}
-    first, second = samples[:count // 2], samples[count // 2:]
     outcomes = Outcomes(stack)
     client = stack.triton.client()
     try:
@@ -412,7 +420,7 @@ def results_replicas_racing(stack: LocalStack, count: int = 100) -> ScenarioResu
 def results_killed_mid_publishing(stack: LocalStack, count: int = 200) -> ScenarioResult:
     """SIGKILL, not SIGTERM: the result service dies wherever it is, publishing included. Nothing may be lost; an
     event republished after the kill carries the same event id (the documented crash window)."""
-    samples = sample_listings(count, seed=109, prefix="chaos-kill-results")
+    samples = sample_listings(count, seed=109, prefix="chaos-kill-results", photos_new_to_the_stack=True)
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
 
@@ -571,7 +579,7 @@ def postgres_connections_killed(stack: LocalStack, count: int = 200) -> Scenario
 
     if not stack.database_url.startswith("postgresql"):
         return ScenarioResult("PostgreSQL connections killed (skipped: the store is SQLite)", 0, 0, 0, 0, 0)
-    samples = sample_listings(count, seed=131, prefix="chaos-pg-killed")
+    samples = sample_listings(count, seed=131, prefix="chaos-pg-killed", photos_new_to_the_stack=True)
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
     killed = []
@@ -639,7 +647,7 @@ def postgres_unavailable(stack: LocalStack, count: int = 200, outage_s: float = 
 
     if not stack.database_url.startswith("postgresql"):
         return ScenarioResult("PostgreSQL unavailable (skipped: the store is SQLite)", 0, 0, 0, 0, 0)
-    samples = sample_listings(count, seed=137, prefix="chaos-pg-down")
+    samples = sample_listings(count, seed=137, prefix="chaos-pg-down", photos_new_to_the_stack=True)
     ids = {s.listing.listing_id for s in samples}
     base, _, database = stack.database_url.rpartition("/")
     admin_url = f"{base}/postgres"
@@ -692,7 +700,7 @@ def broker_unreachable(stack: LocalStack, count: int = 200, outage_s: float = 8.
     link = stack.broker.link
     if link is None:
         return ScenarioResult("broker unreachable (skipped: the stack has no broker link)", 0, 0, 0, 0, 0)
-    samples = sample_listings(count, seed=139, prefix="chaos-broker-down")
+    samples = sample_listings(count, seed=139, prefix="chaos-broker-down", photos_new_to_the_stack=True)
     ids = {s.listing.listing_id for s in samples}
     outcomes = Outcomes(stack)
     window: list[float] = []
