@@ -163,6 +163,7 @@ class ListingPredictor:
         decoded = time.perf_counter()
         thumbnails: dict[int, bytes] = {}
         probabilities: dict[str, np.ndarray] = {}
+        models_called = bool(good)
         if good and self.decode_in_triton:
             probabilities, refused = self.classifier.classify_photos([prepared[i].encoded for i in good], deadline,
                                                                      thumbnails=thumbnail_in_triton)
@@ -175,7 +176,9 @@ class ListingPredictor:
         if remembered and not good and not self.classifier.versions_still_served(deadline):
             raise _RememberedAnswersStale()  # no answer of the models' own to say which versions they are
         answered = time.perf_counter()
-        specs = self.classifier.specs
+        # The models that gave this batch's answers, not the versions read last (another call may have found a
+        # reload since): what its events are named by and its answers kept under.
+        specs = self.classifier.answered_by() if models_called else self.classifier.specs
         answered_by = tuple(spec.versioned_name for spec in specs)
         if remembered and answered_by != versions:
             raise _RememberedAnswersStale()  # the models' call found them reloaded and read them again

@@ -147,6 +147,8 @@ class TritonClassifier:
         # model -> output name -> (numpy dtype, dims after the batch), read from the server on first use
         self._outputs: dict[str, dict[str, tuple[type, tuple[int, ...]]]] = {}
         self._lock = threading.Lock()
+        # The specs of the models that gave each calling thread's last answer (answered_by)
+        self._answering = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(model_names)), thread_name_prefix="triton")
 
     def start(self) -> None:
@@ -200,6 +202,13 @@ class TritonClassifier:
         except (InferenceServerException, ClassificationError):
             return False
 
+    def answered_by(self) -> list[ModelSpec]:
+        """The models (names, versions, labels) that gave the calling thread's last answer from classify or
+        classify_photos: what its predictions are named by. Reading `specs` after the call could give the versions
+        another thread read again in the meantime (a reload), and name an answer by versions that did not make it."""
+        specs = getattr(self._answering, "specs", None)
+        return specs if specs is not None else self.specs
+
     def input_sizes(self) -> list[int]:
         return [spec.input_size for spec in self.specs]
 
@@ -230,12 +239,15 @@ class TritonClassifier:
                                       "batch was not prepared at: it is prepared again")
         pixels_batch = self._pixels_ensemble_batch_size(specs)
         if pixels_batch:
-            return self._infer_pixels(specs, tensors_by_size, pixels_batch, deadline)
-        if not self.parallel:
-            return {spec.name: self._infer(spec, tensors_by_size[spec.input_size], deadline) for spec in specs}
-        jobs = {spec.name: self._pool.submit(self._infer, spec, tensors_by_size[spec.input_size], deadline)
-                for spec in specs}
-        return {name: job.result() for name, job in jobs.items()}
+            answers = self._infer_pixels(specs, tensors_by_size, pixels_batch, deadline)
+        elif not self.parallel:
+            answers = {spec.name: self._infer(spec, tensors_by_size[spec.input_size], deadline) for spec in specs}
+        else:
+            jobs = {spec.name: self._pool.submit(self._infer, spec, tensors_by_size[spec.input_size], deadline)
+                    for spec in specs}
+            answers = {name: job.result() for name, job in jobs.items()}
+        self._answering.specs = specs
+        return answers
 
     def _pixels_ensemble_batch_size(self, specs: list[ModelSpec]) -> int:
         """pixels_ensemble's max batch size when Triton serves it with one input per input size of these models and
@@ -448,6 +460,7 @@ class TritonClassifier:
                     continue
                 for name in rows:
                     rows[name].append(single[name])
+        self._answering.specs = specs
         empty = {spec.name: np.zeros((0, len(spec.labels)), np.float32) for spec in specs}
         # One call's answers (a batch of up to max_batch_size) are used as they are: concatenating one part would copy
         # the thumbnails' 6 MB once more for nothing.

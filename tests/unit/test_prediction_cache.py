@@ -32,6 +32,8 @@ class FakeTriton:
         self.reachable = True
         self.reload_during_next_call = False
         self.refuses: set[bytes] = set()
+        self.answered: list[ModelSpec] = []
+        self.read_again_after_next_answer = ""  # another thread's call finds a reload just after this one answered
 
     @property
     def specs(self):
@@ -53,7 +55,15 @@ class FakeTriton:
             self.served = self.read = str(int(self.read) + 1)
         rows = len(batches[32])
         self.rows_classified.append(rows)
-        return {"m": np.tile(self.answer(self.read), (rows, 1))}
+        self.answered = self.specs
+        answer = {"m": np.tile(self.answer(self.read), (rows, 1))}
+        if self.read_again_after_next_answer:
+            self.served = self.read = self.read_again_after_next_answer
+            self.read_again_after_next_answer = ""
+        return answer
+
+    def answered_by(self):
+        return self.answered
 
     def classify_photos(self, photos, deadline=None, thumbnails=False):
         """The GPU decode path: the photos' bytes to the ensemble, which refuses the ones it cannot decode."""
@@ -63,6 +73,7 @@ class FakeTriton:
                    for row, data in enumerate(photos) if data in self.refuses}
         rows = len(photos) - len(refused)
         self.rows_classified.append(rows)
+        self.answered = self.specs
         return {"m": np.tile(self.answer(self.read), (rows, 1))}, refused
 
     def versions_still_served(self, deadline=None):
@@ -159,6 +170,21 @@ def test_a_model_reloaded_at_a_new_version_answers_every_photo_again(triton, dec
     assert [list(e.predictions[0].probabilities) for e in mixed] == [pytest.approx([0.2, 0.8])] * 2
     # a (1 row), b again under version 2 (1), c (1), the mixed batch's new photo (1) and then both (2)
     assert triton.rows_classified == [1, 1, 1, 1, 2]
+
+
+def test_an_answer_is_named_and_kept_by_the_versions_that_made_it_when_another_call_reads_them_again(triton,
+                                                                                                      decodes):
+    service = predictor(triton)
+    try:
+        triton.read_again_after_next_answer = "2"  # e.g. a gRPC call's batch found the reload meanwhile
+        first = service.predict([listing("a", RED)])
+        again = service.predict([listing("b", RED)])
+    finally:
+        service.stop()
+    assert first[0].predictions[0].model_version == "1"  # version 1 answered, not the version read last
+    assert list(first[0].predictions[0].probabilities) == pytest.approx([0.9, 0.1])
+    # kept under version 1, so not found under version 2: decoded and answered again
+    assert again[0].predictions[0].model_version == "2" and len(decodes) == 2 and triton.rows_classified == [1, 1]
 
 
 def test_triton_unreachable_fails_a_batch_answered_from_before_as_it_fails_any_other(triton):

@@ -3,6 +3,8 @@ chaos tests, shows the reload itself; here the client is faked at its seam to pl
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,7 @@ def test_an_answer_given_during_a_reload_is_asked_again_and_named_by_the_new_ver
     answers = classifier.classify(squares())
     assert triton.infers == [1, 2]  # the first answer (version 1, or 2: it cannot tell) is not used
     assert [spec.version for spec in classifier.specs] == ["2", "2"]
+    assert [spec.version for spec in classifier.answered_by()] == ["2", "2"]
     assert np.all(answers["lite0"] == 2) and np.all(answers["lite1"] == 2)
 
 
@@ -99,3 +102,20 @@ def test_squares_of_a_size_the_models_no_longer_take_make_the_batch_unavailable(
     with pytest.raises(ClassificationError) as raised:
         classifier.classify({240: np.zeros((2, 240, 240, 3), np.uint8)})
     assert raised.value.kind is ErrorKind.UNAVAILABLE and "prepared again" in raised.value.reason
+
+
+def test_the_answer_is_named_by_the_versions_that_gave_it_though_another_thread_read_them_again(make_classifier):
+    triton = FakeTriton(reload_after=set())
+    classifier = make_classifier(triton)
+    answers = classifier.classify(squares())
+    triton.version = 2  # reloaded; another thread's call found it and read the versions again
+    with classifier._lock:
+        classifier._specs = {}
+    assert [s.version for s in classifier.specs] == ["2", "2"]
+    assert [s.versioned_name for s in classifier.answered_by()] == ["lite0:1", "lite1:1"]
+    assert answers["lite0"][0, 0] == 1.0
+    seen_elsewhere: list = []
+    thread = threading.Thread(target=lambda: seen_elsewhere.append(classifier.answered_by()))
+    thread.start()
+    thread.join()
+    assert [s.version for s in seen_elsewhere[0]] == ["2", "2"]  # a thread that asked nothing: the versions read last
