@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
-from services.localstack.link import TcpLink
+from services.common.settings import KafkaSettings
+from services.localstack.link import TcpLink, TlsLink
 from services.localstack.processes import ChildProcess, free_port
 
 
@@ -23,22 +25,47 @@ def tansu_binary() -> Path:
 
 
 class LocalBroker:
-    """with_link: clients reach the broker through a TcpLink (self.link) that fault scenarios can cut."""
+    """with_link: clients reach the broker through a TcpLink (self.link) that fault scenarios can cut. pki: clients
+    reach it only over TLS, with a client certificate that CA signed (a TlsLink: the security protocol SSL, as a Kafka
+    cluster's SSL listener with ssl.client.auth=required); client_settings gives each caller its own."""
 
-    def __init__(self, work_dir: Path, with_link: bool = False):
+    def __init__(self, work_dir: Path, with_link: bool = False, pki=None):
         self.work_dir = work_dir
         self.port = free_port()
         self.link = TcpLink(self.port) if with_link else None
+        self.pki = pki
+        self.tls_link = TlsLink(self.link.port if self.link else self.port, self._server_context()) if pki else None
         self._process: ChildProcess | None = None
+
+    def _server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.pki.ca_file))
+        context.load_cert_chain(str(self.pki.server.cert_file), str(self.pki.server.key_file))
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.link.port if self.link else self.port}"
+        front = self.tls_link or self.link
+        return f"127.0.0.1:{front.port if front else self.port}"
+
+    def client_env(self, caller: str) -> dict[str, str]:
+        """KAFKA_* settings for a caller: the bootstrap address, and over TLS the CA and the caller's certificate."""
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}
+        if self.pki:
+            files = self.pki.client(caller)
+            env.update(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(files.ca_file),
+                       KAFKA_SSL_CERTFILE=str(files.cert_file), KAFKA_SSL_KEYFILE=str(files.key_file))
+        return env
+
+    def client_settings(self, caller: str) -> KafkaSettings:
+        return KafkaSettings(**{name.removeprefix("KAFKA_").lower(): value
+                                for name, value in self.client_env(caller).items()})
 
     def start(self, timeout_s: float = 30.0) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
-        if self.link:
-            self.link.start()
+        for link in (self.link, self.tls_link):
+            if link:
+                link.start()
         advertised = f"tcp://{self.bootstrap_servers}"
         self._process = ChildProcess(
             "tansu", [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
@@ -49,7 +76,7 @@ class LocalBroker:
         from kafka import KafkaAdminClient
 
         def answers() -> bool:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000)
+            admin = KafkaAdminClient(**self.client_settings("localstack").client_options(), request_timeout_ms=2000)
             try:
                 admin.list_topics()
                 return True
@@ -61,5 +88,6 @@ class LocalBroker:
     def stop(self) -> None:
         if self._process:
             self._process.stop()
-        if self.link:
-            self.link.stop()
+        for link in (self.tls_link, self.link):
+            if link:
+                link.stop()

@@ -108,7 +108,9 @@ class StackOptions:
     console: bool = False  # also start the operators' review console
     console_port: int = 0  # 0: any free port
     broker_link: bool = False  # clients reach the broker through a relay that fault scenarios can cut
-    tls: bool = False  # gRPC over TLS everywhere, mTLS (AUTH_MODE=mtls) at every service, from a CA of the stack's own
+    # gRPC over TLS everywhere, mTLS (AUTH_MODE=mtls) at every service, and Kafka over TLS with client certificates
+    # (KAFKA_SECURITY_PROTOCOL=SSL), from a CA of the stack's own
+    tls: bool = False
     # A Triton already serving model_repository (the GPU bench's, on the GPU): the stack uses it and leaves it running
     triton: LocalTriton | None = None
 
@@ -118,7 +120,6 @@ class LocalStack:
         self.options = options
         work = options.work_dir
         work.mkdir(parents=True, exist_ok=True)
-        self.broker = LocalBroker(work, with_link=options.broker_link)
         self.triton = options.triton or LocalTriton(options.model_repository, work / "triton", options.onnx_threads)
         self.database_url = options.database_url or f"sqlite:///{work / 'results.sqlite3'}"
         self.services: dict[str, ServiceProcess] = {}
@@ -134,6 +135,7 @@ class LocalStack:
             from services.localstack.pki import LocalPki  # cryptography: only for a TLS stack
 
             self.pki = LocalPki(work / "pki")
+        self.broker = LocalBroker(work, with_link=options.broker_link, pki=self.pki)
         self.run_id = secrets.token_hex(4)
         self._started: list = []
         self._sigterm = SigtermAsInterrupt()  # SIGTERM to this process: KeyboardInterrupt (termination.py)
@@ -144,11 +146,11 @@ class LocalStack:
 
     @property
     def kafka_settings(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers)
+        return self.broker.client_settings("localstack")
 
     def service_env(self, name: str, grpc_port: int) -> dict[str, str]:
         prefix = name.split("-")[0].upper()
-        env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+        env = {**self.broker.client_env(prefix.lower()), f"{prefix}_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
                f"{prefix}_METRICS_PORT": str(free_port()), f"{prefix}_METRICS_ADDRESS": "127.0.0.1"}
         if self.pki:
             env.update(self.pki.server_env(prefix))
