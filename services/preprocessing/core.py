@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
@@ -91,28 +92,45 @@ class ListingPredictor:
             return False  # Triton unreachable: the batch will say so; its thumbnails would be made here
 
     def _prepare(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool = False,
-                 versions: tuple[str, ...] | None = None
+                 versions: tuple[str, ...] | None = None, batch_photos: _BatchPhotos | None = None
                  ) -> PreparedImage | RememberedPrediction | ClassificationError:
         """The photo's bytes to what Triton needs, or its answer from before when the cache holds one for these
-        model versions (None: not looked up)."""
+        model versions (None: not looked up). A photo another listing of the same batch holds too is prepared once
+        (batch_photos): the listing that comes to it second waits for the first one's outcome and shares it."""
         try:
             validate_listing(request.listing)
             with PREPROCESS_SECONDS.time():
                 data = image_bytes(request.listing, self.fetch)
-                digest = ""  # computed where the image is prepared, once it passed its checks
-                if self.cache is not None and versions is not None and len(data) <= self.limits.max_bytes:
-                    digest = image_digest(data)
-                    remembered = self.cache.get(digest, versions)
-                    PREDICTION_CACHE_LOOKUPS.labels("hit" if remembered else "miss").inc()
-                    if remembered is not None:
-                        return remembered
-                if self.decode_in_triton:
-                    return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton, digest)
-                return prepare_image(data, sizes, self.limits, self.thumbnail_size, digest)
+                if len(data) > self.limits.max_bytes:  # refused by its size before anything reads it
+                    return self._prepared(data, sizes, thumbnail_in_triton, versions, "")
+                digest = image_digest(data)
+                if batch_photos is None:
+                    return self._prepared(data, sizes, thumbnail_in_triton, versions, digest)
+                outcome, first = batch_photos.claim(digest)
+                if not first:
+                    return outcome.result()
+                try:
+                    prepared = self._prepared(data, sizes, thumbnail_in_triton, versions, digest)
+                except BaseException as error:
+                    outcome.set_exception(error)
+                    raise
+                outcome.set_result(prepared)
+                return prepared
         except ClassificationError as error:
             return error
         except Exception as error:  # noqa: BLE001  (a decoder bug must not take the batch down)
             return ClassificationError(ErrorKind.INTERNAL, f"preprocessing failed: {error!r}")
+
+    def _prepared(self, data: bytes, sizes: list[int], thumbnail_in_triton: bool, versions: tuple[str, ...] | None,
+                  digest: str) -> PreparedImage | RememberedPrediction:
+        if digest and self.cache is not None and versions is not None:
+            remembered = self.cache.get(digest, versions)
+            PREDICTION_CACHE_LOOKUPS.labels("hit" if remembered else "miss").inc()
+            if remembered is not None:
+                return remembered
+        if self.decode_in_triton:
+            return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton, digest)
+        return prepare_image(data, sizes, self.limits, self.thumbnail_size, digest)
 
     def _result_within_limit(self, job, started: float) -> PreparedImage | ClassificationError:
         """Every listing of the batch gets the same budget from the batch's start: the fetch deadline plus the decode
@@ -125,9 +143,9 @@ class ListingPredictor:
                                        f"{self.limits.decode_timeout_s:.0f} s")
 
     def _submit(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool,
-                versions: tuple[str, ...] | None):
+                versions: tuple[str, ...] | None, batch_photos: _BatchPhotos):
         pool = self._fetchers if request.listing.WhichOneof("image") == "image_url" else self._decoders
-        return pool.submit(self._prepare, request, sizes, thumbnail_in_triton, versions)
+        return pool.submit(self._prepare, request, sizes, thumbnail_in_triton, versions, batch_photos)
 
     def _versions(self) -> tuple[str, ...] | None:
         """The called models' names and versions, the cache's key beside the digest; None without a cache, or while
@@ -154,7 +172,8 @@ class ListingPredictor:
         thumbnail_in_triton = self._thumbnails_from_triton()
         began = time.perf_counter()
         started = time.monotonic()
-        jobs = [self._submit(r, sizes, thumbnail_in_triton, versions) for r in requests]
+        batch_photos = _BatchPhotos()
+        jobs = [self._submit(r, sizes, thumbnail_in_triton, versions, batch_photos) for r in requests]
         prepared = [self._result_within_limit(job, started) for job in jobs]
         remembered = [i for i, p in enumerate(prepared) if isinstance(p, RememberedPrediction)]
         good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
@@ -191,6 +210,7 @@ class ListingPredictor:
         finished = time.perf_counter()
         log.info("batch predicted", extra={"listings": len(requests), "images": len(good),
                                            "answered_before": len(remembered),
+                                           "photos_shared": batch_photos.shared,
                                            "preprocess_ms": round((decoded - began) * 1000, 1),
                                            "triton_ms": round((answered - decoded) * 1000, 1),
                                            "thumbnails_ms": round((finished - answered) * 1000, 1)})
@@ -224,6 +244,28 @@ class ListingPredictor:
                 event.submitted_at.CopyFrom(request.submitted_at)
             results[index] = event
         return results
+
+
+class _BatchPhotos:
+    """The photos of one batch by digest: the first listing to reach a photo prepares it, any other listing of the
+    batch with the same photo (one product listed on several marketplaces at once, an edit sent twice) waits for that
+    outcome instead of decoding it again. The first one is already running when the others wait, so a wait always
+    ends: with its outcome, or as its listing's decode limit runs out (_result_within_limit)."""
+
+    def __init__(self):
+        self._outcomes: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self.shared = 0  # listings that shared another's preparation
+
+    def claim(self, digest: str) -> tuple[Future, bool]:
+        """The photo's outcome, and whether this caller is the first, who must set it."""
+        with self._lock:
+            outcome = self._outcomes.get(digest)
+            if outcome is None:
+                outcome = self._outcomes[digest] = Future()
+                return outcome, True
+            self.shared += 1
+            return outcome, False
 
 
 class _RememberedAnswersStale(Exception):

@@ -1,8 +1,11 @@
-"""A photo answered before by the same model versions is answered again without decoding it or calling the models."""
+"""A photo answered before by the same model versions is answered again without decoding it or calling the models;
+a photo held by several listings of one batch is decoded once."""
 
 from __future__ import annotations
 
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -207,6 +210,44 @@ def test_without_a_cache_every_photo_is_decoded_and_sent(triton, decodes):
     finally:
         service.stop()
     assert triton.rows_classified == [1, 1] and len(decodes) == 2 and triton.version_checks == 0
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+def test_a_photo_several_listings_of_one_batch_hold_is_decoded_once_while_they_are_prepared_at_once(
+        triton, monkeypatch, cache_bytes):
+    decodes = []
+    original = core.prepare_image
+
+    def slow(*args, **kwargs):  # each decode takes long enough for the other threads to reach the same photo
+        decodes.append(1)
+        time.sleep(0.2)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(core, "prepare_image", slow)
+    service = ListingPredictor(triton, ImageLimits(), FetchSettings(), decode_threads=4, thumbnail_size=32,
+                               prediction_cache_bytes=cache_bytes)
+    try:
+        results = service.predict([listing("a", RED), listing("b", RED), listing("c", BLUE), listing("d", RED)])
+    finally:
+        service.stop()
+    assert len(decodes) == 2  # RED once, BLUE once
+    assert [event.listing_id for event in results] == ["a", "b", "c", "d"]
+    assert [event.image_digest for event in results] == [image_digest(p) for p in (RED, RED, BLUE, RED)]
+    assert results[0].thumbnail_jpeg == results[1].thumbnail_jpeg == results[3].thumbnail_jpeg != b""
+    assert triton.rows_classified == [4]
+
+
+def test_a_bad_photo_two_listings_of_one_batch_hold_is_read_once_and_refused_for_both(triton, decodes):
+    service = predictor(triton, cache_bytes=0)
+    service._decoders = ThreadPoolExecutor(max_workers=2)
+    try:
+        results = service.predict([listing("a", b"not an image"), listing("b", BLUE), listing("c", b"not an image")])
+    finally:
+        service.stop()
+    assert len(decodes) == 2
+    assert [type(r) for r in results] == [ClassificationError, type(results[1]), ClassificationError]
+    assert results[0].kind == results[2].kind == ErrorKind.INVALID_IMAGE
+    assert results[1].listing_id == "b" and triton.rows_classified == [1]
 
 
 def test_on_the_gpu_decode_path_too_and_a_batch_whose_new_photos_triton_refused_still_checks_the_versions(triton):
