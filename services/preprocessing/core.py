@@ -183,14 +183,21 @@ class ListingPredictor:
         thumbnails: dict[int, bytes] = {}
         probabilities: dict[str, np.ndarray] = {}
         models_called = bool(good)
+        # One row per photo, not per listing: listings that share a photo (_BatchPhotos) share its row.
+        sent, row = _rows(good, prepared)
         if good and self.decode_in_triton:
-            probabilities, refused = self.classifier.classify_photos([prepared[i].encoded for i in good], deadline,
+            probabilities, refused = self.classifier.classify_photos([prepared[i].encoded for i in sent], deadline,
                                                                      thumbnails=thumbnail_in_triton)
-            for position, error in refused.items():
-                prepared[good[position]] = error
-            good = [index for position, index in enumerate(good) if position not in refused]
+            for index in good:
+                if row[index] in refused:
+                    prepared[index] = refused[row[index]]
+            answered_rows = {position: kept for kept, position in
+                             enumerate(p for p in range(len(sent)) if p not in refused)}
+            good = [index for index in good if row[index] not in refused]
+            row = {index: answered_rows[row[index]] for index in good}
+            sent = [index for position, index in enumerate(sent) if position not in refused]
         elif good:
-            batches = {size: np.stack([prepared[i].tensors[size] for i in good]) for size in set(sizes)}
+            batches = {size: np.stack([prepared[i].tensors[size] for i in sent]) for size in set(sizes)}
             probabilities = self.classifier.classify(batches, deadline)
         if remembered and not good and not self.classifier.versions_still_served(deadline):
             raise _RememberedAnswersStale()  # no answer of the models' own to say which versions they are
@@ -202,22 +209,22 @@ class ListingPredictor:
         if remembered and answered_by != versions:
             raise _RememberedAnswersStale()  # the models' call found them reloaded and read them again
         if good and self.decode_in_triton and thumbnail_in_triton:  # only a small JPEG encode here, in the decoders'
-            encoded = self._decoders.map(                           # threads
-                lambda row: thumbnail_from_pixels(probabilities[THUMBNAIL_OUTPUT][row],
-                                                  probabilities[THUMBNAIL_SHAPE_OUTPUT][row], self.thumbnail_size),
-                range(len(good)))
-            thumbnails = dict(zip(good, encoded))
+            encoded = list(self._decoders.map(                      # threads
+                lambda at: thumbnail_from_pixels(probabilities[THUMBNAIL_OUTPUT][at],
+                                                 probabilities[THUMBNAIL_SHAPE_OUTPUT][at], self.thumbnail_size),
+                range(len(sent))))
+            thumbnails = {index: encoded[row[index]] for index in good}
         finished = time.perf_counter()
-        log.info("batch predicted", extra={"listings": len(requests), "images": len(good),
+        log.info("batch predicted", extra={"listings": len(requests), "images": len(sent),
                                            "answered_before": len(remembered),
                                            "photos_shared": batch_photos.shared,
                                            "preprocess_ms": round((decoded - began) * 1000, 1),
                                            "triton_ms": round((answered - decoded) * 1000, 1),
                                            "thumbnails_ms": round((finished - answered) * 1000, 1)})
         answers: dict[int, tuple[dict[str, np.ndarray], str, bytes]] = {}
-        for row, index in enumerate(good):
+        for index in good:
             image = prepared[index]
-            answer = {s.name: probabilities[s.name][row] for s in specs}
+            answer = {s.name: probabilities[s.name][row[index]] for s in specs}
             thumbnail = thumbnails.get(index, image.thumbnail_jpeg)
             answers[index] = (answer, image.digest, thumbnail)
             if self.cache is not None:
@@ -244,6 +251,21 @@ class ListingPredictor:
                 event.submitted_at.CopyFrom(request.submitted_at)
             results[index] = event
         return results
+
+
+def _rows(good: list[int], prepared: list) -> tuple[list[int], dict[int, int]]:
+    """The listings whose photos go to Triton, one per distinct photo (listings sharing one share the prepared
+    object), and each good listing's row in that request."""
+    sent: list[int] = []
+    row_of_photo: dict[int, int] = {}
+    row: dict[int, int] = {}
+    for index in good:
+        photo = id(prepared[index])
+        if photo not in row_of_photo:
+            row_of_photo[photo] = len(sent)
+            sent.append(index)
+        row[index] = row_of_photo[photo]
+    return sent, row
 
 
 class _BatchPhotos:

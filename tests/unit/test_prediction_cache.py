@@ -234,7 +234,7 @@ def test_a_photo_several_listings_of_one_batch_hold_is_decoded_once_while_they_a
     assert [event.listing_id for event in results] == ["a", "b", "c", "d"]
     assert [event.image_digest for event in results] == [image_digest(p) for p in (RED, RED, BLUE, RED)]
     assert results[0].thumbnail_jpeg == results[1].thumbnail_jpeg == results[3].thumbnail_jpeg != b""
-    assert triton.rows_classified == [4]
+    assert triton.rows_classified == [2]  # one row a photo
 
 
 def test_a_bad_photo_two_listings_of_one_batch_hold_is_read_once_and_refused_for_both(triton, decodes):
@@ -248,6 +248,57 @@ def test_a_bad_photo_two_listings_of_one_batch_hold_is_read_once_and_refused_for
     assert [type(r) for r in results] == [ClassificationError, type(results[1]), ClassificationError]
     assert results[0].kind == results[2].kind == ErrorKind.INVALID_IMAGE
     assert results[1].listing_id == "b" and triton.rows_classified == [1]
+
+
+class ColourTriton(FakeTriton):
+    """Answers each row by its photo's colour (red: dress, otherwise hat), so a listing given another row's answer
+    shows; records the photos each call was sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.photos_sent: list[int] = []
+
+    @staticmethod
+    def by_colour(pixels: np.ndarray) -> np.ndarray:
+        red, _, blue = pixels.reshape(-1, 3).mean(axis=0)
+        return np.array([0.9, 0.1] if red > blue else [0.2, 0.8], np.float32)
+
+    def classify(self, batches, deadline=None):
+        self.photos_sent.append(len(batches[32]))
+        self.answered = self.specs
+        return {"m": np.stack([self.by_colour(tensor) for tensor in batches[32]])}
+
+    def classify_photos(self, photos, deadline=None, thumbnails=False):
+        self.photos_sent.append(len(photos))
+        self.answered = self.specs
+        refused = {row: ClassificationError(ErrorKind.INVALID_IMAGE, "Triton could not decode the photo")
+                   for row, data in enumerate(photos) if data in self.refuses}
+        answers = [self.by_colour(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+                   for row, data in enumerate(photos) if row not in refused]
+        return {"m": np.stack(answers) if answers else np.zeros((0, 2), np.float32)}, refused
+
+
+@pytest.mark.parametrize("decode_in_triton", [False, True])
+def test_listings_sharing_a_photo_share_its_row_and_each_gets_its_own_photos_answer(decode_in_triton):
+    triton = ColourTriton()
+    green = photo((30, 200, 30))
+    triton.refuses.add(green)
+    service = ListingPredictor(triton, ImageLimits(), FetchSettings(), decode_threads=2, thumbnail_size=32,
+                               decode_in_triton=decode_in_triton, thumbnail_in_triton=False)
+    try:
+        results = service.predict([listing("a", RED), listing("b", green), listing("c", BLUE), listing("d", RED),
+                                   listing("e", green), listing("f", BLUE)])
+    finally:
+        service.stop()
+    assert triton.photos_sent == [3]
+    answers = [results[i].predictions[0].probabilities[0] for i in (0, 2, 3, 5)]
+    assert [results[i].listing_id for i in (0, 2, 3, 5)] == ["a", "c", "d", "f"]
+    assert answers == pytest.approx([0.9, 0.2, 0.9, 0.2])
+    refused = [results[1], results[4]]
+    if decode_in_triton:  # Triton refused the green photo: both listings that hold it
+        assert all(isinstance(r, ClassificationError) and r.kind is ErrorKind.INVALID_IMAGE for r in refused)
+    else:  # decoded here, where green is a photo like any other
+        assert [r.predictions[0].probabilities[0] for r in refused] == pytest.approx([0.2, 0.2])
 
 
 def test_on_the_gpu_decode_path_too_and_a_batch_whose_new_photos_triton_refused_still_checks_the_versions(triton):
