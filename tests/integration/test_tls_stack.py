@@ -121,6 +121,14 @@ def test_the_broker_takes_only_tls_with_a_client_certificate_of_the_stacks_ca(tl
         assert "bootstrap" in str(raised.value).lower(), (what, raised.value)
 
 
+def test_a_librdkafka_client_produces_and_reads_back_over_tls_with_its_certificate(tls_stack):
+    from tests.integration.test_librdkafka_clients import check_read_back, produce
+
+    samples = sample_listings(4, seed=227, prefix="tls-librdkafka")
+    produce(tls_stack.kafka_settings, samples, "zstd")
+    check_read_back(tls_stack.kafka_settings, samples)
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_service_refuses_plaintext_no_certificate_and_another_cas_certificate(tls_stack, tmp_path, service):
     address = tls_stack.services[service].address
