@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ClassificationError, ErrorKind, KafkaOutcome
@@ -13,6 +14,19 @@ from services.common.kafka import send_event
 from services.common.settings import Topics
 from services.common.tracing import consuming_span
 from services.preprocessing.core import ListingPredictor, ListingRequest
+
+
+def submitted_at(record, event: events_pb2.ListingSubmitted) -> Timestamp | None:
+    """When the listing was submitted: the event's own time, else the record's (the producer's clock when it made
+    the record, or the broker's when it appended it): which of a listing's events is the newer one (the result
+    store's _photo_back) and its end-to-end time both need one."""
+    if event.HasField("submitted_at"):
+        return event.submitted_at
+    if getattr(record, "timestamp", None) is None or record.timestamp < 0:
+        return None
+    stamp = Timestamp()
+    stamp.FromMilliseconds(record.timestamp)
+    return stamp
 
 
 class SubmittedListingHandler:
@@ -40,8 +54,7 @@ class SubmittedListingHandler:
                                                      f"not a ListingSubmitted: {error}"))
                 continue
             parsed.append((record, event))
-        requests = [ListingRequest(e.submission_id, e.listing, e.submitted_at if e.HasField("submitted_at") else None)
-                    for _, e in parsed]
+        requests = [ListingRequest(e.submission_id, e.listing, submitted_at(record, e)) for record, e in parsed]
         outcomes = self.predictor.predict(requests) if requests else []
         for (record, event), outcome in zip(parsed, outcomes):
             if isinstance(outcome, ClassificationError) and outcome.kind.kafka_outcome is KafkaOutcome.RETRY:

@@ -152,7 +152,7 @@ class ClassificationRecorder:
                 if outcome.classification.sequence not in claimed or outcome.classification.sequence in sent_before:
                     continue
                 with span_for(index) if span_for else contextlib.nullcontext():
-                    key = idempotency_key(outcome.classification)
+                    key = outcome.key or idempotency_key(outcome.classification)
                     event = events_pb2.ListingClassified(classification=outcome.classification,
                                                          event_id=event_id(key))
                     pending.append((outcome, self.publish(event)))

@@ -1,8 +1,10 @@
 """The result store: classifications keyed for idempotency, on SQLite (embedded default) or PostgreSQL.
 
 A row's idempotency key is listing id + image digest + model versions, so a redelivered prediction finds its row and
-changes nothing. `published` records whether the listing-classified event was acknowledged by the broker, so a
-crash between storing and publishing is repaired by the redelivery instead of being lost or published twice.
+changes nothing, nor does an edit that left the photo as it was. A listing that goes back to a photo it had before
+(a seller undoing an edit) gets a row of its own again, after the one it replaces, so its latest row is its current
+photo's (see record_many). `published` records whether the listing-classified event was acknowledged by the broker,
+so a crash between storing and publishing is repaired by the redelivery instead of being lost or published twice.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class StoredClassification:
     classification: common_pb2.Classification  # sequence filled in
     newly_stored: bool
     published: bool
+    key: str = ""  # the row's idempotency key (its event id is made from it)
 
 
 _SCHEMA = """
@@ -92,6 +95,25 @@ def idempotency_key(classification: common_pb2.Classification) -> str:
     if classification.status == common_pb2.CLASSIFICATION_STATUS_FAILED:
         return f"{classification.listing_id}|failed|{classification.submission_id}"
     return f"{classification.listing_id}|{classification.image_digest}|{classification.model_versions}"
+
+
+# A photo a listing had before, back after another: its row's key is the photo's key, this, and the sequence of the
+# row it comes after.
+PHOTO_BACK_SEPARATOR = "|after:"
+
+
+def _rounds(classifications: list[common_pb2.Classification]) -> list[list[int]]:
+    """The batch's positions in rounds where each listing appears once: its first event in the first round, its
+    second in the second, and so on (nearly every batch is one round)."""
+    rounds: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for index, classification in enumerate(classifications):
+        round_of = seen.get(classification.listing_id, 0)
+        seen[classification.listing_id] = round_of + 1
+        if round_of == len(rounds):
+            rounds.append([])
+        rounds[round_of].append(index)
+    return rounds
 
 
 class ClassificationStore:
@@ -249,48 +271,96 @@ class ClassificationStore:
         return self.record_many([classification])[0]
 
     def record_many(self, classifications: list[common_pb2.Classification]) -> list[StoredClassification]:
-        """record() for a batch in one transaction and three statements at most, whatever its size: one look-up of
-        the keys already stored, one insert of the rest (in the batch's order, so sequences follow it), and a
-        re-read of any key another replica inserted in between (ON CONFLICT DO NOTHING leaves it to that replica).
-        A row the store refuses fails the whole batch (INVALID_REQUEST): the caller then records one by one to
-        find it."""
+        """record() for a batch in one transaction and, for each listing's first event in the batch, three
+        statements at most, whatever its size: one look-up of the keys already stored, one insert of the rest (in
+        the batch's order, so sequences follow it), and a re-read of any key another replica inserted in between
+        (ON CONFLICT DO NOTHING leaves it to that replica). A listing's later events in the same batch (a seller's
+        quick edits) are recorded after it, in their order, in the same transaction. A key found stored that is not
+        its listing's latest row is a photo the listing had before; one more statement then reads the latest rows
+        (_photo_back). A row the store refuses fails the whole batch (INVALID_REQUEST): the caller then records
+        one by one to find it."""
         if not classifications:
             return []
-        keys = [idempotency_key(c) for c in classifications]
+        outcomes: list = [None] * len(classifications)
         with self._transaction() as cursor:
-            stored = self._stored_by_key(cursor, sorted(set(keys)))
-            first_of_key: dict[str, int] = {}
-            for index, key in enumerate(keys):
-                if key not in stored:
-                    first_of_key.setdefault(key, index)
-            new = sorted(first_of_key.values())
-            inserted: dict[str, int] = {}
-            if new:
-                now = time.time()
-                rows = ", ".join(["(" + ", ".join([self._placeholder] * 10) + ")"] * len(new))
-                values = [value for index in new for value in self._row_values(keys[index], classifications[index],
-                                                                                  now)]
-                cursor.execute(
-                    "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, "
-                    f"published, stored_at, confidence, label, category_id) VALUES {rows} "
-                    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, sequence", values)
-                inserted = {str(key): int(sequence) for key, sequence in cursor.fetchall()}
-                raced = [keys[index] for index in new if keys[index] not in inserted]
-                if raced:
-                    stored.update(self._stored_by_key(cursor, raced))
-            results: list[StoredClassification] = []
-            for index, (key, classification) in enumerate(zip(keys, classifications)):
-                if key in inserted and first_of_key.get(key) == index:
-                    copy = common_pb2.Classification()
-                    copy.CopyFrom(classification)
-                    copy.sequence = inserted[key]
-                    results.append(StoredClassification(copy, newly_stored=True, published=False))
-                elif key in inserted:  # the same key twice in one batch: the first is stored, this one finds it
-                    first = results[first_of_key[key]].classification
-                    results.append(StoredClassification(first, newly_stored=False, published=False))
-                else:
-                    results.append(stored[key])
-            return results
+            for indices in _rounds(classifications):
+                recorded = self._record_round(cursor, [classifications[index] for index in indices])
+                for index, outcome in zip(indices, recorded):
+                    outcomes[index] = outcome
+        return outcomes
+
+    def _record_round(self, cursor, classifications: list[common_pb2.Classification]) -> list[StoredClassification]:
+        """record_many for events of distinct listings."""
+        keys = [idempotency_key(c) for c in classifications]
+        stored = self._stored_by_key(cursor, sorted(set(keys)))
+        if stored:
+            keys = self._photo_back(cursor, keys, classifications, stored)
+            stored.update(self._stored_by_key(cursor, sorted(set(keys) - set(stored))))
+        first_of_key: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            if key not in stored:
+                first_of_key.setdefault(key, index)
+        new = sorted(first_of_key.values())
+        inserted: dict[str, int] = {}
+        if new:
+            now = time.time()
+            rows = ", ".join(["(" + ", ".join([self._placeholder] * 10) + ")"] * len(new))
+            values = [value for index in new for value in self._row_values(keys[index], classifications[index],
+                                                                              now)]
+            cursor.execute(
+                "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, "
+                f"published, stored_at, confidence, label, category_id) VALUES {rows} "
+                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, sequence", values)
+            inserted = {str(key): int(sequence) for key, sequence in cursor.fetchall()}
+            raced = [keys[index] for index in new if keys[index] not in inserted]
+            if raced:
+                stored.update(self._stored_by_key(cursor, raced))
+        results: list[StoredClassification] = []
+        for index, (key, classification) in enumerate(zip(keys, classifications)):
+            if key in inserted and first_of_key.get(key) == index:
+                copy = common_pb2.Classification()
+                copy.CopyFrom(classification)
+                copy.sequence = inserted[key]
+                results.append(StoredClassification(copy, newly_stored=True, published=False, key=key))
+            elif key in inserted:  # the same key twice in one batch: the first is stored, this one finds it
+                first = results[first_of_key[key]].classification
+                results.append(StoredClassification(first, newly_stored=False, published=False, key=key))
+            else:
+                results.append(stored[key])
+        return results
+
+    def _photo_back(self, cursor, keys: list[str], classifications: list[common_pb2.Classification],
+                    stored: dict[str, StoredClassification]) -> list[str]:
+        """The keys to record the events under, where a key found stored is not its listing's latest row.
+
+        The listing has had another photo (or a failure) since that row, so either it is back to this photo in a
+        newer submission, a seller undoing an edit: then it gets a row of its own after the latest one (its key
+        names that row's sequence, so a redelivery of this event finds it; published like any new row), and the
+        listing's current classification is this photo's again. Or the event is an earlier submission delivered
+        again (submitted no later than the latest row's): then it finds its old row and changes nothing, as before.
+        An event on the latest row's photo finds that row (a redelivery, or an edit that kept the photo)."""
+        listings = sorted({c.listing_id for c, key in zip(classifications, keys) if key in stored})
+        latest: dict[str, tuple[int, str, int]] = {}  # listing -> its latest row's sequence, key, submission time
+        for start in range(0, len(listings), 500):
+            chunk = listings[start:start + 500]
+            marks = ", ".join([self._placeholder] * len(chunk))
+            cursor.execute(
+                "SELECT c.listing_id, c.sequence, c.idempotency_key, c.payload FROM classifications c JOIN "
+                f"(SELECT listing_id, MAX(sequence) AS sequence FROM classifications WHERE listing_id IN ({marks}) "
+                "GROUP BY listing_id) m ON c.sequence = m.sequence", chunk)
+            for listing_id, sequence, key, payload in cursor.fetchall():
+                submitted = common_pb2.Classification.FromString(bytes(payload)).submitted_at.ToMicroseconds()
+                latest[str(listing_id)] = (int(sequence), str(key), submitted)
+        chosen = list(keys)
+        for index, (key, classification) in enumerate(zip(keys, classifications)):
+            if key not in stored or classification.listing_id not in latest:
+                continue
+            sequence, latest_key, latest_submitted = latest[classification.listing_id]
+            if latest_key.split(PHOTO_BACK_SEPARATOR)[0] == key:
+                chosen[index] = latest_key  # the listing's current photo: its latest row
+            elif classification.submitted_at.ToMicroseconds() > latest_submitted:
+                chosen[index] = f"{key}{PHOTO_BACK_SEPARATOR}{sequence}"
+        return chosen
 
     def _stored_by_key(self, cursor, keys: list[str]) -> dict[str, StoredClassification]:
         found: dict[str, StoredClassification] = {}
@@ -302,7 +372,8 @@ class ClassificationStore:
             for key, sequence, payload, published in cursor.fetchall():
                 stored = common_pb2.Classification.FromString(bytes(payload))
                 stored.sequence = sequence
-                found[str(key)] = StoredClassification(stored, newly_stored=False, published=bool(published))
+                found[str(key)] = StoredClassification(stored, newly_stored=False, published=bool(published),
+                                                       key=str(key))
         return found
 
     @staticmethod

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 
-from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2
+from services.common.contracts.product_classification.v1 import common_pb2, events_pb2, gateway_pb2, results_pb2
 from services.common.decode_path import PIXELS_ENSEMBLE
 from services.drivers.metrics_reader import scrape, total
-from services.drivers.traffic import jpeg_with_comment, labelled_photos, submit_and_collect
+from services.drivers.traffic import (TopicReader, jpeg_with_comment, labelled_photos, submit_and_collect,
+                                      submit_listings)
 
 LOOKUPS = "product_classification_prediction_cache_lookups_total"
 TRITON_BATCHES = "product_classification_triton_batch_images_count"
@@ -58,3 +59,35 @@ def test_a_photo_listed_again_is_answered_from_memory_and_classified_as_before(s
     assert two.marketplace == "fr-boutique" and two.listing_id != one.listing_id  # mapped for its own marketplace
     # the edited listing: the same listing, photo and models, so the same classification, stored and published once
     assert three.listing_id == one.listing_id and three.sequence == one.sequence
+
+
+def test_a_listing_back_to_a_photo_it_had_is_classified_and_published_for_that_photo_again(stack, kafka, results):
+    """A seller undoes an edit: photo A, then B, then A again. Before, the third event found A's first row: nothing
+    was published and the listing's classification stayed B's, for a photo it no longer shows."""
+    run = uuid.uuid4().hex[:6]
+    photos = labelled_photos()
+    a_path, a_label = photos[7]
+    b_path, _ = next((path, label) for path, label in photos if label != a_label)
+    a, b = jpeg_with_comment(a_path.read_bytes(), run), jpeg_with_comment(b_path.read_bytes(), run)
+    listing_id = f"back-{run}"
+
+    def mine(records) -> list[events_pb2.ListingClassified]:
+        parsed = (events_pb2.ListingClassified.FromString(record.value) for record in records)
+        return [event for event in parsed if event.classification.listing_id == listing_id]
+
+    reader = TopicReader(kafka, kafka.topics.listing_classified)
+    events: list[events_pb2.ListingClassified] = []
+    try:
+        for count, photo in enumerate((a, b, a), start=1):
+            submit_listings(kafka, [common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
+                                                       locale="de-DE", image_bytes=photo)])
+            events += mine(reader.read(lambda records: len(events) + len(mine(records)) >= count, 60))
+    finally:
+        reader.close()
+    digests = [event.classification.image_digest for event in events]
+    assert digests[0] == digests[2] != digests[1] and len(events) == 3, digests
+    assert len({event.event_id for event in events}) == 3  # a consumer that drops ids it has seen keeps all three
+    assert events[2].classification.label == events[0].classification.label
+    assert events[2].classification.sequence > events[1].classification.sequence
+    current = results.GetClassification(results_pb2.GetClassificationRequest(listing_id=listing_id), timeout=10)
+    assert current.image_digest == digests[0] and current.sequence == events[2].classification.sequence

@@ -131,3 +131,61 @@ def test_record_many_when_another_replica_stores_a_key_between_look_up_and_inser
     assert [r.newly_stored for r in results] == [True, False]
     assert results[1].classification.listing_id == f"{prefix}-contested" and results[1].classification.sequence > 0
     assert store.count_for_listing(f"{prefix}-contested") == 1
+
+
+def submitted(listing_id: str, digest: str, second: int, status=common_pb2.CLASSIFICATION_STATUS_CLASSIFIED):
+    event = classification(listing_id, digest=digest)
+    event.status = status
+    if second:
+        event.submitted_at.FromSeconds(1_800_000_000 + second)
+    return event
+
+
+def test_a_listing_back_to_a_photo_it_had_gets_that_photo_as_its_latest_again(store):
+    """A seller undoes an edit: photo A, then B, then A again. Before, the third event found A's first row, so the
+    listing's latest classification stayed B's and nothing was published for the photo it shows."""
+    listing = f"back-{id(store)}"
+    first, second = store.record(submitted(listing, "A", 1)), store.record(submitted(listing, "B", 2))
+    back = store.record(submitted(listing, "A", 3))
+    assert back.newly_stored and not back.published
+    assert back.classification.sequence > second.classification.sequence > first.classification.sequence
+    assert back.key == f"{first.key}|after:{second.classification.sequence}" != first.key
+    assert store.latest_for_listing(listing).image_digest == "A"
+    # redeliveries change nothing: this event again, the first one again, B's again
+    assert store.record(submitted(listing, "A", 3)).classification.sequence == back.classification.sequence
+    assert store.record(submitted(listing, "A", 1)).classification.sequence == back.classification.sequence
+    assert store.record(submitted(listing, "B", 2)).classification.sequence == second.classification.sequence
+    assert store.latest_for_listing(listing).sequence == back.classification.sequence
+    # and the listing can go on: B again, then A a third time
+    assert store.record(submitted(listing, "B", 4)).newly_stored
+    again = store.record(submitted(listing, "A", 5))
+    assert again.newly_stored and store.latest_for_listing(listing).sequence == again.classification.sequence
+    assert store.count_for_listing(listing) == 5
+
+
+def test_an_earlier_submission_delivered_after_a_newer_photo_changes_nothing(store):
+    listing = f"late-{id(store)}"
+    first = store.record(submitted(listing, "A", 1))
+    store.record(submitted(listing, "B", 2))
+    for late in (submitted(listing, "A", 1), submitted(listing, "A", 0)):  # as submitted before B, or with no time
+        found = store.record(late)
+        assert not found.newly_stored and found.classification.sequence == first.classification.sequence
+    assert store.latest_for_listing(listing).image_digest == "B" and store.count_for_listing(listing) == 2
+
+
+def test_a_listing_back_to_its_photo_after_a_failure_and_quick_edits_in_one_batch(store):
+    listing, quick = f"after-failure-{id(store)}", f"quick-{id(store)}"
+    store.record(submitted(listing, "A", 1))
+    store.record(submitted(listing, "", 2, status=common_pb2.CLASSIFICATION_STATUS_FAILED))
+    # one batch: the first listing back to A; the second edited A -> B -> A within the batch, with A's row stored
+    # before the batch; between them another listing's event
+    store.record(submitted(quick, "A", 1))
+    batch = [submitted(listing, "A", 3), submitted(quick, "B", 2), submitted(f"other-{id(store)}", "C", 2),
+             submitted(quick, "A", 3)]
+    results = store.record_many(batch)
+    assert [r.newly_stored for r in results] == [True, True, True, True]
+    assert [r.classification.listing_id for r in results] == [c.listing_id for c in batch]
+    assert store.latest_for_listing(listing).image_digest == "A"
+    assert store.latest_for_listing(quick).sequence == results[3].classification.sequence
+    assert results[3].classification.sequence > results[1].classification.sequence
+    assert store.record_many(batch)[3].classification.sequence == results[3].classification.sequence
