@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.settings import KafkaSettings
 from services.localstack.link import TcpLink, TlsLink
 from services.localstack.processes import ChildProcess, free_port
+
+if TYPE_CHECKING:
+    from services.localstack.pki import LocalPki  # cryptography: only for a TLS stack
 
 
 def tansu_binary() -> Path:
@@ -29,7 +33,7 @@ class LocalBroker:
     reach it only over TLS, with a client certificate that CA signed (a TlsLink: the security protocol SSL, as a Kafka
     cluster's SSL listener with ssl.client.auth=required); client_settings gives each caller its own."""
 
-    def __init__(self, work_dir: Path, with_link: bool = False, pki=None):
+    def __init__(self, work_dir: Path, with_link: bool = False, pki: "LocalPki | None" = None):
         self.work_dir = work_dir
         self.port = free_port()
         self.link = TcpLink(self.port) if with_link else None

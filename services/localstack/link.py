@@ -121,10 +121,14 @@ class TlsLink:
         await asyncio.gather(_pump(client_reader, broker_writer), _pump(broker_reader, client_writer))
 
     def stop(self) -> None:
+        if not self._thread.is_alive():  # never started, or stopped already
+            return
         if self._server is not None:
             self._loop.call_soon_threadsafe(self._server.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
