@@ -1,5 +1,7 @@
 """The result store on SQLite and on the real PostgreSQL: idempotent writes, queries in order."""
 
+import uuid
+
 import pytest
 
 from services.common.contracts.product_classification.v1 import common_pb2
@@ -189,3 +191,37 @@ def test_a_listing_back_to_its_photo_after_a_failure_and_quick_edits_in_one_batc
     assert store.latest_for_listing(quick).sequence == results[3].classification.sequence
     assert results[3].classification.sequence > results[1].classification.sequence
     assert store.record_many(batch)[3].classification.sequence == results[3].classification.sequence
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_replicas_recording_the_same_photo_back_at_once_store_it_once(backend, tmp_path, postgres_url):
+    """A rebalance hands the event to a second result replica while the first still records it: both see the same
+    latest row, both make the same key, one row is stored and both answer with it."""
+    import threading
+
+    url = postgres_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    replicas = [ClassificationStore(url), ClassificationStore(url)]
+    for replica in replicas:
+        replica.start()
+    listing = f"two-back-{uuid.uuid4().hex[:8]}"
+    try:
+        replicas[0].record(submitted(listing, "A", 1))
+        replicas[0].record(submitted(listing, "B", 2))
+        start, answers = threading.Barrier(2), [None, None]
+
+        def record(which: int) -> None:
+            start.wait()
+            answers[which] = replicas[which].record_many([submitted(listing, "A", 3)])[0]
+
+        threads = [threading.Thread(target=record, args=(which,)) for which in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert answers[0].classification.sequence == answers[1].classification.sequence
+        assert sorted(answer.newly_stored for answer in answers) == [False, True]
+        assert replicas[0].count_for_listing(listing) == 3
+        assert replicas[1].latest_for_listing(listing).sequence == answers[0].classification.sequence
+    finally:
+        for replica in replicas:
+            replica.stop()
