@@ -54,3 +54,13 @@ def check_listing(listing: common_pb2.Listing) -> None:
     check_text("title", listing.title, MAX_TITLE_LENGTH, control_allowed=True)
     if listing.WhichOneof("image") == "image_url":
         check_text("image_url", listing.image_url, 4096)
+
+
+# What google.protobuf.Timestamp can hold (0001-01-01 to 9999-12-31): outside it, converting one to a date or to
+# JSON raises, so a timestamp a producer set out of range is dropped where it comes in, not carried on.
+TIMESTAMP_SECONDS_RANGE = (-62_135_596_800, 253_402_300_799)
+
+
+def valid_timestamp(value) -> bool:
+    """Whether a google.protobuf.Timestamp is one a date can be made of."""
+    return TIMESTAMP_SECONDS_RANGE[0] <= value.seconds <= TIMESTAMP_SECONDS_RANGE[1] and 0 <= value.nanos < 10**9

@@ -13,20 +13,22 @@ from services.common.dead_letters import send_dead_letter
 from services.common.kafka import send_event
 from services.common.settings import Topics
 from services.common.tracing import consuming_span
+from services.common.validation import valid_timestamp
 from services.preprocessing.core import ListingPredictor, ListingRequest
 
 
 def submitted_at(record, event: events_pb2.ListingSubmitted) -> Timestamp | None:
     """When the listing was submitted: the event's own time, else the record's (the producer's clock when it made
     the record, or the broker's when it appended it): which of a listing's events is the newer one (the result
-    store's _photo_back) and its end-to-end time both need one."""
-    if event.HasField("submitted_at"):
+    store's _photo_back) and its end-to-end time both need one. A time no date can be made of (a producer's, out of
+    Timestamp's range) counts as none."""
+    if event.HasField("submitted_at") and valid_timestamp(event.submitted_at):
         return event.submitted_at
-    if getattr(record, "timestamp", None) is None or record.timestamp < 0:
+    milliseconds = getattr(record, "timestamp", None)
+    if not isinstance(milliseconds, int) or milliseconds < 0:
         return None
-    stamp = Timestamp()
-    stamp.FromMilliseconds(record.timestamp)
-    return stamp
+    stamp = Timestamp(seconds=milliseconds // 1000, nanos=milliseconds % 1000 * 1_000_000)
+    return stamp if valid_timestamp(stamp) else None
 
 
 class SubmittedListingHandler:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
-from services.common.validation import MAX_ID_LENGTH, check_identifiers, check_text
+from services.common.validation import MAX_ID_LENGTH, check_identifiers, check_text, valid_timestamp
 from services.common.metrics import CLASSIFICATIONS, END_TO_END_SECONDS
 from services.results.fusion import fuse
 from services.results.operator_store import OperatorStore
@@ -59,8 +59,8 @@ def classify(prediction: events_pb2.PredictionMade, taxonomies: Taxonomies, weig
     classification.status = (common_pb2.CLASSIFICATION_STATUS_CLASSIFIED if best.confidence >= threshold
                               else common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW)
     classification.classified_at.GetCurrentTime()
-    if prediction.HasField("submitted_at"):
-        classification.submitted_at.CopyFrom(prediction.submitted_at)
+    if prediction.HasField("submitted_at") and valid_timestamp(prediction.submitted_at):
+        classification.submitted_at.CopyFrom(prediction.submitted_at)  # (one out of range is not carried on)
     return classification
 
 

@@ -224,6 +224,42 @@ def test_garbage_event_is_dead_lettered_with_its_reason(kafka):
     assert failure.error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST and failure.original_payload
 
 
+def test_a_submission_time_no_date_can_be_made_of_is_dropped_and_the_listing_classified(kafka, results):
+    """A producer's submitted_at (or record timestamp) out of Timestamp's range. Before, preprocessing carried it on
+    into the stored classification and the published event, where a consumer converting it to JSON or to a date
+    fails (protobuf's own MessageToJson raises). And the first version of the record-time fallback (d9e5128) failed
+    the whole batch of a record with no submitted_at and such a timestamp, for good (converting it raised)."""
+    from kafka import KafkaProducer
+
+    from services.common.kafka import payload_headers
+    from services.common.validation import valid_timestamp
+    from services.drivers.traffic import AllClassified, submitted_event
+
+    samples = sample_listings(2, seed=233, prefix="bad-time")
+    far_future = submitted_event(samples[0].listing)
+    far_future.submitted_at.seconds = 10 ** 12  # year 31,690
+    unstamped = submitted_event(samples[1].listing)
+    unstamped.ClearField("submitted_at")
+    reader = TopicReader(kafka, kafka.topics.listing_classified)
+    producer = KafkaProducer(**kafka.client_options(), acks="all")
+    try:
+        for event, record_ms in ((far_future, None), (unstamped, 2 ** 62)):  # the record's own time far off too
+            producer.send(kafka.topics.listing_submitted, key=event.listing.listing_id.encode(),
+                          value=event.SerializeToString(), headers=payload_headers(event), timestamp_ms=record_ms)
+        producer.flush(30)
+        wanted = {s.listing.listing_id for s in samples}
+        found = classified_by_listing(reader.read(AllClassified(wanted), 60))
+    finally:
+        producer.close()
+        reader.close()
+    assert set(found) >= wanted
+    far, none = (found[s.listing.listing_id][0].classification for s in samples)
+    assert valid_timestamp(far.submitted_at) and far.submitted_at.seconds > 0  # the record's time instead
+    assert not none.HasField("submitted_at")
+    stored = results.GetClassification(results_pb2.GetClassificationRequest(listing_id=far.listing_id), timeout=10)
+    assert stored.submitted_at.ToJsonString()
+
+
 @pytest.mark.parametrize("listing, code", [
     (common_pb2.Listing(marketplace="de-modehaus", image_bytes=b"x"), grpc.StatusCode.INVALID_ARGUMENT),
     (common_pb2.Listing(listing_id="no-image", marketplace="de-modehaus"), grpc.StatusCode.INVALID_ARGUMENT),

@@ -76,6 +76,15 @@ def made(marketplace="de-modehaus", locale="de-DE", p_lite=(0.15, 0.8, 0.05)):
                      prediction("resnet50", labels, [0.6, 0.3, 0.1], version="2")])
 
 
+def test_classify_carries_the_submission_time_on_unless_no_date_can_be_made_of_it(taxonomies):
+    weights = {"efficientnet_lite0": 1.0, "resnet50": 0.0}
+    prediction = made()
+    prediction.submitted_at.seconds = 1_800_000_000
+    assert classify(prediction, taxonomies, weights).submitted_at.seconds == 1_800_000_000
+    prediction.submitted_at.seconds = 10 ** 12  # a producer's, out of Timestamp's range
+    assert not classify(prediction, taxonomies, weights).HasField("submitted_at")
+
+
 def test_classify_maps_the_fused_best_label_to_the_shopify_category_in_the_locale(taxonomies):
     classification = classify(made(), taxonomies, {"efficientnet_lite0": 1.0, "resnet50": 0.0})
     assert classification.label == "shoes" and classification.confidence == pytest.approx(0.8)
