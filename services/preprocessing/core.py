@@ -91,8 +91,8 @@ class ListingPredictor:
         except ClassificationError:
             return False  # Triton unreachable: the batch will say so; its thumbnails would be made here
 
-    def _prepare(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool = False,
-                 versions: tuple[str, ...] | None = None, batch_photos: _BatchPhotos | None = None
+    def _prepare(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool,
+                 versions: tuple[str, ...] | None, batch_photos: _BatchPhotos
                  ) -> PreparedImage | RememberedPrediction | ClassificationError:
         """The photo's bytes to what Triton needs, or its answer from before when the cache holds one for these
         model versions (None: not looked up). A photo another listing of the same batch holds too is prepared once
@@ -104,8 +104,6 @@ class ListingPredictor:
                 if len(data) > self.limits.max_bytes:  # refused by its size before anything reads it
                     return self._prepared(data, sizes, thumbnail_in_triton, versions, "")
                 digest = image_digest(data)
-                if batch_photos is None:
-                    return self._prepared(data, sizes, thumbnail_in_triton, versions, digest)
                 outcome, first = batch_photos.claim(digest)
                 if not first:
                     return outcome.result()

@@ -290,17 +290,13 @@ class ClassificationStore:
         return outcomes
 
     def _record_round(self, cursor, classifications: list[common_pb2.Classification]) -> list[StoredClassification]:
-        """record_many for events of distinct listings."""
+        """record_many for events of distinct listings (so of distinct keys: every key starts with the listing)."""
         keys = [idempotency_key(c) for c in classifications]
         stored = self._stored_by_key(cursor, sorted(set(keys)))
         if stored:
             keys = self._photo_back(cursor, keys, classifications, stored)
             stored.update(self._stored_by_key(cursor, sorted(set(keys) - set(stored))))
-        first_of_key: dict[str, int] = {}
-        for index, key in enumerate(keys):
-            if key not in stored:
-                first_of_key.setdefault(key, index)
-        new = sorted(first_of_key.values())
+        new = [index for index, key in enumerate(keys) if key not in stored]
         inserted: dict[str, int] = {}
         if new:
             now = time.time()
@@ -317,14 +313,11 @@ class ClassificationStore:
                 stored.update(self._stored_by_key(cursor, raced))
         results: list[StoredClassification] = []
         for index, (key, classification) in enumerate(zip(keys, classifications)):
-            if key in inserted and first_of_key.get(key) == index:
+            if key in inserted:
                 copy = common_pb2.Classification()
                 copy.CopyFrom(classification)
                 copy.sequence = inserted[key]
                 results.append(StoredClassification(copy, newly_stored=True, published=False, key=key))
-            elif key in inserted:  # the same key twice in one batch: the first is stored, this one finds it
-                first = results[first_of_key[key]].classification
-                results.append(StoredClassification(first, newly_stored=False, published=False, key=key))
             else:
                 results.append(stored[key])
         return results
