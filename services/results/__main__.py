@@ -15,7 +15,7 @@ from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.tracing import configure_tracing
 from services.common.settings import KafkaSettings
-from services.results.core import ClassificationRecorder
+from services.results.core import ClassificationRecorder, default_publisher_id
 from services.common.fusion_file import FusionConfig
 from services.results.grpc_api import ClassificationResultsServicer, StreamLimits
 from services.results.kafka_worker import PredictionHandler
@@ -65,10 +65,10 @@ def main() -> None:
                           event_id=event.event_id)
 
     operators = OperatorStore(store)
+    publisher_id = settings.publisher_id or default_publisher_id()
+    desk = ReviewDesk(operators, taxonomies, publish_correction, publisher_id)
     recorder = ClassificationRecorder(store, taxonomies, fusion.weights, publish, settings.candidate_count,
-                                      thumbnails=operators,
-                                      publisher_id=settings.publisher_id or None)
-    desk = ReviewDesk(operators, taxonomies, publish_correction, recorder.publisher_id)
+                                      thumbnails=operators, publisher_id=publisher_id, verdicts=desk)
     consumer = make_consumer(kafka, settings.consumer_group, "results", settings.max_batch_predictions)
     loop = ConsumeLoop("results", consumer, [kafka.topics.prediction_made, kafka.topics.processing_failed],
                        PredictionHandler(recorder, producer, kafka.topics), producer,

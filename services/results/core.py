@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.errors import ClassificationError, ErrorKind
@@ -82,13 +83,26 @@ def event_id(idempotency_key_: str) -> str:
 Publish = Callable[[events_pb2.ListingClassified], object]
 
 
+class Verdicts(Protocol):
+    """Operators' verdicts applied again where a listing went back to a photo they judged (the ReviewDesk)."""
+
+    def carry_verdicts(self, stored: list[StoredClassification]) -> list[common_pb2.Correction]: ...
+
+    def publish_carried(self, corrections: list[common_pb2.Correction]) -> None: ...
+
+
+def default_publisher_id() -> str:
+    """A name for this replica's publication claims, unique to the process."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 class ClassificationRecorder:
     """Classifies, stores idempotently and publishes; the Kafka and gRPC edges both go through record_predictions."""
 
     def __init__(self, store: ClassificationStore, taxonomies: Taxonomies, weights: Mapping[str, float],
                  publish: Publish, candidate_count: int = 3, send_timeout_s: float = 30.0,
                  publisher_id: str | None = None, claim_lease_s: float = 60.0,
-                 thumbnails: OperatorStore | None = None):
+                 thumbnails: OperatorStore | None = None, verdicts: Verdicts | None = None):
         self.store = store
         self.thumbnails = thumbnails
         self.taxonomies = taxonomies
@@ -98,7 +112,8 @@ class ClassificationRecorder:
         self.send_timeout_s = send_timeout_s
         self.stored = threading.Condition()  # notified after every write
         self.on_stored: list[Callable[[], None]] = []  # called after every write (the watch hub's wake-up)
-        self.publisher_id = publisher_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.verdicts = verdicts
+        self.publisher_id = publisher_id or default_publisher_id()
         # Longer than a publication takes (send + acknowledgement): a claim older than this was abandoned.
         self.claim_lease_s = max(claim_lease_s, 2 * send_timeout_s)
         # Rows the broker acknowledged whose published mark the store could not take (it was away): the retry marks
@@ -131,6 +146,9 @@ class ClassificationRecorder:
         self._keep_thumbnails([predictions[index] for index, _ in classified])
         for (index, _), stored in zip(classified, self._store_batch([c for _, c in classified])):
             outcomes[index] = stored
+        # Stored before the classification goes out, published after it (a crash in between: the sweep does it).
+        carried = self.verdicts.carry_verdicts(
+            [o for o in outcomes if isinstance(o, StoredClassification)]) if self.verdicts else []
         pending, elsewhere, already_out = [], [], []
         interrupted: ClassificationError | None = None
         try:
@@ -168,6 +186,9 @@ class ClassificationRecorder:
             except Exception as error:  # noqa: BLE001
                 failures.append(repr(error))
         self._mark_published([o.classification.sequence for o in already_out + acknowledged])
+        out = {o.classification.sequence for o in already_out + acknowledged}
+        if carried:
+            self.verdicts.publish_carried([c for c in carried if c.classification_sequence in out])
         now = time.time()
         for stored in acknowledged:
             outcome = ("needs_review" if stored.classification.status == common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from services.common.contracts.product_classification.v1 import common_pb2
-from services.results.store import ClassificationStore
+from services.results.store import PHOTO_BACK_SEPARATOR, ClassificationStore
 
 NEEDS_REVIEW = common_pb2.CLASSIFICATION_STATUS_NEEDS_REVIEW
 CLASSIFIED = common_pb2.CLASSIFICATION_STATUS_CLASSIFIED
@@ -75,26 +75,31 @@ class OperatorStore:
     # -- corrections
 
     def record_correction(self, correction: common_pb2.Correction) -> StoredCorrection:
-        """Stores the correction unless its id is already there; returns what the store holds."""
+        """Stores the correction unless its id is already there; returns what the store holds. Two replicas storing
+        one id at once (a retried submission, one verdict carried by both): one row, both get it."""
+        select = self.store.sql("SELECT sequence, payload, published FROM corrections WHERE correction_id = ?")
         with self.store.transaction() as cursor:
-            cursor.execute(self.store.sql("SELECT sequence, payload, published FROM corrections WHERE correction_id = ?"),
-                           (correction.correction_id,))
+            cursor.execute(select, (correction.correction_id,))
             row = cursor.fetchone()
-            if row is not None:
-                return StoredCorrection(self._decode(row[0], row[1]), newly_stored=False, published=bool(row[2]))
-            cursor.execute(self.store.sql(
-                "INSERT INTO corrections (correction_id, listing_id, marketplace, classification_sequence, model_label, "
-                "category_id, model_was_right, operator, payload, corrected_at, published) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence"),
-                (correction.correction_id, correction.listing_id, correction.marketplace,
-                 correction.classification_sequence, correction.model_answer.label,
-                 correction.category.id.rsplit("/", 1)[-1], correction.model_was_right, correction.operator,
-                 correction.SerializeToString(), time.time(), False))
-            sequence = cursor.fetchone()[0]
-        stored = common_pb2.Correction()
-        stored.CopyFrom(correction)
-        stored.sequence = sequence
-        return StoredCorrection(stored, newly_stored=True, published=False)
+            if row is None:
+                cursor.execute(self.store.sql(
+                    "INSERT INTO corrections (correction_id, listing_id, marketplace, classification_sequence, "
+                    "model_label, category_id, model_was_right, operator, payload, corrected_at, published, "
+                    "carried_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (correction_id) DO NOTHING RETURNING sequence"),
+                    (correction.correction_id, correction.listing_id, correction.marketplace,
+                     correction.classification_sequence, correction.model_answer.label,
+                     correction.category.id.rsplit("/", 1)[-1], correction.model_was_right, correction.operator,
+                     correction.SerializeToString(), time.time(), False, correction.carried_from_sequence or None))
+                inserted = cursor.fetchone()
+                if inserted is not None:
+                    stored = common_pb2.Correction()
+                    stored.CopyFrom(correction)
+                    stored.sequence = inserted[0]
+                    return StoredCorrection(stored, newly_stored=True, published=False)
+                cursor.execute(select, (correction.correction_id,))  # another replica's, committed in between
+                row = cursor.fetchone()
+        return StoredCorrection(self._decode(row[0], row[1]), newly_stored=False, published=bool(row[2]))
 
     def claim_correction(self, sequence: int, owner: str, lease_s: float) -> bool:
         now = time.time()
@@ -116,12 +121,15 @@ class OperatorStore:
             cursor.execute(self.store.sql("UPDATE corrections SET published = TRUE WHERE sequence = ?"), (sequence,))
 
     def unpublished_corrections(self, older_than_s: float, limit: int = 100) -> list[common_pb2.Correction]:
-        """Corrections whose publication failed or was abandoned (and whose claim, if any, has run out)."""
+        """Corrections whose publication failed or was abandoned (and whose claim, if any, has run out), once the
+        classification each one judges is out: a verdict carried to a listing back to its photo is stored before
+        that classification is published, and goes out after it."""
         now = time.time()
         with self.store.transaction() as cursor:
             cursor.execute(self.store.sql(
-                f"SELECT sequence, payload FROM corrections WHERE NOT published AND corrected_at < ? AND "
-                f"(claimed_until IS NULL OR claimed_until < ?) ORDER BY sequence LIMIT {int(limit)}"),
+                f"SELECT r.sequence, r.payload FROM corrections r JOIN classifications c ON c.sequence = "
+                f"r.classification_sequence WHERE NOT r.published AND c.published AND r.corrected_at < ? AND "
+                f"(r.claimed_until IS NULL OR r.claimed_until < ?) ORDER BY r.sequence LIMIT {int(limit)}"),
                 (now - older_than_s, now))
             rows = cursor.fetchall()
         return [self._decode(sequence, payload) for sequence, payload in rows]
@@ -138,6 +146,20 @@ class OperatorStore:
                                           f"ORDER BY sequence DESC LIMIT {int(limit)}"), tuple(parameters))
             rows = cursor.fetchall()
         return [self._decode(sequence, payload) for sequence, payload in rows]
+
+    def verdict_on_photo(self, listing_id: str, photo_key: str, other_than: int) -> common_pb2.Correction | None:
+        """The latest correction of the listing on a classification of the photo photo_key names (its rows' keys
+        are that key, or that key and PHOTO_BACK_SEPARATOR for a return to it), other than classification
+        other_than's; None when no operator judged the photo for this listing."""
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql(
+                "SELECT r.sequence, r.payload, c.idempotency_key FROM corrections r JOIN classifications c ON "
+                "c.sequence = r.classification_sequence WHERE r.listing_id = ? AND r.classification_sequence <> ? "
+                "ORDER BY r.sequence DESC"), (listing_id, other_than))
+            for sequence, payload, key in cursor:
+                if str(key).split(PHOTO_BACK_SEPARATOR)[0] == photo_key:
+                    return self._decode(sequence, payload)
+        return None
 
     @staticmethod
     def _decode(sequence: int, payload) -> common_pb2.Correction:
@@ -187,7 +209,8 @@ class OperatorStore:
 
     def counts(self, marketplace: str, window_s: int) -> Counts:
         """Classifications stored in the window by status, per minute and per label; operators' checks per label
-        (each classification counted once, by its latest correction)."""
+        (each classification counted once, by its latest correction; a verdict carried to a listing back to its
+        photo is not counted again)."""
         since = time.time() - window_s
         market = " AND marketplace = ?" if marketplace else ""
         parameters = (since, marketplace) if marketplace else (since,)
@@ -203,7 +226,8 @@ class OperatorStore:
             per_minute = [(int(m) * 60, int(n)) for m, n in cursor.fetchall()]
             cursor.execute(self.store.sql(
                 f"SELECT r.model_label, COUNT(*), SUM(CASE WHEN r.model_was_right THEN 1 ELSE 0 END) FROM corrections r "
-                f"WHERE r.corrected_at >= ?{market.replace('marketplace', 'r.marketplace')} AND r.sequence = "
+                f"WHERE r.corrected_at >= ?{market.replace('marketplace', 'r.marketplace')} AND r.carried_from IS NULL "
+                "AND r.sequence = "
                 "(SELECT MAX(r2.sequence) FROM corrections r2 WHERE r2.classification_sequence = "
                 "r.classification_sequence) GROUP BY r.model_label"), parameters)
             checks = cursor.fetchall()

@@ -17,7 +17,7 @@ from services.common.contracts.product_classification.v1 import common_pb2, even
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.validation import MAX_ID_LENGTH, check_text
 from services.results.operator_store import OperatorStore
-from services.results.store import short_category_id
+from services.results.store import PHOTO_BACK_SEPARATOR, StoredClassification, short_category_id
 from services.results.taxonomy import Taxonomies
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,12 @@ def usable_thumbnail(jpeg: bytes) -> bool:
 
 def correction_event_id(correction_id: str) -> str:
     return hashlib.sha256(f"correction|{correction_id}".encode()).hexdigest()[:32]
+
+
+def carried_correction_id(classification_sequence: int) -> str:
+    """The id of the verdict carried to a classification: one per classification, whichever replica (or retry)
+    carries it, so it is stored and published once."""
+    return "carried-" + hashlib.sha256(f"carried|{classification_sequence}".encode()).hexdigest()[:32]
 
 
 class ReviewDesk:
@@ -113,6 +119,54 @@ class ReviewDesk:
                                       f"({error!r}); it goes out when the broker is back") from None
         self.operators.mark_correction_published(correction.sequence)
         return True
+
+    def carry_verdicts(self, stored: list[StoredClassification]) -> list[common_pb2.Correction]:
+        """Applies an operator's verdict again where a listing went back to the photo it was given for.
+
+        A seller undoing an edit (photo A, then B, then A again) gets a classification of its own for A again, the
+        models' answer (see the store's record_many). Where an operator had judged A for this listing, that answer
+        would take the listing back to what the operator overruled, and put it in the review queue for the same
+        decision again. So the latest verdict on A is stored again for the new classification (carried_from_sequence
+        names the operator's own), unpublished: call this before the classification is published and
+        publish_carried after it, so the listing-corrected event follows it (the sweep publishes a carried verdict
+        only once its classification is out). Idempotent: one carried verdict per classification."""
+        carried = []
+        for outcome in stored:
+            classification = outcome.classification
+            if (outcome.published or PHOTO_BACK_SEPARATOR not in outcome.key
+                    or classification.status == common_pb2.CLASSIFICATION_STATUS_FAILED):
+                continue
+            verdict = self.operators.verdict_on_photo(classification.listing_id,
+                                                      outcome.key.split(PHOTO_BACK_SEPARATOR)[0],
+                                                      other_than=classification.sequence)
+            if verdict is None:
+                continue
+            now = Timestamp()
+            now.GetCurrentTime()
+            correction = common_pb2.Correction(
+                correction_id=carried_correction_id(classification.sequence), listing_id=classification.listing_id,
+                marketplace=classification.marketplace, classification_sequence=classification.sequence,
+                model_answer=classification, category=verdict.category, label=verdict.label,
+                model_was_right=short_category_id(classification.category.id) == short_category_id(verdict.category.id),
+                operator=verdict.operator, corrected_at=now,
+                carried_from_sequence=verdict.carried_from_sequence or verdict.sequence)
+            recorded = self.operators.record_correction(correction)
+            if not recorded.published:
+                carried.append(recorded.correction)
+            log.info("verdict carried to a listing back to its photo",
+                     extra={"listing_id": classification.listing_id, "classification": classification.sequence,
+                            "carried_from": correction.carried_from_sequence})
+        return carried
+
+    def publish_carried(self, corrections: list[common_pb2.Correction]) -> None:
+        """Publishes carried verdicts whose classifications are out; one the broker does not take now is left to
+        the sweep (it is stored)."""
+        for correction in corrections:
+            try:
+                self._publish(correction)
+            except ClassificationError as error:
+                log.warning("carried verdict not yet published", extra={"reason": error.reason})
+                return
 
     def publish_pending(self, older_than_s: float = 10.0) -> int:
         """Publishes corrections a failed or abandoned publication left behind; returns how many went out."""

@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS corrections (
     corrected_at DOUBLE PRECISION NOT NULL,
     published BOOLEAN NOT NULL DEFAULT FALSE,
     claimed_by TEXT,
-    claimed_until DOUBLE PRECISION
+    claimed_until DOUBLE PRECISION,
+    carried_from BIGINT
 );
 CREATE INDEX IF NOT EXISTS corrections_classification ON corrections (classification_sequence, sequence);
 CREATE INDEX IF NOT EXISTS corrections_listing ON corrections (listing_id, sequence);
@@ -163,19 +164,24 @@ class ClassificationStore:
                 self._connection = None
                 raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: {error}") from None
 
-    _LATER_COLUMNS = (("claimed_by", "TEXT"), ("claimed_until", "DOUBLE PRECISION"),  # publication claims
-                      ("confidence", "DOUBLE PRECISION"), ("label", "TEXT"), ("category_id", "TEXT"))  # review queue
+    # Columns added since the first release, per table: a database an earlier version created gets them on start.
+    _LATER_COLUMNS = {
+        "classifications": (("claimed_by", "TEXT"), ("claimed_until", "DOUBLE PRECISION"),  # publication claims
+                            ("confidence", "DOUBLE PRECISION"), ("label", "TEXT"), ("category_id", "TEXT")),  # queue
+        "corrections": (("carried_from", "BIGINT"),),  # a verdict applied again to a listing back to its photo
+    }
 
     def _add_columns(self, cursor) -> None:
         """Databases created by an earlier version get the columns added since."""
-        if self._postgres:
-            for name, kind in self._LATER_COLUMNS:
-                cursor.execute(f"ALTER TABLE classifications ADD COLUMN IF NOT EXISTS {name} {kind}")
-            return
-        columns = {row[1] for row in cursor.execute("PRAGMA table_info(classifications)").fetchall()}
-        for name, kind in self._LATER_COLUMNS:
-            if name not in columns:
-                cursor.execute(f"ALTER TABLE classifications ADD COLUMN {name} {kind}")
+        for table, later in self._LATER_COLUMNS.items():
+            if self._postgres:
+                for name, kind in later:
+                    cursor.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+                continue
+            columns = {row[1] for row in cursor.execute(f"PRAGMA table_info({table})").fetchall()}
+            for name, kind in later:
+                if name not in columns:
+                    cursor.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def claim(self, sequence: int, owner: str, lease_s: float) -> bool:
         """Atomically makes owner the one publisher of an unpublished row: True when it may publish now.

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from services.common.contracts.product_classification.v1 import common_pb2, events_pb2, gateway_pb2, results_pb2
+from services.common.contracts.product_classification.v1 import (common_pb2, events_pb2, gateway_pb2, results_pb2,
+                                                                  results_pb2_grpc)
 from services.common.decode_path import PIXELS_ENSEMBLE
 from services.drivers.metrics_reader import scrape, total
 from services.drivers.traffic import (TopicReader, jpeg_with_comment, labelled_photos, submit_and_collect,
@@ -75,15 +76,30 @@ def test_a_listing_back_to_a_photo_it_had_is_classified_and_published_for_that_p
         parsed = (events_pb2.ListingClassified.FromString(record.value) for record in records)
         return [event for event in parsed if event.classification.listing_id == listing_id]
 
+    def verdicts(records) -> list[common_pb2.Correction]:
+        parsed = (events_pb2.ListingCorrected.FromString(record.value).correction for record in records)
+        return [correction for correction in parsed if correction.listing_id == listing_id]
+
     reader = TopicReader(kafka, kafka.topics.listing_classified)
+    corrected = TopicReader(kafka, kafka.topics.listing_corrected)
     events: list[events_pb2.ListingClassified] = []
     try:
         for count, photo in enumerate((a, b, a), start=1):
             submit_listings(kafka, [common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
                                                        locale="de-DE", image_bytes=photo)])
             events += mine(reader.read(lambda records: len(events) + len(mine(records)) >= count, 60))
+            if count == 1:  # an operator overrules the models on A (the console's call)
+                first = events[0].classification
+                chosen = next(c.category.id for c in first.candidates[1:] if c.category.id != first.category.id)
+                with stack.internal_channel("results", "console") as channel:
+                    verdict = results_pb2_grpc.ClassificationResultsStub(channel).RecordCorrection(
+                        results_pb2.RecordCorrectionRequest(
+                            correction_id=f"undo-{run}", listing_id=listing_id, category_id=chosen,
+                            classification_sequence=first.sequence, operator="ana"), timeout=10)
+        carried = verdicts(corrected.read(lambda records: len(verdicts(records)) >= 2, 60))
     finally:
         reader.close()
+        corrected.close()
     digests = [event.classification.image_digest for event in events]
     assert digests[0] == digests[2] != digests[1] and len(events) == 3, digests
     assert len({event.event_id for event in events}) == 3  # a consumer that drops ids it has seen keeps all three
@@ -91,3 +107,9 @@ def test_a_listing_back_to_a_photo_it_had_is_classified_and_published_for_that_p
     assert events[2].classification.sequence > events[1].classification.sequence
     current = results.GetClassification(results_pb2.GetClassificationRequest(listing_id=listing_id), timeout=10)
     assert current.image_digest == digests[0] and current.sequence == events[2].classification.sequence
+    # the operator's verdict on A follows the listing back to A, after the models' answer for it
+    assert [c.classification_sequence for c in carried] == [events[0].classification.sequence, current.sequence]
+    assert carried[1].carried_from_sequence == verdict.sequence and carried[1].category.id == verdict.category.id
+    assert carried[1].operator == "ana" and carried[1].correction_id != verdict.correction_id
+    queue = results.ListReviewQueue(results_pb2.ListReviewQueueRequest(listing_id=listing_id, page_size=10), timeout=10)
+    assert not queue.classifications  # judged: not put before an operator again

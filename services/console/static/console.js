@@ -247,7 +247,9 @@ async function loadCorrections() {
     document.getElementById("corrections").replaceChildren(...found.corrections.map(c => el("tr", {},
       el("td", { text: c.corrected_at }), el("td", { className: "id", text: c.listing_id }),
       el("td", { text: c.model_category.name + " (" + percent(c.model_confidence) + ")" }),
-      el("td", { text: c.category.name + (c.model_was_right ? " ✓" : "") }), el("td", { text: c.operator }))));
+      el("td", { text: c.category.name + (c.model_was_right ? " ✓" : "") }),
+      el("td", { text: c.operator + (c.carried_from_sequence ? " (their verdict on this photo, carried: the listing " +
+                                     "went back to it)" : "") }))));
   } catch (error) { status("Corrections could not be loaded: " + error.message); }
 }
 

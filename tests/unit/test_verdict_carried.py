@@ -1,0 +1,244 @@
+"""An operator's verdict on a photo, applied again when the listing goes back to that photo (a seller undoing an
+edit: A, then B, then A again), on both stores: published after the classification it judges, once, by one replica;
+not counted twice in the numbers; not out before its classification when the broker or a replica fails between
+them."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from services.common.contracts.product_classification.v1 import common_pb2, events_pb2, results_pb2
+from services.common.errors import ClassificationError, ErrorKind
+from services.results.core import ClassificationRecorder
+from services.results.operator_store import OperatorStore
+from services.results.review import ReviewDesk
+from services.results.store import ClassificationStore
+from services.results.taxonomy import Taxonomies
+
+LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
+PHOTO_A, PHOTO_B = "a" * 64, "b" * 64
+
+
+class Sent:
+    def __init__(self, error: Exception | None = None):
+        self.error = error
+
+    def get(self, timeout):
+        if self.error:
+            raise self.error
+
+
+class Broker:
+    """What both topics received, in order; refuses a topic's sends while that topic is in `refusing`."""
+
+    def __init__(self):
+        self.events: list = []
+        self.refusing: set[str] = set()
+        self.lock = threading.Lock()
+
+    def send(self, topic: str, event):
+        if topic in self.refusing:
+            return Sent(ConnectionError(f"{topic}: broker away"))
+        with self.lock:
+            self.events.append(event)
+        return Sent()
+
+    def corrections(self) -> list[common_pb2.Correction]:
+        return [e.correction for e in self.events if isinstance(e, events_pb2.ListingCorrected)]
+
+    def order(self, listing_id: str) -> list[tuple[str, int]]:
+        """("classified" | "corrected", classification sequence) for the listing, as published."""
+        return [("classified", e.classification.sequence) if isinstance(e, events_pb2.ListingClassified)
+                else ("corrected", e.correction.classification_sequence) for e in self.events
+                if (e.classification.listing_id if isinstance(e, events_pb2.ListingClassified)
+                    else e.correction.listing_id) == listing_id]
+
+
+@pytest.fixture(scope="module")
+def taxonomies():
+    return Taxonomies.load(model_labels=LABELS, default_review_threshold=0.6)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path, postgres_url):
+    return f"sqlite:///{tmp_path / 'results.sqlite3'}" if request.param == "sqlite" else postgres_url
+
+
+@pytest.fixture
+def store(url):
+    store = ClassificationStore(url)
+    store.start()
+    if url.startswith("postgresql"):  # one database per test session: start each test from empty tables
+        with store.transaction() as cursor:
+            cursor.execute("TRUNCATE classifications, corrections, thumbnails")
+    yield store
+    store.stop()
+
+
+def replica(store, taxonomies, broker: Broker, name: str = "replica-a") -> tuple[ClassificationRecorder, ReviewDesk]:
+    desk = ReviewDesk(OperatorStore(store), taxonomies, lambda event: broker.send("corrected", event), name)
+    recorder = ClassificationRecorder(store, taxonomies, {"m": 1.0}, lambda event: broker.send("classified", event),
+                                      publisher_id=name, thumbnails=OperatorStore(store), verdicts=desk)
+    return recorder, desk
+
+
+def photo(listing_id: str, digest: str, second: int, top: str = "dress") -> events_pb2.PredictionMade:
+    event = events_pb2.PredictionMade(
+        listing_id=listing_id, marketplace="de-modehaus", locale="de", image_digest=digest,
+        predictions=[common_pb2.ModelPrediction(model_name="m", model_version="1", labels=[top, "hat"],
+                                                probabilities=[0.55, 0.45])])
+    event.submitted_at.FromSeconds(1_800_000_000 + second)
+    return event
+
+
+def judge(desk: ReviewDesk, store, taxonomies, listing_id: str, label: str, operator: str = "ana"):
+    judged = store.latest_for_listing(listing_id)
+    return desk.record_correction(results_pb2.RecordCorrectionRequest(
+        correction_id=f"c-{uuid.uuid4().hex[:12]}", listing_id=listing_id, classification_sequence=judged.sequence,
+        category_id=taxonomies.marketplaces["de-modehaus"].labels[label], operator=operator, locale="en"))
+
+
+def test_a_listing_back_to_a_photo_an_operator_judged_gets_that_verdict_again_after_its_classification(
+        store, taxonomies):
+    listing, broker = f"undo-{uuid.uuid4().hex[:8]}", Broker()
+    recorder, desk = replica(store, taxonomies, broker)
+    recorder.record_predictions([photo(listing, PHOTO_A, 1)])
+    verdict = judge(desk, store, taxonomies, listing, "shoes")  # the models said dress; the operator: shoes
+    recorder.record_predictions([photo(listing, PHOTO_B, 2, top="hat")])
+    [back] = recorder.record_predictions([photo(listing, PHOTO_A, 3)])
+    assert back.newly_stored
+    new = back.classification.sequence
+    assert broker.order(listing)[-2:] == [("classified", new), ("corrected", new)]
+    carried = broker.corrections()[-1]
+    assert carried.carried_from_sequence == verdict.sequence and carried.operator == "ana"
+    assert carried.label == "shoes" and carried.category.id == verdict.category.id and not carried.model_was_right
+    assert carried.model_answer.sequence == new and carried.correction_id != verdict.correction_id
+    assert broker.events[-1].event_id  # a publication id of its own
+    operators = OperatorStore(store)
+    assert listing not in [c.listing_id for c in operators.review_queue("", "", 100, 0)[0]]
+    assert [c.sequence for c in operators.corrections("", listing, 10)] == [carried.sequence, verdict.sequence]
+    numbers = desk.statistics(results_pb2.GetStatisticsRequest(window_s=3600))
+    assert numbers.checked == 1  # one decision, counted once
+
+    # redelivered (a rebalance, a zombie's late send): nothing more goes out
+    published = len(broker.events)
+    recorder.record_predictions([photo(listing, PHOTO_A, 3)])
+    assert len(broker.events) == published
+    # back to B (never judged), then to A a third time: A's verdict again, repeating the operator's own
+    recorder.record_predictions([photo(listing, PHOTO_B, 4, top="hat")])
+    assert broker.order(listing)[-1][0] == "classified"
+    assert listing in [c.listing_id for c in operators.review_queue("", "", 100, 0)[0]]
+    [third] = recorder.record_predictions([photo(listing, PHOTO_A, 5)])
+    assert broker.order(listing)[-2:] == [("classified", third.classification.sequence),
+                                          ("corrected", third.classification.sequence)]
+    assert broker.corrections()[-1].carried_from_sequence == verdict.sequence
+
+
+def test_the_latest_verdict_on_the_photo_is_the_one_carried_and_none_where_nobody_judged_it(store, taxonomies):
+    broker = Broker()
+    recorder, desk = replica(store, taxonomies, broker)
+    judged_twice, unjudged = f"twice-{uuid.uuid4().hex[:8]}", f"unjudged-{uuid.uuid4().hex[:8]}"
+    recorder.record_predictions([photo(judged_twice, PHOTO_A, 1), photo(unjudged, PHOTO_A, 1)])
+    judge(desk, store, taxonomies, judged_twice, "shoes", "ana")
+    second = judge(desk, store, taxonomies, judged_twice, "skirt", "ben")  # ben changed ana's mind
+    recorder.record_predictions([photo(judged_twice, PHOTO_B, 2), photo(unjudged, PHOTO_B, 2)])
+    judge(desk, store, taxonomies, unjudged, "pants")  # a verdict on B is not one on A
+    before = len(broker.corrections())
+    recorder.record_predictions([photo(judged_twice, PHOTO_A, 3), photo(unjudged, PHOTO_A, 3)])
+    [carried] = broker.corrections()[before:]
+    assert carried.listing_id == judged_twice and carried.carried_from_sequence == second.sequence
+    assert carried.operator == "ben" and carried.label == "skirt"
+
+
+def test_a_carried_verdict_never_goes_out_before_its_classification_and_is_not_lost(store, taxonomies):
+    """The broker refuses the classification: the carried verdict is stored, the sweep leaves it until the
+    classification is out. Then the broker refuses only the verdict: the classification is out, and the sweep
+    publishes the verdict after it."""
+    listing, broker = f"refused-{uuid.uuid4().hex[:8]}", Broker()
+    recorder, desk = replica(store, taxonomies, broker)
+    recorder.record_predictions([photo(listing, PHOTO_A, 1)])
+    judge(desk, store, taxonomies, listing, "shoes")
+    recorder.record_predictions([photo(listing, PHOTO_B, 2)])
+    broker.refusing = {"classified"}
+    with pytest.raises(ClassificationError) as refused:
+        recorder.record_predictions([photo(listing, PHOTO_A, 3)])
+    assert refused.value.kind is ErrorKind.UNAVAILABLE
+    broker.refusing = set()
+    stored = store.latest_for_listing(listing).sequence
+    assert desk.publish_pending(older_than_s=0) == 0  # its classification is not out yet
+    assert ("classified", stored) not in broker.order(listing) and ("corrected", stored) not in broker.order(listing)
+    broker.refusing = {"corrected"}
+    [back] = recorder.record_predictions([photo(listing, PHOTO_A, 3)])  # the redelivery
+    new = back.classification.sequence
+    assert new == stored and broker.order(listing)[-1] == ("classified", new)
+    broker.refusing = set()
+    assert desk.publish_pending(older_than_s=0) == 1
+    assert broker.order(listing)[-2:] == [("classified", new), ("corrected", new)]
+    assert desk.publish_pending(older_than_s=0) == 0
+
+
+def test_two_replicas_recording_the_same_return_at_once_carry_the_verdict_once(url, taxonomies):
+    """A rebalance hands the event to a second replica while the first still records it: one row, one carried
+    verdict, each published once."""
+    stores = [ClassificationStore(url), ClassificationStore(url)]
+    for each in stores:
+        each.start()
+    try:
+        broker = Broker()
+        replicas = [replica(each, taxonomies, broker, f"replica-{i}") for i, each in enumerate(stores)]
+        listings = [f"race-{uuid.uuid4().hex[:8]}" for _ in range(8)]
+        replicas[0][0].record_predictions([photo(listing, PHOTO_A, 1) for listing in listings])
+        for listing in listings:
+            judge(replicas[0][1], stores[0], taxonomies, listing, "shoes")
+        replicas[0][0].record_predictions([photo(listing, PHOTO_B, 2) for listing in listings])
+        start, errors = threading.Barrier(2), []
+
+        def record(which: int) -> None:
+            start.wait()
+            for _ in range(20):  # the other replica's claim: retried as the Kafka path does
+                try:
+                    replicas[which][0].record_predictions([photo(listing, PHOTO_A, 3) for listing in listings])
+                    return
+                except ClassificationError as error:
+                    if error.kind is not ErrorKind.UNAVAILABLE:
+                        errors.append(error)
+                        return
+            errors.append("never done")
+
+        threads = [threading.Thread(target=record, args=(which,)) for which in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors
+        for each, (_, desk) in zip(stores, replicas):
+            desk.publish_pending(older_than_s=0)  # a verdict whose classification the other replica published
+        for listing in listings:
+            latest = stores[1].latest_for_listing(listing)
+            order = broker.order(listing)
+            assert order.count(("classified", latest.sequence)) == 1
+            assert order.count(("corrected", latest.sequence)) == 1
+            assert order.index(("classified", latest.sequence)) < order.index(("corrected", latest.sequence))
+    finally:
+        for each in stores:
+            each.stop()
+
+
+def test_a_store_an_earlier_version_made_gets_the_carried_from_column(url):
+    store = ClassificationStore(url)
+    store.start()
+    try:
+        with store.transaction() as cursor:
+            cursor.execute("ALTER TABLE corrections DROP COLUMN carried_from")
+    finally:
+        store.stop()
+    again = ClassificationStore(url)
+    again.start()
+    try:
+        with again.transaction() as cursor:
+            cursor.execute("SELECT carried_from FROM corrections WHERE 1 = 0")
+    finally:
+        again.stop()
