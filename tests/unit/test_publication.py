@@ -11,6 +11,7 @@ from services.common.errors import ClassificationError, ErrorKind
 from services.results.core import ClassificationRecorder, event_id
 from services.results.store import ClassificationStore, idempotency_key
 from services.results.taxonomy import Taxonomies
+from tests.unit.broker_answer import Sent
 
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
 
@@ -18,17 +19,6 @@ LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "s
 @pytest.fixture(scope="module")
 def taxonomies():
     return Taxonomies.load(model_labels=LABELS, default_review_threshold=0.5)
-
-
-class Sent:
-    """The seam: the broker's answer to one send."""
-
-    def __init__(self, error: Exception | None = None):
-        self.error = error
-
-    def get(self, timeout):
-        if self.error:
-            raise self.error
 
 
 def prediction(listing_id: str) -> events_pb2.PredictionMade:

@@ -16,17 +16,9 @@ from services.results.operator_store import OperatorStore
 from services.results.review import ReviewDesk, usable_thumbnail
 from services.results.store import ClassificationStore
 from services.results.taxonomy import Taxonomies
+from tests.unit.broker_answer import Sent
 
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
-
-
-class Sent:
-    def __init__(self, error: Exception | None = None):
-        self.error = error
-
-    def get(self, timeout):
-        if self.error:
-            raise self.error
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,10 @@ from services.results.operator_store import OperatorStore
 from services.results.review import ReviewDesk
 from services.results.store import ClassificationStore
 from services.results.taxonomy import Taxonomies
+from tests.unit.broker_answer import Sent
 
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
 PHOTO_A, PHOTO_B = "a" * 64, "b" * 64
-
-
-class Sent:
-    def __init__(self, error: Exception | None = None):
-        self.error = error
-
-    def get(self, timeout):
-        if self.error:
-            raise self.error
 
 
 class Broker:
@@ -228,17 +220,14 @@ def test_two_replicas_recording_the_same_return_at_once_carry_the_verdict_once(u
 
 
 def test_a_store_an_earlier_version_made_gets_the_carried_from_column(url):
-    store = ClassificationStore(url)
-    store.start()
-    try:
-        with store.transaction() as cursor:
-            cursor.execute("ALTER TABLE corrections DROP COLUMN carried_from")
-    finally:
-        store.stop()
-    again = ClassificationStore(url)
-    again.start()
-    try:
-        with again.transaction() as cursor:
-            cursor.execute("SELECT carried_from FROM corrections WHERE 1 = 0")
-    finally:
-        again.stop()
+    def on_start(statement: str) -> None:
+        store = ClassificationStore(url)
+        store.start()
+        try:
+            with store.transaction() as cursor:
+                cursor.execute(statement)
+        finally:
+            store.stop()
+
+    on_start("ALTER TABLE corrections DROP COLUMN carried_from")  # what an earlier version made
+    on_start("SELECT carried_from FROM corrections WHERE 1 = 0")  # raises unless the start added it
