@@ -95,7 +95,7 @@ def classification_json(c: common_pb2.Classification) -> dict:
                             "category": category_json(k.category)} for k in c.candidates],
             "image_digest": c.image_digest, "sequence": c.sequence, "classified_at": _timestamp(c.classified_at),
             "error_kind": common_pb2.ErrorKind.Name(c.error_kind).removeprefix("ERROR_KIND_") if c.error_kind else "",
-            "error_reason": c.error_reason}
+            "error_reason": c.error_reason, "superseded": c.superseded}
 
 
 def correction_json(c: common_pb2.Correction) -> dict:

@@ -43,9 +43,9 @@ class Counts:
     per_label: dict[str, LabelCounts]
 
 
-# The listing's latest classification that no operator has judged yet.
+# The listing's latest classification (a superseded one is never that) that no operator has judged yet.
 _UNJUDGED = ("c.status IN ({classified}, {needs_review}) AND c.sequence = (SELECT MAX(l.sequence) FROM "
-             "classifications l WHERE l.listing_id = c.listing_id) AND NOT EXISTS (SELECT 1 FROM corrections r "
+             "classifications l WHERE l.listing_id = c.listing_id AND NOT l.superseded) AND NOT EXISTS (SELECT 1 FROM corrections r "
              "WHERE r.classification_sequence = c.sequence)").format(classified=CLASSIFIED, needs_review=NEEDS_REVIEW)
 
 

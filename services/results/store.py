@@ -9,6 +9,7 @@ so a crash between storing and publishing is repaired by the redelivery instead 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from services.common.contracts.product_classification.v1 import common_pb2
 from services.common.errors import ClassificationError, ErrorKind
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ CREATE TABLE IF NOT EXISTS classifications (
     claimed_until DOUBLE PRECISION,
     confidence DOUBLE PRECISION,
     label TEXT,
-    category_id TEXT
+    category_id TEXT,
+    superseded BOOLEAN NOT NULL DEFAULT FALSE
 );
 CREATE INDEX IF NOT EXISTS classifications_listing ON classifications (listing_id, sequence);
 CREATE INDEX IF NOT EXISTS classifications_marketplace ON classifications (marketplace, sequence);
@@ -101,6 +105,13 @@ def idempotency_key(classification: common_pb2.Classification) -> str:
 # A photo a listing had before, back after another: its row's key is the photo's key, this, and the sequence of the
 # row it comes after.
 PHOTO_BACK_SEPARATOR = "|after:"
+
+
+def _superseded(classification: common_pb2.Classification) -> common_pb2.Classification:
+    copy = common_pb2.Classification()
+    copy.CopyFrom(classification)
+    copy.superseded = True
+    return copy
 
 
 def _rounds(classifications: list[common_pb2.Classification]) -> list[list[int]]:
@@ -167,7 +178,8 @@ class ClassificationStore:
     # Columns added since the first release, per table: a database an earlier version created gets them on start.
     _LATER_COLUMNS = {
         "classifications": (("claimed_by", "TEXT"), ("claimed_until", "DOUBLE PRECISION"),  # publication claims
-                            ("confidence", "DOUBLE PRECISION"), ("label", "TEXT"), ("category_id", "TEXT")),  # queue
+                            ("confidence", "DOUBLE PRECISION"), ("label", "TEXT"), ("category_id", "TEXT"),  # queue
+                            ("superseded", "BOOLEAN NOT NULL DEFAULT FALSE")),  # a late, older submission
         "corrections": (("carried_from", "BIGINT"),),  # a verdict applied again to a listing back to its photo
     }
 
@@ -297,21 +309,24 @@ class ClassificationStore:
 
     def _record_round(self, cursor, classifications: list[common_pb2.Classification]) -> list[StoredClassification]:
         """record_many for events of distinct listings (so of distinct keys: every key starts with the listing)."""
-        keys = [idempotency_key(c) for c in classifications]
-        stored = self._stored_by_key(cursor, sorted(set(keys)))
-        if stored:
-            keys = self._photo_back(cursor, keys, classifications, stored)
-            stored.update(self._stored_by_key(cursor, sorted(set(keys) - set(stored))))
+        own_keys = [idempotency_key(c) for c in classifications]
+        stored = self._stored_by_key(cursor, sorted(set(own_keys)))
+        keys, late = self._keys_in_order(cursor, own_keys, classifications, stored)
+        moved = sorted({key for key, own in zip(keys, own_keys) if key != own} - set(stored))
+        if moved:  # a listing's latest row, or a return to a photo: looked up in their turn
+            stored.update(self._stored_by_key(cursor, moved))
         new = [index for index, key in enumerate(keys) if key not in stored]
+        classifications = [_superseded(c) if index in late and index in new else c
+                           for index, c in enumerate(classifications)]
         inserted: dict[str, int] = {}
         if new:
             now = time.time()
-            rows = ", ".join(["(" + ", ".join([self._placeholder] * 10) + ")"] * len(new))
+            rows = ", ".join(["(" + ", ".join([self._placeholder] * 11) + ")"] * len(new))
             values = [value for index in new for value in self._row_values(keys[index], classifications[index],
                                                                               now)]
             cursor.execute(
                 "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, "
-                f"published, stored_at, confidence, label, category_id) VALUES {rows} "
+                f"published, stored_at, confidence, label, category_id, superseded) VALUES {rows} "
                 "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, sequence", values)
             inserted = {str(key): int(sequence) for key, sequence in cursor.fetchall()}
             raced = [keys[index] for index in new if keys[index] not in inserted]
@@ -323,43 +338,60 @@ class ClassificationStore:
                 copy = common_pb2.Classification()
                 copy.CopyFrom(classification)
                 copy.sequence = inserted[key]
-                results.append(StoredClassification(copy, newly_stored=True, published=False, key=key))
+                # a superseded row is not published: nothing is left to send
+                results.append(StoredClassification(copy, newly_stored=True, published=copy.superseded, key=key))
             else:
                 results.append(stored[key])
         return results
 
-    def _photo_back(self, cursor, keys: list[str], classifications: list[common_pb2.Classification],
-                    stored: dict[str, StoredClassification]) -> list[str]:
-        """The keys to record the events under, where a key found stored is not its listing's latest row.
+    def _keys_in_order(self, cursor, keys: list[str], classifications: list[common_pb2.Classification],
+                       stored: dict[str, StoredClassification]) -> tuple[list[str], set[int]]:
+        """The keys to record the events under, so that a listing's latest row is its newest submission's, and the
+        positions of the events that arrived after a newer submission of their listing (late).
 
-        The listing has had another photo (or a failure) since that row, so either it is back to this photo in a
-        newer submission, a seller undoing an edit: then it gets a row of its own after the latest one (its key
-        names that row's sequence, so a redelivery of this event finds it; published like any new row), and the
-        listing's current classification is this photo's again. Or the event is an earlier submission delivered
-        again (submitted no later than the latest row's): then it finds its old row and changes nothing, as before.
-        An event on the latest row's photo finds that row (a redelivery, or an edit that kept the photo)."""
-        listings = sorted({c.listing_id for c, key in zip(classifications, keys) if key in stored})
-        latest: dict[str, tuple[int, str, int]] = {}  # listing -> its latest row's sequence, key, submission time
+        Where a key found stored is not its listing's latest row, the listing has had another photo (or a failure)
+        since that row: either it is back to this photo in a newer submission, a seller undoing an edit, and gets a
+        row of its own after the latest one (its key names that row's sequence, so a redelivery of this event finds
+        it; published like any new row), or the event is an earlier submission delivered again (submitted no later
+        than the latest row's) and finds its old row, changing nothing. An event on the latest row's photo finds
+        that row (a redelivery, or an edit that kept the photo). An event on a photo the listing has no row for that
+        was submitted before the latest row's submission is late (it arrived after a newer one: one came through the
+        gateway and the other through Kafka, or producers partitioned them differently): it is stored superseded,
+        never the listing's latest row and never published. Where either submission time is missing, the order
+        events arrive in decides."""
+        latest = self._latest_rows(cursor, sorted({c.listing_id for c in classifications}))
+        chosen, late = list(keys), set()
+        for index, (key, classification) in enumerate(zip(keys, classifications)):
+            if classification.listing_id not in latest:
+                continue
+            sequence, latest_key, latest_submitted = latest[classification.listing_id]
+            submitted = classification.submitted_at.ToMicroseconds()
+            if latest_key.split(PHOTO_BACK_SEPARATOR)[0] == key:
+                chosen[index] = latest_key  # the listing's current photo: its latest row
+            elif key in stored:
+                if submitted > latest_submitted:
+                    chosen[index] = f"{key}{PHOTO_BACK_SEPARATOR}{sequence}"
+            elif 0 < submitted < latest_submitted:
+                late.add(index)
+                log.info("an earlier submission arrived after a newer one: stored superseded, not published",
+                         extra={"listing_id": classification.listing_id[:100], "newer_sequence": sequence})
+        return chosen, late
+
+    def _latest_rows(self, cursor, listings: list[str]) -> dict[str, tuple[int, str, int]]:
+        """listing -> its latest row (superseded ones aside): sequence, key, submission time (microseconds, 0 for
+        none)."""
+        latest: dict[str, tuple[int, str, int]] = {}
         for start in range(0, len(listings), 500):
             chunk = listings[start:start + 500]
             marks = ", ".join([self._placeholder] * len(chunk))
             cursor.execute(
                 "SELECT c.listing_id, c.sequence, c.idempotency_key, c.payload FROM classifications c JOIN "
                 f"(SELECT listing_id, MAX(sequence) AS sequence FROM classifications WHERE listing_id IN ({marks}) "
-                "GROUP BY listing_id) m ON c.sequence = m.sequence", chunk)
+                "AND NOT superseded GROUP BY listing_id) m ON c.sequence = m.sequence", chunk)
             for listing_id, sequence, key, payload in cursor.fetchall():
                 submitted = common_pb2.Classification.FromString(bytes(payload)).submitted_at.ToMicroseconds()
-                latest[str(listing_id)] = (int(sequence), str(key), submitted)
-        chosen = list(keys)
-        for index, (key, classification) in enumerate(zip(keys, classifications)):
-            if key not in stored or classification.listing_id not in latest:
-                continue
-            sequence, latest_key, latest_submitted = latest[classification.listing_id]
-            if latest_key.split(PHOTO_BACK_SEPARATOR)[0] == key:
-                chosen[index] = latest_key  # the listing's current photo: its latest row
-            elif classification.submitted_at.ToMicroseconds() > latest_submitted:
-                chosen[index] = f"{key}{PHOTO_BACK_SEPARATOR}{sequence}"
-        return chosen
+                latest[str(listing_id)] = (int(sequence), str(key), max(0, submitted))
+        return latest
 
     def _stored_by_key(self, cursor, keys: list[str]) -> dict[str, StoredClassification]:
         found: dict[str, StoredClassification] = {}
@@ -378,8 +410,8 @@ class ClassificationStore:
     @staticmethod
     def _row_values(key: str, classification: common_pb2.Classification, now: float) -> tuple:
         return (key, classification.listing_id, classification.marketplace, classification.status,
-                classification.SerializeToString(), False, now, float(classification.confidence),
-                classification.label, short_category_id(classification.category.id))
+                classification.SerializeToString(), classification.superseded, now, float(classification.confidence),
+                classification.label, short_category_id(classification.category.id), classification.superseded)
 
     def claim_many(self, sequences: list[int], owner: str, lease_s: float) -> set[int]:
         """claim() for many rows in one statement: the sequences this owner may publish now."""
@@ -423,7 +455,7 @@ class ClassificationStore:
         return results
 
     def latest_for_listing(self, listing_id: str) -> common_pb2.Classification | None:
-        found = self._select("listing_id = ?", (listing_id,), "DESC", 1)
+        found = self._select("listing_id = ? AND NOT superseded", (listing_id,), "DESC", 1)
         return found[0] if found else None
 
     def recent(self, marketplace: str, limit: int, before_sequence: int = 0) -> list[common_pb2.Classification]:

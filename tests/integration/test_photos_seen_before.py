@@ -3,14 +3,16 @@ worker's memory: not decoded, not sent to Triton, and classified as it was the f
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from services.common.contracts.product_classification.v1 import (common_pb2, events_pb2, gateway_pb2, results_pb2,
                                                                   results_pb2_grpc)
 from services.common.decode_path import PIXELS_ENSEMBLE
+from services.common.kafka import payload_headers
 from services.drivers.metrics_reader import scrape, total
-from services.drivers.traffic import (TopicReader, jpeg_with_comment, labelled_photos, submit_and_collect,
-                                      submit_listings)
+from services.drivers.traffic import (TopicReader, jpeg_with_comment, labelled_photos, produce_raw,
+                                      submit_and_collect, submit_listings)
 
 LOOKUPS = "product_classification_prediction_cache_lookups_total"
 TRITON_BATCHES = "product_classification_triton_batch_images_count"
@@ -113,3 +115,46 @@ def test_a_listing_back_to_a_photo_it_had_is_classified_and_published_for_that_p
     assert carried[1].operator == "ana" and carried[1].correction_id != verdict.correction_id
     queue = results.ListReviewQueue(results_pb2.ListReviewQueueRequest(listing_id=listing_id, page_size=10), timeout=10)
     assert not queue.classifications  # judged: not put before an operator again
+
+
+def test_an_earlier_submission_arriving_after_a_newer_one_is_stored_superseded_and_not_published(
+        stack, kafka, results, store):
+    """Photo A was submitted before photo B, but B's event is recorded first (A came from another producer, or
+    through the gateway). A is stored, marked superseded, not published, and the listing's classification stays
+    B's."""
+    run = uuid.uuid4().hex[:6]
+    photos = labelled_photos()
+    a = jpeg_with_comment(photos[3][0].read_bytes(), run)
+    b = jpeg_with_comment(photos[8][0].read_bytes(), run)
+    listing_id = f"late-{run}"
+
+    def mine(records) -> list[events_pb2.ListingClassified]:
+        parsed = (events_pb2.ListingClassified.FromString(record.value) for record in records)
+        return [event for event in parsed if event.classification.listing_id == listing_id]
+
+    reader = TopicReader(kafka, kafka.topics.listing_classified)
+    try:
+        submit_listings(kafka, [common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus", locale="de-DE",
+                                                   image_bytes=b)])
+        [newer] = mine(reader.read(lambda records: len(mine(records)) >= 1, 60))
+        earlier = events_pb2.ListingSubmitted(submission_id=str(uuid.uuid4()), listing=common_pb2.Listing(
+            listing_id=listing_id, marketplace="de-modehaus", locale="de-DE", image_bytes=a))
+        earlier.submitted_at.FromMicroseconds(newer.classification.submitted_at.ToMicroseconds() - 60_000_000)
+        produce_raw(kafka, kafka.topics.listing_submitted, listing_id.encode(), earlier.SerializeToString(),
+                    payload_headers(earlier))
+        deadline = time.monotonic() + 60
+        while store.count_for_listing(listing_id) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # what a wrong publication would have sent by now
+        later = mine(reader.read(lambda records: False, 2))
+    finally:
+        reader.close()
+    assert store.count_for_listing(listing_id) == 2
+    assert later == []  # nothing published for the earlier photo
+    current = results.GetClassification(results_pb2.GetClassificationRequest(listing_id=listing_id), timeout=10)
+    assert current.sequence == newer.classification.sequence and not current.superseded
+    listed = results.ListClassifications(results_pb2.ListClassificationsRequest(marketplace="de-modehaus",
+                                                                               page_size=200), timeout=10)
+    [late] = [c for c in listed.classifications if c.listing_id == listing_id and c.sequence != current.sequence]
+    assert late.superseded and late.image_digest != current.image_digest
+    assert late.submitted_at.ToMicroseconds() < current.submitted_at.ToMicroseconds()

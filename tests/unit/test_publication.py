@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 
@@ -104,6 +105,24 @@ def test_every_publication_carries_a_stable_event_id(store, taxonomies):
     recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event) or Sent())
     [outcome] = recorder.record_predictions([prediction("stable-id")])
     assert sent[0].event_id == event_id(idempotency_key(outcome.classification)) and len(sent[0].event_id) == 32
+
+
+def test_a_late_earlier_submission_is_answered_but_not_published_nor_the_listings_classification(store, taxonomies):
+    """The gateway's caller sent photo A; a newer submission (B) of the same listing came through Kafka and was
+    recorded first. The caller gets A's classification, marked superseded; nothing is published for it, and the
+    listing's classification stays B's."""
+    sent = []
+    recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: sent.append(event) or Sent())
+    listing = f"late-{uuid.uuid4().hex[:8]}"
+    newer, older = prediction(listing), prediction(listing)
+    newer.image_digest, older.image_digest = "digest-b", "digest-a"
+    newer.submitted_at.FromSeconds(1_800_000_002)
+    older.submitted_at.FromSeconds(1_800_000_001)
+    [first] = recorder.record_predictions([newer])
+    [late] = recorder.record_predictions([older], wait_for_other_publishers=False)
+    assert late.classification.superseded and late.classification.image_digest == "digest-a"
+    assert [e.classification.image_digest for e in sent] == ["digest-b"]
+    assert store.latest_for_listing(listing).sequence == first.classification.sequence
 
 
 def fails_once_with(recorder, batch, store, method: str, replacement) -> None:

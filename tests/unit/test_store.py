@@ -118,8 +118,8 @@ def test_record_many_when_another_replica_stores_a_key_between_look_up_and_inser
                 other.record(classification(f"{prefix}-contested"))
             else:  # SQLite serialises writers: the row is put in through this transaction instead
                 cursor.execute(store.sql("INSERT INTO classifications (idempotency_key, listing_id, marketplace, "
-                                         "status, payload, published, stored_at, confidence, label, category_id) "
-                                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                                         "status, payload, published, stored_at, confidence, label, category_id, "
+                                         "superseded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                                store._row_values(idempotency_key(classification(f"{prefix}-contested")),
                                                  classification(f"{prefix}-contested"), 0.0))
         return found
@@ -175,6 +175,39 @@ def test_an_earlier_submission_delivered_after_a_newer_photo_changes_nothing(sto
     assert store.latest_for_listing(listing).image_digest == "B" and store.count_for_listing(listing) == 2
 
 
+def test_an_earlier_submission_of_another_photo_arriving_after_a_newer_one_does_not_become_current(store):
+    """Photo A submitted, then B; B's event arrives first (one came through the gateway and the other through Kafka,
+    or from producers that partition differently). Before, A's late event became the listing's latest row and was
+    published: the listing's classification went back to a photo it no longer shows. Now it is stored superseded:
+    there to answer and to list, never published, never the listing's latest."""
+    listing, quick, untimed = f"stale-{id(store)}", f"stale-batch-{id(store)}", f"untimed-{id(store)}"
+    newer = store.record(submitted(listing, "B", 2))
+    late = store.record(submitted(listing, "A", 1))
+    assert late.newly_stored and late.published and late.classification.superseded
+    assert late.classification.image_digest == "A" and late.classification.sequence > newer.classification.sequence
+    assert not newer.classification.superseded
+    assert store.latest_for_listing(listing).image_digest == "B" and store.count_for_listing(listing) == 2
+    assert store.by_sequences([late.classification.sequence])[0].superseded
+    again = store.record(submitted(listing, "A", 1))  # redelivered: its own row, unchanged
+    assert not again.newly_stored and again.classification.sequence == late.classification.sequence
+    # the same within one batch
+    results = store.record_many([submitted(quick, "B", 2), submitted(quick, "A", 1)])
+    assert [r.classification.superseded for r in results] == [False, True]
+    assert store.latest_for_listing(quick).image_digest == "B"
+    # A submitted again after B: the listing's photo is A now (a row of its own after B's)
+    current = store.record(submitted(listing, "A", 3))
+    assert current.newly_stored and not current.published and not current.classification.superseded
+    assert store.latest_for_listing(listing).sequence == current.classification.sequence
+    # then a late C (submitted before A's return): superseded again
+    assert store.record(submitted(listing, "C", 2)).classification.superseded
+    assert store.latest_for_listing(listing).sequence == current.classification.sequence
+    # where either side has no submission time, the order events arrive in decides, as before
+    store.record(submitted(untimed, "B", 2))
+    assert not store.record(submitted(untimed, "A", 0)).classification.superseded
+    assert not store.record(submitted(untimed, "C", 1)).classification.superseded  # A's row has no time
+    assert store.latest_for_listing(untimed).image_digest == "C"
+
+
 def test_a_listing_back_to_its_photo_after_a_failure_and_quick_edits_in_one_batch(store):
     listing, quick = f"after-failure-{id(store)}", f"quick-{id(store)}"
     store.record(submitted(listing, "A", 1))
@@ -225,3 +258,17 @@ def test_two_replicas_recording_the_same_photo_back_at_once_store_it_once(backen
     finally:
         for replica in replicas:
             replica.stop()
+
+
+@pytest.mark.parametrize("table, column", [("classifications", "superseded"), ("corrections", "carried_from")])
+def test_a_store_an_earlier_version_made_gets_the_columns_added_since(table, column, tmp_path, postgres_url):
+    """Each backend: the column dropped (as a database an earlier version made has it), then a start adds it."""
+    for url in (f"sqlite:///{tmp_path / 'old.sqlite3'}", postgres_url):
+        for statement in (f"ALTER TABLE {table} DROP COLUMN {column}", f"SELECT {column} FROM {table} WHERE 1 = 0"):
+            store = ClassificationStore(url)
+            store.start()
+            try:
+                with store.transaction() as cursor:
+                    cursor.execute(statement)  # the SELECT raises unless the start added the column back
+            finally:
+                store.stop()

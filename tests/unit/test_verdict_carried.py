@@ -217,17 +217,3 @@ def test_two_replicas_recording_the_same_return_at_once_carry_the_verdict_once(u
     finally:
         for each in stores:
             each.stop()
-
-
-def test_a_store_an_earlier_version_made_gets_the_carried_from_column(url):
-    def on_start(statement: str) -> None:
-        store = ClassificationStore(url)
-        store.start()
-        try:
-            with store.transaction() as cursor:
-                cursor.execute(statement)
-        finally:
-            store.stop()
-
-    on_start("ALTER TABLE corrections DROP COLUMN carried_from")  # what an earlier version made
-    on_start("SELECT carried_from FROM corrections WHERE 1 = 0")  # raises unless the start added it

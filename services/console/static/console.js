@@ -55,7 +55,8 @@ function feedCard(c) {
     el("div", { className: "id", text: c.listing_id }),
     el("div", { text: c.marketplace }),
     el("div", { className: "category", text: c.category.name || c.error_reason }),
-    el("div", { className: "status-" + c.status, text: c.status + (c.status === "FAILED" ? "" : " · " + percent(c.confidence)) }));
+    el("div", { className: "status-" + c.status, text: c.status + (c.status === "FAILED" ? "" : " · " + percent(c.confidence)) +
+                (c.superseded ? " · superseded: a newer submission of this listing was classified first" : "") }));
 }
 
 function addToFeed(c, atTop = true) {

@@ -126,7 +126,7 @@ class CategoryCandidate(_message.Message):
     def __init__(self, category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("listing_id", "submission_id", "marketplace", "locale", "status", "category", "label", "confidence", "candidates", "image_digest", "model_versions", "submitted_at", "classified_at", "error_kind", "error_reason", "sequence", "review_threshold")
+    __slots__ = ("listing_id", "submission_id", "marketplace", "locale", "status", "category", "label", "confidence", "candidates", "image_digest", "model_versions", "submitted_at", "classified_at", "error_kind", "error_reason", "sequence", "review_threshold", "superseded")
     LISTING_ID_FIELD_NUMBER: _ClassVar[int]
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     MARKETPLACE_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class Classification(_message.Message):
     ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_FIELD_NUMBER: _ClassVar[int]
     listing_id: str
     submission_id: str
     marketplace: str
@@ -161,7 +162,8 @@ class Classification(_message.Message):
     error_reason: str
     sequence: int
     review_threshold: float
-    def __init__(self, listing_id: _Optional[str] = ..., submission_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., locale: _Optional[str] = ..., status: _Optional[_Union[ClassificationStatus, str]] = ..., category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[CategoryCandidate, _Mapping]]] = ..., image_digest: _Optional[str] = ..., model_versions: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., classified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_kind: _Optional[_Union[ErrorKind, str]] = ..., error_reason: _Optional[str] = ..., sequence: _Optional[int] = ..., review_threshold: _Optional[float] = ...) -> None: ...
+    superseded: bool
+    def __init__(self, listing_id: _Optional[str] = ..., submission_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., locale: _Optional[str] = ..., status: _Optional[_Union[ClassificationStatus, str]] = ..., category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[CategoryCandidate, _Mapping]]] = ..., image_digest: _Optional[str] = ..., model_versions: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., classified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_kind: _Optional[_Union[ErrorKind, str]] = ..., error_reason: _Optional[str] = ..., sequence: _Optional[int] = ..., review_threshold: _Optional[float] = ..., superseded: _Optional[bool] = ...) -> None: ...
 
 class Correction(_message.Message):
     __slots__ = ("correction_id", "listing_id", "marketplace", "classification_sequence", "model_answer", "category", "label", "model_was_right", "operator", "corrected_at", "sequence", "carried_from_sequence")
