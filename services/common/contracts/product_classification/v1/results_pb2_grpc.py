@@ -104,7 +104,8 @@ class ClassificationResultsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetClassification(self, request, context):
-        """The latest classification of a listing; NOT_FOUND if it has none.
+        """The latest classification of a listing: its newest submission's (a superseded one never is); NOT_FOUND if it
+        has none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
