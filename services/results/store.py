@@ -3,8 +3,10 @@
 A row's idempotency key is listing id + image digest + model versions, so a redelivered prediction finds its row and
 changes nothing, nor does an edit that left the photo as it was. A listing that goes back to a photo it had before
 (a seller undoing an edit) gets a row of its own again, after the one it replaces, so its latest row is its current
-photo's (see record_many). `published` records whether the listing-classified event was acknowledged by the broker,
-so a crash between storing and publishing is repaired by the redelivery instead of being lost or published twice.
+photo's (see record_many); an earlier submission recorded after a newer one of its listing is stored superseded,
+never the listing's latest and never published (_keys_in_order). `published` records whether the listing-classified
+event was acknowledged by the broker, so a crash between storing and publishing is repaired by the redelivery
+instead of being lost or published twice.
 """
 
 from __future__ import annotations
