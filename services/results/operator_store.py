@@ -120,6 +120,20 @@ class OperatorStore:
         with self.store.transaction() as cursor:
             cursor.execute(self.store.sql("UPDATE corrections SET published = TRUE WHERE sequence = ?"), (sequence,))
 
+    def withhold_correction(self, correction: common_pb2.Correction, owner: str) -> bool:
+        """Settles a claimed correction without publishing it: the listing shows another photo now (the correction's
+        photo_replaced_by_sequence). Stored as it is given, and never sent; False when the claim was lost."""
+        with self.store.transaction() as cursor:
+            cursor.execute(self.store.sql(
+                "UPDATE corrections SET payload = ?, published = TRUE, claimed_by = NULL, claimed_until = NULL "
+                "WHERE sequence = ? AND claimed_by = ? AND NOT published"),
+                (correction.SerializeToString(), correction.sequence, owner))
+            return cursor.rowcount == 1
+
+    def current_classification(self, listing_id: str) -> common_pb2.Classification | None:
+        """The listing's classification now: its latest row, superseded ones aside (what GetClassification answers)."""
+        return self.store.latest_for_listing(listing_id)
+
     def unpublished_corrections(self, older_than_s: float, limit: int = 100) -> list[common_pb2.Correction]:
         """Corrections whose publication failed or was abandoned (and whose claim, if any, has run out), once the
         classification each one judges is out: a verdict carried to a listing back to its photo is stored before

@@ -99,13 +99,31 @@ class ReviewDesk:
             raise ClassificationError(ErrorKind.INVALID_REQUEST, f"correction_id {request.correction_id!r} was "
                                       "already used for another decision; make a new id for each")
         if not stored.published:
-            self._publish(stored.correction)
+            return self._publish(stored.correction) or stored.correction
         return stored.correction
 
-    def _publish(self, correction: common_pb2.Correction) -> bool:
-        """Publishes unless another replica holds the claim; True once the broker acknowledged it."""
+    def _publish(self, correction: common_pb2.Correction) -> common_pb2.Correction | None:
+        """Publishes unless another replica holds the claim, or withholds it when the listing no longer shows the
+        photo it judged; the correction as it was settled, None when another replica holds it.
+
+        A listing service applies a listing-corrected event to the listing: a verdict on photo A arriving after the
+        seller replaced it with B (the operator judged A from a queue loaded before B came, or the verdict waited
+        out a broker outage) would give B the category chosen for A. Checked here, after the claim and before the
+        send, so a sweep's late publication is checked too; a photo replaced after this check is classified, and
+        published, after the verdict."""
         if not self.operators.claim_correction(correction.sequence, self.publisher_id, self.claim_lease_s):
-            return False
+            return None
+        replaced_by = self._photo_replaced_by(correction)
+        if replaced_by:
+            withheld = common_pb2.Correction()
+            withheld.CopyFrom(correction)
+            withheld.photo_replaced_by_sequence = replaced_by
+            if not self.operators.withhold_correction(withheld, self.publisher_id):
+                return None
+            log.info("verdict on a photo the listing no longer shows: stored, not published",
+                     extra={"listing_id": correction.listing_id[:100], "classification":
+                            correction.classification_sequence, "replaced_by": replaced_by})
+            return withheld
         event = events_pb2.ListingCorrected(correction=correction,
                                             event_id=correction_event_id(correction.correction_id))
         try:
@@ -118,7 +136,17 @@ class ReviewDesk:
             raise ClassificationError(ErrorKind.UNAVAILABLE, f"the correction is stored but not yet published "
                                       f"({error!r}); it goes out when the broker is back") from None
         self.operators.mark_correction_published(correction.sequence)
-        return True
+        return correction
+
+    def _photo_replaced_by(self, correction: common_pb2.Correction) -> int:
+        """The sequence of the listing's current classification when it is not for the photo the correction judged
+        (another photo, or a dead-lettered submission whose photo nobody read); 0 when it is that photo (the same
+        row, or a later one of the same photo's bytes: a return to it, other model versions)."""
+        current = self.operators.current_classification(correction.listing_id)
+        if current is None or current.sequence == correction.classification_sequence:
+            return 0
+        judged = correction.model_answer.image_digest
+        return 0 if judged and current.image_digest == judged else current.sequence
 
     def carry_verdicts(self, stored: list[StoredClassification]) -> list[common_pb2.Correction]:
         """Applies an operator's verdict again where a listing went back to the photo it was given for.
@@ -173,7 +201,8 @@ class ReviewDesk:
         published = 0
         for correction in self.operators.unpublished_corrections(older_than_s):
             try:
-                published += self._publish(correction)
+                settled = self._publish(correction)
+                published += settled is not None and not settled.photo_replaced_by_sequence
             except ClassificationError as error:
                 log.warning("correction not yet published", extra={"reason": error.reason})
                 break

@@ -175,7 +175,10 @@ async function correct(categoryId) {
     const found = await api("/api/corrections", { method: "POST", body: JSON.stringify({
       correction_id: correctionId, listing_id: current.listing_id,
       classification_sequence: current.sequence, category_id: categoryId }) });
-    status("Saved: " + current.listing_id + " → " + found.correction.category.name);
+    status(found.correction.photo_replaced_by_sequence
+      ? "Saved, not sent to the marketplace: " + current.listing_id + " shows another photo now (its new " +
+        "classification is in the queue); the verdict applies again if the listing goes back to this photo"
+      : "Saved: " + current.listing_id + " → " + found.correction.category.name);
     state.queue.splice(state.selected, 1);
     state.results = [];
     renderQueue();
@@ -250,7 +253,8 @@ async function loadCorrections() {
       el("td", { text: c.model_category.name + " (" + percent(c.model_confidence) + ")" }),
       el("td", { text: c.category.name + (c.model_was_right ? " ✓" : "") }),
       el("td", { text: c.operator + (c.carried_from_sequence ? " (their verdict on this photo, carried: the listing " +
-                                     "went back to it)" : "") }))));
+                                     "went back to it)" : "") +
+                       (c.photo_replaced_by_sequence ? " (not sent: the listing showed another photo by then)" : "") }))));
   } catch (error) { status("Corrections could not be loaded: " + error.message); }
 }
 

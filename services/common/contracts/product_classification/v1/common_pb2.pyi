@@ -166,7 +166,7 @@ class Classification(_message.Message):
     def __init__(self, listing_id: _Optional[str] = ..., submission_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., locale: _Optional[str] = ..., status: _Optional[_Union[ClassificationStatus, str]] = ..., category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[CategoryCandidate, _Mapping]]] = ..., image_digest: _Optional[str] = ..., model_versions: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., classified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_kind: _Optional[_Union[ErrorKind, str]] = ..., error_reason: _Optional[str] = ..., sequence: _Optional[int] = ..., review_threshold: _Optional[float] = ..., superseded: _Optional[bool] = ...) -> None: ...
 
 class Correction(_message.Message):
-    __slots__ = ("correction_id", "listing_id", "marketplace", "classification_sequence", "model_answer", "category", "label", "model_was_right", "operator", "corrected_at", "sequence", "carried_from_sequence")
+    __slots__ = ("correction_id", "listing_id", "marketplace", "classification_sequence", "model_answer", "category", "label", "model_was_right", "operator", "corrected_at", "sequence", "carried_from_sequence", "photo_replaced_by_sequence")
     CORRECTION_ID_FIELD_NUMBER: _ClassVar[int]
     LISTING_ID_FIELD_NUMBER: _ClassVar[int]
     MARKETPLACE_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class Correction(_message.Message):
     CORRECTED_AT_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CARRIED_FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_REPLACED_BY_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     correction_id: str
     listing_id: str
     marketplace: str
@@ -191,4 +192,5 @@ class Correction(_message.Message):
     corrected_at: _timestamp_pb2.Timestamp
     sequence: int
     carried_from_sequence: int
-    def __init__(self, correction_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., classification_sequence: _Optional[int] = ..., model_answer: _Optional[_Union[Classification, _Mapping]] = ..., category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., model_was_right: _Optional[bool] = ..., operator: _Optional[str] = ..., corrected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., carried_from_sequence: _Optional[int] = ...) -> None: ...
+    photo_replaced_by_sequence: int
+    def __init__(self, correction_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., classification_sequence: _Optional[int] = ..., model_answer: _Optional[_Union[Classification, _Mapping]] = ..., category: _Optional[_Union[Category, _Mapping]] = ..., label: _Optional[str] = ..., model_was_right: _Optional[bool] = ..., operator: _Optional[str] = ..., corrected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., carried_from_sequence: _Optional[int] = ..., photo_replaced_by_sequence: _Optional[int] = ...) -> None: ...

@@ -127,7 +127,8 @@ class ClassificationResultsServicer:
 
     def RecordCorrection(self, request, context):
         """The operators' side (the console). Stores an operator's verdict on a classification and publishes it on the
-        listing-corrected topic; the console's alone. Idempotent by correction_id.
+        listing-corrected topic; the console's alone. Idempotent by correction_id. A verdict on a photo the listing no
+        longer shows is stored but not published: the answer's photo_replaced_by_sequence names what replaced it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,7 +1,10 @@
-"""An operator's verdict on a photo, applied again when the listing goes back to that photo (a seller undoing an
-edit: A, then B, then A again), on both stores: published after the classification it judges, once, by one replica;
-not counted twice in the numbers; not out before its classification when the broker or a replica fails between
-them."""
+"""An operator's verdict belongs to the photo it judged, on both stores.
+
+Applied again when the listing goes back to that photo (a seller undoing an edit: A, then B, then A again):
+published after the classification it judges, once, by one replica; not counted twice in the numbers; not out
+before its classification when the broker or a replica fails between them. And never published while the listing
+shows another photo (the operator judged A from a queue loaded before B came, or the verdict waited out a broker
+outage): stored, answered with what replaced the photo, and applied when the listing goes back to A."""
 
 from __future__ import annotations
 
@@ -86,10 +89,13 @@ def photo(listing_id: str, digest: str, second: int, top: str = "dress") -> even
     return event
 
 
-def judge(desk: ReviewDesk, store, taxonomies, listing_id: str, label: str, operator: str = "ana"):
-    judged = store.latest_for_listing(listing_id)
+def judge(desk: ReviewDesk, store, taxonomies, listing_id: str, label: str, operator: str = "ana",
+          sequence: int = 0, correction_id: str = ""):
+    """The operator's verdict on the listing's classification `sequence` (by default its current one)."""
+    sequence = sequence or store.latest_for_listing(listing_id).sequence
     return desk.record_correction(results_pb2.RecordCorrectionRequest(
-        correction_id=f"c-{uuid.uuid4().hex[:12]}", listing_id=listing_id, classification_sequence=judged.sequence,
+        correction_id=correction_id or f"c-{uuid.uuid4().hex[:12]}", listing_id=listing_id,
+        classification_sequence=sequence,
         category_id=taxonomies.marketplaces["de-modehaus"].labels[label], operator=operator, locale="en"))
 
 
@@ -214,6 +220,125 @@ def test_two_replicas_recording_the_same_return_at_once_carry_the_verdict_once(u
             assert order.count(("classified", latest.sequence)) == 1
             assert order.count(("corrected", latest.sequence)) == 1
             assert order.index(("classified", latest.sequence)) < order.index(("corrected", latest.sequence))
+    finally:
+        for each in stores:
+            each.stop()
+
+
+def test_a_verdict_on_a_photo_the_listing_no_longer_shows_is_stored_not_published_and_applied_when_it_is_back(
+        store, taxonomies):
+    listing, broker = f"replaced-{uuid.uuid4().hex[:8]}", Broker()
+    recorder, desk = replica(store, taxonomies, broker)
+    [first] = recorder.record_predictions([photo(listing, PHOTO_A, 1)])
+    queued = first.classification.sequence  # what the operator's queue showed
+    [replaced] = recorder.record_predictions([photo(listing, PHOTO_B, 2, top="hat")])  # the seller's new photo
+    published = len(broker.events)
+    verdict = judge(desk, store, taxonomies, listing, "shoes", sequence=queued, correction_id="late-click-1")
+    assert verdict.photo_replaced_by_sequence == replaced.classification.sequence
+    assert verdict.classification_sequence == queued and verdict.label == "shoes"
+    assert len(broker.events) == published  # B's listing never gets the category chosen for A
+    operators = OperatorStore(store)
+    [listed] = operators.corrections("", listing, 10)
+    assert listed.sequence == verdict.sequence and listed.photo_replaced_by_sequence == verdict.photo_replaced_by_sequence
+    # the click retried, the sweep: still nothing sent, the same answer
+    again = judge(desk, store, taxonomies, listing, "shoes", sequence=queued, correction_id="late-click-1")
+    assert again == verdict
+    assert desk.publish_pending(older_than_s=0) == 0 and len(broker.events) == published
+    # B still waits for its own review; the operator's decision on A is counted once
+    assert [c.sequence for c in operators.review_queue("", "", 100, 0, listing_id=listing)[0]] == [
+        replaced.classification.sequence]
+    assert desk.statistics(results_pb2.GetStatisticsRequest(window_s=3600)).checked == 1
+    # the seller goes back to A: the verdict given for A is what the listing gets, after A's classification
+    [back] = recorder.record_predictions([photo(listing, PHOTO_A, 3)])
+    new = back.classification.sequence
+    assert broker.order(listing)[-2:] == [("classified", new), ("corrected", new)]
+    carried = broker.corrections()[-1]
+    assert carried.carried_from_sequence == verdict.sequence and carried.label == "shoes"
+    assert not carried.photo_replaced_by_sequence
+
+
+def test_a_verdict_on_an_earlier_row_of_the_photo_the_listing_shows_is_published(store, taxonomies):
+    """A, B, A again: a verdict on A's first row is a verdict on the photo the listing shows."""
+    listing, broker = f"same-{uuid.uuid4().hex[:8]}", Broker()
+    recorder, desk = replica(store, taxonomies, broker)
+    [first] = recorder.record_predictions([photo(listing, PHOTO_A, 1)])
+    recorder.record_predictions([photo(listing, PHOTO_B, 2, top="hat")])
+    recorder.record_predictions([photo(listing, PHOTO_A, 3)])
+    verdict = judge(desk, store, taxonomies, listing, "shoes", sequence=first.classification.sequence)
+    assert not verdict.photo_replaced_by_sequence
+    assert broker.corrections()[-1].correction_id == verdict.correction_id
+
+
+def test_a_verdict_held_up_by_the_broker_is_not_published_once_the_photo_was_replaced(store, taxonomies):
+    """The broker refuses the verdict; the seller replaces the photo (or the new photo cannot be read and is
+    dead-lettered) before the sweep: the sweep settles the verdict without sending it, once."""
+    broker = Broker()
+    recorder, desk = replica(store, taxonomies, broker)
+    replaced, failed, kept = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("replaced", "failed", "kept"))
+    recorder.record_predictions([photo(listing, PHOTO_A, 1) for listing in (replaced, failed, kept)])
+    broker.refusing = {"corrected"}
+    verdicts = {}
+    for listing in (replaced, failed, kept):
+        with pytest.raises(ClassificationError) as refused:
+            judge(desk, store, taxonomies, listing, "shoes", correction_id=f"held-{listing}")
+        assert refused.value.kind is ErrorKind.UNAVAILABLE
+        [verdicts[listing]] = OperatorStore(store).corrections("", listing, 10)
+    broker.refusing = set()
+    [new_photo] = recorder.record_predictions([photo(replaced, PHOTO_B, 2, top="hat")])
+    dead = recorder.record_failure(events_pb2.ProcessingFailed(
+        listing_id=failed, marketplace="de-modehaus", submission_id="unreadable-photo",
+        error_kind=common_pb2.ERROR_KIND_INVALID_IMAGE, reason="the image cannot be decoded"))
+    assert desk.publish_pending(older_than_s=0) == 1
+    assert [c.listing_id for c in broker.corrections()] == [kept]
+    operators = OperatorStore(store)
+    [settled_replaced] = operators.corrections("", replaced, 10)
+    [settled_failed] = operators.corrections("", failed, 10)
+    assert settled_replaced.photo_replaced_by_sequence == new_photo.classification.sequence
+    assert settled_failed.photo_replaced_by_sequence == dead.classification.sequence
+    assert operators.unpublished_corrections(older_than_s=0) == []
+    # the operator retries the click that failed: the answer says why nothing went out
+    retried = judge(desk, store, taxonomies, replaced, "shoes", sequence=verdicts[replaced].classification_sequence,
+                    correction_id=f"held-{replaced}")
+    assert retried.photo_replaced_by_sequence == new_photo.classification.sequence
+    assert [c.listing_id for c in broker.corrections()] == [kept]
+
+
+def test_two_replicas_sweeping_verdicts_publish_those_on_the_shown_photo_once_and_the_others_never(url, taxonomies):
+    stores = [ClassificationStore(url), ClassificationStore(url)]
+    for each in stores:
+        each.start()
+    try:
+        broker = Broker()
+        replicas = [replica(each, taxonomies, broker, f"replica-{i}") for i, each in enumerate(stores)]
+        recorder, desk = replicas[0]
+        listings = [f"sweep-{uuid.uuid4().hex[:8]}" for _ in range(16)]
+        recorder.record_predictions([photo(listing, PHOTO_A, 1) for listing in listings])
+        broker.refusing = {"corrected"}
+        for listing in listings:
+            with pytest.raises(ClassificationError):
+                judge(desk, stores[0], taxonomies, listing, "shoes")
+        broker.refusing = set()
+        moved = set(listings[::2])
+        recorder.record_predictions([photo(listing, PHOTO_B, 2, top="hat") for listing in sorted(moved)])
+        start = threading.Barrier(2)
+
+        def sweep(which: int) -> None:
+            start.wait()
+            for _ in range(3):
+                replicas[which][1].publish_pending(older_than_s=0)
+
+        threads = [threading.Thread(target=sweep, args=(which,)) for which in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        sent = [c.listing_id for c in broker.corrections()]
+        assert sorted(sent) == sorted(set(listings) - moved)  # each once; none on a replaced photo
+        operators = OperatorStore(stores[1])
+        for listing in moved:
+            [settled] = operators.corrections("", listing, 10)
+            assert settled.photo_replaced_by_sequence == stores[1].latest_for_listing(listing).sequence
+        assert operators.unpublished_corrections(older_than_s=0) == []
     finally:
         for each in stores:
             each.stop()
