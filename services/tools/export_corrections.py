@@ -1,8 +1,8 @@
 """make export-corrections OUT=DIR [BASE=CATALOGUE]: operators' corrections as a catalogue `make train` takes.
 
-Reads the corrections and the kept thumbnails over the result service's gRPC API (never the database). Each listing
-counts once, by its latest correction; its photo goes to the folder of the model label the marketplace maps the
-chosen category to. A category the models have no label for is left out (listed in skipped.csv) unless
+Reads the corrections and the kept thumbnails over the result service's gRPC API (never the database). Each photo
+of a listing counts once, by its latest correction; the photo goes to the folder of the model label the marketplace
+maps the chosen category to. A category the models have no label for is left out (listed in skipped.csv) unless
 --include-new-categories, which makes it a new class named by its taxonomy id. With --base CATALOGUE (one holding
 train/ and validation/, such as the clothing photos), the export is a whole catalogue: the base's photos (linked, not
 copied) plus the corrections in train/, the base's validation/ unchanged, so the next model is chosen on the same
@@ -45,13 +45,14 @@ def safe_name(text: str, limit: int = 80) -> str:
 
 
 def latest_corrections(stub, marketplace: str) -> list:
-    """Every listing's latest correction (the API pages newest first)."""
+    """The latest correction of each photo of each listing (the API pages newest first): a listing whose seller
+    replaced its photo can hold a verdict on each, and each is a labelled photo."""
     latest, before = {}, 0
     while True:
         page = stub.ListCorrections(results_pb2.ListCorrectionsRequest(marketplace=marketplace, page_size=500,
                                                                        before_sequence=before), timeout=30)
         for correction in page.corrections:
-            latest.setdefault(correction.listing_id, correction)
+            latest.setdefault((correction.listing_id, correction.model_answer.image_digest), correction)
         if not page.next_before_sequence:
             return list(latest.values())
         before = page.next_before_sequence
