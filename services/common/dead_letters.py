@@ -10,6 +10,7 @@ from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ErrorKind
 from services.common.kafka import MAX_REQUEST_BYTES, UnreadableHandler, UnreadableRecord, send_event
 from services.common.metrics import KAFKA_DEAD_LETTERED
+from services.common.validation import valid_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,11 @@ MAX_DEAD_LETTER_REASON = 2000
 
 
 def send_dead_letter(producer, topic: str, record, kind: ErrorKind, reason: str, stage: str, *,
-                     listing_id: str = "", submission_id: str = "", marketplace: str = ""):
+                     listing_id: str = "", submission_id: str = "", marketplace: str = "",
+                     submitted_at: Timestamp | None = None):
     """Publishes a ProcessingFailed carrying the original payload and offset; returns the send future."""
     failure = dead_letter(record, kind, reason, stage, listing_id=listing_id, submission_id=submission_id,
-                          marketplace=marketplace)
+                          marketplace=marketplace, submitted_at=submitted_at)
     return publish_dead_letter(producer, topic, failure)
 
 
@@ -42,9 +44,9 @@ def publish_dead_letter(producer, topic: str, failure: events_pb2.ProcessingFail
 
 
 def dead_letter(record, kind: ErrorKind, reason: str, stage: str, *, listing_id: str = "", submission_id: str = "",
-                marketplace: str = "") -> events_pb2.ProcessingFailed:
-    """The ProcessingFailed for one record: its reason, where it came from, and the original payload when a dead
-    letter can carry it (MAX_DEAD_LETTER_PAYLOAD; a larger one is left out and the reason says so). Before, a
+                marketplace: str = "", submitted_at: Timestamp | None = None) -> events_pb2.ProcessingFailed:
+    """The ProcessingFailed for one record: its reason, where it came from, when the listing was submitted (where
+    known), and the original payload when a dead letter can carry it (MAX_DEAD_LETTER_PAYLOAD; a larger one is left out and the reason says so). Before, a
     payload near or past the produce limit (a record unfolded from a compressed batch can be 64 MiB) made a dead
     letter the producer refused, and the batch was retried for ever, its partition stopped."""
     failed_at = Timestamp()
@@ -61,6 +63,8 @@ def dead_letter(record, kind: ErrorKind, reason: str, stage: str, *, listing_id:
         marketplace=marketplace[:MAX_DEAD_LETTER_ID], error_kind=kind.proto, reason=reason,
         stage=stage, source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
         original_payload=payload, failed_at=failed_at)
+    if submitted_at is not None and valid_timestamp(submitted_at):
+        failure.submitted_at.CopyFrom(submitted_at)
     return failure
 
 

@@ -20,7 +20,7 @@ from services.preprocessing.core import ListingPredictor, ListingRequest
 def submitted_at(record, event: events_pb2.ListingSubmitted) -> Timestamp | None:
     """When the listing was submitted: the event's own time, else the record's (the producer's clock when it made
     the record, or the broker's when it appended it): which of a listing's events is the newer one (the result
-    store's _photo_back) and its end-to-end time both need one. A time no date can be made of (a producer's, out of
+    store's _keys_in_order, for classifications and dead letters alike) and its end-to-end time both need one. A time no date can be made of (a producer's, out of
     Timestamp's range) counts as none."""
     if event.HasField("submitted_at") and valid_timestamp(event.submitted_at):
         return event.submitted_at
@@ -43,7 +43,8 @@ class SubmittedListingHandler:
         return send_dead_letter(self.producer, self.topics.processing_failed, record, kind, reason, "preprocessing",
                                 listing_id=event.listing.listing_id if event else "",
                                 submission_id=event.submission_id if event else "",
-                                marketplace=event.listing.marketplace if event else "")
+                                marketplace=event.listing.marketplace if event else "",
+                                submitted_at=submitted_at(record, event or events_pb2.ListingSubmitted()))
 
     def __call__(self, records: Sequence) -> list:
         futures, parsed = [], []

@@ -66,11 +66,15 @@ def classify(prediction: events_pb2.PredictionMade, taxonomies: Taxonomies, weig
 
 
 def failed_classification(failure: events_pb2.ProcessingFailed) -> common_pb2.Classification:
-    """What the store keeps of a dead-lettered listing, so a caller asking for it learns why it has no category."""
+    """What the store keeps of a dead-lettered listing, so a caller asking for it learns why it has no category. Its
+    submission time (where the dead letter has one a date can be made of) orders it among the listing's other
+    events: one submitted before the listing's current classification is stored superseded."""
     classification = common_pb2.Classification(
         listing_id=failure.listing_id, submission_id=failure.submission_id, marketplace=failure.marketplace,
         status=common_pb2.CLASSIFICATION_STATUS_FAILED, error_kind=failure.error_kind, error_reason=failure.reason)
     classification.classified_at.CopyFrom(failure.failed_at)
+    if failure.HasField("submitted_at") and valid_timestamp(failure.submitted_at):
+        classification.submitted_at.CopyFrom(failure.submitted_at)
     return classification
 
 

@@ -27,7 +27,9 @@ class PredictionHandler:
         failure = dead_letter(record, kind, reason, "results",
                               listing_id=prediction.listing_id if prediction else "",
                               submission_id=prediction.submission_id if prediction else "",
-                              marketplace=prediction.marketplace if prediction else "")
+                              marketplace=prediction.marketplace if prediction else "",
+                              submitted_at=prediction.submitted_at if prediction and prediction.HasField(
+                                  "submitted_at") else None)
         if failure.listing_id:
             self.recorder.record_failure(failure)
         return publish_dead_letter(self.producer, self.topics.processing_failed, failure)

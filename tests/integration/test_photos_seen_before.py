@@ -141,7 +141,7 @@ def test_an_earlier_submission_arriving_after_a_newer_one_is_stored_superseded_a
         stack, kafka, results, store):
     """Photo A was submitted before photo B, but B's event is recorded first (A came from another producer, or
     through the gateway). A is stored, marked superseded, not published, and the listing's classification stays
-    B's."""
+    B's; so does an earlier photo that cannot be read (dead-lettered, stored FAILED and superseded)."""
     run = uuid.uuid4().hex[:6]
     photos = labelled_photos()
     a = jpeg_with_comment(photos[3][0].read_bytes(), run)
@@ -156,24 +156,28 @@ def test_an_earlier_submission_arriving_after_a_newer_one_is_stored_superseded_a
         submit_listings(kafka, [common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus", locale="de-DE",
                                                    image_bytes=b)])
         [newer] = mine(reader.read(lambda records: len(mine(records)) >= 1, 60))
-        earlier = events_pb2.ListingSubmitted(submission_id=str(uuid.uuid4()), listing=common_pb2.Listing(
-            listing_id=listing_id, marketplace="de-modehaus", locale="de-DE", image_bytes=a))
-        earlier.submitted_at.FromMicroseconds(newer.classification.submitted_at.ToMicroseconds() - 60_000_000)
-        produce_raw(kafka, kafka.topics.listing_submitted, listing_id.encode(), earlier.SerializeToString(),
-                    payload_headers(earlier))
+        for photo in (a, b"not a photo: dead-lettered"):  # photo A, and one that cannot be read
+            earlier = events_pb2.ListingSubmitted(submission_id=str(uuid.uuid4()), listing=common_pb2.Listing(
+                listing_id=listing_id, marketplace="de-modehaus", locale="de-DE", image_bytes=photo))
+            earlier.submitted_at.FromMicroseconds(newer.classification.submitted_at.ToMicroseconds() - 60_000_000)
+            produce_raw(kafka, kafka.topics.listing_submitted, listing_id.encode(), earlier.SerializeToString(),
+                        payload_headers(earlier))
         deadline = time.monotonic() + 60
-        while store.count_for_listing(listing_id) < 2 and time.monotonic() < deadline:
+        while store.count_for_listing(listing_id) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1)  # what a wrong publication would have sent by now
         later = mine(reader.read(lambda records: False, 2))
     finally:
         reader.close()
-    assert store.count_for_listing(listing_id) == 2
+    assert store.count_for_listing(listing_id) == 3
     assert later == []  # nothing published for the earlier photo
     current = results.GetClassification(results_pb2.GetClassificationRequest(listing_id=listing_id), timeout=10)
     assert current.sequence == newer.classification.sequence and not current.superseded
     listed = results.ListClassifications(results_pb2.ListClassificationsRequest(marketplace="de-modehaus",
                                                                                page_size=200), timeout=10)
-    [late] = [c for c in listed.classifications if c.listing_id == listing_id and c.sequence != current.sequence]
+    others = [c for c in listed.classifications if c.listing_id == listing_id and c.sequence != current.sequence]
+    [late] = [c for c in others if c.status != common_pb2.CLASSIFICATION_STATUS_FAILED]
+    [failed] = [c for c in others if c.status == common_pb2.CLASSIFICATION_STATUS_FAILED]
+    assert failed.superseded and failed.error_kind == common_pb2.ERROR_KIND_INVALID_IMAGE  # not the listing's answer
     assert late.superseded and late.image_digest != current.image_digest
     assert late.submitted_at.ToMicroseconds() < current.submitted_at.ToMicroseconds()

@@ -125,6 +125,43 @@ def test_a_late_earlier_submission_is_answered_but_not_published_nor_the_listing
     assert store.latest_for_listing(listing).sequence == first.classification.sequence
 
 
+def test_a_dead_letter_submitted_before_the_listings_classification_does_not_replace_it(store, taxonomies):
+    """Photo A cannot be read and is dead-lettered; photo B, submitted after it, was classified first (another
+    path, or another partition). Before, A's FAILED row became the listing's classification whatever its time: the
+    listing answered FAILED and left the review queue though B is classified. Now a dead letter carries its
+    submission time, and one submitted before the listing's current row is stored superseded."""
+    from services.results.core import failed_classification
+    from services.results.operator_store import OperatorStore
+
+    recorder = ClassificationRecorder(store, taxonomies, {}, lambda event: Sent())
+    listing = f"late-failure-{uuid.uuid4().hex[:8]}"
+    newer = prediction(listing)
+    newer.submitted_at.FromSeconds(1_800_000_002)
+    [current] = recorder.record_predictions([newer])
+
+    def failure(submission: str, second: int) -> events_pb2.ProcessingFailed:
+        failed = events_pb2.ProcessingFailed(listing_id=listing, marketplace="de-modehaus", submission_id=submission,
+                                             error_kind=common_pb2.ERROR_KIND_INVALID_IMAGE, reason="unreadable")
+        if second:
+            failed.submitted_at.FromSeconds(1_800_000_000 + second)
+        return failed
+
+    late = recorder.record_failure(failure("earlier", 1))
+    assert late.classification.superseded and late.classification.status == common_pb2.CLASSIFICATION_STATUS_FAILED
+    assert store.latest_for_listing(listing).sequence == current.classification.sequence
+    assert OperatorStore(store).review_queue("", "", 10, 0, listing_id=listing)[1] == 1
+    # a failure submitted after it, or with no time (arrival order decides), is the listing's answer
+    untimed = recorder.record_failure(failure("untimed", 0))
+    assert not untimed.classification.superseded
+    assert store.latest_for_listing(listing).sequence == untimed.classification.sequence
+    newest = recorder.record_failure(failure("newer", 3))
+    assert store.latest_for_listing(listing).sequence == newest.classification.sequence
+    # a time no date can be made of counts as none
+    far = failure("far", 0)
+    far.submitted_at.seconds = 10 ** 12
+    assert not failed_classification(far).HasField("submitted_at")
+
+
 def fails_once_with(recorder, batch, store, method: str, replacement) -> None:
     """Records the batch with one of the store's methods replaced (the seam: a store failing at that step); the
     batch must fail, as the consume loop would see it, and the store gets its method back."""

@@ -59,7 +59,7 @@ class ListingCorrected(_message.Message):
     def __init__(self, correction: _Optional[_Union[_common_pb2.Correction, _Mapping]] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class ProcessingFailed(_message.Message):
-    __slots__ = ("submission_id", "listing_id", "marketplace", "error_kind", "reason", "stage", "source_topic", "source_partition", "source_offset", "original_payload", "failed_at")
+    __slots__ = ("submission_id", "listing_id", "marketplace", "error_kind", "reason", "stage", "source_topic", "source_partition", "source_offset", "original_payload", "failed_at", "submitted_at")
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     LISTING_ID_FIELD_NUMBER: _ClassVar[int]
     MARKETPLACE_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class ProcessingFailed(_message.Message):
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     FAILED_AT_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     submission_id: str
     listing_id: str
     marketplace: str
@@ -82,4 +83,5 @@ class ProcessingFailed(_message.Message):
     source_offset: int
     original_payload: bytes
     failed_at: _timestamp_pb2.Timestamp
-    def __init__(self, submission_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., error_kind: _Optional[_Union[_common_pb2.ErrorKind, str]] = ..., reason: _Optional[str] = ..., stage: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., original_payload: _Optional[bytes] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    submitted_at: _timestamp_pb2.Timestamp
+    def __init__(self, submission_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., error_kind: _Optional[_Union[_common_pb2.ErrorKind, str]] = ..., reason: _Optional[str] = ..., stage: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., original_payload: _Optional[bytes] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
