@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,24 @@ def test_sixteen_bit_png():
     data = encode(Image.fromarray(grey.astype(np.uint16) * 257), "PNG")
     assert Image.open(io.BytesIO(data)).mode.startswith("I")
     assert_tensors(data)
+
+
+def test_a_large_sixteen_bit_png_is_averaged_down_before_any_copy_of_its_pixels():
+    """A 7000 x 7000 16-bit grey PNG of 95 KB: before, the whole image became a float array (196 MB, traced here:
+    numpy's allocations are) before it was averaged down."""
+    gradient = np.tile(np.linspace(0, 65535, 7000).astype(np.uint16), (7000, 1))
+    data = encode(Image.fromarray(gradient), "PNG")
+    del gradient
+    tracemalloc.start()
+    try:
+        decoded = decode_rgb(data, ImageLimits(), 299)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded.mode == "RGB" and decoded.size == (305, 305)  # 7000 // 299 = 23, a partial block kept
+    assert peak < 20 * 1024 * 1024, peak
+    row = np.asarray(decoded)[150, :, 0].astype(int)
+    assert row[0] < 5 and row[-2] > 250 and (np.diff(row[:-1]) >= 0).all()  # the gradient, dark to light
 
 
 def test_palette_and_grey_images():
