@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from PIL import Image
 
 from services.common.errors import ClassificationError, ErrorKind
 from services.drivers.chaos.poison import jpeg_scan_bomb, png_header_bomb
-from services.preprocessing.images import ImageLimits, decode_rgb, prepare_encoded, prepare_image
+from services.preprocessing.images import ImageLimits, decode_rgb, prepare_encoded, prepare_image, structure_steps
 
 PHOTOS = Path(skimage.__file__).parent / "data"  # real photographs shipped in the scikit-image wheel
+CLOTHING = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "clothing-dataset-small"
 SIZES = [224, 299]
 
 
@@ -117,6 +119,46 @@ def test_one_pixel_and_a_panorama():
     panorama.paste((200, 0, 0), (9000, 0, 11000, 10))
     prepared = prepare_image(encode(panorama, "PNG"), SIZES, ImageLimits())
     assert prepared.tensors[299].shape == (299, 299, 3)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def structure_floods(count: int) -> dict[str, bytes]:
+    """Small real images with count pieces of structure Pillow reads one at a time added where each format allows."""
+    jpeg, png = encode(photo("rocket.jpg"), "JPEG"), encode(photo("coffee.png"), "PNG")
+    gif = encode(photo("chelsea.png"), "GIF")
+    picture = gif.index(b"\x2c", 13 + 3 * 256)  # the first image descriptor, after the global colour table
+    idat = png.index(b"IDAT") - 4
+    return {
+        "JPEG markers": jpeg[:2] + b"\xff\xe5\x00\x02" * count + jpeg[2:],
+        "JPEG padding": jpeg[:2] + b"\xff" * count + jpeg[2:],
+        "PNG chunks before the image data": png[:33] + png_chunk(b"tEXt", b"k\x00v") * count + png[33:],
+        "empty PNG image data chunks": png[:idat] + png_chunk(b"IDAT", b"") * count + png[idat:],
+        "PNG chunks after the image data": png[:-12] + png_chunk(b"abCd", b"") * count + png[-12:],
+        "GIF sub-blocks": gif[:picture] + b"\x21\xff\x0bNETSCAPE2.0" + b"\x01x" * count + b"\x00" + gif[picture:],
+    }
+
+
+@pytest.mark.parametrize("flood", list(structure_floods(1)))
+def test_a_file_of_endless_markers_chunks_or_blocks_is_refused_from_a_count_and_a_photo_is_not(flood):
+    """Pillow reads these one at a time in Python before any pixel: 16 MB of them held a core for up to 10 s."""
+    limits = ImageLimits(max_structure_steps=2000)
+    within = structure_floods(1500)[flood]
+    assert prepare_image(within, SIZES, limits).tensors[224].shape == (224, 224, 3)
+    with pytest.raises(ClassificationError) as raised:
+        prepare_image(structure_floods(2500)[flood], SIZES, limits)
+    assert raised.value.kind is ErrorKind.INVALID_IMAGE and "over 2000" in raised.value.reason
+    with pytest.raises(ClassificationError):  # the GPU decode path checks the same before sending the bytes
+        prepare_encoded(structure_floods(2500)[flood], limits)
+
+
+def test_real_photos_are_far_under_the_structure_limit():
+    for path in sorted(CLOTHING.glob("*/*/*.jpg"))[::40] if CLOTHING.exists() else []:
+        assert structure_steps(path.read_bytes(), 10**6)[1] < 50
+    for name in ("astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"):
+        assert structure_steps((PHOTOS / name).read_bytes(), 10**6)[1] < 200
 
 
 def test_decompression_bomb_is_rejected_before_decoding():
