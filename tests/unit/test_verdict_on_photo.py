@@ -178,51 +178,57 @@ def test_a_carried_verdict_never_goes_out_before_its_classification_and_is_not_l
     assert desk.publish_pending(older_than_s=0) == 0
 
 
-def test_two_replicas_recording_the_same_return_at_once_carry_the_verdict_once(url, taxonomies):
-    """A rebalance hands the event to a second replica while the first still records it: one row, one carried
-    verdict, each published once."""
+@pytest.fixture
+def two_replicas(url, taxonomies):
+    """Two result replicas on one database, publishing to one broker: (their stores, the broker, the replicas)."""
     stores = [ClassificationStore(url), ClassificationStore(url)]
     for each in stores:
         each.start()
+    broker = Broker()
     try:
-        broker = Broker()
-        replicas = [replica(each, taxonomies, broker, f"replica-{i}") for i, each in enumerate(stores)]
-        listings = [f"race-{uuid.uuid4().hex[:8]}" for _ in range(8)]
-        replicas[0][0].record_predictions([photo(listing, PHOTO_A, 1) for listing in listings])
-        for listing in listings:
-            judge(replicas[0][1], stores[0], taxonomies, listing, "shoes")
-        replicas[0][0].record_predictions([photo(listing, PHOTO_B, 2) for listing in listings])
-        start, errors = threading.Barrier(2), []
-
-        def record(which: int) -> None:
-            start.wait()
-            for _ in range(20):  # the other replica's claim: retried as the Kafka path does
-                try:
-                    replicas[which][0].record_predictions([photo(listing, PHOTO_A, 3) for listing in listings])
-                    return
-                except ClassificationError as error:
-                    if error.kind is not ErrorKind.UNAVAILABLE:
-                        errors.append(error)
-                        return
-            errors.append("never done")
-
-        threads = [threading.Thread(target=record, args=(which,)) for which in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert not errors
-        for each, (_, desk) in zip(stores, replicas):
-            desk.publish_pending(older_than_s=0)  # a verdict whose classification the other replica published
-        for listing in listings:
-            latest = stores[1].latest_for_listing(listing)
-            order = broker.order(listing)
-            assert order.count(("classified", latest.sequence)) == 1
-            assert order.count(("corrected", latest.sequence)) == 1
-            assert order.index(("classified", latest.sequence)) < order.index(("corrected", latest.sequence))
+        yield stores, broker, [replica(each, taxonomies, broker, f"replica-{i}") for i, each in enumerate(stores)]
     finally:
         for each in stores:
             each.stop()
+
+
+def test_two_replicas_recording_the_same_return_at_once_carry_the_verdict_once(two_replicas, taxonomies):
+    """A rebalance hands the event to a second replica while the first still records it: one row, one carried
+    verdict, each published once."""
+    stores, broker, replicas = two_replicas
+    listings = [f"race-{uuid.uuid4().hex[:8]}" for _ in range(8)]
+    replicas[0][0].record_predictions([photo(listing, PHOTO_A, 1) for listing in listings])
+    for listing in listings:
+        judge(replicas[0][1], stores[0], taxonomies, listing, "shoes")
+    replicas[0][0].record_predictions([photo(listing, PHOTO_B, 2) for listing in listings])
+    start, errors = threading.Barrier(2), []
+
+    def record(which: int) -> None:
+        start.wait()
+        for _ in range(20):  # the other replica's claim: retried as the Kafka path does
+            try:
+                replicas[which][0].record_predictions([photo(listing, PHOTO_A, 3) for listing in listings])
+                return
+            except ClassificationError as error:
+                if error.kind is not ErrorKind.UNAVAILABLE:
+                    errors.append(error)
+                    return
+        errors.append("never done")
+
+    threads = [threading.Thread(target=record, args=(which,)) for which in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    for each, (_, desk) in zip(stores, replicas):
+        desk.publish_pending(older_than_s=0)  # a verdict whose classification the other replica published
+    for listing in listings:
+        latest = stores[1].latest_for_listing(listing)
+        order = broker.order(listing)
+        assert order.count(("classified", latest.sequence)) == 1
+        assert order.count(("corrected", latest.sequence)) == 1
+        assert order.index(("classified", latest.sequence)) < order.index(("corrected", latest.sequence))
 
 
 def test_a_verdict_on_a_photo_the_listing_no_longer_shows_is_stored_not_published_and_applied_when_it_is_back(
@@ -303,42 +309,35 @@ def test_a_verdict_held_up_by_the_broker_is_not_published_once_the_photo_was_rep
     assert [c.listing_id for c in broker.corrections()] == [kept]
 
 
-def test_two_replicas_sweeping_verdicts_publish_those_on_the_shown_photo_once_and_the_others_never(url, taxonomies):
-    stores = [ClassificationStore(url), ClassificationStore(url)]
-    for each in stores:
-        each.start()
-    try:
-        broker = Broker()
-        replicas = [replica(each, taxonomies, broker, f"replica-{i}") for i, each in enumerate(stores)]
-        recorder, desk = replicas[0]
-        listings = [f"sweep-{uuid.uuid4().hex[:8]}" for _ in range(16)]
-        recorder.record_predictions([photo(listing, PHOTO_A, 1) for listing in listings])
-        broker.refusing = {"corrected"}
-        for listing in listings:
-            with pytest.raises(ClassificationError):
-                judge(desk, stores[0], taxonomies, listing, "shoes")
-        broker.refusing = set()
-        moved = set(listings[::2])
-        recorder.record_predictions([photo(listing, PHOTO_B, 2, top="hat") for listing in sorted(moved)])
-        start = threading.Barrier(2)
+def test_two_replicas_sweeping_verdicts_publish_those_on_the_shown_photo_once_and_the_others_never(
+        two_replicas, taxonomies):
+    stores, broker, replicas = two_replicas
+    recorder, desk = replicas[0]
+    listings = [f"sweep-{uuid.uuid4().hex[:8]}" for _ in range(16)]
+    recorder.record_predictions([photo(listing, PHOTO_A, 1) for listing in listings])
+    broker.refusing = {"corrected"}
+    for listing in listings:
+        with pytest.raises(ClassificationError):
+            judge(desk, stores[0], taxonomies, listing, "shoes")
+    broker.refusing = set()
+    moved = set(listings[::2])
+    recorder.record_predictions([photo(listing, PHOTO_B, 2, top="hat") for listing in sorted(moved)])
+    start = threading.Barrier(2)
 
-        def sweep(which: int) -> None:
-            start.wait()
-            for _ in range(3):
-                replicas[which][1].publish_pending(older_than_s=0)
+    def sweep(which: int) -> None:
+        start.wait()
+        for _ in range(3):
+            replicas[which][1].publish_pending(older_than_s=0)
 
-        threads = [threading.Thread(target=sweep, args=(which,)) for which in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        sent = [c.listing_id for c in broker.corrections()]
-        assert sorted(sent) == sorted(set(listings) - moved)  # each once; none on a replaced photo
-        operators = OperatorStore(stores[1])
-        for listing in moved:
-            [settled] = operators.corrections("", listing, 10)
-            assert settled.photo_replaced_by_sequence == stores[1].latest_for_listing(listing).sequence
-        assert operators.unpublished_corrections(older_than_s=0) == []
-    finally:
-        for each in stores:
-            each.stop()
+    threads = [threading.Thread(target=sweep, args=(which,)) for which in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    sent = [c.listing_id for c in broker.corrections()]
+    assert sorted(sent) == sorted(set(listings) - moved)  # each once; none on a replaced photo
+    operators = OperatorStore(stores[1])
+    for listing in moved:
+        [settled] = operators.corrections("", listing, 10)
+        assert settled.photo_replaced_by_sequence == stores[1].latest_for_listing(listing).sequence
+    assert operators.unpublished_corrections(older_than_s=0) == []
