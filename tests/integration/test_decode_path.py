@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from services.drivers.chaos.poison import oversized_image_listing, scan_bomb_listing
+from services.drivers.chaos.poison import marker_flood_listing, oversized_image_listing, scan_bomb_listing
 from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.stack import LocalStack, StackOptions
 from services.preprocessing.images import ImageLimits, prepare_image
@@ -62,7 +62,8 @@ def test_listings_through_kafka_are_classified_and_mostly_right(decode_in_triton
 def test_a_photo_that_does_not_decode_fails_alone_and_the_header_limits_hold_before_triton(decode_in_triton):
     good = sample_listings(3, seed=179, prefix="decode-batch")
     batch = [good[0].listing, truncated_jpeg("decode-truncated"), good[1].listing,
-             oversized_image_listing("decode-bomb"), scan_bomb_listing("decode-scans"), good[2].listing]
+             oversized_image_listing("decode-bomb"), scan_bomb_listing("decode-scans"), good[2].listing,
+             marker_flood_listing("decode-markers")]
     with decode_in_triton.gateway_channel() as channel:
         response = gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListings(
             gateway_pb2.ClassifyListingsRequest(listings=batch), timeout=120)
@@ -75,6 +76,8 @@ def test_a_photo_that_does_not_decode_fails_alone_and_the_header_limits_hold_bef
     assert bomb.kind == common_pb2.ERROR_KIND_IMAGE_TOO_LARGE and "pixels" in bomb.reason
     scans = outcomes["decode-scans"].error  # refused from its markers: Triton's decoder never sees it
     assert scans.kind == common_pb2.ERROR_KIND_INVALID_IMAGE and "scans" in scans.reason
+    markers = outcomes["decode-markers"].error  # counted before the file is opened
+    assert markers.kind == common_pb2.ERROR_KIND_INVALID_IMAGE and "markers" in markers.reason
 
 
 def test_the_decode_path_sends_the_thumbnail_triton_made_turned_as_the_exif_says(decode_in_triton):

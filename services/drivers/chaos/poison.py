@@ -1,5 +1,6 @@
 """Listings that can never be classified, for fault tests: a corrupt image and a decompression bomb; a JPEG whose
-endless scans would hold a decoder for minutes; and a header key the Kafka client cannot read."""
+endless scans would hold a decoder for minutes, and one whose endless markers would hold Image.open for seconds; and
+a header key the Kafka client cannot read."""
 
 from __future__ import annotations
 
@@ -45,6 +46,18 @@ def scan_bomb_listing(listing_id: str) -> common_pb2.Listing:
     """A 2000x2000 progressive JPEG of 20,000 scans (about 300 KB): several CPU-seconds to decode, were it decoded."""
     return common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
                               image_bytes=jpeg_scan_bomb(2000, 20_000))
+
+
+def marker_flood_listing(listing_id: str, markers: int = 4_000_000) -> common_pb2.Listing:
+    """A small real JPEG after 4 million empty APP5 markers (16 MB): Pillow reads them one at a time in Python
+    (8.8 CPU-s for Image.open alone), were the file opened."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 130, 140)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    return common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
+                              image_bytes=data[:2] + b"\xff\xe5\x00\x02" * markers + data[2:])
 
 
 class UndecodableHeaderKey(str):
