@@ -46,9 +46,10 @@ def publish_dead_letter(producer, topic: str, failure: events_pb2.ProcessingFail
 def dead_letter(record, kind: ErrorKind, reason: str, stage: str, *, listing_id: str = "", submission_id: str = "",
                 marketplace: str = "", submitted_at: Timestamp | None = None) -> events_pb2.ProcessingFailed:
     """The ProcessingFailed for one record: its reason, where it came from, when the listing was submitted (where
-    known), and the original payload when a dead letter can carry it (MAX_DEAD_LETTER_PAYLOAD; a larger one is left out and the reason says so). Before, a
-    payload near or past the produce limit (a record unfolded from a compressed batch can be 64 MiB) made a dead
-    letter the producer refused, and the batch was retried for ever, its partition stopped."""
+    known), and the original payload when a dead letter can carry it (MAX_DEAD_LETTER_PAYLOAD; a larger one is left
+    out and the reason says so). Before, a payload near or past the produce limit (a record unfolded from a
+    compressed batch can be 64 MiB) made a dead letter the producer refused, and the batch was retried for ever, its
+    partition stopped."""
     failed_at = Timestamp()
     failed_at.GetCurrentTime()
     if not listing_id and record.key:

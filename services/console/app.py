@@ -104,7 +104,8 @@ def correction_json(c: common_pb2.Correction) -> dict:
             "label": c.label, "model_was_right": c.model_was_right, "operator": c.operator,
             "model_category": category_json(c.model_answer.category), "model_confidence":
             round(c.model_answer.confidence, 4), "corrected_at": _timestamp(c.corrected_at), "sequence": c.sequence,
-            "carried_from_sequence": c.carried_from_sequence, "photo_replaced_by_sequence": c.photo_replaced_by_sequence}
+            "carried_from_sequence": c.carried_from_sequence,
+            "photo_replaced_by_sequence": c.photo_replaced_by_sequence}
 
 
 def error_response(status: int, message: str) -> JSONResponse:

@@ -20,8 +20,8 @@ from services.preprocessing.core import ListingPredictor, ListingRequest
 def submitted_at(record, event: events_pb2.ListingSubmitted) -> Timestamp | None:
     """When the listing was submitted: the event's own time, else the record's (the producer's clock when it made
     the record, or the broker's when it appended it): which of a listing's events is the newer one (the result
-    store's _keys_in_order, for classifications and dead letters alike) and its end-to-end time both need one. A time no date can be made of (a producer's, out of
-    Timestamp's range) counts as none."""
+    store's _keys_in_order, for classifications and dead letters alike) and its end-to-end time both need one. A
+    time no date can be made of (a producer's, out of Timestamp's range) counts as none."""
     if event.HasField("submitted_at") and valid_timestamp(event.submitted_at):
         return event.submitted_at
     milliseconds = getattr(record, "timestamp", None)

@@ -245,7 +245,8 @@ def test_a_verdict_on_a_photo_the_listing_no_longer_shows_is_stored_not_publishe
     assert len(broker.events) == published  # B's listing never gets the category chosen for A
     operators = OperatorStore(store)
     [listed] = operators.corrections("", listing, 10)
-    assert listed.sequence == verdict.sequence and listed.photo_replaced_by_sequence == verdict.photo_replaced_by_sequence
+    assert listed.sequence == verdict.sequence
+    assert listed.photo_replaced_by_sequence == verdict.photo_replaced_by_sequence
     # the click retried, the sweep: still nothing sent, the same answer
     again = judge(desk, store, taxonomies, listing, "shoes", sequence=queued, correction_id="late-click-1")
     assert again == verdict
