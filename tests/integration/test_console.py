@@ -294,6 +294,56 @@ def test_an_operator_sees_a_listing_arrive_live_and_corrects_it_with_the_keyboar
         reader.close()
 
 
+def test_a_verdict_given_after_the_seller_replaced_the_photo_is_saved_not_sent_and_the_operator_is_told(
+        stack, console, operator, results, browser):
+    """The operator's queue shows the listing's photo A; the seller replaces it with B before the operator decides.
+    The verdict on A is stored but not published (a listing service would give B the category chosen for A), and
+    the page says so."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(console.url + "/")
+    if browser.current_url.endswith("/login"):
+        browser.find_element(By.ID, "operator").send_keys(operator[0])
+        browser.find_element(By.ID, "password").send_keys(operator[1] + Keys.ENTER)
+    wait_for(lambda: browser.find_elements(By.ID, "tab-review"), 30, "the console page")
+    listing_id = f"replaced-{uuid.uuid4().hex[:8]}"
+    first = classify_through_kafka(stack, results, common_pb2.Listing(
+        listing_id=listing_id, marketplace="de-modehaus", locale="de", image_bytes=photo("dress")))
+    browser.find_element(By.ID, "tab-review").send_keys(Keys.ENTER)
+    search = browser.find_element(By.ID, "review-listing")
+    search.clear()
+    search.send_keys(listing_id + Keys.ENTER)
+    wait_for(lambda: [li.get_attribute("data-listing") for li in
+                      browser.find_elements(By.CSS_SELECTOR, "#queue li")] == [listing_id], 30, "the queue")
+    # the seller's new photo is classified while the page still shows the first one
+    submit_listings(stack.kafka_settings, [common_pb2.Listing(listing_id=listing_id, marketplace="de-modehaus",
+                                                              locale="de", image_bytes=photo("shoes"))])
+    deadline = time.monotonic() + 90
+    while (current := results.GetClassification(results_pb2.GetClassificationRequest(listing_id=listing_id),
+                                                timeout=5)).sequence == first.sequence:
+        assert time.monotonic() < deadline, "the new photo was not classified"
+        time.sleep(0.3)
+    reader = TopicReader(stack.kafka_settings, stack.kafka_settings.topics.listing_corrected)
+    try:
+        ActionChains(browser).send_keys("1").perform()  # the first candidate, for photo A
+        wait_for(lambda: browser.find_element(By.ID, "status").text.startswith("Saved, not sent"), 20,
+                 "the not-sent message")
+        assert listing_id in browser.find_element(By.ID, "status").text
+        [correction] = results.ListCorrections(results_pb2.ListCorrectionsRequest(listing_id=listing_id)).corrections
+        assert correction.classification_sequence == first.sequence
+        assert correction.photo_replaced_by_sequence == current.sequence
+        records = reader.read(lambda rs: False, 3)  # what a wrong publication would have sent by now
+        assert not [r for r in records if listing_id.encode() == r.key]
+    finally:
+        reader.close()
+    browser.find_element(By.ID, "tab-corrections").send_keys(Keys.ENTER)
+    wait_for(lambda: any(listing_id in row.text and "not sent" in row.text
+                         for row in browser.find_elements(By.CSS_SELECTOR, "#corrections tr")), 20,
+             "the correction marked as not sent")
+
+
 def test_the_numbers_page_draws_its_charts(console, operator, browser):
     from selenium.webdriver.common.by import By
 
