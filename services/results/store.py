@@ -12,6 +12,7 @@ instead of being lost or published twice.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -22,6 +23,11 @@ from services.common.contracts.product_classification.v1 import common_pb2
 from services.common.errors import ClassificationError, ErrorKind
 
 log = logging.getLogger(__name__)
+
+# The name a schema statement creates, where it creates one only if missing.
+_CREATED = re.compile(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)")
+# The PostgreSQL advisory lock starting replicas take in turn while they create what is missing.
+SCHEMA_LOCK_KEY = 0x70636C73  # "pcls"
 
 
 @dataclass(frozen=True)
@@ -161,10 +167,46 @@ class ClassificationStore:
             statements = _SCHEMA.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT", blob_type="BLOB")
         else:
             raise ValueError(f"database_url must be sqlite:///PATH or postgresql://..., got {self.database_url!r}")
+        if self._postgres:
+            self._create_missing(statements)
+            return
         with self._transaction() as cursor:
             for statement in statements.split(";"):
                 cursor.execute(statement)
             self._add_columns(cursor)
+
+    def _create_missing(self, statements: str) -> None:
+        """PostgreSQL: the tables, indexes and columns that are not there yet, each in a transaction of its own, by one
+        starting replica at a time (an advisory lock, which no query of a running replica takes).
+
+        `CREATE INDEX IF NOT EXISTS` and `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` lock their table even when
+        there is nothing to do, ALTER TABLE exclusively: a replica starting while another ran a transaction waited
+        for it, and every query behind it waited too, and holding one table's lock while waiting for the other's it
+        deadlocked with a transaction reading both (seen in a fresh clone's chaos test). Now a started schema takes no
+        table lock at all, and a migration holds one table's lock at a time."""
+        with self._transaction() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            with self._transaction() as cursor:
+                cursor.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                               "WHERE n.nspname = current_schema()")
+                relations = {str(row[0]) for row in cursor.fetchall()}
+                cursor.execute("SELECT table_name, column_name FROM information_schema.columns "
+                               "WHERE table_schema = current_schema()")
+                columns = {(str(table), str(column)) for table, column in cursor.fetchall()}
+            for statement in statements.split(";"):
+                created = _CREATED.search(statement)
+                if created is None or created.group(1) not in relations:
+                    with self._transaction() as cursor:
+                        cursor.execute(statement)
+            for table, later in self._LATER_COLUMNS.items():
+                for name, kind in later:
+                    if (table, name) not in columns:
+                        with self._transaction() as cursor:
+                            cursor.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+        finally:
+            with self._transaction() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
     def _reconnect_if_broken(self) -> None:
         """After a lost connection (a database restart, a failover), the next transaction opens a new one."""
@@ -186,12 +228,8 @@ class ClassificationStore:
     }
 
     def _add_columns(self, cursor) -> None:
-        """Databases created by an earlier version get the columns added since."""
+        """SQLite databases created by an earlier version get the columns added since (PostgreSQL: _create_missing)."""
         for table, later in self._LATER_COLUMNS.items():
-            if self._postgres:
-                for name, kind in later:
-                    cursor.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
-                continue
             columns = {row[1] for row in cursor.execute(f"PRAGMA table_info({table})").fetchall()}
             for name, kind in later:
                 if name not in columns:

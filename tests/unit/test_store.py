@@ -272,3 +272,38 @@ def test_a_store_an_earlier_version_made_gets_the_columns_added_since(table, col
                     cursor.execute(statement)  # the SELECT raises unless the start added the column back
             finally:
                 store.stop()
+
+
+def test_a_replica_starting_beside_running_transactions_takes_no_table_lock(postgres_url):
+    """Another replica's transaction holds both tables (it read them and has not committed). Before, a starting
+    replica's `ADD COLUMN IF NOT EXISTS` and `CREATE INDEX IF NOT EXISTS` locked the tables even with nothing to
+    add: it waited for that transaction, every query behind it waited too, and a transaction reading the two tables
+    in the other order deadlocked with it (a fresh clone's chaos test). Now a schema that is there takes no lock."""
+    import threading
+
+    import psycopg
+
+    first = ClassificationStore(postgres_url)
+    first.start()  # the schema is there
+    first.stop()
+    with psycopg.connect(postgres_url, autocommit=False) as running:
+        running.execute("SELECT COUNT(*) FROM classifications")
+        running.execute("SELECT COUNT(*) FROM corrections")
+        running.execute("INSERT INTO thumbnails (image_digest, jpeg, stored_at) VALUES (%s, %s, 0) "
+                        "ON CONFLICT DO NOTHING", ("lock-test-" + uuid.uuid4().hex, b"x"))
+        starting, failed = ClassificationStore(postgres_url), []
+
+        def start() -> None:
+            try:
+                starting.start()
+            except Exception as error:  # noqa: BLE001
+                failed.append(error)
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        thread.join(15)
+        started = not thread.is_alive()
+        running.rollback()  # lets a start that waited on it go on
+    thread.join(30)
+    starting.stop()
+    assert started and not failed, f"the start waited on the running transaction: {failed}"
