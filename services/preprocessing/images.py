@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageChops, ImageOps
 
 from services.common.errors import ClassificationError, ErrorKind
+from services.preprocessing import bmp_run_length
+from services.preprocessing.image_structure import STRUCTURE_STEPS, jpeg_scans, structure_steps
 
 # Pillow's own bomb check is replaced by ours (a clear error, and a limit that is a setting).
 Image.MAX_IMAGE_PIXELS = None
@@ -26,7 +28,6 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 # A JPEG as phones write it: one carrying a second picture (MPF: the HDR gain map or depth map appended after the
 # photo) opens as Pillow's "MPO", a JPEG whose first frame is the photo; both decode at a reduced DCT scale.
 JPEG_FORMATS = ("JPEG", "MPO")
-START_OF_SCAN = b"\xff\xda"
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,11 @@ class ImageLimits:
     # (after the caller's decode timeout, in a decoder thread that cannot be stopped).
     max_jpeg_scans: int = 100
     # Pillow reads a file's structure in Python one piece at a time, before any pixel: a JPEG's markers and padding
-    # bytes before its image data, a PNG's chunks, a GIF's blocks before its first picture. A 16 MB JPEG of empty
-    # APP markers held a core for 8.8 s in Image.open, 16 MB of 0xFF padding 9.7 s, an 18 MB PNG of empty chunks
-    # 5.5 s. A photo has tens of them (a large PNG a few thousand IDAT chunks); counted first (structure_steps).
+    # bytes before its image data, a PNG's chunks, a GIF's blocks before its first picture, a TIFF's directory
+    # entries and strips or tiles, a run-length BMP's codes. A 16 MB JPEG of empty APP markers held a core for 8.8 s
+    # in Image.open, 16 MB of 0xFF padding 9.7 s, an 18 MB PNG of empty chunks 5.5 s, a 16 MB TIFF of one-row
+    # strips 21 s and 1.3 GB. A photo has tens of them (a large PNG a few thousand IDAT chunks, a scanned TIFF a
+    # strip per few rows); counted first (image_structure).
     max_structure_steps: int = 50_000
 
 
@@ -104,8 +107,7 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
                                   f"the image is {len(data)} bytes, over the limit of {limits.max_bytes}")
     container, steps = structure_steps(data, limits.max_structure_steps + 1)
     if steps > limits.max_structure_steps:
-        raise ClassificationError(ErrorKind.INVALID_IMAGE, f"the {container} has over {limits.max_structure_steps} "
-                                  f"{STRUCTURE_STEPS[container]}, far more than any photo (each costs time to read)")
+        raise _too_much_structure(container, limits.max_structure_steps)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -116,6 +118,10 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     except Exception as error:  # noqa: BLE001  (a header parser's exception, whatever its class, is a bad file)
         raise ClassificationError(ErrorKind.INVALID_IMAGE,
                                   f"the image cannot be decoded: {type(error).__name__}: {error}"[:500]) from None
+    if image.tile and image.tile[0].codec_name == bmp_run_length.CODEC:
+        most = bmp_run_length.CODES_PER_STEP * limits.max_structure_steps
+        if bmp_run_length.code_count(data, image.tile[0].offset, image.tile[0].args[1], most + 1) > most:
+            raise _too_much_structure("BMP", most)
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ClassificationError(ErrorKind.IMAGE_TOO_LARGE, f"the image is {width}x{height} pixels, over the "
@@ -132,84 +138,9 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     return image
 
 
-def jpeg_scans(data: bytes) -> int:
-    """The start-of-scan markers in a JPEG's bytes. Entropy-coded data cannot hold one (a 0xFF there is always
-    followed by 0x00 or a restart marker), so this counts the scans, an embedded thumbnail's or second picture's too.
-    In numpy: 30 us for a 2-megapixel photo, against 200 for bytes.count, whose search stops at every 0xFF."""
-    octets = np.frombuffer(data, np.uint8)
-    return int(np.count_nonzero((octets[:-1] == START_OF_SCAN[0]) & (octets[1:] == START_OF_SCAN[1])))
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SIGNATURE = b"\xff\xd8\xff"
-GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
-# What structure_steps counts, by container, for the error that names it.
-STRUCTURE_STEPS = {"JPEG": "markers and padding bytes before its image data", "PNG": "chunks",
-                   "GIF": "blocks before its first picture", "image": "parts"}
-# JPEG markers with no length after them: restarts, start and end of image, TEM.
-_STANDALONE_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}
-
-
-def structure_steps(data: bytes, stop_at: int) -> tuple[str, int]:
-    """The container and how many pieces of its structure Pillow reads one at a time in Python before any pixel
-    (counting stops at stop_at, so a hostile file costs no more here than a photo): a JPEG's markers, padding and
-    junk bytes up to its first scan; a PNG's chunks, all of them (the image data's too, read chunk by chunk); a
-    GIF's extension sub-blocks before its first picture. ("image", 0) for other formats."""
-    if data.startswith(JPEG_SIGNATURE):
-        return "JPEG", _jpeg_steps(data, stop_at)
-    if data.startswith(PNG_SIGNATURE):
-        return "PNG", _png_steps(data, stop_at)
-    if data.startswith(GIF_SIGNATURES):
-        return "GIF", _gif_steps(data, stop_at)
-    return "image", 0
-
-
-def _jpeg_steps(data: bytes, stop_at: int) -> int:
-    position, steps, end = 2, 0, len(data)
-    while position < end - 1 and steps < stop_at:
-        if data[position] != 0xFF:  # junk between segments: Pillow steps over it a byte at a time
-            following = data.find(b"\xff", position)
-            if following < 0:
-                break
-            steps, position = steps + following - position, following
-            continue
-        marker = data[position + 1]
-        steps += 1
-        if marker == 0xDA:  # the first scan: the decoder (C) takes it from here
-            break
-        if marker in (0xFF, 0x00):  # a fill byte, or an escaped 0xFF
-            position += 1 if marker == 0xFF else 2
-        elif marker in _STANDALONE_MARKERS:
-            position += 2
-        else:
-            position += 2 + max(2, int.from_bytes(data[position + 2:position + 4], "big"))
-    return steps
-
-
-def _png_steps(data: bytes, stop_at: int) -> int:
-    position, steps, end = len(PNG_SIGNATURE), 0, len(data)
-    while position + 8 <= end and steps < stop_at:
-        steps += 1
-        if data[position + 4:position + 8] == b"IEND":
-            break
-        position += 12 + int.from_bytes(data[position:position + 4], "big")
-    return steps
-
-
-def _gif_steps(data: bytes, stop_at: int) -> int:
-    if len(data) < 13:
-        return 0
-    flags = data[10]
-    position = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table
-    steps, end = 0, len(data)
-    while position < end and data[position] == 0x21 and steps < stop_at:  # extensions before the first picture
-        position += 2
-        while position < end and steps < stop_at:
-            size = data[position]
-            steps, position = steps + 1, position + 1 + size
-            if size == 0:
-                break
-    return steps
+def _too_much_structure(container: str, most: int) -> ClassificationError:
+    return ClassificationError(ErrorKind.INVALID_IMAGE, f"the {container} has over {most} "
+                               f"{STRUCTURE_STEPS[container]}, far more than any photo (each costs time to read)")
 
 
 def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> Image.Image:

@@ -56,8 +56,9 @@ class PreprocessingSettings(GrpcServiceSettings):
                                 "(a progressive JPEG has about 10; each scan is another pass over the whole image)")
     max_structure_steps: int = Field(50_000, ge=1, description="images with more pieces of structure read one at a "
                                      "time (JPEG markers and padding before the image data, PNG chunks, GIF blocks "
-                                     "before the first picture) are refused before opening; a photo has tens, a "
-                                     "large PNG a few thousand")
+                                     "before the first picture, TIFF directory entries, strips and tiles, "
+                                     "run-length BMP codes) are refused before decoding; a photo has tens, a large "
+                                     "PNG a few thousand")
     fetch_timeout_s: float = Field(5.0, description="connect/read timeout for image URLs")
     fetch_total_timeout_s: float = Field(15.0, description="longest one image URL may take, every attempt and byte "
                                          "included; a slower host fails its own listing as SOURCE_TOO_SLOW")

@@ -24,6 +24,7 @@ from services.common.decode_path import (PHOTO_INPUT, THUMBNAIL_OUTPUT, THUMBNAI
                                          image_output)
 from services.preprocessing.images import ImageLimits, decode_rgb, prepare_encoded
 from services.trainer.photo_ensemble import PAD_VALUE, dali_pipeline
+from tests.unit.crafted_images import raw_tiff, rle8_codes, run_length_bmp
 from tests.unit.triton_backend_fake import backend_utils
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,7 +149,9 @@ def seller_uploads() -> dict[str, bytes]:
         "png-bilevel": encode(photo.convert("1"), "PNG"),
         "webp": encode(photo, "WEBP", quality=90), "webp-rgba": encode(transparent, "WEBP", lossless=True),
         "gif": encode(palette, "GIF"), "gif-transparent": encode(palette, "GIF", transparency=0),
-        "bmp": encode(photo, "BMP"), "tiff": encode(photo, "TIFF"),
+        "bmp": encode(photo, "BMP"), "bmp-palette": encode(palette, "BMP"),
+        "bmp-rle8": run_length_bmp(*palette.size, rle8_codes(np.asarray(palette)), palette=palette.getpalette()),
+        "tiff": encode(photo, "TIFF"), "tiff-tiled": raw_tiff(photo, tile=64),
         "tiff-lzw": encode(photo, "TIFF", compression="tiff_lzw"), "tiff-rgba": encode(transparent, "TIFF"),
         "avif": encode(photo, "AVIF", quality=90),
     }

@@ -16,7 +16,9 @@ from PIL import Image
 
 from services.common.errors import ClassificationError, ErrorKind
 from services.drivers.chaos.poison import jpeg_scan_bomb, png_header_bomb
-from services.preprocessing.images import ImageLimits, decode_rgb, prepare_encoded, prepare_image, structure_steps
+from services.preprocessing.image_structure import structure_steps
+from services.preprocessing.images import ImageLimits, decode_rgb, prepare_encoded, prepare_image
+from tests.unit.crafted_images import raw_tiff, run_length_bmp
 
 PHOTOS = Path(skimage.__file__).parent / "data"  # real photographs shipped in the scikit-image wheel
 CLOTHING = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "clothing-dataset-small"
@@ -138,6 +140,13 @@ def structure_floods(count: int) -> dict[str, bytes]:
         "empty PNG image data chunks": png[:idat] + png_chunk(b"IDAT", b"") * count + png[idat:],
         "PNG chunks after the image data": png[:-12] + png_chunk(b"abCd", b"") * count + png[-12:],
         "GIF sub-blocks": gif[:picture] + b"\x21\xff\x0bNETSCAPE2.0" + b"\x01x" * count + b"\x00" + gif[picture:],
+        # Pillow builds a list entry for each strip or tile when it opens an uncompressed TIFF and reads each in
+        # Python; a 16 MB TIFF of 4 million one-row strips held a core for 21 s and took 1.3 GB.
+        "TIFF strips": raw_tiff(photo("coffee.png").resize((60, count)), rows_per_strip=1),
+        "TIFF tiles": raw_tiff(photo("coffee.png").resize((16 * 50, 16 * -(-count // 50))), tile=16),
+        "big-endian TIFF strips": raw_tiff(photo("coffee.png").resize((60, count)), rows_per_strip=1, order=">"),
+        "BigTIFF strips": raw_tiff(photo("coffee.png").resize((60, count)), rows_per_strip=1, big=True),
+        "TIFF directory entries": raw_tiff(photo("coffee.png").resize((120, 80)), extra_entries=count),
     }
 
 
@@ -159,6 +168,10 @@ def test_real_photos_are_far_under_the_structure_limit():
         assert structure_steps(path.read_bytes(), 10**6)[1] < 50
     for name in ("astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"):
         assert structure_steps((PHOTOS / name).read_bytes(), 10**6)[1] < 200
+    large = photo("astronaut.png").resize((4000, 3000))
+    for options in ({}, {"compression": "tiff_lzw"}, {"compression": "tiff_adobe_deflate"}, {"compression": "jpeg"}):
+        assert structure_steps(encode(large, "TIFF", **options), 10**6) < ("TIFF", 2000)  # libtiff: 64 KB strips
+    assert structure_steps(raw_tiff(large, tile=256), 10**6) < ("TIFF", 2000)
 
 
 def test_decompression_bomb_is_rejected_before_decoding():
@@ -221,7 +234,9 @@ def test_random_bytes_never_crash_or_hang_the_decoder(data):
         assert error.kind in (ErrorKind.INVALID_IMAGE, ErrorKind.IMAGE_TOO_LARGE)
 
 
-HEADERS = [encode(Image.new("RGB", (40, 30), (9, 9, 9)), fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP")]
+HEADERS = [encode(Image.new("RGB", (40, 30), (9, 9, 9)), fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")]
+HEADERS += [raw_tiff(Image.new("RGB", (40, 30), (9, 9, 9)), tile=16),
+            run_length_bmp(40, 30, (b"\x14\x03\x00\x04abcd\x10\x07\x00\x00") * 30 + b"\x00\x01")]
 
 
 @settings(max_examples=300, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
