@@ -99,8 +99,20 @@ class ReviewDesk:
             raise ClassificationError(ErrorKind.INVALID_REQUEST, f"correction_id {request.correction_id!r} was "
                                       "already used for another decision; make a new id for each")
         if not stored.published:
-            return self._publish(stored.correction) or stored.correction
+            return self._publish(stored.correction) or self._as_it_will_be_settled(stored.correction)
         return stored.correction
+
+    def _as_it_will_be_settled(self, correction: common_pb2.Correction) -> common_pb2.Correction:
+        """The answer for a correction another replica holds the claim on (a retried click reaching this replica
+        while the first try's replica, or a sweep, publishes it): the same check that replica makes, read only, so
+        the operator is told a verdict on a replaced photo is not sent whichever replica answers."""
+        replaced_by = self._photo_replaced_by(correction)
+        if not replaced_by:
+            return correction
+        answer = common_pb2.Correction()
+        answer.CopyFrom(correction)
+        answer.photo_replaced_by_sequence = replaced_by
+        return answer
 
     def _publish(self, correction: common_pb2.Correction) -> common_pb2.Correction | None:
         """Publishes unless another replica holds the claim, or withholds it when the listing no longer shows the

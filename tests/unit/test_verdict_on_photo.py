@@ -310,6 +310,40 @@ def test_a_verdict_held_up_by_the_broker_is_not_published_once_the_photo_was_rep
     assert [c.listing_id for c in broker.corrections()] == [kept]
 
 
+def test_a_retried_verdict_answered_while_another_replica_holds_it_says_the_photo_was_replaced(store, taxonomies):
+    """The click's first try is stored but not sent (the broker away); the seller replaces the photo; the retry
+    reaches a replica while another one's sweep holds the verdict's claim. The answer says what replaced the photo,
+    as the claim's holder will settle it, and the replica that answered sends nothing."""
+    listing, broker = f"held-{uuid.uuid4().hex[:8]}", Broker()
+    recorder, desk = replica(store, taxonomies, broker, "replica-a")
+    [first] = recorder.record_predictions([photo(listing, PHOTO_A, 1)])
+    broker.refusing = {"corrected"}
+    with pytest.raises(ClassificationError):
+        judge(desk, store, taxonomies, listing, "shoes", correction_id="slow-click-1")
+    broker.refusing = set()
+    [replaced] = recorder.record_predictions([photo(listing, PHOTO_B, 2, top="hat")])
+    operators = OperatorStore(store)
+    [stored] = operators.corrections("", listing, 10)
+    assert operators.claim_correction(stored.sequence, "replica-b", 60)  # the other replica's sweep, mid-way
+    published = len(broker.events)
+    answer = judge(desk, store, taxonomies, listing, "shoes", sequence=first.classification.sequence,
+                   correction_id="slow-click-1")
+    assert answer.photo_replaced_by_sequence == replaced.classification.sequence
+    assert answer.sequence == stored.sequence and len(broker.events) == published
+    [still] = operators.corrections("", listing, 10)  # the answer changed nothing: the holder settles it
+    assert not still.photo_replaced_by_sequence
+    # a verdict on the photo the listing shows, held the same way, is answered as it is
+    [shown] = recorder.record_predictions([photo(listing, PHOTO_A, 3)])
+    broker.refusing = {"corrected"}
+    with pytest.raises(ClassificationError):
+        judge(desk, store, taxonomies, listing, "hat", correction_id="slow-click-2")
+    broker.refusing = set()
+    held = next(c for c in operators.corrections("", listing, 10) if c.correction_id == "slow-click-2")
+    assert operators.claim_correction(held.sequence, "replica-b", 60)
+    assert not judge(desk, store, taxonomies, listing, "hat", sequence=shown.classification.sequence,
+                     correction_id="slow-click-2").photo_replaced_by_sequence
+
+
 def test_two_replicas_sweeping_verdicts_publish_those_on_the_shown_photo_once_and_the_others_never(
         two_replicas, taxonomies):
     stores, broker, replicas = two_replicas
