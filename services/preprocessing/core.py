@@ -40,7 +40,7 @@ def preprocessing_limits(settings: PreprocessingSettings) -> tuple[ImageLimits, 
     allowed = frozenset(h.strip() for h in settings.fetch_allowed_hosts.split(",") if h.strip())
     formats = tuple(f.strip().upper() for f in settings.image_formats.split(",") if f.strip())
     return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s, formats,
-                        settings.max_jpeg_scans, settings.max_structure_steps),
+                        settings.max_jpeg_scans, settings.max_structure_steps, settings.max_jpeg_scan_pixels),
             FetchSettings(timeout_s=settings.fetch_timeout_s, total_timeout_s=settings.fetch_total_timeout_s,
                           max_bytes=settings.max_image_bytes, attempts=settings.fetch_attempts,
                           allowed_hosts=allowed, proxy=settings.fetch_proxy))

@@ -54,6 +54,9 @@ class PreprocessingSettings(GrpcServiceSettings):
     decode_timeout_s: float = Field(10.0, description="longest a caller waits for one image's decode")
     max_jpeg_scans: int = Field(100, ge=1, description="JPEGs with more scans are refused from their markers "
                                 "(a progressive JPEG has about 10; each scan is another pass over the whole image)")
+    max_jpeg_scan_pixels: int = Field(1_200_000_000, ge=1, description="a progressive JPEG's scans times its pixels "
+                                      "are at most this (100 scans up to 12 megapixels, 24 at 50): a scan's pass "
+                                      "costs in proportion to the pixels; raise it with max_image_pixels")
     max_structure_steps: int = Field(50_000, ge=1, description="images with more pieces of structure read one at a "
                                      "time (JPEG markers and padding before the image data, PNG chunks, GIF blocks "
                                      "before the first picture, TIFF directory entries, strips and tiles, "
