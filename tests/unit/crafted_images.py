@@ -8,14 +8,40 @@ import struct
 import numpy as np
 from PIL import Image
 
-SHORT, LONG, LONG8 = 3, 4, 16
+SHORT, LONG, RATIONAL, LONG8 = 3, 4, 5, 16
 MIN_IS_BLACK, RGB = 1, 2
+EXIF_DIRECTORY = 34665
+
+
+def exif_block(orientation: int = 1, fractions: int = 0, numbers: int = 0) -> bytes:
+    """An EXIF directory as PNG's eXIf chunk holds it (Pillow adds "Exif\\0\\0" for a JPEG or WebP): the
+    orientation, and a private tag of `fractions` RATIONALs and one of `numbers` SHORTs where asked."""
+    entries = [(0x0112, SHORT, [orientation])]
+    if fractions:
+        entries.append((50000, RATIONAL, [1, 3] * fractions))
+    if numbers:
+        entries.append((50001, SHORT, [7] * numbers))
+    outside = 8 + 2 + 12 * len(entries) + 4
+    table, blobs = bytearray(struct.pack("<H", len(entries))), bytearray()
+    for tag, kind, values in entries:
+        packed = struct.pack("<" + {SHORT: "H", RATIONAL: "I"}[kind] * len(values), *values)
+        count = len(values) // 2 if kind == RATIONAL else len(values)
+        table += struct.pack("<HHI", tag, kind, count)
+        if len(packed) <= 4:
+            table += packed.ljust(4, b"\0")
+        else:
+            table += struct.pack("<I", outside + len(blobs))
+            blobs += packed
+    return b"II*\0" + struct.pack("<I", 8) + bytes(table) + bytes(4) + bytes(blobs)
 
 
 def raw_tiff(picture: Image.Image, *, rows_per_strip: int = 0, tile: int = 0, extra_entries: int = 0,
+             fractions: int = 0, numbers: int = 0, orientation: int = 0, exif_fractions: int = 0,
              big: bool = False, order: str = "<") -> bytes:
     """picture (L or RGB) as an uncompressed TIFF in strips of rows_per_strip rows (all rows in one by default) or
-    in tile x tile tiles, with extra_entries private tags of one byte added to its directory; BigTIFF with big (only
+    in tile x tile tiles, with extra_entries private tags of one byte added to its directory, a private tag of
+    `fractions` RATIONALs, one of `numbers` SHORTs, the orientation tag, and an EXIF directory holding a tag of
+    `exif_fractions` RATIONALs, where given; BigTIFF with big (only
     little-endian: Pillow reads a big-endian BigTIFF header as a classic one), big-endian with order ">"."""
     assert not (big and order == ">")
     pixels = np.asarray(picture)
@@ -36,13 +62,21 @@ def raw_tiff(picture: Image.Image, *, rows_per_strip: int = 0, tile: int = 0, ex
                (262, SHORT, [RGB if channels == 3 else MIN_IS_BLACK]), (277, SHORT, [channels]),
                (284, SHORT, [1])]
     entries += [(50000 + index, 1, [7]) for index in range(extra_entries)]
+    if fractions:
+        entries.append((49999, RATIONAL, [1, 3] * fractions))
+    if numbers:
+        entries.append((49998, SHORT, [7] * numbers))
+    if orientation:
+        entries.append((274, SHORT, [orientation]))
+    if exif_fractions:
+        entries.append((EXIF_DIRECTORY, LONG, []))  # its value: where the directory is written, below
     if tile:
         entries += [(322, LONG, [tile]), (323, LONG, [tile]), (324, word, None), (325, word, [len(p) for p in pieces])]
     else:
         entries += [(273, word, None), (278, LONG, [rows_per_strip or height]),
                     (279, word, [len(p) for p in pieces])]
     entries.sort(key=lambda entry: entry[0])
-    sizes = {1: "B", SHORT: "H", LONG: "I", LONG8: "Q"}
+    sizes = {1: "B", SHORT: "H", LONG: "I", RATIONAL: "I", LONG8: "Q"}
     header = 16 if big else 8
     entry_size, count_size, inline = (20, 8, 8) if big else (12, 2, 4)
     directory_size = count_size + entry_size * len(entries) + inline
@@ -51,8 +85,16 @@ def raw_tiff(picture: Image.Image, *, rows_per_strip: int = 0, tile: int = 0, ex
     blobs = bytearray()
     table = bytearray(struct.pack(order + ("Q" if big else "H"), len(entries)))
     for tag, kind, values in entries:
+        if tag == EXIF_DIRECTORY:
+            assert not big, "a BigTIFF's EXIF directory is not written here"
+            at = outside + len(blobs)
+            table += struct.pack(order + "HHII", tag, kind, 1, at)
+            blobs += struct.pack(order + "HHHII", 1, 33434, RATIONAL, exif_fractions, at + 18) + bytes(4)
+            blobs += struct.pack(order + "I" * 2 * exif_fractions, *[1, 250] * exif_fractions)  # exposure times
+            continue
         count = len(pieces) if values is None else len(values)
         packed = struct.pack(order + sizes[kind] * count, *(values or [0] * count))
+        count = count // 2 if kind == RATIONAL else count  # a fraction is two LONGs
         table += struct.pack(order + ("HHQ" if big else "HHI"), tag, kind, count)
         if len(packed) <= inline:
             if values is None:
