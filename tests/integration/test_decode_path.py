@@ -18,6 +18,7 @@ from services.drivers.traffic import sample_listings, submit_and_collect
 from services.localstack.stack import LocalStack, StackOptions
 from services.preprocessing.images import ImageLimits, prepare_image
 from services.common.decode_path import ENSEMBLE_MODEL, THUMBNAIL_SIDE
+from tests.unit.crafted_images import exif_block, raw_tiff
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,14 @@ def test_listings_through_kafka_are_classified_and_mostly_right(decode_in_triton
 
 def test_a_photo_that_does_not_decode_fails_alone_and_the_header_limits_hold_before_triton(decode_in_triton):
     good = sample_listings(3, seed=179, prefix="decode-batch")
+    strips = raw_tiff(Image.new("L", (1, 60_000), 90), rows_per_strip=1)  # 60,000 strips of one pixel
+    exif = io.BytesIO()
+    Image.open(io.BytesIO(good[0].listing.image_bytes)).save(exif, "PNG", exif=exif_block(6, fractions=60_000))
     batch = [good[0].listing, truncated_jpeg("decode-truncated"), good[1].listing,
              oversized_image_listing("decode-bomb"), scan_bomb_listing("decode-scans"), good[2].listing,
-             marker_flood_listing("decode-markers")]
+             marker_flood_listing("decode-markers"),
+             common_pb2.Listing(listing_id="decode-strips", marketplace="de-modehaus", image_bytes=strips),
+             common_pb2.Listing(listing_id="decode-exif", marketplace="de-modehaus", image_bytes=exif.getvalue())]
     with decode_in_triton.gateway_channel() as channel:
         response = gateway_pb2_grpc.ListingClassifierStub(channel).ClassifyListings(
             gateway_pb2.ClassifyListingsRequest(listings=batch), timeout=120)
@@ -78,6 +84,9 @@ def test_a_photo_that_does_not_decode_fails_alone_and_the_header_limits_hold_bef
     assert scans.kind == common_pb2.ERROR_KIND_INVALID_IMAGE and "scans" in scans.reason
     markers = outcomes["decode-markers"].error  # counted before the file is opened
     assert markers.kind == common_pb2.ERROR_KIND_INVALID_IMAGE and "markers" in markers.reason
+    for listing_id, counted in (("decode-strips", "strips"), ("decode-exif", "EXIF")):
+        error = outcomes[listing_id].error  # counted before the file is opened, or from the header
+        assert error.kind == common_pb2.ERROR_KIND_INVALID_IMAGE and counted in error.reason, listing_id
 
 
 def test_the_decode_path_sends_the_thumbnail_triton_made_turned_as_the_exif_says(decode_in_triton):
