@@ -13,9 +13,10 @@ MIN_IS_BLACK, RGB = 1, 2
 EXIF_DIRECTORY = 34665
 
 
-def exif_block(orientation: int = 1, fractions: int = 0, numbers: int = 0) -> bytes:
+def exif_block(orientation: int = 1, fractions: int = 0, numbers: int = 0, padding: int = 0) -> bytes:
     """An EXIF directory as PNG's eXIf chunk holds it (Pillow adds "Exif\\0\\0" for a JPEG or WebP): the
-    orientation, and a private tag of `fractions` RATIONALs and one of `numbers` SHORTs where asked."""
+    orientation, and a private tag of `fractions` RATIONALs and one of `numbers` SHORTs where asked, then `padding`
+    bytes nothing points to."""
     entries = [(0x0112, SHORT, [orientation])]
     if fractions:
         entries.append((50000, RATIONAL, [1, 3] * fractions))
@@ -32,7 +33,7 @@ def exif_block(orientation: int = 1, fractions: int = 0, numbers: int = 0) -> by
         else:
             table += struct.pack("<I", outside + len(blobs))
             blobs += packed
-    return b"II*\0" + struct.pack("<I", 8) + bytes(table) + bytes(4) + bytes(blobs)
+    return b"II*\0" + struct.pack("<I", 8) + bytes(table) + bytes(4) + bytes(blobs) + bytes(padding)
 
 
 def raw_tiff(picture: Image.Image, *, rows_per_strip: int = 0, tile: int = 0, extra_entries: int = 0,
