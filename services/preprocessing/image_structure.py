@@ -1,10 +1,11 @@
 """What a file's structure costs to read, counted from its bytes before Pillow reads it.
 
-Pillow reads some of a file's structure in Python, one piece at a time: a JPEG's markers and padding before its image
-data, a PNG's chunks, a GIF's blocks before its first picture, a TIFF's directory entries and its strips or tiles, a
-run-length BMP's codes. Each piece costs a few microseconds, so a file made of nothing else holds a core for seconds
-with every byte and pixel limit met. A photo has tens of them, a large PNG a few thousand; these counts let the
-caller refuse the rest before Pillow starts. Pure functions of the bytes, no Pillow.
+Pillow reads some of a file's structure in Python, one piece at a time: a JPEG's markers and padding before its
+image data, a PNG's chunks, a GIF's blocks before its first picture, a TIFF's directory entries, tag values and
+strips or tiles (and an EXIF block's, which is a TIFF directory), a run-length BMP's codes (counted in
+bmp_run_length). Each piece costs a few microseconds, so a file made of nothing else holds a core for seconds with
+every byte and pixel limit met. A photo has tens of them, a large PNG a few thousand; these counts let the caller
+refuse the rest before Pillow starts. Pure functions of the bytes, no Pillow.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def structure_steps(data: bytes, stop_at: int) -> tuple[str, int]:
     """The container and how many pieces of its structure Pillow reads one at a time in Python before or while
     decoding (counting stops near stop_at, so a hostile file costs no more here than a photo): a JPEG's markers,
     padding and junk bytes up to its first scan; a PNG's chunks, all of them (the image data's too, read chunk by
-    chunk); a GIF's extension sub-blocks before its first picture; a TIFF's first directory's entries and the strips
-    or tiles it lists. ("image", 0) for other formats; a run-length BMP's codes are counted once Pillow has opened it
+    chunk); a GIF's extension sub-blocks before its first picture; a TIFF's directories as _tiff_steps counts them.
+    ("image", 0) for other formats; a run-length BMP's codes are counted once Pillow has opened it
     (bmp_run_length.code_count), since where they start depends on its header."""
     if data.startswith(JPEG_SIGNATURE):
         return "JPEG", _jpeg_steps(data, stop_at)
