@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from PIL import Image, ImageOps
+from PIL import Image
 
 NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
 
@@ -25,6 +25,12 @@ def output_tensor(name, array):
     return pb_utils.Tensor.from_dlpack(name, array) if NUMPY_2 else pb_utils.Tensor(name, array)
 
 MAX_PIXELS = 50_000_000  # the service checks the header first; this guards callers that do not
+EXIF_ORIENTATION = 0x0112
+# The turn each EXIF orientation asks for (ImageOps.exif_transpose's table). Only the orientation tag is read:
+# exif_transpose also wrote the turned image's EXIF anew, unpacking every value of every tag.
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
 THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT = "thumbnail", "thumbnail_shape"  # services/common/decode_path.py
 
 
@@ -60,7 +66,10 @@ class TritonPythonModel:
         image = Image.open(io.BytesIO(row.tobytes()))  # trailing zeros (the batch's padding) are past the end
         if image.width * image.height > MAX_PIXELS:
             raise ValueError(f"{image.width}x{image.height} pixels is over the limit")
-        return ImageOps.exif_transpose(image).convert("RGB")
+        image.load()  # a TIFF turns itself as it loads, and drops its orientation
+        turn = UPRIGHT.get(image.getexif().get(EXIF_ORIENTATION, 1))
+        image = image.convert("RGB")
+        return image if turn is None else image.transpose(turn)
 
     def execute(self, requests):
         responses = []
