@@ -47,6 +47,12 @@ PREDICTION_CACHE_LOOKUPS = Counter("product_classification_prediction_cache_look
 PREDICTION_CACHE_BYTES = Gauge("product_classification_prediction_cache_bytes",
                                "what the kept answers take (PREPROCESSING_PREDICTION_CACHE_MB bounds it)")
 PREDICTION_CACHE_PHOTOS = Gauge("product_classification_prediction_cache_photos", "photos whose answers are kept")
+DECODE_MEMORY_HELD = Gauge("product_classification_decode_memory_bytes",
+                           "what the decodes running now hold by their estimates (PREPROCESSING_DECODE_MEMORY_MB "
+                           "bounds it)")
+DECODE_MEMORY_WAITS = Counter("product_classification_decode_memory_waits_total",
+                              "decodes that waited for room beside the others, by outcome (decoded, timed_out)",
+                              ["outcome"])
 END_TO_END_SECONDS = Histogram("product_classification_end_to_end_seconds",
                                "from a listing's submission to its classification being published",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))

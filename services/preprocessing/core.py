@@ -18,6 +18,7 @@ from services.common.validation import check_listing
 from services.common.metrics import (PREDICTION_CACHE_BYTES, PREDICTION_CACHE_LOOKUPS, PREDICTION_CACHE_PHOTOS,
                                      PREPROCESS_SECONDS)
 from services.common.decode_path import THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE
+from services.preprocessing.decode_memory import DecodeMemory, return_large_blocks
 from services.preprocessing.images import (ImageLimits, PreparedImage, image_digest, prepare_encoded, prepare_image,
                                            thumbnail_from_pixels)
 from services.preprocessing.prediction_cache import PredictionCache, RememberedPrediction
@@ -40,7 +41,8 @@ def preprocessing_limits(settings: PreprocessingSettings) -> tuple[ImageLimits, 
     allowed = frozenset(h.strip() for h in settings.fetch_allowed_hosts.split(",") if h.strip())
     formats = tuple(f.strip().upper() for f in settings.image_formats.split(",") if f.strip())
     return (ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.decode_timeout_s, formats,
-                        settings.max_jpeg_scans, settings.max_structure_steps, settings.max_jpeg_scan_pixels),
+                        settings.max_jpeg_scans, settings.max_structure_steps, settings.max_jpeg_scan_pixels,
+                        settings.decode_memory_mb * 1024 * 1024),
             FetchSettings(timeout_s=settings.fetch_timeout_s, total_timeout_s=settings.fetch_total_timeout_s,
                           max_bytes=settings.max_image_bytes, attempts=settings.fetch_attempts,
                           allowed_hosts=allowed, proxy=settings.fetch_proxy))
@@ -72,6 +74,11 @@ class ListingPredictor:
         self.thumbnail_size = thumbnail_size
         self.limits = limits
         self.fetch = fetch
+        # Shared by the decoding threads and the fetching threads (which decode what they fetched): what their
+        # decodes hold at once stays within limits.decode_memory_bytes (decode_memory.py), and what one frees serves
+        # the next, whichever thread runs it (glibc's malloc, for the whole process; setting it twice changes nothing).
+        self.memory = DecodeMemory(limits.decode_memory_bytes)
+        return_large_blocks()
         self._decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
         # URLs wait on their hosts in threads of their own, so a slow host never holds a decoder (nor the inline
         # images queued behind it).
@@ -92,7 +99,7 @@ class ListingPredictor:
             return False  # Triton unreachable: the batch will say so; its thumbnails would be made here
 
     def _prepare(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool,
-                 versions: tuple[str, ...] | None, batch_photos: _BatchPhotos
+                 versions: tuple[str, ...] | None, batch_photos: _BatchPhotos, deadline: float
                  ) -> PreparedImage | RememberedPrediction | ClassificationError:
         """The photo's bytes to what Triton needs, or its answer from before when the cache holds one for these
         model versions (None: not looked up). A photo another listing of the same batch holds too is prepared once
@@ -102,13 +109,13 @@ class ListingPredictor:
             with PREPROCESS_SECONDS.time():
                 data = image_bytes(request.listing, self.fetch)
                 if len(data) > self.limits.max_bytes:  # refused by its size before anything reads it
-                    return self._prepared(data, sizes, thumbnail_in_triton, versions, "")
+                    return self._prepared(data, sizes, thumbnail_in_triton, versions, "", deadline)
                 digest = image_digest(data)
                 outcome, first = batch_photos.claim(digest)
                 if not first:
                     return outcome.result()
                 try:
-                    prepared = self._prepared(data, sizes, thumbnail_in_triton, versions, digest)
+                    prepared = self._prepared(data, sizes, thumbnail_in_triton, versions, digest, deadline)
                 except BaseException as error:
                     outcome.set_exception(error)
                     raise
@@ -120,20 +127,26 @@ class ListingPredictor:
             return ClassificationError(ErrorKind.INTERNAL, f"preprocessing failed: {error!r}")
 
     def _prepared(self, data: bytes, sizes: list[int], thumbnail_in_triton: bool, versions: tuple[str, ...] | None,
-                  digest: str) -> PreparedImage | RememberedPrediction:
+                  digest: str, deadline: float) -> PreparedImage | RememberedPrediction:
         if digest and self.cache is not None and versions is not None:
             remembered = self.cache.get(digest, versions)
             PREDICTION_CACHE_LOOKUPS.labels("hit" if remembered else "miss").inc()
             if remembered is not None:
                 return remembered
         if self.decode_in_triton:
-            return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton, digest)
-        return prepare_image(data, sizes, self.limits, self.thumbnail_size, digest)
+            return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton, digest, self.memory,
+                                   deadline)
+        return prepare_image(data, sizes, self.limits, self.thumbnail_size, digest, self.memory, deadline)
+
+    def _deadline(self, started: float) -> float:
+        """Every listing of the batch gets the same budget from the batch's start: the fetch deadline plus the decode
+        limit."""
+        return started + self.fetch.total_timeout_s + self.limits.decode_timeout_s
 
     def _result_within_limit(self, job, started: float) -> PreparedImage | ClassificationError:
-        """Every listing of the batch gets the same budget from the batch's start: the fetch deadline plus the decode
-        limit. The fetch enforces its own deadline, so this only catches a decode that overruns."""
-        remaining = started + self.fetch.total_timeout_s + self.limits.decode_timeout_s - time.monotonic()
+        """The fetch enforces its own deadline, and a decode waiting for memory gives up at the batch's: this only
+        catches a decode that overruns."""
+        remaining = self._deadline(started) - time.monotonic()
         try:
             return job.result(timeout=max(0.0, remaining))
         except FutureTimeout:
@@ -141,9 +154,9 @@ class ListingPredictor:
                                        f"{self.limits.decode_timeout_s:.0f} s")
 
     def _submit(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool,
-                versions: tuple[str, ...] | None, batch_photos: _BatchPhotos):
+                versions: tuple[str, ...] | None, batch_photos: _BatchPhotos, deadline: float):
         pool = self._fetchers if request.listing.WhichOneof("image") == "image_url" else self._decoders
-        return pool.submit(self._prepare, request, sizes, thumbnail_in_triton, versions, batch_photos)
+        return pool.submit(self._prepare, request, sizes, thumbnail_in_triton, versions, batch_photos, deadline)
 
     def _versions(self) -> tuple[str, ...] | None:
         """The called models' names and versions, the cache's key beside the digest; None without a cache, or while
@@ -171,7 +184,8 @@ class ListingPredictor:
         began = time.perf_counter()
         started = time.monotonic()
         batch_photos = _BatchPhotos()
-        jobs = [self._submit(r, sizes, thumbnail_in_triton, versions, batch_photos) for r in requests]
+        jobs = [self._submit(r, sizes, thumbnail_in_triton, versions, batch_photos, self._deadline(started))
+                for r in requests]
         prepared = [self._result_within_limit(job, started) for job in jobs]
         remembered = [i for i, p in enumerate(prepared) if isinstance(p, RememberedPrediction)]
         good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]

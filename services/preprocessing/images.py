@@ -6,6 +6,7 @@ training. Tensors are uint8 HWC; each model normalises inside its own graph.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
@@ -16,6 +17,7 @@ from PIL import Image, ImageChops
 
 from services.common.errors import ClassificationError, ErrorKind
 from services.preprocessing import bmp_run_length
+from services.preprocessing.decode_memory import MB, DecodeMemory, decode_bytes, refuse_over
 from services.preprocessing.image_structure import STRUCTURE_STEPS, exif_steps, jpeg_scans, structure_steps
 
 # Pillow's own bomb check is replaced by ours (a clear error, and a limit that is a setting).
@@ -52,6 +54,9 @@ class ImageLimits:
     # real progressive photo of that size 0.32). The default allows 100 scans up to 12 megapixels and 24 at the
     # pixel limit; a progressive photo has about 10, a phone's with a progressive gain map about 21.
     max_jpeg_scan_pixels: int = 1_200_000_000
+    # What a worker's decodes may hold at once (decode_memory.py): every format but JPEG decodes at full size, and a
+    # 49-megapixel WebP took 750 MB; a photo whose decode alone would take more is refused.
+    decode_memory_bytes: int = 1024 * MB
 
 
 @dataclass(frozen=True)
@@ -151,8 +156,11 @@ def _too_much_structure(container: str, most: int) -> ClassificationError:
                                f"{STRUCTURE_STEPS[container]}, far more than any photo (each costs time to read)")
 
 
-def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> Image.Image:
-    """Decodes the first frame as RGB, EXIF orientation applied; JPEGs decode at the smallest sufficient DCT scale."""
+def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int, memory: DecodeMemory | None = None,
+               deadline: float | None = None) -> Image.Image:
+    """Decodes the first frame as RGB, EXIF orientation applied; JPEGs decode at the smallest sufficient DCT scale.
+    With `memory`, the decode waits (until `deadline`, time.monotonic()) for room for its estimate beside the other
+    decodes of the worker, and holds it until the picture is averaged down."""
     image = open_checked(data, limits)
     try:
         with warnings.catch_warnings():
@@ -164,16 +172,19 @@ def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int) -> I
                 longer = max(width, height)
                 image.draft("RGB", (max(1, smallest_side_needed * width // longer),
                                     max(1, smallest_side_needed * height // longer)))
-            image.seek(0)
-            image.load()
-            # Read from the opened image (a PNG's EXIF may follow its pixels): a TIFF's orientation is its own tag,
-            # which no image made from it carries.
-            turn = upright_turn(image, limits)
-            if image.format not in JPEG_FORMATS:  # a JPEG decoded reduced already
-                image = _reduced(image, smallest_side_needed)
-            if turn is not None:
-                image = image.transpose(turn)
-            return _to_rgb(image)
+            estimate = decode_bytes(image, (width, height))
+            refuse_over(image, (width, height), estimate, limits.decode_memory_bytes)
+            with memory.held(estimate, deadline) if memory is not None else contextlib.nullcontext():
+                image.seek(0)
+                image.load()
+                # Read from the opened image (a PNG's EXIF may follow its pixels): a TIFF's orientation is its own
+                # tag, which no image made from it carries.
+                turn = upright_turn(image, limits)
+                if image.format not in JPEG_FORMATS:  # a JPEG decoded reduced already
+                    image = _reduced(image, smallest_side_needed)
+                if turn is not None:
+                    image = image.transpose(turn)
+                return _to_rgb(image)
     except ClassificationError:
         raise
     except Exception as error:  # noqa: BLE001  (a decoder's exception, whatever its class, is a bad file)
@@ -248,6 +259,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode == "RGB":
+            return image  # converting it again would only copy it (4 bytes a pixel, at full size before _reduced)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         pixels = np.asarray(image, dtype=np.float32)
         image = Image.fromarray((pixels * (255.0 / max(float(pixels.max()), 1.0))).astype(np.uint8))
@@ -321,15 +334,16 @@ def square_tensor(image: Image.Image, size: int) -> np.ndarray:
 
 
 def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thumbnail_size: int = 0,
-                  digest: str = "") -> PreparedImage:
+                  digest: str = "", memory: DecodeMemory | None = None, deadline: float | None = None
+                  ) -> PreparedImage:
     """Bytes to one tensor per model input size, cropped to the product (and a thumbnail when thumbnail_size).
 
     The product is resized to the largest input size, and each smaller square's picture from that one. Most photos
     need no crop (3 in 4 of 300 clothing photos): then each picture is the whole photo, and the one of the
     thumbnail's size (by default the models' 224 px) is the thumbnail too. Pillow's resampling is most of what a
     photo costs after its decoding, about 0.3 to 0.45 ms for each picture of 224 px on the development machine
-    whatever size it starts from, so no picture is made twice."""
-    image = decode_rgb(data, limits, max(input_sizes))
+    whatever size it starts from, so no picture is made twice. `memory` and `deadline`: decode_rgb's."""
+    image = decode_rgb(data, limits, max(input_sizes), memory, deadline)
     box = product_box(image)
     uncropped = box == (0, 0, *image.size)
     sizes = sorted(set(input_sizes), reverse=True)
@@ -376,7 +390,8 @@ def reencoded_for_triton(image: Image.Image) -> bytes:
 
 
 def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0, thumbnail_in_triton: bool = False,
-                    digest: str = "") -> PreparedImage:
+                    digest: str = "", memory: DecodeMemory | None = None, deadline: float | None = None
+                    ) -> PreparedImage:
     """For the GPU decode path (Triton's photo_ensemble decodes and resizes): the bytes, checked from their header
     only (format, byte size, pixel count), their digest, and the thumbnail when asked for: with thumbnail_in_triton
     the ensemble makes it, otherwise it is made here (a JPEG decoded at a reduced DCT scale, so a fraction of a full
@@ -385,10 +400,10 @@ def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0, t
     image = open_checked(data, limits)
     decoded = None
     if not triton_decodes_as_cpu_path(image):
-        decoded = decode_rgb(data, limits, REENCODED_SIDE)
+        decoded = decode_rgb(data, limits, REENCODED_SIDE, memory, deadline)
     thumbnail = b""
     if thumbnail_size and not thumbnail_in_triton:
-        thumbnail = thumbnail_jpeg(decoded if decoded is not None else decode_rgb(data, limits, thumbnail_size),
-                                   thumbnail_size)
+        pictured = decoded if decoded is not None else decode_rgb(data, limits, thumbnail_size, memory, deadline)
+        thumbnail = thumbnail_jpeg(pictured, thumbnail_size)
     encoded = reencoded_for_triton(decoded) if decoded is not None else data
     return PreparedImage(digest or image_digest(data), {}, (0, 0, *image.size), image.size, thumbnail, encoded)

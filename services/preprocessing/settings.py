@@ -72,6 +72,13 @@ class PreprocessingSettings(GrpcServiceSettings):
     fetch_allowed_hosts: str = Field("", description="host[:port],... allowed to resolve to internal addresses "
                                      "(all others are refused: the SSRF guard)")
     decode_threads: int = Field(2, description="images decoded in parallel")
+    decode_memory_mb: int = Field(1024, ge=64, description="memory a worker's decodes may hold at once, by each "
+                                  "one's estimate from its header (image URLs are decoded by the threads that fetched "
+                                  "them, so up to fetch_threads + decode_threads at once): a decode waits for room, "
+                                  "and an image whose decode alone would take more is refused as IMAGE_TOO_LARGE. A "
+                                  "49-megapixel WebP takes about 1 GB by the estimate, a 12-megapixel PNG about 80 MB, "
+                                  "a JPEG little (it decodes reduced). Keep it under the worker's memory limit less "
+                                  "about 700 MB")
     thumbnail_size: int = Field(THUMBNAIL_SIDE, ge=0, le=512, description="longest side of the small JPEG sent "
                                 "with each prediction for the operators' console (kept by the result service); 0: "
                                 "none. At one of the models' input sizes (the default, 224, is the served models' size) the "
