@@ -18,7 +18,7 @@ from services.common.validation import check_listing
 from services.common.metrics import (PREDICTION_CACHE_BYTES, PREDICTION_CACHE_LOOKUPS, PREDICTION_CACHE_PHOTOS,
                                      PREPROCESS_SECONDS)
 from services.common.decode_path import THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE
-from services.preprocessing.decode_memory import DecodeMemory, return_large_blocks
+from services.preprocessing.decode_memory import DecodeMemory
 from services.preprocessing.images import (ImageLimits, PreparedImage, image_digest, prepare_encoded, prepare_image,
                                            thumbnail_from_pixels)
 from services.preprocessing.prediction_cache import PredictionCache, RememberedPrediction
@@ -75,10 +75,8 @@ class ListingPredictor:
         self.limits = limits
         self.fetch = fetch
         # Shared by the decoding threads and the fetching threads (which decode what they fetched): what their
-        # decodes hold at once stays within limits.decode_memory_bytes (decode_memory.py), and what one frees serves
-        # the next, whichever thread runs it (glibc's malloc, for the whole process; setting it twice changes nothing).
+        # decodes hold at once stays within limits.decode_memory_bytes (decode_memory.py).
         self.memory = DecodeMemory(limits.decode_memory_bytes)
-        return_large_blocks()
         self._decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
         # URLs wait on their hosts in threads of their own, so a slow host never holds a decoder (nor the inline
         # images queued behind it).

@@ -12,8 +12,10 @@ budget (`PREPROCESSING_DECODE_MEMORY_MB`); a photo whose estimate alone is over 
 A budget of what decodes hold at once is only a bound on the process if what one decode frees can serve the next:
 glibc's malloc keeps a heap per thread, and once a large block has been freed it serves blocks of up to that size
 from those heaps, where what is freed stays the thread's. Eight such WebPs decoded one after the other by eight
-threads took 1.5 GB, one at a time; `return_large_blocks` (which the ListingPredictor calls) has every block of 4 MB
-or more mapped on its own and handed back to the system when freed (580 MB for the eight, what one decode takes).
+threads took 1.5 GB, one at a time. After a large decode (an estimate of 64 MB or more) the free memory of every heap
+goes back to the system (`malloc_trim`): the eight take 585 MB, what one decode takes. Having glibc map every block
+of 4 MB or more on its own did the same, but cost every listing 0.25 CPU-ms more in `make bench-plumbing` (a batch's
+Kafka fetches and tensors mapped and faulted in anew each time), where a trim costs only the large decodes.
 """
 
 from __future__ import annotations
@@ -88,16 +90,15 @@ def _jpeg_samples_per_pixel(image: Image.Image) -> float:
     return sum(h * v for h, v in factors) / (most_h * most_v)
 
 
-LARGE_BLOCK_BYTES = 4 * MB  # above a JPEG photo decoded reduced (a 2-megapixel one: 0.5 MB); Pillow's blocks are 16
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+TRIM_AFTER_BYTES = 64 * MB  # a 10-megapixel PNG, a 3-megapixel WebP; no JPEG photo but a progressive 20-megapixel one
 
 
-def return_large_blocks(threshold_bytes: int = LARGE_BLOCK_BYTES) -> bool:
-    """Has glibc's malloc map every block of `threshold_bytes` or more on its own, so that freeing it hands it back
-    to the system whichever thread allocated it (setting it also stops glibc raising it after each large free). For
-    the whole process. False where the C library is not glibc (nothing changes)."""
+def return_freed_memory() -> bool:
+    """Hands the free memory of every one of glibc's heaps back to the system (malloc_trim). False where the C
+    library is not glibc (nothing is done)."""
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold_bytes))
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
     except (OSError, AttributeError):
         return False
 
@@ -140,6 +141,8 @@ class DecodeMemory:
         try:
             yield
         finally:
+            if estimate >= TRIM_AFTER_BYTES:  # what it freed serves the next decode, whichever thread runs it
+                return_freed_memory()
             with self._room:
                 self._held -= estimate
                 DECODE_MEMORY_HELD.set(self._held)

@@ -77,8 +77,8 @@ class PreprocessingSettings(GrpcServiceSettings):
                                   "them, so up to fetch_threads + decode_threads at once): a decode waits for room, "
                                   "and an image whose decode alone would take more is refused as IMAGE_TOO_LARGE. A "
                                   "49-megapixel WebP takes about 1 GB by the estimate, a 12-megapixel PNG about 80 MB, "
-                                  "a JPEG little (it decodes reduced). Keep it under the worker's memory limit less "
-                                  "about 700 MB")
+                                  "a JPEG little (it decodes reduced). deploy/ gives a worker 2 GiB: the default leaves "
+                                  "1 GiB for the rest (the batch's records, photos and tensors, Kafka's fetches)")
     thumbnail_size: int = Field(THUMBNAIL_SIDE, ge=0, le=512, description="longest side of the small JPEG sent "
                                 "with each prediction for the operators' console (kept by the result service); 0: "
                                 "none. At one of the models' input sizes (the default, 224, is the served models' size) the "

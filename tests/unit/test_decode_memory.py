@@ -175,8 +175,8 @@ def test_listings_whose_photos_decode_to_hundreds_of_mb_each_are_classified_with
     """Eight image URLs fetched at once, each a 6,000x6,000 WebP (about 560 MB while it decodes, 720 by the
     estimate): the threads that fetched them decode them, and unbounded they held 4.4 GB at once. With a budget of
     1,024 MB they decode one at a time, and every listing is classified. One at a time is not enough on its own:
-    glibc's malloc kept what each thread's decode freed in that thread's heap, and the eight held 1.5 GB; the
-    predictor has it hand large blocks back (return_large_blocks), and they hold what one decode takes."""
+    glibc's malloc kept what each thread's decode freed in that thread's heap, and the eight held 1.5 GB; after
+    each large decode the free memory goes back (return_freed_memory), and they hold what one decode takes."""
     measured = run_peak("listings", huge_webps, "8", "1024")
     assert measured["outcomes"] == ["classified"] * 8, measured["outcomes"]
     assert measured["held_after"] == 0
