@@ -37,6 +37,11 @@ class GatewaySettings(GrpcServiceSettings):
     stream_idle_s: float = Field(60.0, description="a ClassifyListingStream with nothing pending is closed "
                                  "(UNAVAILABLE) when no listing has arrived on it for this long")
     max_image_bytes: int = Field(20 * 1024 * 1024, description="inline images larger than this are refused")
+    max_pending_mb: int = Field(256, ge=32, description="listings every call holds at once, from when they are read "
+                                "until their outcome is known (a listing holds its photo's bytes): a stream's next "
+                                "listing waits for room, a unary call finding none is refused with "
+                                "RESOURCE_EXHAUSTED. Besides it, the gRPC layer holds each call's message while it "
+                                "arrives: up to grpc_workers of them, 32 MB each at most")
     grpc_workers: int = Field(32, description="concurrent gRPC calls")
     shutdown_grace_s: float = Field(20.0, description="time to finish calls in flight on SIGTERM")
     metrics_port: int = Field(9101, description="Prometheus metrics on http://METRICS_ADDRESS:PORT/metrics; 0 turns it "

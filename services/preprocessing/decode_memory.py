@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import threading
-import time
 from collections.abc import Iterator
 
 from PIL import Image
 
+from services.common.byte_budget import ByteBudget
 from services.common.errors import ClassificationError, ErrorKind
 from services.common.metrics import DECODE_MEMORY_HELD, DECODE_MEMORY_WAITS
 
@@ -109,44 +108,33 @@ class DecodeMemory:
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
-        self._held = 0
-        self._room = threading.Condition()
+        self._budget = ByteBudget(budget_bytes)
 
     @property
     def held_bytes(self) -> int:
-        with self._room:
-            return self._held
+        return self._budget.held
 
     @contextlib.contextmanager
     def held(self, estimate: int, deadline: float | None = None) -> Iterator[None]:
         """Holds `estimate` bytes of the budget for the block. Raises ClassificationError when no room was made
         before `deadline` (time.monotonic()); an estimate over the whole budget is refused before this (refuse_over)."""
-        estimate = min(estimate, self.budget_bytes)  # refuse_over said it fits: never wait for more than there is
-        with self._room:
-            waited = False
-            while self._held + estimate > self.budget_bytes:
-                waited = True
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    DECODE_MEMORY_WAITS.labels("timed_out").inc()
-                    raise ClassificationError(
-                        ErrorKind.INVALID_IMAGE, f"decoding the image took longer than its time: it waited for "
-                        f"{estimate / MB:.0f} MB of decoding memory while other images held "
-                        f"{self._held / MB:.0f} MB of {self.budget_bytes / MB:.0f}")
-                self._room.wait(remaining)
-            if waited:
-                DECODE_MEMORY_WAITS.labels("decoded").inc()
-            self._held += estimate
-            DECODE_MEMORY_HELD.set(self._held)
+        waited = []
+        if not self._budget.take(estimate, deadline, on_wait=lambda: waited.append(True)):
+            DECODE_MEMORY_WAITS.labels("timed_out").inc()
+            raise ClassificationError(
+                ErrorKind.INVALID_IMAGE, f"decoding the image took longer than its time: it waited for "
+                f"{estimate / MB:.0f} MB of decoding memory while other images held {self.held_bytes / MB:.0f} MB "
+                f"of {self.budget_bytes / MB:.0f}")
+        if waited:
+            DECODE_MEMORY_WAITS.labels("decoded").inc()
+        DECODE_MEMORY_HELD.set(self.held_bytes)
         try:
             yield
         finally:
             if estimate >= TRIM_AFTER_BYTES:  # what it freed serves the next decode, whichever thread runs it
                 return_freed_memory()
-            with self._room:
-                self._held -= estimate
-                DECODE_MEMORY_HELD.set(self._held)
-                self._room.notify_all()
+            self._budget.give_back(estimate)
+            DECODE_MEMORY_HELD.set(self.held_bytes)
 
 
 def refuse_over(image: Image.Image, full_size: tuple[int, int], estimate: int, budget_bytes: int) -> None:
