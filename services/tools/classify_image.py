@@ -1,8 +1,9 @@
 """classify-image PATH_OR_URL... : sends each photo to the running gateway over gRPC and prints what came back.
 
-The gateway's address and API key come from --gateway/--api-key, else PRODUCT_CLASSIFICATION_GATEWAY and
-PRODUCT_CLASSIFICATION_API_KEY, else the files `make up` wrote in .run/up/. One line (or one JSON line with --json)
-per photo; an error is the gateway's kind and reason on one line, never a traceback. Exits 1 if any photo failed.
+The gateway's address and API key come from --gateway and --api-key-file (or --api-key, which `ps` shows), else
+PRODUCT_CLASSIFICATION_GATEWAY and PRODUCT_CLASSIFICATION_API_KEY, else the files `make up` wrote in .run/up/. One
+line (or one JSON line with --json) per photo; an error is the gateway's kind and reason on one line, never a
+traceback. Exits 1 if any photo failed, 2 if the key file cannot be used.
 """
 
 from __future__ import annotations
@@ -18,15 +19,7 @@ import grpc
 from services.common.contracts.product_classification.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.common.errors import ERROR_KIND_METADATA_KEY
 from services.common.grpc_security import with_api_key
-
-UP_DIR = Path(".run") / "up"
-
-
-def _default(name: str, file: str) -> str | None:
-    if os.environ.get(name):
-        return os.environ[name]
-    path = UP_DIR / file
-    return path.read_text().strip() if path.exists() else None
+from services.tools.caller_settings import CallerSettingError, add_api_key_options, api_key, default_setting
 
 
 def listing_for(source: str, index: int, marketplace: str, locale: str) -> common_pb2.Listing:
@@ -57,13 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locale", default="", help="e.g. de-DE, ja, pt-BR (default: the marketplace's)")
     parser.add_argument("--json", action="store_true", help="one JSON line per photo")
     parser.add_argument("--gateway", default=None, help="host:port (default: the one `make up` started)")
-    parser.add_argument("--api-key", default=None, help="(default: the key `make up` generated)")
+    add_api_key_options(parser, "the key `make up` generated")
     parser.add_argument("--timeout", type=float, default=60.0)
     options = parser.parse_args(argv)
-    address = options.gateway or _default("PRODUCT_CLASSIFICATION_GATEWAY", "gateway-address") or "127.0.0.1:50051"
-    api_key = options.api_key or _default("PRODUCT_CLASSIFICATION_API_KEY", "gateway-api-key")
+    address = (options.gateway or default_setting("PRODUCT_CLASSIFICATION_GATEWAY", "gateway-address")
+               or "127.0.0.1:50051")
+    try:
+        key = api_key(options, "PRODUCT_CLASSIFICATION_API_KEY", "gateway-api-key")
+    except CallerSettingError as error:
+        print(f"classify-image: {error}", file=sys.stderr)
+        return 2
     failed = 0
-    with with_api_key(grpc.insecure_channel(address), api_key) as channel:
+    with with_api_key(grpc.insecure_channel(address), key) as channel:
         stub = gateway_pb2_grpc.ListingClassifierStub(channel)
         for index, source in enumerate(options.sources):
             try:

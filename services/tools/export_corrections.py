@@ -8,8 +8,9 @@ train/ and validation/, such as the clothing photos), the export is a whole cata
 copied) plus the corrections in train/, the base's validation/ unchanged, so the next model is chosen on the same
 photos as the last one.
 
-The result service's address and key come from --results/--api-key, else PRODUCT_CLASSIFICATION_RESULTS and
-PRODUCT_CLASSIFICATION_RESULTS_API_KEY, else the files `make up` wrote in .run/up/. Prints one JSON line last.
+The result service's address and key come from --results and --api-key-file (or --api-key, which `ps` shows), else
+PRODUCT_CLASSIFICATION_RESULTS and PRODUCT_CLASSIFICATION_RESULTS_API_KEY, else the files `make up` wrote in
+.run/up/. Prints one JSON line last.
 """
 
 from __future__ import annotations
@@ -27,16 +28,9 @@ import grpc
 
 from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
 from services.common.grpc_security import with_api_key
+from services.tools.caller_settings import CallerSettingError, add_api_key_options, api_key, default_setting
 
-UP_DIR = Path(".run") / "up"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def _default(name: str, file: str) -> str | None:
-    if os.environ.get(name):
-        return os.environ[name]
-    path = UP_DIR / file
-    return path.read_text().strip() if path.exists() else None
 
 
 def safe_name(text: str, limit: int = 80) -> str:
@@ -124,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--marketplace", default="", help="only this marketplace's corrections")
     parser.add_argument("--include-new-categories", action="store_true")
     parser.add_argument("--results", default=None, help="host:port (default: the one `make up` started)")
-    parser.add_argument("--api-key", default=None)
+    add_api_key_options(parser, "the key `make up` generated")
     options = parser.parse_args(argv)
-    address = options.results or _default("PRODUCT_CLASSIFICATION_RESULTS", "results-address")
-    key = options.api_key or _default("PRODUCT_CLASSIFICATION_RESULTS_API_KEY", "results-api-key")
+    address = options.results or default_setting("PRODUCT_CLASSIFICATION_RESULTS", "results-address")
+    try:
+        key = api_key(options, "PRODUCT_CLASSIFICATION_RESULTS_API_KEY", "results-api-key")
+    except CallerSettingError as error:
+        print(f"export-corrections: {error}", file=sys.stderr)
+        return 2
     if not address:
         print("export-corrections: no result service; start one with `make up` or pass --results", file=sys.stderr)
         return 2
