@@ -8,16 +8,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ErrorKind
-from services.common.kafka import MAX_REQUEST_BYTES, UnreadableHandler, UnreadableRecord, send_event
+from services.common.kafka import MAX_DEAD_LETTER_PAYLOAD, UnreadableHandler, UnreadableRecord, send_event
 from services.common.metrics import KAFKA_DEAD_LETTERED
 from services.common.validation import valid_timestamp
 
 log = logging.getLogger(__name__)
 
-# The most of the original payload a dead letter carries: what a produce request holds, less room for the rest of
-# the dead letter, whose texts are clipped below (a record larger than that still sits in its topic, where the dead
-# letter says).
-MAX_DEAD_LETTER_PAYLOAD = MAX_REQUEST_BYTES - 64 * 1024
+# A dead letter carries the original payload up to MAX_DEAD_LETTER_PAYLOAD (services.common.kafka); a record larger
+# than that still sits in its topic, where the dead letter says.
 # Ids (and a record's key standing in for one) longer than any valid id (256) stay longer than that once clipped, so
 # the result service still refuses to store them, rather than under another listing's id.
 MAX_DEAD_LETTER_ID = 1024
@@ -71,11 +69,28 @@ def dead_letter(record, kind: ErrorKind, reason: str, stage: str, *, listing_id:
 
 def unreadable_dead_letterer(producer, topic: str, stage: str) -> UnreadableHandler:
     """What a consume loop calls for a record the Kafka client cannot read: a ProcessingFailed with where it sits and
-    why (no payload, no listing: nothing of it could be read), published on topic; returns the send future."""
+    why, published on topic; returns the send future. No payload or listing (nothing of it could be read): the bytes
+    of its record batch instead, as fetched, where they fit (MAX_DEAD_LETTER_PAYLOAD) and no earlier dead letter
+    carries them (the reason says where they are otherwise)."""
     def dead_letter_unreadable(record: UnreadableRecord):
-        failed_at = Timestamp()
-        failed_at.GetCurrentTime()
-        return publish_dead_letter(producer, topic, events_pb2.ProcessingFailed(
-            error_kind=ErrorKind.INVALID_REQUEST.proto, reason=record.reason, stage=stage, source_topic=record.topic,
-            source_partition=record.partition, source_offset=record.offset, failed_at=failed_at))
+        return publish_dead_letter(producer, topic, unreadable_dead_letter(record, stage))
     return dead_letter_unreadable
+
+
+def unreadable_dead_letter(record: UnreadableRecord, stage: str) -> events_pb2.ProcessingFailed:
+    failed_at = Timestamp()
+    failed_at.GetCurrentTime()
+    reason = record.reason[:MAX_DEAD_LETTER_REASON]
+    if record.batch_offset < 0:
+        reason += " (its record batch could not be found in the fetch: it stays at its source offset)"
+    elif record.carried_by >= 0:
+        reason += (f" (its record batch, from offset {record.batch_offset}, is in the dead letter of offset "
+                   f"{record.carried_by})")
+    elif not record.batch:
+        reason += (f" (its record batch, {record.batch_size} bytes from offset {record.batch_offset}, is not copied "
+                   f"into this dead letter, which carries at most {MAX_DEAD_LETTER_PAYLOAD}: it stays at its source "
+                   "offset)")
+    return events_pb2.ProcessingFailed(
+        error_kind=ErrorKind.INVALID_REQUEST.proto, reason=reason, stage=stage, source_topic=record.topic,
+        source_partition=record.partition, source_offset=record.offset, failed_at=failed_at,
+        source_batch=record.batch, source_batch_offset=record.batch_offset if record.batch else 0)

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -38,6 +38,9 @@ kafka_decompression.install()
 PAYLOAD_TYPE_HEADER = "payload-type"
 # The largest produce request the services send: the topics' max.message.bytes (docker-compose.yml).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# The most of an original record a dead letter carries: what a produce request holds, less room for the rest of the
+# dead letter (services.common.dead_letters clips its texts to fit).
+MAX_DEAD_LETTER_PAYLOAD = MAX_REQUEST_BYTES - 64 * 1024
 
 
 EVENT_ID_HEADER = "event-id"
@@ -169,6 +172,14 @@ class UnreadableRecord:
     partition: int
     offset: int
     reason: str
+    # The bytes of the record batch holding it, as fetched, its first offset and its size (kafka_unreadable): all
+    # there is of the record. batch_offset is -1 where the batch could not be found in the fetch; the bytes are left
+    # out where they are over MAX_DEAD_LETTER_PAYLOAD, or where another dead letter of this loop carries them
+    # (carried_by, that dead letter's offset).
+    batch: bytes = b""
+    batch_offset: int = -1
+    batch_size: int = 0
+    carried_by: int = -1
 
 
 # Publishes the dead letter of an unreadable record; returns its send future.
@@ -193,6 +204,9 @@ class ConsumeLoop:
         # last one met: kafka-python fetches partitions in turn, so two partitions holding one each raise in turn,
         # and a loop that remembered only the last would never meet either twice in a row (seen in `make chaos`).
         self._unreadable_met: dict[TopicPartition, tuple[int, BaseException]] = {}
+        # Per partition, the first offset of the last batch an unreadable record's dead letter carried, and that
+        # record's offset: a batch failing its checksum is skipped a record at a time, and carried by the first's only.
+        self._batch_carried: dict[TopicPartition, tuple[int, int]] = {}
         # A batch whose sends and commit the broker has not acknowledged within this long makes health NOT_SERVING
         # while the loop goes on waiting (up to send_timeout_s, then the batch is retried).
         self.ack_patience_s = ack_patience_s
@@ -369,11 +383,22 @@ class ConsumeLoop:
             return True  # moved on meanwhile (a rebalance, a rewind): whoever reads it next meets it again
         record = UnreadableRecord(partition.topic, partition.partition, offset,
                                   f"unreadable record: {type(error).__name__}: {error}"[:500])
+        batch = kafka_unreadable.unreadable_batch(error)
+        if batch is not None:
+            first, data = batch
+            carried = self._batch_carried.get(partition)
+            record = replace(record, batch_offset=first, batch_size=len(data))
+            if carried is not None and carried[0] == first:
+                record = replace(record, carried_by=carried[1])
+            elif len(data) <= MAX_DEAD_LETTER_PAYLOAD:
+                record = replace(record, batch=data)
         try:
             self.on_unreadable(record).get(timeout=self.send_timeout_s)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001  (not acknowledged: not skipped; met again on the next poll)
             log.exception("dead-lettering an unreadable record failed", extra={"loop": self.name})
             return False
+        if record.batch:
+            self._batch_carried[partition] = (record.batch_offset, offset)
         log.error("unreadable record dead-lettered and skipped",
                   extra={"loop": self.name, "source": f"{record.topic}/{record.partition}/{record.offset}",
                          "reason": record.reason})

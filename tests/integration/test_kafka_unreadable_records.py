@@ -66,6 +66,15 @@ def test_a_record_the_client_cannot_read_is_dead_lettered_and_its_partition_goes
     letter = letters[0]
     assert letter.stage == "preprocessing"
     assert "UnicodeDecodeError" in letter.reason and letter.error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST
+    # Nothing of it could be read, so the dead letter carries the bytes of its batch as the broker sent them: the
+    # listing event is in there, past the topic's retention.
+    assert letter.source_batch_offset <= offset <= batch_last_offset(letter.source_batch)
+    assert samples[2].listing.SerializeToString() in letter.source_batch
+
+
+def batch_last_offset(batch: bytes) -> int:
+    """A v2 record batch's last offset, from its frame (its checksum may fail: nothing else of it is read)."""
+    return int.from_bytes(batch[:8], "big") + int.from_bytes(batch[23:27], "big", signed=True)
 
 
 def test_unreadable_records_in_two_partitions_fetched_together_are_both_dead_lettered(stack, kafka):
@@ -134,7 +143,9 @@ def test_every_record_of_a_batch_failing_its_checksum_is_dead_lettered_and_the_p
     samples = sample_listings(5, seed=173, prefix="corrupt")
     classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
     failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=200, retries=0)
+    # batch_size over the three listings' photos: with the default 16 KiB each record was a batch of its own
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=200, retries=0,
+                             batch_size=1 << 20)
 
     def send(sample):
         event = submitted_event(sample.listing)
@@ -161,11 +172,23 @@ def test_every_record_of_a_batch_failing_its_checksum_is_dead_lettered_and_the_p
         classified_reader.close()
         failed_reader.close()
     assert readable <= set(classified), f"never classified: {sorted(readable - set(classified))}"
+    carried = {}
     for metadata in corrupt:
         letters = [events_pb2.ProcessingFailed.FromString(r.value) for r in failures
                    if _at(r, kafka.topics.listing_submitted, metadata.partition, metadata.offset)]
         assert letters, f"offset {metadata.offset} was not dead-lettered"
         assert "crc" in letters[0].reason and letters[0].stage == "preprocessing"
+        carried.update({metadata.offset: letter.source_batch for letter in letters if letter.source_batch})
+        if not any(letter.source_batch for letter in letters):
+            assert f"is in the dead letter of offset {corrupt[0].offset})" in letters[0].reason
+    # The batch's bytes are carried once (by its first record's dead letter, or again after a rebalance), as sent:
+    # its three listing events, its checksum still failing.
+    assert corrupt[0].offset in carried
+    batch = carried[corrupt[0].offset]
+    assert (int.from_bytes(batch[:8], "big"), batch_last_offset(batch)) == (corrupt[0].offset, corrupt[2].offset)
+    assert not default_records.DefaultRecordBatch(batch).validate_crc()
+    for sample in samples[1:4]:
+        assert sample.listing.SerializeToString() in batch
 
 
 
@@ -236,6 +259,8 @@ def test_a_batch_unfolding_to_gigabytes_is_dead_lettered_without_the_worker_grow
     assert letters, "the batch was not dead-lettered"
     assert "zstd-compressed batch unfolds to more than" in letters[0].reason
     assert letters[0].error_kind == common_pb2.ERROR_KIND_INVALID_REQUEST
+    # its batch carried as sent: a few kilobytes of zstd, not the 256 MiB they unfold to
+    assert letters[0].source_batch_offset == letters[0].source_offset and len(letters[0].source_batch) < 64 << 10
     for pid, memory in before.items():
         peak = _memory_kib(pid)["VmHWM"]
         # The peak may rise by what one bounded read holds (64 MiB, in 1 MiB parts), not by the batch unfolded.

@@ -443,6 +443,71 @@ def test_unreadable_records_in_two_partitions_raising_in_turn_are_both_dead_lett
     assert sorted(handled) == [(0, 6), (1, 6)] and sorted(consumer.seeks) == [(0, 6), (1, 6)]
 
 
+class CorruptBatchConsumer(RecordingConsumer):
+    """The seam: partition 0 holds one batch at offsets 5 to 7 that fails its checksum (each of its records raises,
+    with its place and the batch's bytes, as kafka_unreadable makes kafka-python raise them), then record 8."""
+
+    BATCH = b"the batch as fetched"
+
+    def __init__(self):
+        super().__init__([])
+        self.position_at = 5
+
+    def position(self, partition):
+        return self.position_at
+
+    def seek(self, partition, offset):
+        super().seek(partition, offset)
+        self.position_at = offset
+
+    def poll(self, timeout_ms=0, max_records=None):
+        from kafka import TopicPartition
+        from kafka.errors import CorruptRecordError
+
+        from services.common.kafka_unreadable import BATCH_ATTRIBUTE, PLACE_ATTRIBUTE
+
+        if self.position_at in (5, 6, 7):
+            error = CorruptRecordError("Record batch at offset 5 failed crc check")
+            setattr(error, PLACE_ATTRIBUTE, (TopicPartition("t", 0), self.position_at))
+            setattr(error, BATCH_ATTRIBUTE, (5, self.BATCH))
+            raise error
+        if self.position_at == 8:
+            self.position_at = 9
+            return {"tp": [SimpleNamespace(topic="t", partition=0, offset=8, key=b"k", value=b"v")]}
+        time.sleep(timeout_ms / 1000)
+        return {}
+
+
+def test_a_batch_failing_its_checksum_is_carried_by_its_first_record_s_dead_letter_only():
+    """Skipped one record at a time, each dead-lettered: a batch of 500 would otherwise be copied 500 times."""
+    consumer = CorruptBatchConsumer()
+    letters, handled = [], []
+
+    def dead_letter(record):
+        letters.append(record)
+        return Future()
+
+    run_until_offset_committed(consumer, handled, 9, on_unreadable=dead_letter)
+    assert handled == [8]
+    assert [(r.offset, r.batch, r.batch_offset, r.carried_by) for r in letters] == [
+        (5, CorruptBatchConsumer.BATCH, 5, -1), (6, b"", 5, 5), (7, b"", 5, 5)]
+
+
+def test_a_batch_whose_dead_letter_was_not_acknowledged_is_carried_again():
+    from kafka.errors import KafkaTimeoutError
+
+    consumer = CorruptBatchConsumer()
+    letters, handled = [], []
+
+    def dead_letter(record):
+        letters.append(record)
+        return Future(KafkaTimeoutError("no ack")) if len(letters) == 1 else Future()
+
+    run_until_offset_committed(consumer, handled, 9, on_unreadable=dead_letter)
+    assert [(r.offset, r.batch) for r in letters] == [(5, CorruptBatchConsumer.BATCH), (5, CorruptBatchConsumer.BATCH),
+                                                      (6, b""), (7, b"")]
+
+
 def test_an_unreadable_record_whose_dead_letter_is_not_acknowledged_is_not_skipped():
     from kafka.errors import KafkaTimeoutError
 

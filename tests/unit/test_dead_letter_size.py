@@ -9,9 +9,9 @@ from types import SimpleNamespace
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.common.contracts.product_classification.v1 import events_pb2
-from services.common.dead_letters import MAX_DEAD_LETTER_PAYLOAD, dead_letter
+from services.common.dead_letters import dead_letter, unreadable_dead_letter
 from services.common.errors import ErrorKind
-from services.common.kafka import MAX_REQUEST_BYTES, payload_headers
+from services.common.kafka import MAX_DEAD_LETTER_PAYLOAD, MAX_REQUEST_BYTES, UnreadableRecord, payload_headers
 
 
 def record(value: bytes, key: bytes = b"listing-1"):
@@ -58,3 +58,33 @@ def test_ids_too_long_to_be_valid_stay_too_long_once_clipped():
     a clipped id must not become one, which could be another listing's."""
     failure = dead_letter(record(b"x"), ErrorKind.INVALID_REQUEST, "bad", "preprocessing", listing_id="a" * 100_000)
     assert 256 < len(failure.listing_id) < 100_000
+
+
+def unreadable(**batch) -> UnreadableRecord:
+    return UnreadableRecord("product-classification.listing-submitted.v1", 3, 41,
+                            "unreadable record: CorruptRecordError: failed crc check", **batch)
+
+
+def test_an_unreadable_record_s_dead_letter_carries_its_batch_where_it_fits():
+    batch = bytes(range(256)) * 100
+    failure = unreadable_dead_letter(unreadable(batch=batch, batch_offset=40, batch_size=len(batch)), "preprocessing")
+    assert (failure.source_batch, failure.source_batch_offset, failure.source_offset) == (batch, 40, 41)
+    assert failure.reason == "unreadable record: CorruptRecordError: failed crc check"
+    assert failure.original_payload == b"" and failure.listing_id == ""
+    assert failure.error_kind == ErrorKind.INVALID_REQUEST.proto
+
+
+def test_an_unreadable_record_s_dead_letter_says_where_its_batch_is_when_it_does_not_carry_it():
+    too_large = unreadable_dead_letter(unreadable(batch_offset=40, batch_size=MAX_DEAD_LETTER_PAYLOAD + 1), "results")
+    assert too_large.source_batch == b"" and too_large.source_batch_offset == 0
+    assert f"{MAX_DEAD_LETTER_PAYLOAD + 1} bytes from offset 40, is not copied" in too_large.reason
+    carried = unreadable_dead_letter(unreadable(batch_offset=40, batch_size=100, carried_by=40), "results")
+    assert carried.source_batch == b"" and "is in the dead letter of offset 40" in carried.reason
+    not_found = unreadable_dead_letter(unreadable(), "results")
+    assert not_found.source_batch == b"" and "could not be found in the fetch" in not_found.reason
+
+
+def test_an_unreadable_record_s_dead_letter_fits_a_produce_request_with_the_largest_batch_it_carries():
+    batch = bytes(MAX_DEAD_LETTER_PAYLOAD)
+    failure = unreadable_dead_letter(unreadable(batch=batch, batch_offset=40, batch_size=len(batch)), "results")
+    assert failure.source_batch == batch and produced_size(failure) <= MAX_REQUEST_BYTES

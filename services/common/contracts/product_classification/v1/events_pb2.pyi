@@ -59,7 +59,7 @@ class ListingCorrected(_message.Message):
     def __init__(self, correction: _Optional[_Union[_common_pb2.Correction, _Mapping]] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class ProcessingFailed(_message.Message):
-    __slots__ = ("submission_id", "listing_id", "marketplace", "error_kind", "reason", "stage", "source_topic", "source_partition", "source_offset", "original_payload", "failed_at", "submitted_at")
+    __slots__ = ("submission_id", "listing_id", "marketplace", "error_kind", "reason", "stage", "source_topic", "source_partition", "source_offset", "original_payload", "failed_at", "submitted_at", "source_batch", "source_batch_offset")
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     LISTING_ID_FIELD_NUMBER: _ClassVar[int]
     MARKETPLACE_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,8 @@ class ProcessingFailed(_message.Message):
     ORIGINAL_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     FAILED_AT_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_BATCH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_BATCH_OFFSET_FIELD_NUMBER: _ClassVar[int]
     submission_id: str
     listing_id: str
     marketplace: str
@@ -84,4 +86,6 @@ class ProcessingFailed(_message.Message):
     original_payload: bytes
     failed_at: _timestamp_pb2.Timestamp
     submitted_at: _timestamp_pb2.Timestamp
-    def __init__(self, submission_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., error_kind: _Optional[_Union[_common_pb2.ErrorKind, str]] = ..., reason: _Optional[str] = ..., stage: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., original_payload: _Optional[bytes] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    source_batch: bytes
+    source_batch_offset: int
+    def __init__(self, submission_id: _Optional[str] = ..., listing_id: _Optional[str] = ..., marketplace: _Optional[str] = ..., error_kind: _Optional[_Union[_common_pb2.ErrorKind, str]] = ..., reason: _Optional[str] = ..., stage: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., original_payload: _Optional[bytes] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_batch: _Optional[bytes] = ..., source_batch_offset: _Optional[int] = ...) -> None: ...
