@@ -296,18 +296,12 @@ def test_polls_failing_while_the_broker_is_away_leave_health_alone():
         loop.stop(5)
 
 
-class UnreadableRecordConsumer(RecordingConsumer):
-    """The seam: partition 0 holds records 3 and 4, then one the client cannot read at offset 5 (raised with its
-    place, as kafka_unreadable makes kafka-python raise it: a new error on every poll that fetched it again; with
-    reraise_held the error of the fetch that returned 3 and 4 is raised again first, as kafka-python raises what it
-    held), then record 6."""
+class PositionedConsumer(RecordingConsumer):
+    """A one-partition seam that keeps its position, moved by the loop's seeks."""
 
-    def __init__(self, reraise_held: bool = False):
+    def __init__(self, position_at: int):
         super().__init__([])
-        self.position_at = 3
-        self.reraise_held = reraise_held
-        self.held_error = None
-        self.unreadable_polls = 0
+        self.position_at = position_at
 
     def position(self, partition):
         return self.position_at
@@ -315,6 +309,19 @@ class UnreadableRecordConsumer(RecordingConsumer):
     def seek(self, partition, offset):
         super().seek(partition, offset)
         self.position_at = offset
+
+
+class UnreadableRecordConsumer(PositionedConsumer):
+    """The seam: partition 0 holds records 3 and 4, then one the client cannot read at offset 5 (raised with its
+    place, as kafka_unreadable makes kafka-python raise it: a new error on every poll that fetched it again; with
+    reraise_held the error of the fetch that returned 3 and 4 is raised again first, as kafka-python raises what it
+    held), then record 6."""
+
+    def __init__(self, reraise_held: bool = False):
+        super().__init__(3)
+        self.reraise_held = reraise_held
+        self.held_error = None
+        self.unreadable_polls = 0
 
     def poll(self, timeout_ms=0, max_records=None):
         from kafka import TopicPartition
@@ -443,22 +450,14 @@ def test_unreadable_records_in_two_partitions_raising_in_turn_are_both_dead_lett
     assert sorted(handled) == [(0, 6), (1, 6)] and sorted(consumer.seeks) == [(0, 6), (1, 6)]
 
 
-class CorruptBatchConsumer(RecordingConsumer):
+class CorruptBatchConsumer(PositionedConsumer):
     """The seam: partition 0 holds one batch at offsets 5 to 7 that fails its checksum (each of its records raises,
     with its place and the batch's bytes, as kafka_unreadable makes kafka-python raise them), then record 8."""
 
     BATCH = b"the batch as fetched"
 
     def __init__(self):
-        super().__init__([])
-        self.position_at = 5
-
-    def position(self, partition):
-        return self.position_at
-
-    def seek(self, partition, offset):
-        super().seek(partition, offset)
-        self.position_at = offset
+        super().__init__(5)
 
     def poll(self, timeout_ms=0, max_records=None):
         from kafka import TopicPartition
