@@ -76,6 +76,10 @@ def test_poison_is_dead_lettered_and_good_events_go_on_in_order(chaos_stack):
     assert "UnicodeDecodeError" in notes["poison_reasons"]["chaos-poison-unreadable"]  # a record no one can read
     assert "zstd-compressed batch unfolds to more than" in notes["poison_reasons"]["chaos-poison-unfolding"]
     assert notes["order_kept"]
+    # their dead letters carry the batches holding them (lost otherwise): the unfolding one as its few KB of zstd
+    carried = notes["unreadable_batch_bytes_carried"]
+    assert set(carried) == {"chaos-poison-unreadable", "chaos-poison-unfolding"}
+    assert carried["chaos-poison-unfolding"] < 64 << 10
     assert "cannot be decoded" in notes["poison_reasons"]["chaos-poison-corrupt"]
     assert "100000x100000" in notes["poison_reasons"]["chaos-poison-bomb"]
     assert "scans, over the limit" in notes["poison_reasons"]["chaos-poison-scans"]

@@ -292,21 +292,27 @@ def poison_interleaved(stack: LocalStack, good_count: int = 60) -> ScenarioResul
                                  len(good_ids) + len(poison_ids) + 2)
         reasons = {f.listing_id: f.reason for f in outcomes.failed if f.listing_id in poison_ids}
         # The records no one can read have no listing id anyone could read: their dead letters are found by where
-        # they sat (the barrier in wait_for went through their partitions after them).
+        # they sat (the barrier in wait_for went through their partitions after them), and count as lost unless one
+        # carries the bytes of the batch holding the record (all there is of it).
+        batches = {}
         for name, metadata in (("chaos-poison-unreadable", unreadable), ("chaos-poison-unfolding", unfolding)):
             place = (kafka.topics.listing_submitted, metadata.partition, metadata.offset)
             letters = [f for f in outcomes.failed if (f.source_topic, f.source_partition, f.source_offset) == place]
-            if letters:
+            carrying = [f for f in letters if f.source_batch_offset <= metadata.offset and f.source_batch]
+            if carrying:
                 result.dead_lettered += 1
-                reasons[name] = letters[0].reason
+                reasons[name] = carrying[0].reason
+                batches[name] = len(carrying[0].source_batch)
             else:
                 result.lost += 1
+                reasons[name] = letters[0].reason if letters else "no dead letter"
         digests = [e.classification.image_digest for _, e in outcomes.published
                    if e.classification.listing_id == order_id]
         from services.preprocessing.images import image_digest
 
         expected = [image_digest(s.listing.image_bytes) for s in ordered]
-        result.notes = json.dumps({"poison_reasons": reasons, "order_kept": digests[:2] == expected})
+        result.notes = json.dumps({"poison_reasons": reasons, "unreadable_batch_bytes_carried": batches,
+                                   "order_kept": digests[:2] == expected})
         return result
     finally:
         outcomes.close()
