@@ -55,6 +55,7 @@ def main() -> int:
         _write_private(UP_DIR / "console-password", stack.console.add_operator("admin"))
         _write_private(UP_DIR / "console-url", stack.console.url)
         _write_private(UP_DIR / "triton-access-token", stack.triton.access_token)
+        _write_private(UP_DIR / "kafka-bootstrap", stack.broker.bootstrap_servers)
         print(f"""
 ready:
   gateway (gRPC, ListingClassifier)  {gateway}
@@ -71,6 +72,7 @@ try:
   .venv/bin/classify-image PHOTO.jpg --marketplace br-loja --locale pt-BR --json
   open {stack.console.url} (review what the models were unsure of; corrections go to Kafka)
   make export-corrections OUT=.run/corrected BASE=../shared/datasets/clothing-dataset-small
+  .venv/bin/replay-dead-letters --kind SOURCE_UNREACHABLE   (then --replay: send them again)
   CONSOLE_ACCOUNTS_PATH={stack.console.accounts_path} .venv/bin/python -m services.console add-operator NAME --locale de
 
 Ctrl-C stops everything.""", flush=True)
