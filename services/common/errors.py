@@ -14,6 +14,10 @@ class KafkaOutcome(enum.Enum):
 
     DEAD_LETTER = "dead-letter"  # can never succeed: publish to the dead-letter topic with the reason, move on
     RETRY = "retry"  # a dependency is down: retry with backoff, never drop
+    # This one event found no room in the worker now (the others of its batch held it): it goes to the back of its
+    # topic, counted, and is dead-lettered only after the most deferrals (services.common.deferral). Retrying the
+    # whole batch would redo the same work and meet the same wait, for ever. A whole batch failing so is retried.
+    DEFER = "defer"
 
 
 class ErrorKind(enum.Enum):
@@ -25,7 +29,7 @@ class ErrorKind(enum.Enum):
     SOURCE_TOO_SLOW = (common_pb2.ERROR_KIND_SOURCE_TOO_SLOW, grpc.StatusCode.UNAVAILABLE, KafkaOutcome.DEAD_LETTER)
     UNAVAILABLE = (common_pb2.ERROR_KIND_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, KafkaOutcome.RETRY)
     INTERNAL = (common_pb2.ERROR_KIND_INTERNAL, grpc.StatusCode.INTERNAL, KafkaOutcome.DEAD_LETTER)
-    OVERLOADED = (common_pb2.ERROR_KIND_OVERLOADED, grpc.StatusCode.RESOURCE_EXHAUSTED, KafkaOutcome.RETRY)
+    OVERLOADED = (common_pb2.ERROR_KIND_OVERLOADED, grpc.StatusCode.RESOURCE_EXHAUSTED, KafkaOutcome.DEFER)
 
     @property
     def proto(self) -> int:

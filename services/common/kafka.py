@@ -295,7 +295,7 @@ class ConsumeLoop:
                 except HandlerBug:
                     raise
                 except ClassificationError as error:
-                    if error.kind.kafka_outcome is not KafkaOutcome.RETRY:
+                    if error.kind.kafka_outcome is KafkaOutcome.DEAD_LETTER:  # a handler dead-letters these itself
                         raise
                     reason = error.reason
                 except Exception as error:  # noqa: BLE001  (unacknowledged sends, commit failures: retry)

@@ -30,6 +30,9 @@ KAFKA_PRODUCED = Counter("product_classification_kafka_messages_produced_total",
                          "Kafka records produced and acknowledged, by topic", ["topic"])
 KAFKA_DEAD_LETTERED = Counter("product_classification_kafka_messages_dead_lettered_total",
                               "records sent to the dead-letter topic, by stage and error kind", ["stage", "error_kind"])
+KAFKA_DEFERRED = Counter("product_classification_kafka_messages_deferred_total",
+                         "records sent again to the end of their topic (the worker had no room for them before the "
+                         "batch's deadline) and acknowledged, by stage", ["stage"])
 KAFKA_ASSIGNED_PARTITIONS = Gauge("product_classification_kafka_assigned_partitions",
                                   "partitions this replica's consumer group member holds, by topic", ["topic"])
 KAFKA_BATCH_RETRIES = Counter("product_classification_kafka_batch_retries_total",

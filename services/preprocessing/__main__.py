@@ -47,7 +47,7 @@ def main() -> None:
     producer = make_producer(kafka, "preprocessing")
     consumer = make_consumer(kafka, settings.consumer_group, "preprocessing", settings.max_batch_listings)
     loop = ConsumeLoop("preprocessing", consumer, [kafka.topics.listing_submitted],
-                       SubmittedListingHandler(predictor, producer, kafka.topics), producer,
+                       SubmittedListingHandler(predictor, producer, kafka.topics, settings.max_deferrals), producer,
                        max_batch=settings.max_batch_listings, batch_linger_s=settings.batch_linger_s,
                        on_unreadable=unreadable_dead_letterer(producer, kafka.topics.processing_failed, "preprocessing"))
     server = GrpcServer(settings.grpc_address,

@@ -18,7 +18,7 @@ from services.common.validation import check_listing
 from services.common.metrics import (PREDICTION_CACHE_BYTES, PREDICTION_CACHE_LOOKUPS, PREDICTION_CACHE_PHOTOS,
                                      PREPROCESS_SECONDS)
 from services.common.decode_path import THUMBNAIL_OUTPUT, THUMBNAIL_SHAPE_OUTPUT, THUMBNAIL_SIDE
-from services.preprocessing.decode_memory import DecodeMemory
+from services.preprocessing.decode_memory import DecodeMemory, JobDecodeMemory
 from services.preprocessing.images import (ImageLimits, PreparedImage, image_digest, prepare_encoded, prepare_image,
                                            thumbnail_from_pixels)
 from services.preprocessing.prediction_cache import PredictionCache, RememberedPrediction
@@ -97,23 +97,26 @@ class ListingPredictor:
             return False  # Triton unreachable: the batch will say so; its thumbnails would be made here
 
     def _prepare(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool,
-                 versions: tuple[str, ...] | None, batch_photos: _BatchPhotos, deadline: float
-                 ) -> PreparedImage | RememberedPrediction | ClassificationError:
+                 versions: tuple[str, ...] | None, batch_photos: _BatchPhotos, deadline: float,
+                 memory: JobDecodeMemory) -> PreparedImage | RememberedPrediction | ClassificationError:
         """The photo's bytes to what Triton needs, or its answer from before when the cache holds one for these
         model versions (None: not looked up). A photo another listing of the same batch holds too is prepared once
-        (batch_photos): the listing that comes to it second waits for the first one's outcome and shares it."""
+        (batch_photos): the listing that comes to it second waits for the first one's outcome and shares it. A
+        listing whose thread comes free only after the batch's deadline is not started (its batch has moved on)."""
+        if time.monotonic() >= deadline:
+            return _no_room("a thread to prepare it")
         try:
             validate_listing(request.listing)
             with PREPROCESS_SECONDS.time():
                 data = image_bytes(request.listing, self.fetch)
                 if len(data) > self.limits.max_bytes:  # refused by its size before anything reads it
-                    return self._prepared(data, sizes, thumbnail_in_triton, versions, "", deadline)
+                    return self._prepared(data, sizes, thumbnail_in_triton, versions, "", deadline, memory)
                 digest = image_digest(data)
                 outcome, first = batch_photos.claim(digest)
                 if not first:
                     return outcome.result()
                 try:
-                    prepared = self._prepared(data, sizes, thumbnail_in_triton, versions, digest, deadline)
+                    prepared = self._prepared(data, sizes, thumbnail_in_triton, versions, digest, deadline, memory)
                 except BaseException as error:
                     outcome.set_exception(error)
                     raise
@@ -125,36 +128,47 @@ class ListingPredictor:
             return ClassificationError(ErrorKind.INTERNAL, f"preprocessing failed: {error!r}")
 
     def _prepared(self, data: bytes, sizes: list[int], thumbnail_in_triton: bool, versions: tuple[str, ...] | None,
-                  digest: str, deadline: float) -> PreparedImage | RememberedPrediction:
+                  digest: str, deadline: float, memory: JobDecodeMemory) -> PreparedImage | RememberedPrediction:
         if digest and self.cache is not None and versions is not None:
             remembered = self.cache.get(digest, versions)
             PREDICTION_CACHE_LOOKUPS.labels("hit" if remembered else "miss").inc()
             if remembered is not None:
                 return remembered
         if self.decode_in_triton:
-            return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton, digest, self.memory,
+            return prepare_encoded(data, self.limits, self.thumbnail_size, thumbnail_in_triton, digest, memory,
                                    deadline)
-        return prepare_image(data, sizes, self.limits, self.thumbnail_size, digest, self.memory, deadline)
+        return prepare_image(data, sizes, self.limits, self.thumbnail_size, digest, memory, deadline)
 
     def _deadline(self, started: float) -> float:
         """Every listing of the batch gets the same budget from the batch's start: the fetch deadline plus the decode
         limit."""
         return started + self.fetch.total_timeout_s + self.limits.decode_timeout_s
 
-    def _result_within_limit(self, job, started: float) -> PreparedImage | ClassificationError:
-        """The fetch enforces its own deadline, and a decode waiting for memory gives up at the batch's: this only
-        catches a decode that overruns."""
+    def _result_within_limit(self, job: tuple[Future, JobDecodeMemory], started: float
+                             ) -> PreparedImage | ClassificationError:
+        """The fetch enforces its own deadline, and a decode waiting for memory gives up at the batch's: this catches
+        a decode that overruns, and a listing still waiting for a thread. Only a decode that has run for the whole
+        decode limit is the photo's fault (INVALID_IMAGE); one that began late, behind the batch's other photos, or
+        has not begun, is OVERLOADED: the photo is tried again later (a Kafka worker defers it)."""
+        future, memory = job
         remaining = self._deadline(started) - time.monotonic()
         try:
-            return job.result(timeout=max(0.0, remaining))
+            return future.result(timeout=max(0.0, remaining))
         except FutureTimeout:
-            return ClassificationError(ErrorKind.INVALID_IMAGE, "decoding the image took longer than "
-                                       f"{self.limits.decode_timeout_s:.0f} s")
+            since = memory.decoding_since
+            if since is not None and time.monotonic() - since >= self.limits.decode_timeout_s:
+                return ClassificationError(ErrorKind.INVALID_IMAGE, "decoding the image took longer than "
+                                           f"{self.limits.decode_timeout_s:.0f} s")
+            if since is not None:
+                return _no_room("time to finish decoding it")
+            return _no_room("room to decode it (decoding memory)" if future.running() else "a thread to prepare it")
 
     def _submit(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool,
                 versions: tuple[str, ...] | None, batch_photos: _BatchPhotos, deadline: float):
         pool = self._fetchers if request.listing.WhichOneof("image") == "image_url" else self._decoders
-        return pool.submit(self._prepare, request, sizes, thumbnail_in_triton, versions, batch_photos, deadline)
+        memory = JobDecodeMemory(self.memory)
+        return (pool.submit(self._prepare, request, sizes, thumbnail_in_triton, versions, batch_photos, deadline,
+                            memory), memory)
 
     def _versions(self) -> tuple[str, ...] | None:
         """The called models' names and versions, the cache's key beside the digest; None without a cache, or while
@@ -276,6 +290,11 @@ def _rows(good: list[int], prepared: list) -> tuple[list[int], dict[int, int]]:
             sent.append(index)
         row[index] = row_of_photo[photo]
     return sent, row
+
+
+def _no_room(what: str) -> ClassificationError:
+    return ClassificationError(ErrorKind.OVERLOADED, f"the worker had no room to prepare the image in time: the "
+                               f"batch's other photos held it, and it did not get {what} before the batch's deadline")
 
 
 class _BatchPhotos:

@@ -7,7 +7,9 @@ size in `prepare_image`, an AVIF up to 545 MB, a palette PNG or GIF 425 MB. Each
 the threads that fetch image URLs, which decode what they fetched. Eight such WebPs at once took 5.9 GB; sixteen
 URLs would take 12 GB, far past a worker's memory limit (2 GiB in deploy/), so the worker was killed and restarted
 onto the same batch for good. `DecodeMemory` lets decodes run at once only while their estimates fit within the
-budget (`PREPROCESSING_DECODE_MEMORY_MB`); a photo whose estimate alone is over it is refused as too large.
+budget (`PREPROCESSING_DECODE_MEMORY_MB`), in the order they asked; a photo whose estimate alone is over it is
+refused as too large. One that waits past its batch's deadline is OVERLOADED: not the photo's fault, so a Kafka
+worker sends it to the back of its topic (services.common.deferral) and a gRPC caller is told to retry.
 
 A budget of what decodes hold at once is only a bound on the process if what one decode frees can serve the next:
 glibc's malloc keeps a heap per thread, and once a large block has been freed it serves blocks of up to that size
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import time
 from collections.abc import Iterator
 
 from PIL import Image
@@ -116,13 +119,15 @@ class DecodeMemory:
 
     @contextlib.contextmanager
     def held(self, estimate: int, deadline: float | None = None) -> Iterator[None]:
-        """Holds `estimate` bytes of the budget for the block. Raises ClassificationError when no room was made
-        before `deadline` (time.monotonic()); an estimate over the whole budget is refused before this (refuse_over)."""
+        """Holds `estimate` bytes of the budget for the block, once there is room and the decodes that asked before
+        have theirs. Raises ClassificationError (OVERLOADED: the photo is not at fault, and is tried again later)
+        when no room was made before `deadline` (time.monotonic()); an estimate over the whole budget is refused
+        before this (refuse_over)."""
         waited = []
         if not self._budget.take(estimate, deadline, on_wait=lambda: waited.append(True)):
             DECODE_MEMORY_WAITS.labels("timed_out").inc()
             raise ClassificationError(
-                ErrorKind.INVALID_IMAGE, f"decoding the image took longer than its time: it waited for "
+                ErrorKind.OVERLOADED, f"the worker had no room to decode the image in time: it waited for "
                 f"{estimate / MB:.0f} MB of decoding memory while other images held {self.held_bytes / MB:.0f} MB "
                 f"of {self.budget_bytes / MB:.0f}")
         if waited:
@@ -135,6 +140,27 @@ class DecodeMemory:
                 return_freed_memory()
             self._budget.give_back(estimate)
             DECODE_MEMORY_HELD.set(self.held_bytes)
+
+
+class JobDecodeMemory:
+    """One listing's view of the worker's DecodeMemory, with the same `held`: notes when its decode got its room and
+    began (decoding_since, time.monotonic()), so a decode that overran its time is told from one that waited for its
+    turn (ListingPredictor._result_within_limit)."""
+
+    def __init__(self, memory: DecodeMemory):
+        self.memory = memory
+        self.decoding_since: float | None = None
+
+    @contextlib.contextmanager
+    def held(self, estimate: int, deadline: float | None = None) -> Iterator[None]:
+        with self.memory.held(estimate, deadline):
+            if self.decoding_since is None:
+                self.decoding_since = time.monotonic()
+            yield
+
+
+# What a decode holds its room in: the worker's memory, or one listing's view of it.
+DecodeBudget = DecodeMemory | JobDecodeMemory
 
 
 def refuse_over(image: Image.Image, full_size: tuple[int, int], estimate: int, budget_bytes: int) -> None:

@@ -17,7 +17,7 @@ from PIL import Image, ImageChops
 
 from services.common.errors import ClassificationError, ErrorKind
 from services.preprocessing import bmp_run_length
-from services.preprocessing.decode_memory import MB, DecodeMemory, decode_bytes, refuse_over
+from services.preprocessing.decode_memory import MB, DecodeBudget, decode_bytes, refuse_over
 from services.preprocessing.image_structure import STRUCTURE_STEPS, exif_steps, jpeg_scans, structure_steps
 
 # Pillow's own bomb check is replaced by ours (a clear error, and a limit that is a setting).
@@ -156,7 +156,7 @@ def _too_much_structure(container: str, most: int) -> ClassificationError:
                                f"{STRUCTURE_STEPS[container]}, far more than any photo (each costs time to read)")
 
 
-def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int, memory: DecodeMemory | None = None,
+def decode_rgb(data: bytes, limits: ImageLimits, smallest_side_needed: int, memory: DecodeBudget | None = None,
                deadline: float | None = None) -> Image.Image:
     """Decodes the first frame as RGB, EXIF orientation applied; JPEGs decode at the smallest sufficient DCT scale.
     With `memory`, the decode waits (until `deadline`, time.monotonic()) for room for its estimate beside the other
@@ -334,7 +334,7 @@ def square_tensor(image: Image.Image, size: int) -> np.ndarray:
 
 
 def prepare_image(data: bytes, input_sizes: list[int], limits: ImageLimits, thumbnail_size: int = 0,
-                  digest: str = "", memory: DecodeMemory | None = None, deadline: float | None = None
+                  digest: str = "", memory: DecodeBudget | None = None, deadline: float | None = None
                   ) -> PreparedImage:
     """Bytes to one tensor per model input size, cropped to the product (and a thumbnail when thumbnail_size).
 
@@ -390,7 +390,7 @@ def reencoded_for_triton(image: Image.Image) -> bytes:
 
 
 def prepare_encoded(data: bytes, limits: ImageLimits, thumbnail_size: int = 0, thumbnail_in_triton: bool = False,
-                    digest: str = "", memory: DecodeMemory | None = None, deadline: float | None = None
+                    digest: str = "", memory: DecodeBudget | None = None, deadline: float | None = None
                     ) -> PreparedImage:
     """For the GPU decode path (Triton's photo_ensemble decodes and resizes): the bytes, checked from their header
     only (format, byte size, pixel count), their digest, and the thumbnail when asked for: with thumbnail_in_triton

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ClassificationError, ErrorKind, KafkaOutcome
 from services.common.dead_letters import send_dead_letter
+from services.common.deferral import defer, deferrals
 from services.common.kafka import send_event
 from services.common.settings import Topics
 from services.common.tracing import consuming_span
@@ -34,10 +35,13 @@ def submitted_at(record, event: events_pb2.ListingSubmitted) -> Timestamp | None
 class SubmittedListingHandler:
     """Handles one polled batch; returns the send futures so the loop commits only after the broker acknowledged."""
 
-    def __init__(self, predictor: ListingPredictor, producer, topics: Topics):
+    def __init__(self, predictor: ListingPredictor, producer, topics: Topics, max_deferrals: int = 5):
         self.predictor = predictor
         self.producer = producer
         self.topics = topics
+        # A listing the worker had no room for before the batch's deadline goes to the back of its topic this many
+        # times at most, then is dead-lettered as OVERLOADED (services.common.deferral).
+        self.max_deferrals = max_deferrals
 
     def _dead_letter(self, record, kind: ErrorKind, reason: str, event: events_pb2.ListingSubmitted | None = None):
         return send_dead_letter(self.producer, self.topics.processing_failed, record, kind, reason, "preprocessing",
@@ -65,8 +69,26 @@ class SubmittedListingHandler:
         for (record, event), outcome in zip(parsed, outcomes):
             with consuming_span(record, "preprocess listing") as span:  # each output continues its input's trace
                 span.set_attribute("listing.id", event.listing.listing_id)
-                if isinstance(outcome, ClassificationError):
+                if isinstance(outcome, ClassificationError) and outcome.kind.kafka_outcome is KafkaOutcome.DEFER:
+                    futures.append(self._defer_or_dead_letter(record, event, outcome))
+                elif isinstance(outcome, ClassificationError):
                     futures.append(self._dead_letter(record, outcome.kind, outcome.reason, event))
                 else:
                     futures.append(send_event(self.producer, self.topics.prediction_made, outcome.listing_id, outcome))
         return futures
+
+    def _defer_or_dead_letter(self, record, event: events_pb2.ListingSubmitted, outcome: ClassificationError):
+        """The listing to the back of its topic, or to the dead letters once deferred the most times. The copy
+        carries the time the listing was submitted, so a newer edit that overtakes it stays the newer one."""
+        before = deferrals(record.headers)
+        if before >= self.max_deferrals:
+            return self._dead_letter(record, outcome.kind, f"{outcome.reason}; deferred {before} times already, the "
+                                     f"most allowed ({self.max_deferrals}): send it again once the workers have "
+                                     "room (replay-dead-letters)", event)
+        value = None
+        if not event.HasField("submitted_at"):
+            stamp = submitted_at(record, event)
+            if stamp is not None:
+                event.submitted_at.CopyFrom(stamp)
+                value = event.SerializeToString()
+        return defer(self.producer, record, "preprocessing", value)

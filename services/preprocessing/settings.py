@@ -29,6 +29,9 @@ class PreprocessingSettings(GrpcServiceSettings):
                                 description="consumer group on the listing-submitted topic")
     max_batch_listings: int = Field(32, description="listings polled and sent to Triton together")
     batch_linger_s: float = Field(0.05, description="once listings arrive, how long to wait for a fuller batch")
+    max_deferrals: int = Field(5, ge=0, description="times a listing the worker had no room for before its batch's "
+                               "deadline (decoding threads, decoding memory) goes to the back of its topic before it "
+                               "is dead-lettered as OVERLOADED")
     pixels_ensemble: str = Field("pixels_ensemble", description="the CPU path's Triton ensemble: a batch's squares go "
                                  "to Triton in one request and it runs every called model on them; empty, or not "
                                  "served by Triton for exactly the called models: one request per model")
