@@ -6,6 +6,8 @@ later batch; every listing is classified and none is dead-lettered."""
 from __future__ import annotations
 
 import io
+import json
+import time
 
 import pytest
 from PIL import Image
@@ -13,8 +15,9 @@ from PIL import Image
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.drivers.benchmarks.pipeline_runs import EVERY_PHOTO_DECODED
 from services.drivers.metrics_reader import scrape, total
-from services.drivers.traffic import TopicReader, labelled_photos, submit_and_collect
+from services.drivers.traffic import TopicReader, labelled_photos, submit_and_collect, submit_listings
 from services.localstack.stack import LocalStack, StackOptions
+from services.tools import replay_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +59,61 @@ def test_photos_the_worker_has_no_room_for_in_time_are_deferred_and_all_classifi
     assert set(found) == wanted, f"never classified: {sorted(wanted - set(found))}"
     deferred = total(metrics, "product_classification_kafka_messages_deferred_total", "stage=preprocessing")
     assert deferred > 0, "every photo was decoded by its batch's deadline: the test did not make the worker short"
+
+
+class Outcomes:
+    """Every classification and dead letter of a stack, read as they come."""
+
+    def __init__(self, settings):
+        self.readers = {"classified": TopicReader(settings, settings.topics.listing_classified),
+                        "failed": TopicReader(settings, settings.topics.processing_failed)}
+        self.classified: set[str] = set()
+        self.letters: list[events_pb2.ProcessingFailed] = []
+
+    def wait(self, settled, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not settled(self) and time.monotonic() < deadline:
+            for record in self.readers["classified"].read(lambda records: len(records) > 0, 0.5):
+                self.classified.add(events_pb2.ListingClassified.FromString(record.value).classification.listing_id)
+            self.letters += [events_pb2.ProcessingFailed.FromString(record.value)
+                             for record in self.readers["failed"].read(lambda records: len(records) > 0, 0.5)]
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+
+
+def test_a_listing_deferred_the_most_times_is_dead_lettered_as_overloaded_and_an_operator_replays_it(stack, tmp_path,
+                                                                                                    capsys):
+    """With no deferral allowed, the photos without room are dead-lettered at once, as OVERLOADED (never as bad
+    images); replaying them (replay-dead-letters --kind OVERLOADED --replay, a few at a time as the workers have
+    room) classifies every one."""
+    listings = large_listings(PHOTOS)
+    wanted = {listing.listing_id for listing in listings}
+    options = StackOptions(work_dir=tmp_path / "no-deferral", triton=stack.triton,
+                           extra_env={**EVERY_PHOTO_DECODED, **NO_ROOM, "PREPROCESSING_MAX_DEFERRALS": "0"})
+    with LocalStack(options) as small:
+        outcomes = Outcomes(small.kafka_settings)
+        try:
+            submit_listings(small.kafka_settings, listings)
+            outcomes.wait(lambda o: wanted <= o.classified | {letter.listing_id for letter in o.letters}, 240)
+            first_letters = [letter for letter in outcomes.letters if letter.listing_id in wanted]
+            rounds = 0
+            while not wanted <= outcomes.classified and rounds < 10:
+                rounds += 1
+                waiting = sorted(wanted - outcomes.classified)[:4]
+                letters_before = len(outcomes.letters)
+                arguments = ["--kind", "OVERLOADED", "--idle-s", "2", "--replay"]
+                for listing_id in waiting:
+                    arguments += ["--listing", listing_id]
+                assert replay_dead_letters.main(arguments, settings=small.kafka_settings) == 0
+                sent = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+                assert sum(1 for line in sent if line.get("sent")) >= len(waiting)
+                outcomes.wait(lambda o: set(waiting) <= o.classified | {
+                    letter.listing_id for letter in o.letters[letters_before:]}, 120)
+        finally:
+            outcomes.close()
+    assert first_letters, "every photo was decoded by its batch's deadline: the test did not make the worker short"
+    assert {common_pb2.ErrorKind.Name(letter.error_kind) for letter in first_letters} == {"ERROR_KIND_OVERLOADED"}
+    assert all("deferred 0 times" in letter.reason for letter in first_letters)
+    assert wanted <= outcomes.classified, f"never classified: {sorted(wanted - outcomes.classified)}"
