@@ -201,11 +201,12 @@ class LocalStack:
         return authenticated_channel(self.services[service].address, self.internal_keys[name][caller],
                                      self.client_tls(caller))
 
-    def add_service(self, name: str) -> ServiceProcess:
-        """Starts another service process (e.g. a second preprocessing worker named 'preprocessing-2')."""
+    def add_service(self, name: str, extra_env: dict[str, str] | None = None) -> ServiceProcess:
+        """Starts another service process (e.g. a second preprocessing worker named 'preprocessing-2'), with
+        extra_env over the stack's settings where given."""
         port = free_port()
-        service = ServiceProcess(name, self.service_env(name, port), port, self.options.work_dir / f"{name}.log",
-                                 self.client_tls("localstack"))
+        service = ServiceProcess(name, {**self.service_env(name, port), **(extra_env or {})}, port,
+                                 self.options.work_dir / f"{name}.log", self.client_tls("localstack"))
         self.services[name] = service
         self._started.append(service)  # before start(): one that never becomes ready is stopped too
         service.start()

@@ -54,6 +54,13 @@ def test_one_of_two_workers_killed(chaos_stack):
     assert_complete_mid_stream(result, 200)
 
 
+def test_a_worker_short_of_room_killed_as_it_defers_loses_and_doubles_nothing(chaos_stack):
+    result = scenarios.short_worker_killed(chaos_stack, 60)
+    assert json.loads(result.notes)["deferred_before_kill"] >= 1, result
+    assert_nothing_lost_or_doubled(result)
+    assert result.classified == 60, result
+
+
 def test_result_service_restarted_mid_stream(chaos_stack):
     result = scenarios.results_restarted(chaos_stack, 200)
     assert_complete_mid_stream(result, 200)

@@ -5,47 +5,30 @@ later batch; every listing is classified and none is dead-lettered."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
 
 import pytest
-from PIL import Image
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
-from services.drivers.benchmarks.pipeline_runs import EVERY_PHOTO_DECODED
+from services.drivers.chaos.scenarios import DEFERRED_METRIC, WORKER_SHORT_OF_ROOM
 from services.drivers.metrics_reader import scrape, total
-from services.drivers.traffic import TopicReader, labelled_photos, submit_and_collect, submit_listings
+from services.drivers.traffic import TopicReader, large_photo_listings, submit_and_collect, submit_listings
 from services.localstack.stack import LocalStack, StackOptions
 from services.tools import replay_dead_letters
 
 pytestmark = pytest.mark.integration
 
 PHOTOS = 30
-# A 0.6 s batch deadline (no fetch time, 0.6 s of decoding); one 21-megapixel PNG decode at a time (about 140 MB by
-# the estimate, in 200), each about 0.1 s on two cores: thirty cannot all be decoded by the deadline, while each one
-# decodes well within it, so none is the photo's fault.
-NO_ROOM = {"PREPROCESSING_DECODE_TIMEOUT_S": "0.6", "PREPROCESSING_FETCH_TOTAL_TIMEOUT_S": "0",
-           "PREPROCESSING_DECODE_MEMORY_MB": "200", "PREPROCESSING_DECODE_THREADS": "2",
-           "PREPROCESSING_MAX_DEFERRALS": "50"}
-
-
-def large_listings(count: int) -> list[common_pb2.Listing]:
-    listings = []
-    for index, (path, _) in enumerate(labelled_photos()[:count]):
-        picture = Image.open(path).convert("RGB")
-        large = picture.resize((picture.width * 10, picture.height * 10), Image.NEAREST)
-        out = io.BytesIO()
-        large.save(out, "PNG", compress_level=1)
-        listings.append(common_pb2.Listing(listing_id=f"no-room-{index}", marketplace="de-modehaus",
-                                           image_bytes=out.getvalue()))
-    return listings
+# A 0.6 s batch deadline and one decode at a time (WORKER_SHORT_OF_ROOM): thirty 21-megapixel PNGs, about 0.1 s each
+# on two cores, cannot all be decoded by the deadline, while each one decodes well within it, so none is the photo's
+# fault.
+NO_ROOM = WORKER_SHORT_OF_ROOM
 
 
 def test_photos_the_worker_has_no_room_for_in_time_are_deferred_and_all_classified(stack, tmp_path):
-    listings = large_listings(PHOTOS)
-    options = StackOptions(work_dir=tmp_path / "no-room", triton=stack.triton,
-                           extra_env={**EVERY_PHOTO_DECODED, **NO_ROOM})
+    listings = [sample.listing for sample in large_photo_listings(PHOTOS, seed=211, prefix="no-room")]
+    options = StackOptions(work_dir=tmp_path / "no-room", triton=stack.triton, extra_env=NO_ROOM)
     with LocalStack(options) as small:
         found = submit_and_collect(small.kafka_settings, listings, 240)
         failed = TopicReader(small.kafka_settings, small.kafka_settings.topics.processing_failed)
@@ -57,7 +40,7 @@ def test_photos_the_worker_has_no_room_for_in_time_are_deferred_and_all_classifi
     wanted = {listing.listing_id for listing in listings}
     assert [f"{letter.listing_id}: {letter.reason}" for letter in letters if letter.listing_id in wanted] == []
     assert set(found) == wanted, f"never classified: {sorted(wanted - set(found))}"
-    deferred = total(metrics, "product_classification_kafka_messages_deferred_total", "stage=preprocessing")
+    deferred = total(metrics, DEFERRED_METRIC, "stage=preprocessing")
     assert deferred > 0, "every photo was decoded by its batch's deadline: the test did not make the worker short"
 
 
@@ -88,10 +71,10 @@ def test_a_listing_deferred_the_most_times_is_dead_lettered_as_overloaded_and_an
     """With no deferral allowed, the photos without room are dead-lettered at once, as OVERLOADED (never as bad
     images); replaying them (replay-dead-letters --kind OVERLOADED --replay, a few at a time as the workers have
     room) classifies every one."""
-    listings = large_listings(PHOTOS)
+    listings = [sample.listing for sample in large_photo_listings(PHOTOS, seed=223, prefix="no-deferral")]
     wanted = {listing.listing_id for listing in listings}
     options = StackOptions(work_dir=tmp_path / "no-deferral", triton=stack.triton,
-                           extra_env={**EVERY_PHOTO_DECODED, **NO_ROOM, "PREPROCESSING_MAX_DEFERRALS": "0"})
+                           extra_env={**NO_ROOM, "PREPROCESSING_MAX_DEFERRALS": "0"})
     with LocalStack(options) as small:
         outcomes = Outcomes(small.kafka_settings)
         try:

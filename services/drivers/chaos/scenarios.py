@@ -29,8 +29,9 @@ from google.protobuf.message import DecodeError
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.localstack.processes import free_port
 from services.localstack.stack import REPOSITORY_ROOT, LocalStack, StackOptions
-from services.drivers.traffic import (MARKETPLACES, TopicReader, produce_raw, sample_listings, submit_listings,
-                                          submitted_event)
+from services.drivers.metrics_reader import scrape, total
+from services.drivers.traffic import (MARKETPLACES, TopicReader, large_photo_listings, produce_raw, sample_listings,
+                                      submit_listings, submitted_event)
 from services.results.store import ClassificationStore
 
 
@@ -214,6 +215,65 @@ def worker_killed(stack: LocalStack, count: int = 200) -> ScenarioResult:
     finally:
         outcomes.close()
         stack.services.pop("preprocessing-2", None)
+
+
+# A worker that cannot decode a batch of large photos by the batch's deadline (services/common/deferral.py): 0.6 s for
+# a batch, room for one decode of large_photo_listings' at a time (a 21-megapixel PNG is about 140 MB by the
+# estimate, the largest, 32 megapixels, 202 MB), each about 0.1 s.
+WORKER_SHORT_OF_ROOM = {"PREPROCESSING_DECODE_TIMEOUT_S": "0.6", "PREPROCESSING_FETCH_TOTAL_TIMEOUT_S": "0",
+                        "PREPROCESSING_DECODE_MEMORY_MB": "250", "PREPROCESSING_DECODE_THREADS": "2",
+                        "PREPROCESSING_MAX_DEFERRALS": "50", "PREPROCESSING_PREDICTION_CACHE_MB": "0"}
+DEFERRED_METRIC = "product_classification_kafka_messages_deferred_total"
+
+
+def _metric_reaches(url: str, name: str, least: float, timeout_s: float) -> float:
+    """Scrapes until the metric's total is at least `least` (or the time is up); returns the last total."""
+    deadline = time.monotonic() + timeout_s
+    value = 0.0
+    while time.monotonic() < deadline:
+        try:
+            value = total(scrape(url), name)
+        except OSError:
+            value = 0.0
+        if value >= least:
+            break
+        time.sleep(0.05)
+    return value
+
+
+def short_worker_killed(stack: LocalStack, count: int = 60) -> ScenarioResult:
+    """A second worker, short of room for large photos, defers listings to the back of their partitions (each copy
+    acknowledged before its batch is committed) and is SIGKILLed as soon as it has: its partitions go to the first
+    worker, which redoes the batch that was in hand and meets the copies too. Every listing ends classified, once."""
+    short = stack.add_service("preprocessing-2", WORKER_SHORT_OF_ROOM)
+    # The group has rebalanced onto both workers before anything is sent: the second holds partitions of its own.
+    _metric_reaches(short.metrics_url, "product_classification_kafka_assigned_partitions", 1, 60)
+    samples = large_photo_listings(count, seed=227, prefix="chaos-short")
+    ids = {s.listing.listing_id for s in samples}
+    outcomes = Outcomes(stack)
+    try:
+        threading.Thread(target=submit_listings, args=(stack.kafka_settings, [s.listing for s in samples]),
+                         daemon=True).start()
+        deferred = _metric_reaches(short.metrics_url, DEFERRED_METRIC, 1, 120)
+        at_fault = _stored(stack, ids)
+        short.process.signal(signal.SIGKILL)
+        outcomes.wait_for(ids, 300)
+        result = outcomes.result("a worker short of room SIGKILLed as it deferred large photos", ids, count,
+                                 notes=json.dumps({"deferred_before_kill": deferred}))
+        result.published_at_fault = at_fault
+        return result
+    finally:
+        outcomes.close()
+        stack.services.pop("preprocessing-2", None)
+
+
+def _stored(stack: LocalStack, ids: set[str]) -> int:
+    store = ClassificationStore(stack.database_url)
+    store.start()
+    try:
+        return store.count_listings(sorted(ids))
+    finally:
+        store.stop()
 
 
 def results_restarted(stack: LocalStack, count: int = 200) -> ScenarioResult:
@@ -746,7 +806,7 @@ def chaos_stack_options(work_dir, database_url: str | None) -> tuple[StackOption
         "PREPROCESSING_FETCH_TIMEOUT_S": "2"}), host
 
 
-SCENARIOS = (triton_killed_and_restarted, worker_killed, results_restarted, produced_twice, poison_interleaved,
+SCENARIOS = (triton_killed_and_restarted, worker_killed, short_worker_killed, results_restarted, produced_twice, poison_interleaved,
              model_reloaded, results_replicas_racing, results_killed_mid_publishing, poison_ids_interleaved,
              dripping_host_among_good, postgres_connections_killed, postgres_unavailable,
              broker_unreachable)
