@@ -161,7 +161,10 @@ class ListingPredictor:
                                            f"{self.limits.decode_timeout_s:.0f} s")
             if since is not None:
                 return _no_room("time to finish decoding it")
-            return _no_room("room to decode it (decoding memory)" if future.running() else "a thread to prepare it")
+            # Running without having begun to decode: fetching its URL (a thread that came free late), or waiting
+            # for decoding memory.
+            return _no_room("the time to fetch it or the memory to decode it" if future.running()
+                            else "a thread to prepare it")
 
     def _submit(self, request: ListingRequest, sizes: list[int], thumbnail_in_triton: bool,
                 versions: tuple[str, ...] | None, batch_photos: _BatchPhotos, deadline: float):

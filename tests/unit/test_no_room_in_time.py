@@ -5,6 +5,7 @@ asked, so a large one is not passed over for ever by small ones that fit beside 
 
 from __future__ import annotations
 
+import http.server
 import io
 import threading
 import time
@@ -148,3 +149,39 @@ def test_a_decode_waiting_for_memory_at_the_deadline_is_overloaded():
     assert all("no room" in o.reason for o in outcomes)
     assert not isinstance(after[0], ClassificationError)  # the same photo, once there is room
     assert service.memory.held_bytes == 0
+
+
+def test_image_urls_waiting_for_a_fetching_thread_at_the_deadline_are_overloaded_not_invalid():
+    """A healthy host that takes 0.8 s an image, one fetching thread, a 1.5 s deadline: the first URL is fetched and
+    decoded; the second is still being fetched at the deadline (its thread came free at 0.8 s), the third never got a
+    thread. Neither is the photo's or the host's fault (each fetch is within its own limit)."""
+    body = photo(60)
+
+    class SlowHost(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            time.sleep(0.8)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHost)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    fetch = FetchSettings(timeout_s=2, attempts=1, total_timeout_s=1.0,
+                          allowed_hosts=frozenset({f"127.0.0.1:{host.server_port}"}))
+    service = ListingPredictor(FakeTriton(), ImageLimits(decode_timeout_s=0.5), fetch, decode_threads=1,
+                               fetch_threads=1, thumbnail_size=32)
+    requests = [ListingRequest(f"s{i}", common_pb2.Listing(
+        listing_id=f"u{i}", marketplace="m", image_url=f"http://127.0.0.1:{host.server_port}/{i}.png"))
+        for i in range(3)]
+    try:
+        outcomes = service.predict(requests)
+    finally:
+        service.stop()
+        host.shutdown()
+    kinds = ["classified" if not isinstance(o, ClassificationError) else o.kind.name for o in outcomes]
+    assert kinds == ["classified", "OVERLOADED", "OVERLOADED"], outcomes
+    assert "fetch" in outcomes[1].reason and "a thread" in outcomes[2].reason
