@@ -37,6 +37,14 @@ def deferrals(headers: Sequence | None) -> int:
     return count
 
 
+def copy_bytes(record, value: bytes | None = None) -> int:
+    """About what the record's deferred copy takes in a produce request: its key, payload and headers. A copy over
+    MAX_DEAD_LETTER_PAYLOAD (services.common.kafka) is not sent: the producer could refuse it for good (a record
+    at the topic's limit, one header more), and the batch would be retried for ever."""
+    headers = sum(len(key.encode(errors="replace")) + len(header or b"") for key, header in (record.headers or ()))
+    return len(record.key or b"") + len(record.value if value is None else value) + headers + 64
+
+
 def defer(producer, record, stage: str, value: bytes | None = None):
     """Sends the record again to the end of its topic (by its key, so to its listing's partition), `deferrals` one
     more, its other headers (trace context among them) and its timestamp kept; `value` replaces its payload where

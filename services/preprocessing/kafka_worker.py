@@ -10,8 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.errors import ClassificationError, ErrorKind, KafkaOutcome
 from services.common.dead_letters import send_dead_letter
-from services.common.deferral import defer, deferrals
-from services.common.kafka import send_event
+from services.common.deferral import copy_bytes, defer, deferrals
+from services.common.kafka import MAX_DEAD_LETTER_PAYLOAD, send_event
 from services.common.settings import Topics
 from services.common.tracing import consuming_span
 from services.common.validation import valid_timestamp
@@ -91,4 +91,8 @@ class SubmittedListingHandler:
             if stamp is not None:
                 event.submitted_at.CopyFrom(stamp)
                 value = event.SerializeToString()
+        if copy_bytes(record, value) > MAX_DEAD_LETTER_PAYLOAD:
+            return self._dead_letter(record, outcome.kind, f"{outcome.reason}; too large to send again "
+                                     f"({copy_bytes(record, value)} bytes with its headers): it stays at its source "
+                                     "offset, for replay-dead-letters once the workers have room", event)
         return defer(self.producer, record, "preprocessing", value)

@@ -10,6 +10,7 @@ import pytest
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2
 from services.common.deferral import DEFERRALS_HEADER, deferrals
 from services.common.errors import ClassificationError, ErrorKind
+from services.common.kafka import MAX_DEAD_LETTER_PAYLOAD
 from services.common.settings import Topics
 from services.preprocessing.kafka_worker import SubmittedListingHandler
 
@@ -97,3 +98,19 @@ def test_a_listing_with_a_count_past_the_most_is_dead_lettered_at_once():
     handler = SubmittedListingHandler(NoRoomFor("late"), producer, Topics(), max_deferrals=5)
     handler([record("late", 15, headers=[(DEFERRALS_HEADER, b"99999999999999999999")])])
     assert producer.sent[-1].topic == Topics().processing_failed
+
+
+def test_a_listing_too_large_to_send_again_is_dead_lettered_not_retried_for_ever():
+    """A record at the topic's limit: its copy, one header more, could be refused by the producer on every retry."""
+    producer = Sends()
+    handler = SubmittedListingHandler(NoRoomFor("late"), producer, Topics())
+    large = record("late", 16)
+    event = events_pb2.ListingSubmitted.FromString(large.value)
+    event.listing.image_bytes = b"\xff" * MAX_DEAD_LETTER_PAYLOAD
+    large.value = event.SerializeToString()
+    handler([large])
+    letter = producer.sent[-1]
+    assert letter.topic == Topics().processing_failed
+    failure = events_pb2.ProcessingFailed.FromString(letter.value)
+    assert failure.error_kind == common_pb2.ERROR_KIND_OVERLOADED and "too large to send again" in failure.reason
+    assert failure.original_payload == b""  # past what a dead letter carries: it stays at its source offset
