@@ -91,8 +91,9 @@ class SubmittedListingHandler:
             if stamp is not None:
                 event.submitted_at.CopyFrom(stamp)
                 value = event.SerializeToString()
-        if copy_bytes(record, value) > MAX_DEAD_LETTER_PAYLOAD:
+        size = copy_bytes(record, value)
+        if size > MAX_DEAD_LETTER_PAYLOAD:
             return self._dead_letter(record, outcome.kind, f"{outcome.reason}; too large to send again "
-                                     f"({copy_bytes(record, value)} bytes with its headers): it stays at its source "
+                                     f"({size} bytes with its headers): it stays at its source "
                                      "offset, for replay-dead-letters once the workers have room", event)
         return defer(self.producer, record, "preprocessing", value)

@@ -20,15 +20,14 @@ from services.tools import replay_dead_letters
 pytestmark = pytest.mark.integration
 
 PHOTOS = 30
-# A 0.6 s batch deadline and one decode at a time (WORKER_SHORT_OF_ROOM): thirty 21-megapixel PNGs, about 0.1 s each
+# WORKER_SHORT_OF_ROOM: a 0.6 s batch deadline and one decode at a time. Thirty 21-megapixel PNGs, about 0.1 s each
 # on two cores, cannot all be decoded by the deadline, while each one decodes well within it, so none is the photo's
 # fault.
-NO_ROOM = WORKER_SHORT_OF_ROOM
 
 
 def test_photos_the_worker_has_no_room_for_in_time_are_deferred_and_all_classified(stack, tmp_path):
     listings = [sample.listing for sample in large_photo_listings(PHOTOS, seed=211, prefix="no-room")]
-    options = StackOptions(work_dir=tmp_path / "no-room", triton=stack.triton, extra_env=NO_ROOM)
+    options = StackOptions(work_dir=tmp_path / "no-room", triton=stack.triton, extra_env=WORKER_SHORT_OF_ROOM)
     with LocalStack(options) as small:
         found = submit_and_collect(small.kafka_settings, listings, 240)
         failed = TopicReader(small.kafka_settings, small.kafka_settings.topics.processing_failed)
@@ -74,7 +73,7 @@ def test_a_listing_deferred_the_most_times_is_dead_lettered_as_overloaded_and_an
     listings = [sample.listing for sample in large_photo_listings(PHOTOS, seed=223, prefix="no-deferral")]
     wanted = {listing.listing_id for listing in listings}
     options = StackOptions(work_dir=tmp_path / "no-deferral", triton=stack.triton,
-                           extra_env={**NO_ROOM, "PREPROCESSING_MAX_DEFERRALS": "0"})
+                           extra_env={**WORKER_SHORT_OF_ROOM, "PREPROCESSING_MAX_DEFERRALS": "0"})
     with LocalStack(options) as small:
         outcomes = Outcomes(small.kafka_settings)
         try:
