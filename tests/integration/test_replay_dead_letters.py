@@ -1,6 +1,6 @@
-"""replay-dead-letters against the real stack: a listing event whose header key kafka-python cannot read is
-dead-lettered with its record batch; the tool takes the event out of that batch, sends it again without the header
-that stopped the client, and the listing is classified. Nothing of it was lost."""
+"""replay-dead-letters against the real stack: a listing event (or a prediction) whose header key kafka-python cannot
+read is dead-lettered with its record batch by the stage that met it; the tool takes the event out of that batch,
+sends it again without the header that stopped the client, and the listing is classified. Nothing of it was lost."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from kafka import KafkaProducer
 from services.common.contracts.product_classification.v1 import events_pb2
 from services.common.kafka import PAYLOAD_TYPE_HEADER
 from services.drivers.chaos.poison import UndecodableHeaderKey
-from services.drivers.traffic import AllClassified, TopicReader, classified_by_listing, sample_listings, submitted_event
+from services.drivers.traffic import (AllClassified, TopicReader, classified_by_listing, sample_listings,
+                                      submit_listings, submitted_event)
 from services.tools import replay_dead_letters
 
 pytestmark = pytest.mark.integration
@@ -85,3 +86,46 @@ def test_an_ordinary_dead_letter_is_sent_again_from_its_payload(stack, kafka, ca
         producer.close()
         failed_reader.close()
     assert any(_place(r)[:2] == (topic, sent.partition) and _place(r)[2] > sent.offset for r in again)
+
+
+def test_a_prediction_the_result_service_could_not_read_is_classified_once_replayed(stack, kafka, capsys):
+    """The results stage's side: a real prediction (the models' outputs for a real photo) sent again for another
+    listing with a header key kafka-python cannot read is dead-lettered by the result service with its record batch;
+    replayed to prediction-made without that header, the listing is classified from those outputs."""
+    sample = sample_listings(1, seed=211, prefix="replayed-prediction")[0]
+    predictions_reader = TopicReader(kafka, kafka.topics.prediction_made)
+    failed_reader = TopicReader(kafka, kafka.topics.processing_failed)
+    classified_reader = TopicReader(kafka, kafka.topics.listing_classified)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=0)
+    try:
+        submit_listings(kafka, [sample.listing])
+        made = [r for r in predictions_reader.read(lambda rs: any(
+            events_pb2.PredictionMade.FromString(r.value).listing_id == sample.listing.listing_id for r in rs), 90)
+            if events_pb2.PredictionMade.FromString(r.value).listing_id == sample.listing.listing_id]
+        assert made, "the listing was never predicted"
+        prediction = events_pb2.PredictionMade.FromString(made[0].value)
+        prediction.listing_id = sample.listing.listing_id + "-again"
+        prediction.submission_id = prediction.submission_id + "-again"
+        topic = kafka.topics.prediction_made
+        sent = producer.send(topic, key=prediction.listing_id.encode(), value=prediction.SerializeToString(),
+                             headers=[(PAYLOAD_TYPE_HEADER, prediction.DESCRIPTOR.full_name.encode()),
+                                      (UndecodableHeaderKey("x"), b"1")]).get(30)
+        letters = _dead_letter_of(failed_reader, topic, sent.partition, sent.offset)
+        assert letters and letters[0].stage == "results" and letters[0].source_batch, letters
+        source = f"{topic}/{sent.partition}/{sent.offset}"
+        assert replay_dead_letters.main(["--source", source, "--idle-s", "2", "--replay"], settings=kafka) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert lines[0]["sent"] and lines[0]["headers_dropped"] == 1 and lines[-1]["sent"] == 1
+        wanted = {sample.listing.listing_id, prediction.listing_id}
+        classified = classified_by_listing(classified_reader.read(AllClassified(wanted), 90))
+    finally:
+        producer.close()
+        predictions_reader.close()
+        failed_reader.close()
+        classified_reader.close()
+    assert wanted <= set(classified), "the replayed prediction was never classified"
+    again = classified[prediction.listing_id]
+    first = classified[sample.listing.listing_id][0].classification
+    assert len(again) == 1 and again[0].classification.submission_id == prediction.submission_id
+    assert again[0].classification.category.id == first.category.id and again[0].classification.label == first.label
+    assert again[0].classification.image_digest == first.image_digest
