@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo up export-corrections evaluate test browser bench bench-plumbing bench-preprocess bench-scale bench-watch bench-gpu gpu-carry gpu-carry-ort chaos lock clean
+.PHONY: install contracts contracts-check models train ablation demo up export-corrections evaluate test browser promtool bench bench-plumbing bench-preprocess bench-scale bench-watch bench-gpu gpu-carry gpu-carry-ort chaos lock clean
 
 install: $(INSTALLED)
 
@@ -52,7 +52,7 @@ evaluate: models
 	$(PY) -m services.drivers.evaluate $(if $(DATA),--data $(DATA)) $(EVALUATE_ARGS)
 
 ## The whole test suite, on the real broker, the real Triton (CPU), the real PostgreSQL and headless Chromium.
-test: models browser
+test: models browser promtool
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Debian's chromium and chromium-driver for the console's browser tests (installed when missing and we are root).
@@ -62,6 +62,17 @@ browser:
 	      apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 	      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
 	    else echo "chromium/chromedriver missing and not root: the browser tests will say so and be skipped"; fi; }
+
+## Prometheus's promtool for the alert rules' tests: taken out of Debian's prometheus package into .venv/bin (the
+## package is not installed, so no Prometheus server is set up or started).
+promtool: install
+	@test -x $(VENV)/bin/promtool || command -v promtool >/dev/null || { \
+	  dir=$$(mktemp -d) && cd $$dir && \
+	  { apt-get download prometheus >/dev/null 2>&1 || \
+	    { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download prometheus >/dev/null; }; } && \
+	  dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool $(CURDIR)/$(VENV)/bin/promtool; \
+	  rm -rf $$dir; test -x $(CURDIR)/$(VENV)/bin/promtool || \
+	    echo "promtool could not be fetched: the alert rules' tests will say so and be skipped"; }
 
 ## Pipeline benchmark (production-size models in .run/bench_models): prints one line of JSON last.
 bench: install
