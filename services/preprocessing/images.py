@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageChops
 
 from services.common.errors import ClassificationError, ErrorKind
-from services.preprocessing import bmp_run_length
+from services.preprocessing import bmp_run_length, file_kinds
 from services.preprocessing.decode_memory import MB, DecodeBudget, decode_bytes, refuse_over
 from services.preprocessing.image_structure import STRUCTURE_STEPS, exif_steps, jpeg_scans, structure_steps
 
@@ -123,8 +123,13 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=limits.formats)
     except Image.UnidentifiedImageError:
+        accepted = ", ".join(limits.formats)
+        kind = file_kinds.unaccepted_kind(data)
+        if kind is not None:
+            raise ClassificationError(ErrorKind.INVALID_IMAGE, f"the file is {kind}, not one of the accepted formats "
+                                      f"({accepted}): {file_kinds.advice(kind)}") from None
         raise ClassificationError(ErrorKind.INVALID_IMAGE, "the image cannot be decoded: not one of the "
-                                  f"accepted formats ({', '.join(limits.formats)})") from None
+                                  f"accepted formats ({accepted})") from None
     except Exception as error:  # noqa: BLE001  (a header parser's exception, whatever its class, is a bad file)
         raise ClassificationError(ErrorKind.INVALID_IMAGE,
                                   f"the image cannot be decoded: {type(error).__name__}: {error}"[:500]) from None
