@@ -218,6 +218,17 @@ def test_undecodable_image_fails_clearly_and_the_pipeline_goes_on(kafka, gateway
     assert after.category.id
 
 
+def test_a_web_page_sent_as_a_photo_is_named_in_the_answer(gateway):
+    """What an image host answers with a login or error page: the caller is told it is a web page, not a photo."""
+    page = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Sign in to see this photo</body></html>"
+    listing = common_pb2.Listing(listing_id="html-instead-of-photo", marketplace="de-modehaus", image_bytes=page)
+    with pytest.raises(grpc.RpcError) as raised:
+        gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=listing), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the file is an HTML page" in raised.value.details()
+    assert "the link leads to a web page" in raised.value.details()
+
+
 def test_garbage_event_is_dead_lettered_with_its_reason(kafka):
     produce_raw(kafka, kafka.topics.listing_submitted, b"garbage-event", b"\xff\x00 not protobuf")
     failure = read_failures(kafka, {"garbage-event"})["garbage-event"]
