@@ -4,6 +4,8 @@ every called model (the default where Triton serves it)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from services.common.decode_path import PIXELS_ENSEMBLE
@@ -35,6 +37,18 @@ def _success_count(client, model: str) -> int:
     return int(stats["inference_stats"]["success"].get("count", 0))
 
 
+def _success_counts_after(client, before: dict[str, int], requests: int, wait_s: float = 5.0) -> dict[str, int]:
+    """Each model's success count once every one has counted `requests` more, or as it is after wait_s: Triton
+    records a request's statistics after it answered it (a full suite once read the ensemble's second request
+    uncounted)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        after = {name: _success_count(client, name) for name in before}
+        if all(after[name] - before[name] >= requests for name in before) or time.monotonic() > deadline:
+            return after
+        time.sleep(0.05)
+
+
 def test_the_pixels_ensemble_answers_as_the_models_do_in_one_request_per_batch(stack):
     """The CPU path's default: a batch's squares go to pixels_ensemble once. Its answers are the models' own, one
     request carries the batch (each model still runs once), and a Triton that does not serve the ensemble, or serves
@@ -57,8 +71,8 @@ def test_the_pixels_ensemble_answers_as_the_models_do_in_one_request_per_batch(s
         batch_limit = min(spec.max_batch_size for spec in ensemble.specs)  # read (with a blank call each) first
         before = {name: _success_count(client, name) for name in [PIXELS_ENSEMBLE, *names]}
         answers = ensemble.classify(batches)
-        after = {name: _success_count(client, name) for name in before}
         requests = -(-len(photos) // batch_limit)
+        after = _success_counts_after(client, before, requests)
         assert after[PIXELS_ENSEMBLE] - before[PIXELS_ENSEMBLE] == requests
         for name in names:
             assert after[name] - before[name] == requests  # each model once per request, not once per model call
@@ -67,6 +81,7 @@ def test_the_pixels_ensemble_answers_as_the_models_do_in_one_request_per_batch(s
         for fallback in (missing, other_models):
             counted = _success_count(client, PIXELS_ENSEMBLE)
             answered = fallback.classify({size: batches[size] for size in set(fallback.input_sizes())})
+            time.sleep(0.2)  # time for a request's statistics to be recorded, were it called
             assert _success_count(client, PIXELS_ENSEMBLE) == counted  # not called
             for name in fallback.model_names:
                 assert np.allclose(answered[name], expected[name], atol=1e-5), name
