@@ -22,7 +22,8 @@ from kafka.structs import OffsetAndMetadata
 
 from services.common import kafka_decompression, kafka_receive, kafka_unreadable
 from services.common.errors import ClassificationError, KafkaOutcome
-from services.common.metrics import KAFKA_ASSIGNED_PARTITIONS, KAFKA_BATCH_RETRIES, KAFKA_CONSUMED, KAFKA_PRODUCED
+from services.common.metrics import (KAFKA_ASSIGNED_PARTITIONS, KAFKA_BATCH_RETRIES, KAFKA_CONSUMED, KAFKA_CONSUMER_LAG,
+                                     KAFKA_PRODUCED)
 from services.common.settings import KafkaSettings
 from services.common.tracing import inject_headers
 
@@ -161,6 +162,8 @@ def _broker_away(error: Exception) -> bool:
 
 # How many batches one poll may take (the rest held for the batches after it): see ConsumeLoop._poll_batch.
 POLL_AHEAD_BATCHES = 4
+# How often an idle loop exports its lag (after each batch otherwise): new records show as lag within this long.
+LAG_EXPORT_IDLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ class ConsumeLoop:
         self.fatal = threading.Event()
         self.fatal_reason = ""
         self._ahead: list = []  # polled and not yet handled, in the order polled (_poll_batch)
+        self._lag_exported_at = 0.0
 
     def start(self) -> None:
         self.consumer.subscribe(self.topics, listener=_AssignmentTracker(self.name, self.topics))
@@ -264,6 +268,7 @@ class ConsumeLoop:
                 backoff.reset()
                 self.healthy.set()
             if not records:
+                self._export_lag(every_s=LAG_EXPORT_IDLE_S)
                 continue
             for record in records:
                 KAFKA_CONSUMED.labels(record.topic).inc()
@@ -278,7 +283,40 @@ class ConsumeLoop:
                 self.healthy.clear()
                 self.fatal.set()
                 return
+            self._export_lag()
         self.healthy.clear()
+
+    def _export_lag(self, every_s: float = 0.0) -> None:
+        """Exports, per topic, the records of the partitions this member holds that it has not handled yet: each
+        partition's high watermark as its last fetch reported it, less the first record held for it (polled ahead)
+        or else its position. Read from what the client already knows, no request to the broker; a partition whose
+        watermark or position is not known yet (no fetch answered since it was assigned) is left out. While fetching
+        is paused (a batch being retried), the watermarks are those of the last fetch."""
+        now = time.monotonic()
+        if now - self._lag_exported_at < every_s:
+            return
+        self._lag_exported_at = now
+        next_held: dict[TopicPartition, int] = {}
+        for record in self._ahead:
+            partition = TopicPartition(record.topic, record.partition)
+            next_held[partition] = min(next_held.get(partition, record.offset), record.offset)
+        lag = dict.fromkeys(self.topics, 0)
+        try:
+            assigned = self.consumer.assignment()
+        except Exception:  # noqa: BLE001
+            return
+        for partition in assigned:
+            try:
+                highwater = self.consumer.highwater(partition)
+                position = next_held.get(partition)
+                if position is None:
+                    position = self.consumer.position(partition, timeout_ms=0)
+            except Exception:  # noqa: BLE001  (not known yet, or revoked meanwhile)
+                continue
+            if highwater is not None and position is not None:
+                lag[partition.topic] = lag.get(partition.topic, 0) + max(0, highwater - position)
+        for topic, records in lag.items():
+            KAFKA_CONSUMER_LAG.labels(topic).set(records)
 
     def _handle_until_done(self, records: list, backoff: Backoff) -> None:
         """Handles the batch; on a retryable failure pauses fetching and retries with backoff until it succeeds,

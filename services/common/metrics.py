@@ -35,6 +35,10 @@ KAFKA_DEFERRED = Counter("product_classification_kafka_messages_deferred_total",
                          "batch's deadline) and acknowledged, by stage", ["stage"])
 KAFKA_ASSIGNED_PARTITIONS = Gauge("product_classification_kafka_assigned_partitions",
                                   "partitions this replica's consumer group member holds, by topic", ["topic"])
+KAFKA_CONSUMER_LAG = Gauge("product_classification_kafka_consumer_lag",
+                           "records of this replica's partitions not yet handled: each partition's high watermark at "
+                           "its last fetch less the next record to handle, by topic (summed over replicas, the "
+                           "group's backlog)", ["topic"])
 KAFKA_BATCH_RETRIES = Counter("product_classification_kafka_batch_retries_total",
                               "polled batches retried after a retryable failure, by consumer loop", ["loop"])
 TRITON_BATCH_SIZE = Histogram("product_classification_triton_batch_images", "images per Triton call, by model",

@@ -1,7 +1,15 @@
 """Every service exposes Prometheus metrics that move with the traffic: a scrape before and after, compared."""
 
+import threading
+import time
+import uuid
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from prometheus_client import REGISTRY
+
 from services.common.contracts.product_classification.v1 import gateway_pb2
 from services.common.decode_path import PIXELS_ENSEMBLE
+from services.common.kafka import ConsumeLoop, make_consumer, make_producer
 from services.drivers.metrics_reader import scrape, total
 from services.drivers.traffic import sample_listings, submit_and_collect
 
@@ -37,3 +45,59 @@ def test_metrics_follow_the_traffic(stack, kafka, gateway):
     assert grew("results", "product_classification_end_to_end_seconds_count") >= 4
     assert (grew("results", "product_classification_classifications_total", "outcome=classified")
             + grew("results", "product_classification_classifications_total", "outcome=needs_review")) == 4
+
+
+def test_the_consumer_lag_is_the_backlog_the_real_broker_holds(stack, kafka):
+    """A consume loop on the real broker exports, after its first batch of 10 out of 100 records, a lag of 90 (the
+    partition's high watermark from the fetch, less the first record it holds ahead), then 0 once it is through; the
+    services export it too, 0 once their traffic is through."""
+    topic = f"lag-test-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(**kafka.client_options())
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        admin.close()
+    producer = make_producer(kafka, "lag-test")
+    for index in range(100):
+        producer.send(topic, key=b"k", value=str(index).encode())
+    producer.flush(30)
+    handled: list[int] = []
+    lag_seen: list[float | None] = []
+    go_on = threading.Event()
+
+    def handler(records):
+        if handled:  # from the second batch on: what was exported after the first
+            lag_seen.append(REGISTRY.get_sample_value("product_classification_kafka_consumer_lag", {"topic": topic}))
+            go_on.wait(30)
+        handled.extend(r.offset for r in records)
+        return []
+
+    loop = ConsumeLoop("lag-test", make_consumer(kafka, f"{topic}-group", "lag-test", 10), [topic], handler, producer,
+                       max_batch=10)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not lag_seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        go_on.set()
+        while len(handled) < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert lag_seen[0] == 90 and sorted(handled) == list(range(100))
+        assert REGISTRY.get_sample_value("product_classification_kafka_consumer_lag", {"topic": topic}) == 0
+    finally:
+        loop.stop(10)
+        producer.close()
+
+    samples = sample_listings(3, seed=43, prefix="lag")
+    assert len(submit_and_collect(kafka, [s.listing for s in samples], 60)) == 3
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # an idle loop exports its lag every second
+        scraped = {name: scrape(stack.services[name].metrics_url) for name in ("preprocessing", "results")}
+        if (total(scraped["preprocessing"], "product_classification_kafka_consumer_lag", "listing-submitted") == 0
+                and total(scraped["results"], "product_classification_kafka_consumer_lag", "prediction-made") == 0):
+            break
+        time.sleep(0.5)
+    assert any(key.startswith("product_classification_kafka_consumer_lag{") for key in scraped["preprocessing"])
+    assert total(scraped["preprocessing"], "product_classification_kafka_consumer_lag", "listing-submitted") == 0
+    assert total(scraped["results"], "product_classification_kafka_consumer_lag", "prediction-made") == 0
