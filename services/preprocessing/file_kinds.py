@@ -1,6 +1,6 @@
 """What a file that is none of the accepted image formats is, from its first bytes, so the reason a listing fails
-tells its seller or an operator what to do: "an HTML page" (the link leads to a web page, an error page or a login,
-not to the photo), "HEIC" (an iPhone's own format: send it as JPEG), rather than only "not an accepted format".
+tells its seller or an operator what to do: "an HTML page" (an image link that leads to an error page, a login or a
+page about the photo), "HEIC" (an iPhone's own format: send it as JPEG), rather than only "not an accepted format".
 
 Only the file's signature is read (its first kilobyte at most), nothing is decoded: these formats are refused, and
 their decoders (libheif and libde265 for HEIC among them) stay out of the service that reads anyone's bytes.
@@ -63,7 +63,8 @@ def _is_text(head: bytes) -> bool:
 def advice(kind: str) -> str:
     """What the seller can do about a file of this kind."""
     if kind == "an HTML page":
-        return "the link leads to a web page (an error page, a login or a page about the photo), not to the photo"
+        return ("a web page came where the photo should be (an image link that leads to an error page, a login or "
+                "a page about the photo)")
     if kind.startswith("HEIC"):
         return "send the photo as JPEG (on an iPhone: Settings, Camera, Formats, Most Compatible)"
     return "send the photo as JPEG, PNG or WebP"

@@ -226,7 +226,7 @@ def test_a_web_page_sent_as_a_photo_is_named_in_the_answer(gateway):
         gateway.ClassifyListing(gateway_pb2.ClassifyListingRequest(listing=listing), timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "the file is an HTML page" in raised.value.details()
-    assert "the link leads to a web page" in raised.value.details()
+    assert "a web page came where the photo should be" in raised.value.details()
 
 
 def test_garbage_event_is_dead_lettered_with_its_reason(kafka):

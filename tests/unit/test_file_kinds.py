@@ -57,7 +57,7 @@ def test_a_web_page_instead_of_a_photo_is_named_and_explained(data):
         prepare_image(data, [32], ImageLimits())
     assert raised.value.kind is ErrorKind.INVALID_IMAGE
     assert raised.value.reason.startswith("the file is an HTML page, not one of the accepted formats (JPEG")
-    assert "the link leads to a web page" in raised.value.reason
+    assert "a web page came where the photo should be" in raised.value.reason
 
 
 @pytest.mark.parametrize(("data", "kind"), [
