@@ -34,7 +34,9 @@ def unaccepted_kind(data: bytes) -> str | None:
     head = bytes(data[:SNIFFED_BYTES])
     if head[4:8] == b"ftyp":
         brand = head[8:12]
-        if brand in _HEIF_BRANDS:
+        box_end = min(int.from_bytes(head[:4], "big"), len(head))
+        compatible = {head[at:at + 4] for at in range(16, box_end - 3, 4)}
+        if brand in _HEIF_BRANDS and not compatible & {b"avif", b"avis"}:  # a generic HEIF brand on an AVIF
             return "HEIC (HEIF)"
         if brand in _VIDEO_BRANDS:
             return "a video (MP4 or QuickTime)"

@@ -89,6 +89,7 @@ def test_other_files_are_named_by_their_signature(data, kind):
 
 
 @pytest.mark.parametrize("data", [
+    iso_file(b"mif1", b"mif1avifmiaf"),  # an AVIF under the generic HEIF brand that Pillow could not read: damaged
     os.urandom(4096),
     b"\x00" * 100,
     b"{\xff\xfe not text at all" + os.urandom(50),
