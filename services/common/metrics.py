@@ -65,6 +65,11 @@ END_TO_END_SECONDS = Histogram("product_classification_end_to_end_seconds",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 CLASSIFICATIONS = Counter("product_classification_classifications_total",
                           "classifications stored, by marketplace and outcome", ["marketplace", "outcome"])
+# 1, by the service's name: marks a scrape target as one of ours whatever the scraper named its job (compose's job
+# is the service's name, a cluster's pod discovery has one job for every pod), so the down alert can say which
+# service stopped answering.
+SERVICE_INFO = Gauge("product_classification_service_info", "1, labelled with the service this process is",
+                     ["service"])
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -143,7 +148,9 @@ def serve_metrics(port: int, address: str = "0.0.0.0", slots: int = 8, read_time
     return server
 
 
-def start_metrics_server(port: int, address: str = "0.0.0.0") -> None:
+def start_metrics_server(service: str, port: int, address: str = "0.0.0.0") -> None:
+    """Serves this process's metrics (none when port is 0), `service` naming it in product_classification_service_info."""
+    SERVICE_INFO.labels(service).set(1)
     if port:
         serve_metrics(port, address)
 

@@ -31,7 +31,7 @@ def _serving(channel: grpc.Channel) -> bool:
 def main() -> None:
     settings = GatewaySettings()
     kafka = KafkaSettings()
-    start_metrics_server(settings.metrics_port, settings.metrics_address)
+    start_metrics_server("gateway", settings.metrics_port, settings.metrics_address)
     configure_tracing("gateway", settings.otlp_endpoint)
     configure_logging("gateway", settings.log_level)
 

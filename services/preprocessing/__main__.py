@@ -26,7 +26,7 @@ def main() -> None:
     settings = PreprocessingSettings()
     settings.check_authentication("PREPROCESSING")  # here, not in the settings: operator tools read them without keys
     kafka = KafkaSettings()
-    start_metrics_server(settings.metrics_port, settings.metrics_address)
+    start_metrics_server("preprocessing", settings.metrics_port, settings.metrics_address)
     configure_tracing("preprocessing", settings.otlp_endpoint)
     configure_logging("preprocessing", settings.log_level)
 

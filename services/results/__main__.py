@@ -44,7 +44,7 @@ def main() -> None:
     settings = ResultsSettings()
     settings.check_authentication("RESULTS")  # here, not in the settings: operator tools read them without keys
     kafka = KafkaSettings()
-    start_metrics_server(settings.metrics_port, settings.metrics_address)
+    start_metrics_server("results", settings.metrics_port, settings.metrics_address)
     configure_tracing("results", settings.otlp_endpoint)
     configure_logging("results", settings.log_level)
 

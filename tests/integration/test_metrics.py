@@ -47,6 +47,19 @@ def test_metrics_follow_the_traffic(stack, kafka, gateway):
             + grew("results", "product_classification_classifications_total", "outcome=needs_review")) == 4
 
 
+def test_every_target_says_which_service_it_is(stack):
+    """What the down alert (deploy/prometheus/alerts.yml) knows a target by where the scrape job is not the
+    service's name: each service's product_classification_service_info, and Triton's request counts, which it exports
+    for every model it has loaded."""
+    for name in ("gateway", "preprocessing", "results"):
+        values = scrape(stack.services[name].metrics_url)
+        info = {key: value for key, value in values.items() if key.startswith("product_classification_service_info{")}
+        assert info == {f"product_classification_service_info{{service={name}}}": 1.0}, name
+    triton = scrape(f"http://127.0.0.1:{stack.triton.metrics_port}/metrics")
+    for model in stack.called_models:
+        assert any(key.startswith("nv_inference_request_success{") and f"model={model}," in key for key in triton), model
+
+
 def test_the_consumer_lag_is_the_backlog_the_real_broker_holds(stack, kafka):
     """A consume loop on the real broker exports, after its first batch of 10 out of 100 records, a lag of 90 (the
     partition's high watermark from the fetch, less the first record it holds ahead), then 0 once it is through; the
