@@ -149,7 +149,7 @@ def serve_metrics(port: int, address: str = "0.0.0.0", slots: int = 8, read_time
 
 
 def start_metrics_server(service: str, port: int, address: str = "0.0.0.0") -> None:
-    """Serves this process's metrics (none when port is 0), `service` naming it in product_classification_service_info."""
+    """Serves this process's metrics (none when port is 0); `service` is its name in the service_info metric."""
     SERVICE_INFO.labels(service).set(1)
     if port:
         serve_metrics(port, address)
