@@ -76,6 +76,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+# What each kind of failure means to an operator, and what to do about it (README: Errors, First steps by alert).
+FAILURE_MEANING = {
+    common_pb2.ERROR_KIND_INVALID_REQUEST: "the event or call broke the contract (a producer's bug)",
+    common_pb2.ERROR_KIND_INVALID_IMAGE: "the photo could not be read (damaged, or not a photo)",
+    common_pb2.ERROR_KIND_IMAGE_TOO_LARGE: "the photo is over a size limit",
+    common_pb2.ERROR_KIND_SOURCE_UNREACHABLE: "the photo's host could not be reached",
+    common_pb2.ERROR_KIND_SOURCE_TOO_SLOW: "the photo's host sent it too slowly",
+    common_pb2.ERROR_KIND_UNAVAILABLE: "a dependency was away",
+    common_pb2.ERROR_KIND_INTERNAL: "our error: replay once fixed (replay-dead-letters)",
+    common_pb2.ERROR_KIND_OVERLOADED: "no room to decode it in time: replay when the workers have room",
+}
+
+
 def _timestamp(value: Timestamp) -> str:
     return value.ToJsonString() if value.seconds or value.nanos else ""
 
@@ -309,7 +322,11 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             "per_minute": [{"start": b.start, "classifications": b.classifications} for b in found.per_minute],
             "per_category": [{"label": c.label, "category": c.category.name or c.label, "classified": c.classified,
                               "needs_review": c.needs_review, "checked": c.checked,
-                              "checked_correct": c.checked_correct} for c in found.per_category]})
+                              "checked_correct": c.checked_correct} for c in found.per_category],
+            "failed_by_kind": [{"kind": common_pb2.ErrorKind.Name(f.error_kind).removeprefix("ERROR_KIND_")
+                                if f.error_kind in common_pb2.ErrorKind.values() else str(f.error_kind),
+                                "meaning": FAILURE_MEANING.get(f.error_kind, "not recorded"), "count": f.count}
+                               for f in found.failed_by_kind]})
 
     async def feed(request: Request, session: Session):
         marketplace = query(request, "marketplace")

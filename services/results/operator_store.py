@@ -41,6 +41,7 @@ class Counts:
     failed: int
     per_minute: list[tuple[int, int]]  # (unix minute start, classifications)
     per_label: dict[str, LabelCounts]
+    failed_by_kind: dict[int, int]  # ErrorKind value -> failures
 
 
 # The listing's latest classification (a superseded one is never that) that no operator has judged yet.
@@ -245,6 +246,16 @@ class OperatorStore:
                 "(SELECT MAX(r2.sequence) FROM corrections r2 WHERE r2.classification_sequence = "
                 "r.classification_sequence) GROUP BY r.model_label"), parameters)
             checks = cursor.fetchall()
+            cursor.execute(self.store.sql(f"SELECT error_kind, COUNT(*) FROM classifications WHERE stored_at >= ? "
+                                          f"AND status = {FAILED} AND error_kind IS NOT NULL{market} "
+                                          "GROUP BY error_kind"), parameters)
+            failed_by_kind = {int(kind): int(count) for kind, count in cursor.fetchall()}
+            # rows stored before the column: their kind is in the payload (they leave the windows within 30 days)
+            cursor.execute(self.store.sql(f"SELECT payload FROM classifications WHERE stored_at >= ? "
+                                          f"AND status = {FAILED} AND error_kind IS NULL{market}"), parameters)
+            for (payload,) in cursor.fetchall():
+                kind = common_pb2.Classification.FromString(bytes(payload)).error_kind
+                failed_by_kind[kind] = failed_by_kind.get(kind, 0) + 1
         labels: dict[str, dict[str, int]] = {}
         totals = {CLASSIFIED: 0, NEEDS_REVIEW: 0, FAILED: 0}
         for label, status, count in by_status:
@@ -256,4 +267,5 @@ class OperatorStore:
             labels.setdefault(label, {}).update(checked=int(checked), checked_correct=int(correct or 0))
         return Counts(classified=totals[CLASSIFIED], needs_review=totals[NEEDS_REVIEW], failed=totals[FAILED],
                       per_minute=per_minute,
-                      per_label={label: LabelCounts(label, **values) for label, values in sorted(labels.items())})
+                      per_label={label: LabelCounts(label, **values) for label, values in sorted(labels.items())},
+                      failed_by_kind=failed_by_kind)

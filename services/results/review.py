@@ -256,7 +256,9 @@ class ReviewDesk:
         counts = self.operators.counts(request.marketplace, window)
         statistics = results_pb2.Statistics(
             window_s=window, classified=counts.classified, needs_review=counts.needs_review, failed=counts.failed,
-            per_minute=[results_pb2.ThroughputBucket(start=s, classifications=n) for s, n in counts.per_minute])
+            per_minute=[results_pb2.ThroughputBucket(start=s, classifications=n) for s, n in counts.per_minute],
+            failed_by_kind=[results_pb2.FailureCount(error_kind=kind, count=n)  # most first
+                            for kind, n in sorted(counts.failed_by_kind.items(), key=lambda item: (-item[1], item[0]))])
         for label, numbers in counts.per_label.items():
             entry = results_pb2.CategoryStatistics(label=label, classified=numbers.classified,
                                                    needs_review=numbers.needs_review, checked=numbers.checked,

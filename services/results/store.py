@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS classifications (
     confidence DOUBLE PRECISION,
     label TEXT,
     category_id TEXT,
-    superseded BOOLEAN NOT NULL DEFAULT FALSE
+    superseded BOOLEAN NOT NULL DEFAULT FALSE,
+    error_kind INTEGER
 );
 CREATE INDEX IF NOT EXISTS classifications_listing ON classifications (listing_id, sequence);
 CREATE INDEX IF NOT EXISTS classifications_marketplace ON classifications (marketplace, sequence);
@@ -223,7 +224,8 @@ class ClassificationStore:
     _LATER_COLUMNS = {
         "classifications": (("claimed_by", "TEXT"), ("claimed_until", "DOUBLE PRECISION"),  # publication claims
                             ("confidence", "DOUBLE PRECISION"), ("label", "TEXT"), ("category_id", "TEXT"),  # queue
-                            ("superseded", "BOOLEAN NOT NULL DEFAULT FALSE")),  # a late, older submission
+                            ("superseded", "BOOLEAN NOT NULL DEFAULT FALSE"),  # a late, older submission
+                            ("error_kind", "INTEGER")),  # a failure's kind, for the numbers (NULL before)
         "corrections": (("carried_from", "BIGINT"),),  # a verdict applied again to a listing back to its photo
     }
 
@@ -361,12 +363,12 @@ class ClassificationStore:
         inserted: dict[str, int] = {}
         if new:
             now = time.time()
-            rows = ", ".join(["(" + ", ".join([self._placeholder] * 11) + ")"] * len(new))
+            rows = ", ".join(["(" + ", ".join([self._placeholder] * 12) + ")"] * len(new))
             values = [value for index in new for value in self._row_values(keys[index], classifications[index],
                                                                               now)]
             cursor.execute(
                 "INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, "
-                f"published, stored_at, confidence, label, category_id, superseded) VALUES {rows} "
+                f"published, stored_at, confidence, label, category_id, superseded, error_kind) VALUES {rows} "
                 "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, sequence", values)
             inserted = {str(key): int(sequence) for key, sequence in cursor.fetchall()}
             raced = [keys[index] for index in new if keys[index] not in inserted]
@@ -451,7 +453,9 @@ class ClassificationStore:
     def _row_values(key: str, classification: common_pb2.Classification, now: float) -> tuple:
         return (key, classification.listing_id, classification.marketplace, classification.status,
                 classification.SerializeToString(), classification.superseded, now, float(classification.confidence),
-                classification.label, short_category_id(classification.category.id), classification.superseded)
+                classification.label, short_category_id(classification.category.id), classification.superseded,
+                classification.error_kind if classification.status == common_pb2.CLASSIFICATION_STATUS_FAILED
+                else None)
 
     def claim_many(self, sequences: list[int], owner: str, lease_s: float) -> set[int]:
         """claim() for many rows in one statement: the sequences this owner may publish now."""

@@ -344,9 +344,12 @@ def test_a_verdict_given_after_the_seller_replaced_the_photo_is_saved_not_sent_a
              "the correction marked as not sent")
 
 
-def test_the_numbers_page_draws_its_charts(console, operator, browser):
+def test_the_numbers_page_draws_its_charts(stack, results, console, operator, browser):
     from selenium.webdriver.common.by import By
 
+    unreadable = common_pb2.Listing(listing_id=f"numbers-{uuid.uuid4().hex[:8]}", marketplace="de-modehaus",
+                                    locale="de", image_bytes=b"<html><body>404 Not Found</body></html>")
+    assert classify_through_kafka(stack, results, unreadable).status == common_pb2.CLASSIFICATION_STATUS_FAILED
     browser.get(console.url + "/")
     if browser.current_url.endswith("/login"):
         browser.find_element(By.ID, "operator").send_keys(operator[0])
@@ -356,6 +359,9 @@ def test_the_numbers_page_draws_its_charts(console, operator, browser):
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#category-chart svg rect"), 30, "the category chart")
     totals = browser.find_element(By.ID, "totals").text
     assert "share needing review" in totals and "model right where checked" in totals
+    failures = browser.find_element(By.ID, "failure-chart")
+    assert failures.find_elements(By.CSS_SELECTOR, "svg rect")
+    assert "INVALID_IMAGE: the photo could not be read" in failures.text
 
 
 def test_export_corrections_writes_a_catalogue_make_train_takes(stack, console, operator, results, tmp_path):

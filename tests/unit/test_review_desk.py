@@ -232,6 +232,27 @@ def test_the_numbers_count_by_status_minute_and_label_and_the_accuracy_of_what_o
     assert other.classified == 0 and other.checked == 0
 
 
+def test_the_numbers_say_why_listings_failed_also_for_rows_stored_before_the_kind_had_a_column(store, taxonomies):
+    recorder = recorder_for(store, taxonomies)
+    recorder.record_predictions([prediction("k-ok", "dress", 0.9)])
+    kinds = [ErrorKind.INVALID_IMAGE] * 3 + [ErrorKind.SOURCE_UNREACHABLE] * 2 + [ErrorKind.OVERLOADED]
+    for index, kind in enumerate(kinds):
+        recorder.record_failure(events_pb2.ProcessingFailed(
+            listing_id=f"k-{index}", submission_id=f"s-{index}", marketplace="de-modehaus", error_kind=kind.proto,
+            reason="why", stage="preprocessing"))
+    with store.transaction() as cursor:  # what a release before the column left: the kind only in the payload
+        cursor.execute(store.sql("UPDATE classifications SET error_kind = NULL WHERE listing_id IN (?, ?)"),
+                       ("k-0", "k-3"))
+    numbers = ReviewDesk(OperatorStore(store), taxonomies, lambda event: Sent(), "x").statistics(
+        results_pb2.GetStatisticsRequest(window_s=3600))
+    assert (numbers.classified + numbers.needs_review, numbers.failed) == (1, 6)
+    assert [(f.error_kind, f.count) for f in numbers.failed_by_kind] == [
+        (ErrorKind.INVALID_IMAGE.proto, 3), (ErrorKind.SOURCE_UNREACHABLE.proto, 2), (ErrorKind.OVERLOADED.proto, 1)]
+    elsewhere = ReviewDesk(OperatorStore(store), taxonomies, lambda event: Sent(), "x").statistics(
+        results_pb2.GetStatisticsRequest(window_s=3600, marketplace="fr-boutique"))
+    assert elsewhere.failed == 0 and not elsewhere.failed_by_kind
+
+
 def test_search_names_categories_in_any_taxonomy_locale_and_by_id(taxonomies):
     desk = ReviewDesk(None, taxonomies, lambda event: Sent(), "x")
     found = desk.search_categories(results_pb2.SearchCategoriesRequest(marketplace="de-modehaus", locale="ja",

@@ -119,7 +119,7 @@ def test_record_many_when_another_replica_stores_a_key_between_look_up_and_inser
             else:  # SQLite serialises writers: the row is put in through this transaction instead
                 cursor.execute(store.sql("INSERT INTO classifications (idempotency_key, listing_id, marketplace, "
                                          "status, payload, published, stored_at, confidence, label, category_id, "
-                                         "superseded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                                         "superseded, error_kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                                store._row_values(idempotency_key(classification(f"{prefix}-contested")),
                                                  classification(f"{prefix}-contested"), 0.0))
         return found
@@ -260,7 +260,8 @@ def test_two_replicas_recording_the_same_photo_back_at_once_store_it_once(backen
             replica.stop()
 
 
-@pytest.mark.parametrize("table, column", [("classifications", "superseded"), ("corrections", "carried_from")])
+@pytest.mark.parametrize("table, column", [("classifications", "superseded"), ("classifications", "error_kind"),
+                                           ("corrections", "carried_from")])
 def test_a_store_an_earlier_version_made_gets_the_columns_added_since(table, column, tmp_path, postgres_url):
     """Each backend: the column dropped (as a database an earlier version made has it), then a start adds it."""
     for url in (f"sqlite:///{tmp_path / 'old.sqlite3'}", postgres_url):

@@ -242,6 +242,14 @@ async function loadNumbers() {
       label: c.category, value: c.classified + c.needs_review,
       note: (c.classified + c.needs_review) + " · review " + c.needs_review +
             (c.checked ? " · right " + percent(c.checked_correct / c.checked) + " of " + c.checked : "") }))));
+    const failures = document.getElementById("failure-chart");
+    if (found.failed_by_kind.length) {
+      failures.replaceChildren(barChart(found.failed_by_kind.map(f => ({ label: f.kind, value: f.count,
+                                                                         note: String(f.count) }))),
+        el("ul", {}, ...found.failed_by_kind.map(f => el("li", { text: f.kind + ": " + f.meaning }))));
+    } else {
+      failures.replaceChildren(el("p", { text: "none in this window" }));
+    }
   } catch (error) { status("The numbers could not be loaded: " + error.message); }
 }
 

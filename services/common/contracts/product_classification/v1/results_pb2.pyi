@@ -167,7 +167,7 @@ class CategoryStatistics(_message.Message):
     def __init__(self, label: _Optional[str] = ..., category: _Optional[_Union[_common_pb2.Category, _Mapping]] = ..., classified: _Optional[int] = ..., needs_review: _Optional[int] = ..., checked: _Optional[int] = ..., checked_correct: _Optional[int] = ...) -> None: ...
 
 class Statistics(_message.Message):
-    __slots__ = ("window_s", "classified", "needs_review", "failed", "checked", "checked_correct", "per_minute", "per_category")
+    __slots__ = ("window_s", "classified", "needs_review", "failed", "checked", "checked_correct", "per_minute", "per_category", "failed_by_kind")
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIED_FIELD_NUMBER: _ClassVar[int]
     NEEDS_REVIEW_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class Statistics(_message.Message):
     CHECKED_CORRECT_FIELD_NUMBER: _ClassVar[int]
     PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    FAILED_BY_KIND_FIELD_NUMBER: _ClassVar[int]
     window_s: int
     classified: int
     needs_review: int
@@ -184,7 +185,16 @@ class Statistics(_message.Message):
     checked_correct: int
     per_minute: _containers.RepeatedCompositeFieldContainer[ThroughputBucket]
     per_category: _containers.RepeatedCompositeFieldContainer[CategoryStatistics]
-    def __init__(self, window_s: _Optional[int] = ..., classified: _Optional[int] = ..., needs_review: _Optional[int] = ..., failed: _Optional[int] = ..., checked: _Optional[int] = ..., checked_correct: _Optional[int] = ..., per_minute: _Optional[_Iterable[_Union[ThroughputBucket, _Mapping]]] = ..., per_category: _Optional[_Iterable[_Union[CategoryStatistics, _Mapping]]] = ...) -> None: ...
+    failed_by_kind: _containers.RepeatedCompositeFieldContainer[FailureCount]
+    def __init__(self, window_s: _Optional[int] = ..., classified: _Optional[int] = ..., needs_review: _Optional[int] = ..., failed: _Optional[int] = ..., checked: _Optional[int] = ..., checked_correct: _Optional[int] = ..., per_minute: _Optional[_Iterable[_Union[ThroughputBucket, _Mapping]]] = ..., per_category: _Optional[_Iterable[_Union[CategoryStatistics, _Mapping]]] = ..., failed_by_kind: _Optional[_Iterable[_Union[FailureCount, _Mapping]]] = ...) -> None: ...
+
+class FailureCount(_message.Message):
+    __slots__ = ("error_kind", "count")
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    error_kind: _common_pb2.ErrorKind
+    count: int
+    def __init__(self, error_kind: _Optional[_Union[_common_pb2.ErrorKind, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ListMarketplacesRequest(_message.Message):
     __slots__ = ("locale",)
