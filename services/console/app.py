@@ -87,6 +87,7 @@ FAILURE_MEANING = {
     common_pb2.ERROR_KIND_INTERNAL: "our error: replay once fixed (replay-dead-letters)",
     common_pb2.ERROR_KIND_OVERLOADED: "no room to decode it in time: replay when the workers have room",
 }
+FAILURE_KINDS = [name.removeprefix("ERROR_KIND_") for name, value in common_pb2.ErrorKind.items() if value]
 
 
 def _timestamp(value: Timestamp) -> str:
@@ -273,6 +274,15 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         await client.localize(classifications, session.locale)
         return JSONResponse({"classifications": [classification_json(c) for c in classifications]})
 
+    async def failures(request: Request, session: Session):
+        kind = query(request, "kind", 40)
+        if kind and "ERROR_KIND_" + kind not in common_pb2.ErrorKind.keys():
+            raise ValueError(f"kind must be one of {', '.join(FAILURE_KINDS)}")
+        found = await client.call("ListClassifications", results_pb2.ListClassificationsRequest(
+            marketplace=query(request, "marketplace"), page_size=integer(request, "limit", 30, 1, 200),
+            failed_only=True, error_kind=common_pb2.ErrorKind.Value("ERROR_KIND_" + kind) if kind else 0))
+        return JSONResponse({"classifications": [classification_json(c) for c in found.classifications]})
+
     async def review_queue(request: Request, session: Session):
         found = await client.call("ListReviewQueue", results_pb2.ListReviewQueueRequest(
             marketplace=query(request, "marketplace"), category_id=query(request, "category"),
@@ -383,6 +393,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         Route("/api/marketplaces", api(marketplaces)),
         Route("/api/recent", api(recent)),
         Route("/api/review", api(review_queue)),
+        Route("/api/failures", api(failures)),
         Route("/api/categories", api(categories)),
         Route("/api/corrections", api(record_correction), methods=["POST"]),
         Route("/api/corrections", api(corrections), methods=["GET"]),

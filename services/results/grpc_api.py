@@ -8,7 +8,7 @@ import threading
 
 import grpc
 
-from services.common.contracts.product_classification.v1 import results_pb2, results_pb2_grpc
+from services.common.contracts.product_classification.v1 import common_pb2, results_pb2, results_pb2_grpc
 from services.common.errors import ERROR_KIND_METADATA_KEY, ClassificationError, ErrorKind, abort_with
 from services.common.validation import MAX_ID_LENGTH, check_text
 from services.results.core import ClassificationRecorder
@@ -100,8 +100,11 @@ class ClassificationResultsServicer(results_pb2_grpc.ClassificationResultsServic
         return found, found[-1].sequence if more and found else 0
 
     def ListClassifications(self, request, context):
+        if request.error_kind not in common_pb2.ErrorKind.values():  # a newer client's kind: say so, not "none"
+            abort_with(context, ClassificationError(ErrorKind.INVALID_REQUEST,
+                                                    f"error_kind {request.error_kind} is not a kind this service knows"))
         found, next_before = self._page(request, context, lambda limit: self.store.recent(
-            request.marketplace, limit, request.before_sequence))
+            request.marketplace, limit, request.before_sequence, request.failed_only, request.error_kind))
         return results_pb2.ListClassificationsResponse(classifications=found, next_before_sequence=next_before)
 
     async def WatchClassifications(self, request, context):

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 _CREATED = re.compile(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)")
 # The PostgreSQL advisory lock starting replicas take in turn while they create what is missing.
 SCHEMA_LOCK_KEY = 0x70636C73  # "pcls"
+FAILED_STATUS = int(common_pb2.CLASSIFICATION_STATUS_FAILED)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS classifications (
 CREATE INDEX IF NOT EXISTS classifications_listing ON classifications (listing_id, sequence);
 CREATE INDEX IF NOT EXISTS classifications_marketplace ON classifications (marketplace, sequence);
 CREATE INDEX IF NOT EXISTS classifications_stored_at ON classifications (stored_at);
+CREATE INDEX IF NOT EXISTS classifications_failed ON classifications (sequence) WHERE status = {failed};
 CREATE TABLE IF NOT EXISTS thumbnails (
     image_digest TEXT PRIMARY KEY,
     jpeg {blob_type} NOT NULL,
@@ -157,7 +159,7 @@ class ClassificationStore:
             import psycopg
 
             self._connection = psycopg.connect(self.database_url, autocommit=False, connect_timeout=5)
-            statements = _SCHEMA.format(id_type="BIGSERIAL PRIMARY KEY", blob_type="BYTEA")
+            statements = _SCHEMA.format(id_type="BIGSERIAL PRIMARY KEY", blob_type="BYTEA", failed=FAILED_STATUS)
         elif self.database_url.startswith("sqlite:///"):
             path = self.database_url.removeprefix("sqlite:///")
             if path != ":memory:":
@@ -165,7 +167,8 @@ class ClassificationStore:
             self._connection = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=NORMAL")
-            statements = _SCHEMA.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT", blob_type="BLOB")
+            statements = _SCHEMA.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT", blob_type="BLOB",
+                                        failed=FAILED_STATUS)
         else:
             raise ValueError(f"database_url must be sqlite:///PATH or postgresql://..., got {self.database_url!r}")
         if self._postgres:
@@ -502,11 +505,19 @@ class ClassificationStore:
         found = self._select("listing_id = ? AND NOT superseded", (listing_id,), "DESC", 1)
         return found[0] if found else None
 
-    def recent(self, marketplace: str, limit: int, before_sequence: int = 0) -> list[common_pb2.Classification]:
+    def recent(self, marketplace: str, limit: int, before_sequence: int = 0, failed_only: bool = False,
+               error_kind: int = 0) -> list[common_pb2.Classification]:
+        """Newest first; `failed_only` (or an `error_kind`, only failures of that kind) reads the failures' own
+        index. A failure stored before the kind had a column is listed as failed, not under its kind."""
         where, parameters = ["sequence < ?"], [before_sequence or 2 ** 62]
         if marketplace:
             where.append("marketplace = ?")
             parameters.append(marketplace)
+        if failed_only or error_kind:
+            where.append(f"status = {FAILED_STATUS}")  # the partial index's own predicate, so that it is used
+        if error_kind:
+            where.append("error_kind = ?")
+            parameters.append(error_kind)
         return self._select(" AND ".join(where), tuple(parameters), "DESC", limit)
 
     def after(self, after_sequence: int, marketplace: str, limit: int = 200) -> list[common_pb2.Classification]:

@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
+import grpc
 import pytest
 
 from services.common.contracts.product_classification.v1 import common_pb2, events_pb2, results_pb2
@@ -350,6 +351,8 @@ def test_the_numbers_page_draws_its_charts(stack, results, console, operator, br
     unreadable = common_pb2.Listing(listing_id=f"numbers-{uuid.uuid4().hex[:8]}", marketplace="de-modehaus",
                                     locale="de", image_bytes=b"<html><body>404 Not Found</body></html>")
     assert classify_through_kafka(stack, results, unreadable).status == common_pb2.CLASSIFICATION_STATUS_FAILED
+    classify_through_kafka(stack, results, common_pb2.Listing(  # a category for its chart, run alone too
+        listing_id=f"numbers-{uuid.uuid4().hex[:8]}", marketplace="de-modehaus", locale="de", image_bytes=photo()))
     browser.get(console.url + "/")
     if browser.current_url.endswith("/login"):
         browser.find_element(By.ID, "operator").send_keys(operator[0])
@@ -362,6 +365,23 @@ def test_the_numbers_page_draws_its_charts(stack, results, console, operator, br
     failures = browser.find_element(By.ID, "failure-chart")
     assert failures.find_elements(By.CSS_SELECTOR, "svg rect")
     assert "INVALID_IMAGE: the photo could not be read" in failures.text
+    failures.find_element(By.CSS_SELECTOR, 'button[data-kind="INVALID_IMAGE"]').click()
+    wait_for(lambda: any(unreadable.listing_id in row.text and "web page" in row.text
+                         for row in browser.find_elements(By.CSS_SELECTOR, "#failures tr")), 20,
+             "the unreadable listing among the latest failures, with its reason")
+
+
+def test_failures_are_listed_by_a_kind_the_service_knows(console, operator, results):
+    visitor = Visitor(console.url)
+    visitor.login(*operator)
+    status, _, body = visitor.request("/api/failures?kind=NOT_A_KIND")
+    assert status == 400 and b"INVALID_IMAGE" in body
+    status, _, body = visitor.request("/api/failures?kind=SOURCE_TOO_SLOW")
+    assert status == 200 and all(c["error_kind"] == "SOURCE_TOO_SLOW" for c in json.loads(body)["classifications"])
+    with pytest.raises(grpc.RpcError) as refused:  # a newer client's kind is refused, not read as "any"
+        results.ListClassifications(results_pb2.ListClassificationsRequest(failed_only=True, error_kind=99),
+                                    timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "99" in refused.value.details()
 
 
 def test_export_corrections_writes_a_catalogue_make_train_takes(stack, console, operator, results, tmp_path):

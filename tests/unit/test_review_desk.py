@@ -251,6 +251,14 @@ def test_the_numbers_say_why_listings_failed_also_for_rows_stored_before_the_kin
     elsewhere = ReviewDesk(OperatorStore(store), taxonomies, lambda event: Sent(), "x").statistics(
         results_pb2.GetStatisticsRequest(window_s=3600, marketplace="fr-boutique"))
     assert elsewhere.failed == 0 and not elsewhere.failed_by_kind
+    # the latest failures, of any kind or of one, newest first and page by page (the console's list under a kind)
+    assert [c.listing_id for c in store.recent("", 10, failed_only=True)] == [f"k-{i}" for i in range(5, -1, -1)]
+    unreadable = store.recent("de-modehaus", 10, error_kind=ErrorKind.INVALID_IMAGE.proto)
+    assert [c.listing_id for c in unreadable] == ["k-2", "k-1"]  # k-0's kind is only in its payload
+    assert all(c.error_reason == "why" for c in unreadable)
+    assert [c.listing_id for c in store.recent("", 1, unreadable[0].sequence, error_kind=unreadable[0].error_kind)] \
+        == ["k-1"]
+    assert store.recent("fr-boutique", 10, failed_only=True) == []
 
 
 def test_search_names_categories_in_any_taxonomy_locale_and_by_id(taxonomies):

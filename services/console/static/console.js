@@ -246,11 +246,24 @@ async function loadNumbers() {
     if (found.failed_by_kind.length) {
       failures.replaceChildren(barChart(found.failed_by_kind.map(f => ({ label: f.kind, value: f.count,
                                                                          note: String(f.count) }))),
-        el("ul", {}, ...found.failed_by_kind.map(f => el("li", { text: f.kind + ": " + f.meaning }))));
+        el("ul", {}, ...found.failed_by_kind.map(f => el("li", {}, f.kind + ": " + f.meaning + " ",
+          el("button", { type: "button", className: "failures-of", "data-kind": f.kind,
+                         onclick: () => loadFailures(f.kind), text: "latest" })))));
     } else {
       failures.replaceChildren(el("p", { text: "none in this window" }));
     }
+    document.getElementById("failures").replaceChildren();
   } catch (error) { status("The numbers could not be loaded: " + error.message); }
+}
+
+async function loadFailures(kind) {
+  // the latest failures of one kind, with the reason each listing got (what to tell its seller or producer)
+  try {
+    const found = await api("/api/failures?" + query({ marketplace: state.marketplace, kind }));
+    document.getElementById("failures").replaceChildren(...found.classifications.map(c => el("tr", {},
+      el("td", { text: c.classified_at }), el("td", { className: "id", text: c.listing_id }),
+      el("td", { text: c.marketplace }), el("td", { text: c.error_kind }), el("td", { text: c.error_reason }))));
+  } catch (error) { status("The failures could not be loaded: " + error.message); }
 }
 
 async function loadCorrections() {

@@ -15,14 +15,18 @@ class GetClassificationRequest(_message.Message):
     def __init__(self, listing_id: _Optional[str] = ...) -> None: ...
 
 class ListClassificationsRequest(_message.Message):
-    __slots__ = ("marketplace", "page_size", "before_sequence")
+    __slots__ = ("marketplace", "page_size", "before_sequence", "failed_only", "error_kind")
     MARKETPLACE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     BEFORE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     marketplace: str
     page_size: int
     before_sequence: int
-    def __init__(self, marketplace: _Optional[str] = ..., page_size: _Optional[int] = ..., before_sequence: _Optional[int] = ...) -> None: ...
+    failed_only: bool
+    error_kind: _common_pb2.ErrorKind
+    def __init__(self, marketplace: _Optional[str] = ..., page_size: _Optional[int] = ..., before_sequence: _Optional[int] = ..., failed_only: _Optional[bool] = ..., error_kind: _Optional[_Union[_common_pb2.ErrorKind, str]] = ...) -> None: ...
 
 class ListClassificationsResponse(_message.Message):
     __slots__ = ("classifications", "next_before_sequence")
