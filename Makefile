@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-10)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install contracts contracts-check models train ablation demo up export-corrections evaluate test browser promtool bench bench-plumbing bench-preprocess bench-scale bench-watch bench-gpu gpu-carry gpu-carry-ort chaos lock clean
+.PHONY: install contracts contracts-check prometheus-rule models train ablation demo up export-corrections evaluate test browser promtool bench bench-plumbing bench-preprocess bench-scale bench-watch bench-gpu gpu-carry gpu-carry-ort chaos lock clean
 
 install: $(INSTALLED)
 
@@ -22,6 +22,10 @@ contracts: install
 
 contracts-check: install
 	$(PY) -m services.common.contracts.generate --check
+
+## Write the alerts (deploy/prometheus/alerts.yml) as the Prometheus Operator's PrometheusRule, after changing them.
+prometheus-rule: install
+	$(PY) deploy/prometheus/prometheus_rule.py
 
 ## Train the served models on the real clothing photos, fit their fusion, publish to triton_models/ (once; cached).
 models: install

@@ -5,18 +5,21 @@ held to the metrics the services really export, so a renamed metric or label can
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from prometheus_client import REGISTRY
 
 from services.common.errors import ErrorKind
-from tests.unit.test_deploy import rendered
+from tests.unit.test_deploy import rendered, tool
 
 importlib.import_module("services.common.metrics")  # registers every metric the services export
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,3 +120,62 @@ def test_kubernetes_gets_the_same_alerts_as_a_configmap():
     alerts = [document for document in documents if document["kind"] == "ConfigMap"
               and document["metadata"]["name"] == "product-classification-alerts"]
     assert len(alerts) == 1 and alerts[0]["data"]["alerts.yml"] == ALERTS.read_text()
+
+
+def with_prometheus_operator(overlay: str, tmp_path: Path) -> list[dict]:
+    """An overlay with the Prometheus Operator component added, as an operator's own overlay would add it."""
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "product-classification",
+        "resources": [os.path.relpath(ROOT / "deploy" / overlay, tmp_path)],  # kustomize takes no absolute path
+        "components": [os.path.relpath(ROOT / "deploy" / "components" / "prometheus-operator", tmp_path)]}))
+    output = subprocess.run([tool("kubectl"), "kustomize", "--load-restrictor=LoadRestrictionsNone", str(tmp_path)],
+                            check=True, capture_output=True, text=True).stdout
+    return [document for document in yaml.safe_load_all(output) if document]
+
+
+def test_the_prometheus_rule_is_what_alerts_yml_makes():
+    """The Prometheus Operator's copy of the alerts (a PrometheusRule) holds the same groups, rule for rule."""
+    rule = ROOT / "deploy" / "components" / "prometheus-operator" / "prometheus-rule.yaml"
+    result = subprocess.run([sys.executable, str(ROOT / "deploy" / "prometheus" / "prometheus_rule.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert yaml.safe_load(rule.read_text())["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+@pytest.mark.parametrize("overlay", ["overlays/production", "overlays/production-colocated-workers"])
+def test_the_pod_monitor_scrapes_every_metrics_port_under_its_service_name(overlay, tmp_path):
+    """Every container port named for metrics in the overlay's pods is one of the PodMonitor's endpoints, and the
+    job the target gets (the pod's jobLabel value, or the endpoint's relabelling) is the service's name: the job
+    names ProductClassificationServiceDown matches. The PodMonitor and PrometheusRule hold to their CRDs' fields."""
+    documents = with_prometheus_operator(overlay, tmp_path)
+    schema = json.loads((ROOT / "tests" / "schemas" / "prometheus-operator.schema.json").read_text())
+    monitors = [document for document in documents if document["apiVersion"].startswith("monitoring.coreos.com/")]
+    for document in monitors:
+        jsonschema.validate(document, schema)
+        assert document["metadata"]["namespace"] == "product-classification"
+    [monitor] = [document["spec"] for document in monitors if document["kind"] == "PodMonitor"]
+    [expression] = monitor["selector"]["matchExpressions"]
+    endpoints = {endpoint["port"]: endpoint for endpoint in monitor["podMetricsEndpoints"]}
+    down = next(rule["expr"] for rule in rules() if rule["alert"] == "ProductClassificationServiceDown")
+    compose_jobs = re.search(r'up\{job=~"([^"]+)"\}', down).group(1).split("|")
+    scraped = set()
+    for document in documents:
+        if document["kind"] != "Deployment":
+            continue
+        labels = document["spec"]["template"]["metadata"]["labels"]
+        selected = labels.get(expression["key"]) in expression["values"]
+        for container in document["spec"]["template"]["spec"]["containers"]:
+            for port in container.get("ports", ()):
+                if not port["name"].endswith("metrics"):
+                    continue
+                assert selected and port["name"] in endpoints, f"{container['name']}'s {port['name']} is not scraped"
+                job = labels[monitor["jobLabel"]]
+                for relabel in endpoints[port["name"]].get("relabelings", ()):
+                    if relabel["targetLabel"] == "job":
+                        job = relabel["replacement"]
+                service = re.sub(r"-\d+$", "", container["name"])  # preprocessing-1, a co-located worker
+                assert job == service and job in compose_jobs, (container["name"], port["name"], job)
+                scraped.add((document["metadata"]["name"], container["name"]))
+    assert {"gateway", "preprocessing", "results", "triton"} <= {container for _, container in scraped}
+    if overlay.endswith("colocated-workers"):
+        assert {("triton", "preprocessing-1"), ("triton", "preprocessing-2")} <= scraped
