@@ -5,6 +5,7 @@ Names say what they count; labels are bounded (method, status, topic, model, out
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import logging
 import socket
@@ -65,11 +66,11 @@ END_TO_END_SECONDS = Histogram("product_classification_end_to_end_seconds",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 CLASSIFICATIONS = Counter("product_classification_classifications_total",
                           "classifications stored, by marketplace and outcome", ["marketplace", "outcome"])
-# 1, by the service's name: marks a scrape target as one of ours whatever the scraper named its job (compose's job
-# is the service's name, a cluster's pod discovery has one job for every pod), so the down alert can say which
-# service stopped answering.
-SERVICE_INFO = Gauge("product_classification_service_info", "1, labelled with the service this process is",
-                     ["service"])
+# 1, by the service's name and release: marks a scrape target as one of ours whatever the scraper named its job
+# (compose's job is the service's name, a cluster's pod discovery has one job for every pod), so the down alert can
+# say which service stopped answering; and shows which release each replica runs while a rollout goes on.
+SERVICE_INFO = Gauge("product_classification_service_info",
+                     "1, labelled with the service this process is and the release it runs", ["service", "version"])
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -148,9 +149,17 @@ def serve_metrics(port: int, address: str = "0.0.0.0", slots: int = 8, read_time
     return server
 
 
+def release() -> str:
+    """The installed project's version (the images install it), "unknown" when run from a checkout not installed."""
+    try:
+        return importlib.metadata.version("product-classification")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def start_metrics_server(service: str, port: int, address: str = "0.0.0.0") -> None:
     """Serves this process's metrics (none when port is 0); `service` is its name in the service_info metric."""
-    SERVICE_INFO.labels(service).set(1)
+    SERVICE_INFO.labels(service, release()).set(1)
     if port:
         serve_metrics(port, address)
 

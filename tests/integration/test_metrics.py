@@ -1,5 +1,6 @@
 """Every service exposes Prometheus metrics that move with the traffic: a scrape before and after, compared."""
 
+import importlib.metadata
 import re
 import threading
 import time
@@ -56,7 +57,8 @@ def test_every_target_says_which_service_it_is(stack):
     for name in ("gateway", "preprocessing", "results"):
         values = scrape(stack.services[name].metrics_url)
         info = {key: value for key, value in values.items() if key.startswith("product_classification_service_info{")}
-        assert info == {f"product_classification_service_info{{service={name}}}": 1.0}, name
+        version = importlib.metadata.version("product-classification")
+        assert info == {f"product_classification_service_info{{service={name},version={version}}}": 1.0}, name
     # as Prometheus reads it (prometheus_client's parser would name the counter nv_inference_request_success_total)
     triton = urllib.request.urlopen(f"http://127.0.0.1:{stack.triton.metrics_port}/metrics", timeout=5).read().decode()
     for model in stack.called_models:
