@@ -276,7 +276,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
 
     async def failures(request: Request, session: Session):
         kind = query(request, "kind", 40)
-        if kind and "ERROR_KIND_" + kind not in common_pb2.ErrorKind.keys():
+        if kind and kind not in FAILURE_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAILURE_KINDS)}")
         found = await client.call("ListClassifications", results_pb2.ListClassificationsRequest(
             marketplace=query(request, "marketplace"), page_size=integer(request, "limit", 30, 1, 200),
