@@ -280,8 +280,10 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             raise ValueError(f"kind must be one of {', '.join(FAILURE_KINDS)}")
         found = await client.call("ListClassifications", results_pb2.ListClassificationsRequest(
             marketplace=query(request, "marketplace"), page_size=integer(request, "limit", 30, 1, 200),
+            before_sequence=integer(request, "before", 0, 0, 2 ** 62),
             failed_only=True, error_kind=common_pb2.ErrorKind.Value("ERROR_KIND_" + kind) if kind else 0))
-        return JSONResponse({"classifications": [classification_json(c) for c in found.classifications]})
+        return JSONResponse({"classifications": [classification_json(c) for c in found.classifications],
+                             "next_before": found.next_before_sequence})
 
     async def review_queue(request: Request, session: Session):
         found = await client.call("ListReviewQueue", results_pb2.ListReviewQueueRequest(

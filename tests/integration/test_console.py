@@ -350,7 +350,12 @@ def test_the_numbers_page_draws_its_charts(stack, results, console, operator, br
 
     unreadable = common_pb2.Listing(listing_id=f"numbers-{uuid.uuid4().hex[:8]}", marketplace="de-modehaus",
                                     locale="de", image_bytes=b"<html><body>404 Not Found</body></html>")
+    more = [common_pb2.Listing(listing_id=f"numbers-{uuid.uuid4().hex[:8]}", marketplace="de-modehaus", locale="de",
+                               image_bytes=b"not a photo") for _ in range(30)]  # more than the list's first page
+    submit_listings(stack.kafka_settings, more)
     assert classify_through_kafka(stack, results, unreadable).status == common_pb2.CLASSIFICATION_STATUS_FAILED
+    for listing in more:
+        classify_through_kafka(stack, results, listing)
     classify_through_kafka(stack, results, common_pb2.Listing(  # a category for its chart, run alone too
         listing_id=f"numbers-{uuid.uuid4().hex[:8]}", marketplace="de-modehaus", locale="de", image_bytes=photo()))
     browser.get(console.url + "/")
@@ -366,14 +371,31 @@ def test_the_numbers_page_draws_its_charts(stack, results, console, operator, br
     assert failures.find_elements(By.CSS_SELECTOR, "svg rect")
     assert "INVALID_IMAGE: the photo could not be read" in failures.text
     failures.find_element(By.CSS_SELECTOR, 'button[data-kind="INVALID_IMAGE"]').click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#failures tr.older button"), 20, "the first page")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#failures tr:not(.older)")) == 30
+    browser.find_element(By.CSS_SELECTOR, "#failures tr.older button").click()
     wait_for(lambda: any(unreadable.listing_id in row.text and "web page" in row.text
                          for row in browser.find_elements(By.CSS_SELECTOR, "#failures tr")), 20,
-             "the unreadable listing among the latest failures, with its reason")
+             "the unreadable listing among the older failures, with its reason")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#failures tr:not(.older)")) > 30
 
 
-def test_failures_are_listed_by_a_kind_the_service_knows(console, operator, results):
+def test_failures_are_listed_by_a_kind_the_service_knows_page_by_page(stack, console, operator, results):
+    for _ in range(2):
+        classify_through_kafka(stack, results, common_pb2.Listing(
+            listing_id=f"failures-{uuid.uuid4().hex[:8]}", marketplace="fr-boutique", locale="fr",
+            image_bytes=b"GIF89a" + b"\x00" * 40))
     visitor = Visitor(console.url)
     visitor.login(*operator)
+    status, _, body = visitor.request("/api/failures?kind=INVALID_IMAGE&marketplace=fr-boutique&limit=1")
+    first = json.loads(body)
+    assert status == 200 and len(first["classifications"]) == 1 and first["next_before"]
+    status, _, body = visitor.request(f"/api/failures?kind=INVALID_IMAGE&marketplace=fr-boutique&limit=1"
+                                      f"&before={first['next_before']}")
+    [older] = json.loads(body)["classifications"]
+    assert older["sequence"] < first["classifications"][0]["sequence"] and older["error_kind"] == "INVALID_IMAGE"
+    assert older["listing_id"] != first["classifications"][0]["listing_id"]
+    assert visitor.request("/api/failures?before=-1")[0] == 400
     for kind in ("NOT_A_KIND", "UNSPECIFIED"):  # the latter would list every kind
         status, _, body = visitor.request(f"/api/failures?kind={kind}")
         assert status == 400 and b"INVALID_IMAGE" in body, kind

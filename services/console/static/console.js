@@ -256,13 +256,21 @@ async function loadNumbers() {
   } catch (error) { status("The numbers could not be loaded: " + error.message); }
 }
 
-async function loadFailures(kind) {
-  // the latest failures of one kind, with the reason each listing got (what to tell its seller or producer)
+async function loadFailures(kind, before = 0) {
+  // the latest failures of one kind, with the reason each listing got (what to tell its seller or producer);
+  // "older" reads the page before the last row shown
   try {
-    const found = await api("/api/failures?" + query({ marketplace: state.marketplace, kind }));
-    document.getElementById("failures").replaceChildren(...found.classifications.map(c => el("tr", {},
+    const found = await api("/api/failures?" + query({ marketplace: state.marketplace, kind, before: before || "" }));
+    const rows = found.classifications.map(c => el("tr", {},
       el("td", { text: c.classified_at }), el("td", { className: "id", text: c.listing_id }),
-      el("td", { text: c.marketplace }), el("td", { text: c.error_kind }), el("td", { text: c.error_reason }))));
+      el("td", { text: c.marketplace }), el("td", { text: c.error_kind }), el("td", { text: c.error_reason })));
+    const table = document.getElementById("failures");
+    if (before) table.querySelector("tr.older")?.remove(); else table.replaceChildren();
+    table.append(...rows);
+    if (found.next_before) {
+      table.append(el("tr", { className: "older" }, el("td", { colspan: "5" }, el("button", {
+        type: "button", text: "older", onclick: () => loadFailures(kind, found.next_before) }))));
+    }
   } catch (error) { status("The failures could not be loaded: " + error.message); }
 }
 
