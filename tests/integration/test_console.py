@@ -94,7 +94,7 @@ def test_nothing_of_a_listing_is_shown_without_a_session(console):
     visitor = Visitor(console.url)
     status, headers, _ = visitor.request("/")
     assert status == 303 and headers["location"] == "/login"
-    for path in ("/api/recent", "/api/review", "/api/feed", "/api/statistics", "/api/corrections",
+    for path in ("/api/recent", "/api/review", "/api/failures", "/api/feed", "/api/statistics", "/api/corrections",
                  "/api/marketplaces", "/api/categories?marketplace=de-modehaus&q=a", "/thumbnails/" + "a" * 64):
         status, _, body = visitor.request(path)
         assert status == 401 and b"listing" not in body, path
