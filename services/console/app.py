@@ -90,6 +90,14 @@ FAILURE_MEANING = {
 FAILURE_KINDS = [name.removeprefix("ERROR_KIND_") for name, value in common_pb2.ErrorKind.items() if value]
 
 
+def kind_name(value: int) -> str:
+    """'INVALID_IMAGE' for ERROR_KIND_INVALID_IMAGE; a kind this console does not know (a newer result service's) as
+    its number."""
+    if value not in common_pb2.ErrorKind.values():
+        return str(value)
+    return common_pb2.ErrorKind.Name(value).removeprefix("ERROR_KIND_")
+
+
 def _timestamp(value: Timestamp) -> str:
     return value.ToJsonString() if value.seconds or value.nanos else ""
 
@@ -108,7 +116,7 @@ def classification_json(c: common_pb2.Classification) -> dict:
             "candidates": [{"label": k.label, "confidence": round(k.confidence, 4),
                             "category": category_json(k.category)} for k in c.candidates],
             "image_digest": c.image_digest, "sequence": c.sequence, "classified_at": _timestamp(c.classified_at),
-            "error_kind": common_pb2.ErrorKind.Name(c.error_kind).removeprefix("ERROR_KIND_") if c.error_kind else "",
+            "error_kind": kind_name(c.error_kind) if c.error_kind else "",
             "error_reason": c.error_reason, "superseded": c.superseded}
 
 
@@ -335,8 +343,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             "per_category": [{"label": c.label, "category": c.category.name or c.label, "classified": c.classified,
                               "needs_review": c.needs_review, "checked": c.checked,
                               "checked_correct": c.checked_correct} for c in found.per_category],
-            "failed_by_kind": [{"kind": common_pb2.ErrorKind.Name(f.error_kind).removeprefix("ERROR_KIND_")
-                                if f.error_kind in common_pb2.ErrorKind.values() else str(f.error_kind),
+            "failed_by_kind": [{"kind": kind_name(f.error_kind),
                                 "meaning": FAILURE_MEANING.get(f.error_kind, "not recorded"), "count": f.count}
                                for f in found.failed_by_kind]})
 

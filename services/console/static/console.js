@@ -247,7 +247,7 @@ async function loadNumbers() {
       failures.replaceChildren(barChart(found.failed_by_kind.map(f => ({ label: f.kind, value: f.count,
                                                                          note: String(f.count) }))),
         el("ul", {}, ...found.failed_by_kind.map(f => el("li", {}, f.kind + ": " + f.meaning + " ",
-          el("button", { type: "button", className: "failures-of", "data-kind": f.kind,
+          el("button", { type: "button", "data-kind": f.kind,
                          onclick: () => loadFailures(f.kind), text: "latest" })))));
     } else {
       failures.replaceChildren(el("p", { text: "none in this window" }));
