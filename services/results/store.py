@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 _CREATED = re.compile(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)")
 # The PostgreSQL advisory lock starting replicas take in turn while they create what is missing.
 SCHEMA_LOCK_KEY = 0x70636C73  # "pcls"
+SCHEMA_LOCK_PAUSE_S = 0.2
+# The table an index statement indexes.
+_INDEXED_TABLE = re.compile(r"CREATE INDEX IF NOT EXISTS \w+ ON (\w+)")
+# A column added by a new release: how long each try waits for the table, and the pause between tries.
+COLUMN_LOCK_WAIT_MS = 200
+COLUMN_LOCK_PAUSE_S = 0.5
 FAILED_STATUS = int(common_pb2.CLASSIFICATION_STATUS_FAILED)
 
 
@@ -187,30 +193,95 @@ class ClassificationStore:
         there is nothing to do, ALTER TABLE exclusively: a replica starting while another ran a transaction waited
         for it, and every query behind it waited too, and holding one table's lock while waiting for the other's it
         deadlocked with a transaction reading both (seen in a fresh clone's chaos test). Now a started schema takes no
-        table lock at all, and a migration holds one table's lock at a time."""
-        with self._transaction() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        table lock at all, and a migration holds one table's lock at a time.
+
+        What a new release adds to tables the running replicas write, it adds without stopping their writes: an
+        index is built CONCURRENTLY (a plain build holds off every insert for the whole build, and every later
+        query queued behind it while it waited for a running transaction), one left invalid by a build that was
+        stopped midway is built again, and a column is added in tries of a moment each (_add_column)."""
+        self._take_schema_lock()
         try:
             with self._transaction() as cursor:
                 cursor.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                                "WHERE n.nspname = current_schema()")
                 relations = {str(row[0]) for row in cursor.fetchall()}
+                cursor.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                               "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                               "WHERE n.nspname = current_schema() AND NOT i.indisvalid")
+                invalid = {str(row[0]) for row in cursor.fetchall()}
                 cursor.execute("SELECT table_name, column_name FROM information_schema.columns "
                                "WHERE table_schema = current_schema()")
                 columns = {(str(table), str(column)) for table, column in cursor.fetchall()}
-            for statement in statements.split(";"):
+            for statement in (piece.strip() for piece in statements.split(";")):
                 created = _CREATED.search(statement)
-                if created is None or created.group(1) not in relations:
+                if created is not None and created.group(1) in relations - invalid:
+                    continue
+                indexed = _INDEXED_TABLE.search(statement)
+                if indexed is not None and indexed.group(1) in relations:  # a table that may hold rows already
+                    self._build_index_concurrently(created.group(1), statement, created.group(1) in invalid)
+                else:
                     with self._transaction() as cursor:
                         cursor.execute(statement)
             for table, later in self._LATER_COLUMNS.items():
                 for name, kind in later:
                     if (table, name) not in columns:
-                        with self._transaction() as cursor:
-                            cursor.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+                        self._add_column(table, name, kind)
         finally:
             with self._transaction() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+
+    def _take_schema_lock(self) -> None:
+        """The schema's advisory lock, asked for in short transactions until it is free. A transaction waiting in
+        pg_advisory_lock keeps its snapshot, and a concurrent index build waits for every older snapshot: the
+        replica building an index under the lock and the one waiting for the lock waited for each other, and
+        PostgreSQL ended the deadlock by failing one of the two starts."""
+        while True:
+            with self._transaction() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+                if cursor.fetchone()[0]:
+                    return
+            time.sleep(SCHEMA_LOCK_PAUSE_S)
+
+    def _build_index_concurrently(self, name: str, statement: str, invalid: bool) -> None:
+        """CREATE INDEX CONCURRENTLY (outside any transaction, as it must be): running replicas keep writing while
+        it reads the table. An invalid index of that name (a build stopped midway) is dropped first."""
+        with self._lock:
+            connection = self._connection
+            connection.autocommit = True
+            try:
+                if invalid:
+                    log.warning("index %s was left invalid by a build stopped midway; building it again", name)
+                    connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                log.info("building index %s concurrently (writes go on meanwhile)", name)
+                connection.execute(statement.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
+            except Exception as error:  # noqa: BLE001
+                raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: building index {name}: "
+                                          f"{error}") from error
+            finally:
+                if not connection.closed:
+                    connection.autocommit = False
+
+    def _add_column(self, table: str, name: str, kind: str) -> None:
+        """ALTER TABLE ... ADD COLUMN, which needs the table to itself for a moment. Waiting for it behind a running
+        transaction queues every later query of the table behind the ALTER: each try waits at most
+        COLUMN_LOCK_WAIT_MS, then gives the table back for COLUMN_LOCK_PAUSE_S, until it gets its moment."""
+        import psycopg
+
+        tries = 0
+        while True:
+            try:
+                with self._transaction() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = '{COLUMN_LOCK_WAIT_MS}ms'")
+                    cursor.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+                return
+            except ClassificationError as error:
+                if not isinstance(error.__cause__, psycopg.errors.LockNotAvailable):
+                    raise
+            tries += 1
+            if tries % 10 == 1:
+                log.warning("adding column %s.%s waits for a transaction holding the table (try %d)", table, name,
+                            tries)
+            time.sleep(COLUMN_LOCK_PAUSE_S)
 
     def _reconnect_if_broken(self) -> None:
         """After a lost connection (a database restart, a failover), the next transaction opens a new one."""

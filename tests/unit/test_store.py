@@ -308,3 +308,196 @@ def test_a_replica_starting_beside_running_transactions_takes_no_table_lock(post
     thread.join(30)
     starting.stop()
     assert started and not failed, f"the start waited on the running transaction: {failed}"
+
+
+@pytest.fixture
+def own_schema_url(postgres_url):
+    """A schema of this test's own in the session's database (a start builds what is missing in it): what a test
+    drops or holds there touches no other test's tables."""
+    import psycopg
+
+    schema = f"s_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    store = ClassificationStore(url)
+    store.start()  # the whole schema, as a running release has it
+    store.stop()
+    yield url
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _insert_row(connection) -> None:
+    connection.execute("INSERT INTO classifications (idempotency_key, listing_id, marketplace, status, payload, "
+                       "stored_at) VALUES (%s, 'l', 'm', 1, %s, 0)", (uuid.uuid4().hex, b""))
+
+
+def _wait_until_waiting(url: str, query_start: str, timeout_s: float = 15.0) -> None:
+    """Until a session runs a statement starting so and waits for a lock (a row lock or another transaction)."""
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            if watcher.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE btrim(query, E' \\n') ILIKE %s "
+                               "AND wait_event_type = 'Lock'", (query_start + "%",)).fetchone()[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"no session waited in {query_start!r} within {timeout_s} s")
+
+
+def _index_is_valid(connection, name: str) -> bool | None:
+    row = connection.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                             "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                             "WHERE c.relname = %s AND n.nspname = current_schema()", (name,)).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def _start_in_thread(url: str):
+    import threading
+
+    store, failures = ClassificationStore(url), []
+
+    def start() -> None:
+        try:
+            store.start()
+        except Exception as error:  # noqa: BLE001
+            failures.append(error)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    return store, thread, failures
+
+
+def test_an_index_a_new_release_adds_is_built_while_running_replicas_go_on_writing(own_schema_url):
+    """A running replica's transaction has inserted and not committed when a new release starts and builds an index
+    the table lacks. A plain CREATE INDEX waited for that transaction with the table's SHARE lock asked for, so the
+    other replicas' inserts queued behind it (and would have waited out the whole build): here one times out."""
+    import psycopg
+
+    with psycopg.connect(own_schema_url, autocommit=True) as admin:
+        admin.execute("DROP INDEX classifications_failed")
+    with psycopg.connect(own_schema_url) as running:
+        _insert_row(running)  # holds the table's ROW EXCLUSIVE lock until it commits
+        starting, thread, failures = _start_in_thread(own_schema_url)
+        try:
+            _wait_until_waiting(own_schema_url, "CREATE INDEX")
+            with psycopg.connect(own_schema_url) as other_replica:
+                other_replica.execute("SET lock_timeout = '3s'")
+                _insert_row(other_replica)  # raises LockNotAvailable if it queued behind the build
+                other_replica.commit()
+            running.commit()
+            thread.join(30)
+            assert not thread.is_alive() and not failures, failures
+            with psycopg.connect(own_schema_url) as check:
+                assert _index_is_valid(check, "classifications_failed") is True
+                assert check.execute("SELECT COUNT(*) FROM classifications").fetchone()[0] == 2
+        finally:
+            running.rollback()
+            thread.join(30)
+            starting.stop()
+
+
+def test_an_index_build_stopped_midway_is_built_again_by_the_next_start(own_schema_url):
+    """A concurrent build that is stopped (its replica killed, the statement cancelled) leaves an index PostgreSQL
+    keeps but never uses. Before, the next start saw the name and left it so: the failures' list read the whole
+    table from then on."""
+    import threading
+
+    import psycopg
+
+    with psycopg.connect(own_schema_url, autocommit=True) as admin:
+        admin.execute("DROP INDEX classifications_failed")
+        with psycopg.connect(own_schema_url) as running:
+            _insert_row(running)
+            builder = psycopg.connect(own_schema_url, autocommit=True)
+            pid = builder.info.backend_pid
+            stopped = []
+
+            def build() -> None:
+                try:
+                    builder.execute("CREATE INDEX CONCURRENTLY classifications_failed ON classifications (sequence) "
+                                    "WHERE status = 2")
+                except psycopg.Error as error:
+                    stopped.append(error)
+
+            thread = threading.Thread(target=build, daemon=True)
+            thread.start()
+            _wait_until_waiting(own_schema_url, "CREATE INDEX CONCURRENTLY")
+            admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            thread.join(15)
+            builder.close()
+            running.commit()
+        assert stopped, "the build was not stopped"
+        assert _index_is_valid(admin, "classifications_failed") is False
+    store = ClassificationStore(own_schema_url)
+    store.start()
+    store.stop()
+    with psycopg.connect(own_schema_url) as check:
+        assert _index_is_valid(check, "classifications_failed") is True
+
+
+def test_two_replicas_starting_while_an_index_is_built_both_start(own_schema_url):
+    """The second replica waits for the schema's lock while the first builds the index concurrently. Waiting inside
+    pg_advisory_lock, its transaction kept a snapshot the build waits for: each waited for the other, and
+    PostgreSQL's deadlock check failed one of the two starts."""
+    import time
+
+    import psycopg
+
+    with psycopg.connect(own_schema_url, autocommit=True) as admin:
+        admin.execute("DROP INDEX classifications_failed")
+    with psycopg.connect(own_schema_url) as running:
+        _insert_row(running)
+        first, first_thread, first_failures = _start_in_thread(own_schema_url)
+        second, second_thread, second_failures = None, None, []
+        try:
+            _wait_until_waiting(own_schema_url, "CREATE INDEX")
+            second, second_thread, second_failures = _start_in_thread(own_schema_url)
+            time.sleep(1.5)  # the second is waiting for the schema's lock
+            running.commit()
+            first_thread.join(30)
+            second_thread.join(30)
+            assert not first_thread.is_alive() and not second_thread.is_alive()
+            assert not first_failures and not second_failures, first_failures + second_failures
+            with psycopg.connect(own_schema_url) as check:
+                assert _index_is_valid(check, "classifications_failed") is True
+        finally:
+            running.rollback()
+            for store, thread in ((first, first_thread), (second, second_thread)):
+                if thread is not None:
+                    thread.join(30)
+                    store.stop()
+
+
+def test_a_column_a_new_release_adds_beside_a_long_transaction_does_not_stop_other_writes(own_schema_url):
+    """A long transaction (an operator's export, say) has read the table when a new release starts and adds a
+    column. ALTER TABLE waited for it with the table's exclusive lock asked for, and every other replica's query
+    queued behind it: here an insert times out. Now each try waits a moment and lets the queue go."""
+    import psycopg
+
+    with psycopg.connect(own_schema_url, autocommit=True) as admin:
+        admin.execute("ALTER TABLE classifications DROP COLUMN error_kind")
+    with psycopg.connect(own_schema_url) as long_reader:
+        long_reader.execute("SELECT COUNT(*) FROM classifications")
+        starting, thread, failures = _start_in_thread(own_schema_url)
+        try:
+            _wait_until_waiting(own_schema_url, "ALTER TABLE")
+            for _ in range(3):
+                with psycopg.connect(own_schema_url) as other_replica:
+                    other_replica.execute("SET lock_timeout = '2s'")
+                    _insert_row(other_replica)
+                    other_replica.commit()
+            assert thread.is_alive(), "the column was added while a transaction held the table"
+            long_reader.rollback()
+            thread.join(30)
+            assert not thread.is_alive() and not failures, failures
+            with psycopg.connect(own_schema_url) as check:
+                check.execute("SELECT error_kind FROM classifications")
+        finally:
+            long_reader.rollback()
+            thread.join(30)
+            starting.stop()
