@@ -286,6 +286,7 @@ def main() -> None:
             "listings_per_s_while_submitting": one["listings_per_s_while_submitting"],
             "listings_per_s_2_preprocessing_workers": two_workers["listings_per_s"],
             "preprocessing_scale_ratio": round(two_workers["listings_per_s"] / one["listings_per_s"], 2),
+            "preprocessing_scale_ratio_cpu_allows": ratio_cpu_allows(one),
             "cores_busy_1_worker": one["cores_busy"], "cores_busy_2_workers": two_workers["cores_busy"],
             "cpu_ms_per_listing_2_preprocessing_workers": two_workers["cpu_ms_per_listing"],
             "listings_per_s_2_result_replicas": two_results["listings_per_s"],
@@ -354,6 +355,12 @@ def stand_in_decode_runs(models: Path, database_url: str, photos, warm, profile:
         triton.stop()
 
 
+def ratio_cpu_allows(one: dict) -> float:
+    """The most a second worker could add to one worker's run if it used every core the run left idle: the machine's
+    cores over the cores busy (a target ratio above it cannot be met on this machine, whatever the code)."""
+    return round((os.cpu_count() or 1) / max(one["cores_busy"], 0.01), 2)
+
+
 def stand_in_figures(one: dict, two_workers: dict, two_results: dict) -> dict:
     """The stand-in decode path's runs as the JSON line names them."""
     return {"listings_per_s_decode_stand_in": one["listings_per_s"],
@@ -363,6 +370,7 @@ def stand_in_figures(one: dict, two_workers: dict, two_results: dict) -> dict:
             "listings_per_s_2_preprocessing_workers_decode_stand_in": two_workers["listings_per_s"],
             "preprocessing_scale_ratio_decode_stand_in":
                 round(two_workers["listings_per_s"] / one["listings_per_s"], 2),
+            "preprocessing_scale_ratio_cpu_allows_decode_stand_in": ratio_cpu_allows(one),
             "cores_busy_2_workers_decode_stand_in": two_workers["cores_busy"],
             "listings_per_s_2_result_replicas_decode_stand_in": two_results["listings_per_s"],
             "results_scale_ratio_decode_stand_in":
