@@ -280,8 +280,6 @@ def test_a_replica_starting_beside_running_transactions_takes_no_table_lock(post
     replica's `ADD COLUMN IF NOT EXISTS` and `CREATE INDEX IF NOT EXISTS` locked the tables even with nothing to
     add: it waited for that transaction, every query behind it waited too, and a transaction reading the two tables
     in the other order deadlocked with it (a fresh clone's chaos test). Now a schema that is there takes no lock."""
-    import threading
-
     import psycopg
 
     first = ClassificationStore(postgres_url)
@@ -292,16 +290,7 @@ def test_a_replica_starting_beside_running_transactions_takes_no_table_lock(post
         running.execute("SELECT COUNT(*) FROM corrections")
         running.execute("INSERT INTO thumbnails (image_digest, jpeg, stored_at) VALUES (%s, %s, 0) "
                         "ON CONFLICT DO NOTHING", ("lock-test-" + uuid.uuid4().hex, b"x"))
-        starting, failed = ClassificationStore(postgres_url), []
-
-        def start() -> None:
-            try:
-                starting.start()
-            except Exception as error:  # noqa: BLE001
-                failed.append(error)
-
-        thread = threading.Thread(target=start, daemon=True)
-        thread.start()
+        starting, thread, failed = _start_in_thread(postgres_url)
         thread.join(15)
         started = not thread.is_alive()
         running.rollback()  # lets a start that waited on it go on
