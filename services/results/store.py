@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 _CREATED = re.compile(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)")
 # The PostgreSQL advisory lock starting replicas take in turn while they create what is missing.
 SCHEMA_LOCK_KEY = 0x70636C73  # "pcls"
-SCHEMA_LOCK_PAUSE_S = 0.2
+# The one a replica holds while it builds the indexes a new release added (in the background, after its start).
+INDEX_LOCK_KEY = 0x70636C69  # "pcli"
+ADVISORY_LOCK_PAUSE_S = 0.2
 # The table an index statement indexes.
 _INDEXED_TABLE = re.compile(r"CREATE INDEX IF NOT EXISTS \w+ ON (\w+)")
 # A column added by a new release: how long each try waits for the table, and the pause between tries.
@@ -155,9 +157,13 @@ class ClassificationStore:
         self._postgres = database_url.startswith(("postgresql://", "postgres://"))
         self._placeholder = "%s" if self._postgres else "?"
         self._started = False
+        self._index_builder: threading.Thread | None = None  # builds what a new release added (_build_indexes)
+        self._index_connection = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         self._started = True
+        self._stopping.clear()
         self._connect()
 
     def _connect(self) -> None:
@@ -195,71 +201,113 @@ class ClassificationStore:
         deadlocked with a transaction reading both (seen in a fresh clone's chaos test). Now a started schema takes no
         table lock at all, and a migration holds one table's lock at a time.
 
-        What a new release adds to tables the running replicas write, it adds without stopping their writes: an
-        index is built CONCURRENTLY (a plain build holds off every insert for the whole build, and every later
-        query queued behind it while it waited for a running transaction), one left invalid by a build that was
-        stopped midway is built again, and a column is added in tries of a moment each (_add_column)."""
-        self._take_schema_lock()
+        What a new release adds to tables the running replicas write, it adds without stopping their writes: a
+        column in tries of a moment each (_add_column); an index, which no query needs to be right, after the start
+        and in the background, CONCURRENTLY (_build_indexes): a plain build held off every insert for the whole
+        build, and every later query queued behind it while it waited for a running transaction; and a concurrent
+        build waits for every transaction older than it in the database, which could outlast the start-up probe,
+        whose kill would stop the build midway again at every start."""
+        self._take_advisory_lock(SCHEMA_LOCK_KEY)
+        later: list[tuple[str, str]] = []
         try:
             with self._transaction() as cursor:
                 cursor.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                                "WHERE n.nspname = current_schema()")
                 relations = {str(row[0]) for row in cursor.fetchall()}
-                cursor.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                               "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                               "WHERE n.nspname = current_schema() AND NOT i.indisvalid")
-                invalid = {str(row[0]) for row in cursor.fetchall()}
                 cursor.execute("SELECT table_name, column_name FROM information_schema.columns "
                                "WHERE table_schema = current_schema()")
                 columns = {(str(table), str(column)) for table, column in cursor.fetchall()}
+            invalid = self._invalid_indexes()
             for statement in (piece.strip() for piece in statements.split(";")):
                 created = _CREATED.search(statement)
                 if created is not None and created.group(1) in relations - invalid:
                     continue
                 indexed = _INDEXED_TABLE.search(statement)
                 if indexed is not None and indexed.group(1) in relations:  # a table that may hold rows already
-                    self._build_index_concurrently(created.group(1), statement, created.group(1) in invalid)
-                else:
-                    with self._transaction() as cursor:
-                        cursor.execute(statement)
-            for table, later in self._LATER_COLUMNS.items():
-                for name, kind in later:
+                    later.append((created.group(1), statement))
+                    continue
+                with self._transaction() as cursor:
+                    cursor.execute(statement)
+            for table, more in self._LATER_COLUMNS.items():
+                for name, kind in more:
                     if (table, name) not in columns:
                         self._add_column(table, name, kind)
         finally:
             with self._transaction() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+        if later and (self._index_builder is None or not self._index_builder.is_alive()):
+            self._index_builder = threading.Thread(target=self._build_indexes, args=(later,), daemon=True,
+                                                   name="index-builder")
+            self._index_builder.start()
 
-    def _take_schema_lock(self) -> None:
-        """The schema's advisory lock, asked for in short transactions until it is free. A transaction waiting in
-        pg_advisory_lock keeps its snapshot, and a concurrent index build waits for every older snapshot: the
-        replica building an index under the lock and the one waiting for the lock waited for each other, and
-        PostgreSQL ended the deadlock by failing one of the two starts."""
+    def _invalid_indexes(self) -> set[str]:
+        """Indexes PostgreSQL keeps but never uses: a concurrent build stopped midway (or one under way)."""
+        with self._transaction() as cursor:
+            cursor.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                           "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                           "WHERE n.nspname = current_schema() AND NOT i.indisvalid")
+            return {str(row[0]) for row in cursor.fetchall()}
+
+    def _take_advisory_lock(self, key: int) -> None:
+        """An advisory lock, asked for in short transactions until it is free. A transaction waiting in
+        pg_advisory_lock keeps its snapshot, and a concurrent index build waits for every older snapshot: a replica
+        building an index under the lock and one waiting for the lock waited for each other, and PostgreSQL ended
+        the deadlock by failing one of the two."""
         while True:
             with self._transaction() as cursor:
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", (key,))
                 if cursor.fetchone()[0]:
                     return
-            time.sleep(SCHEMA_LOCK_PAUSE_S)
+            time.sleep(ADVISORY_LOCK_PAUSE_S)
 
-    def _build_index_concurrently(self, name: str, statement: str, invalid: bool) -> None:
-        """CREATE INDEX CONCURRENTLY (outside any transaction, as it must be): running replicas keep writing while
-        it reads the table. An invalid index of that name (a build stopped midway) is dropped first."""
-        with self._lock:
-            connection = self._connection
-            connection.autocommit = True
+    def _build_indexes(self, wanted: list[tuple[str, str]]) -> None:
+        """In the background, on a connection of its own, one replica at a time (the index lock): each wanted index
+        that is still missing, or left invalid by a build stopped midway (dropped first), built CONCURRENTLY, so
+        the running replicas go on writing. A failure is logged; the next start builds what is still missing."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as connection:
+                self._index_connection = connection
+                while not connection.execute("SELECT pg_try_advisory_lock(%s)", (INDEX_LOCK_KEY,)).fetchone()[0]:
+                    if self._stopping.wait(ADVISORY_LOCK_PAUSE_S):
+                        return
+                for name, statement in wanted:  # the lock goes with the connection
+                    if self._stopping.is_set():
+                        return
+                    row = connection.execute(
+                        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relname = %s AND n.nspname = current_schema()", (name,)).fetchone()
+                    if row is not None and row[0]:
+                        continue  # another replica built it meanwhile
+                    if row is not None:
+                        log.warning("index %s was left invalid by a build stopped midway; building it again", name)
+                        connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                    began = time.monotonic()
+                    log.info("building index %s concurrently (writes go on meanwhile)", name)
+                    connection.execute(statement.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
+                    log.info("built index %s in %.1f s", name, time.monotonic() - began)
+        except Exception as error:  # noqa: BLE001  (the store works without the index, only slower)
+            if not self._stopping.is_set():
+                log.error("building indexes %s failed, the next start builds them again: %s",
+                          ", ".join(name for name, _ in wanted), error)
+        finally:
+            self._index_connection = None
+
+    def _stop_index_builder(self) -> None:
+        """Stops a build under way (PostgreSQL drops what a cancelled concurrent build made, or leaves it invalid
+        for the next start to build again) and waits for its thread."""
+        self._stopping.set()
+        connection = self._index_connection
+        if connection is not None:
             try:
-                if invalid:
-                    log.warning("index %s was left invalid by a build stopped midway; building it again", name)
-                    connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-                log.info("building index %s concurrently (writes go on meanwhile)", name)
-                connection.execute(statement.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
-            except Exception as error:  # noqa: BLE001
-                raise ClassificationError(ErrorKind.UNAVAILABLE, f"result store: building index {name}: "
-                                          f"{error}") from error
-            finally:
-                if not connection.closed:
-                    connection.autocommit = False
+                connection.cancel_safe(timeout=5)
+            except Exception:  # noqa: BLE001  (already closed, or the server gone: nothing runs there)
+                pass
+        if self._index_builder is not None:
+            self._index_builder.join(10)
+            self._index_builder = None
 
     def _add_column(self, table: str, name: str, kind: str) -> None:
         """ALTER TABLE ... ADD COLUMN, which needs the table to itself for a moment. Waiting for it behind a running
@@ -333,6 +381,7 @@ class ClassificationStore:
 
     def stop(self) -> None:
         self._started = False
+        self._stop_index_builder()
         if self._connection is not None:
             self._connection.close()
             self._connection = None

@@ -361,10 +361,23 @@ def _start_in_thread(url: str):
     return store, thread, failures
 
 
-def test_an_index_a_new_release_adds_is_built_while_running_replicas_go_on_writing(own_schema_url):
+def _wait_for_valid_index(url: str, name: str, timeout_s: float = 30.0) -> None:
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while not _index_is_valid(watcher, name):
+            assert time.monotonic() < deadline, f"index {name} not built within {timeout_s} s"
+            time.sleep(0.1)
+
+
+def test_an_index_a_new_release_adds_is_built_while_running_replicas_go_on_writing(own_schema_url, caplog):
     """A running replica's transaction has inserted and not committed when a new release starts and builds an index
     the table lacks. A plain CREATE INDEX waited for that transaction with the table's SHARE lock asked for, so the
-    other replicas' inserts queued behind it (and would have waited out the whole build): here one times out."""
+    other replicas' inserts queued behind it (and would have waited out the whole build): here one times out. The
+    start itself does not wait for the build (it could outlast the start-up probe)."""
     import psycopg
 
     with psycopg.connect(own_schema_url, autocommit=True) as admin:
@@ -374,20 +387,22 @@ def test_an_index_a_new_release_adds_is_built_while_running_replicas_go_on_writi
         starting, thread, failures = _start_in_thread(own_schema_url)
         try:
             _wait_until_waiting(own_schema_url, "CREATE INDEX")
+            thread.join(15)
+            assert not thread.is_alive() and not failures, f"the start waited for the index: {failures}"
             with psycopg.connect(own_schema_url) as other_replica:
                 other_replica.execute("SET lock_timeout = '3s'")
                 _insert_row(other_replica)  # raises LockNotAvailable if it queued behind the build
                 other_replica.commit()
+            starting.record(classification("written-while-the-index-is-built"))  # the new replica serves
             running.commit()
-            thread.join(30)
-            assert not thread.is_alive() and not failures, failures
+            _wait_for_valid_index(own_schema_url, "classifications_failed")
             with psycopg.connect(own_schema_url) as check:
-                assert _index_is_valid(check, "classifications_failed") is True
-                assert check.execute("SELECT COUNT(*) FROM classifications").fetchone()[0] == 2
+                assert check.execute("SELECT COUNT(*) FROM classifications").fetchone()[0] == 3
         finally:
             running.rollback()
             thread.join(30)
             starting.stop()
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
 
 
 def test_an_index_build_stopped_midway_is_built_again_by_the_next_start(own_schema_url):
@@ -424,15 +439,42 @@ def test_an_index_build_stopped_midway_is_built_again_by_the_next_start(own_sche
         assert _index_is_valid(admin, "classifications_failed") is False
     store = ClassificationStore(own_schema_url)
     store.start()
-    store.stop()
+    try:
+        _wait_for_valid_index(own_schema_url, "classifications_failed")
+    finally:
+        store.stop()
+
+
+def test_a_replica_stopped_while_it_builds_an_index_stops_at_once_and_the_next_start_builds_it(own_schema_url):
+    import time
+
+    import psycopg
+
+    with psycopg.connect(own_schema_url, autocommit=True) as admin:
+        admin.execute("DROP INDEX classifications_failed")
+    with psycopg.connect(own_schema_url) as running:
+        _insert_row(running)  # the build waits for it
+        store = ClassificationStore(own_schema_url)
+        store.start()
+        _wait_until_waiting(own_schema_url, "CREATE INDEX")
+        began = time.monotonic()
+        store.stop()
+        assert time.monotonic() - began < 8, "stop waited for the build"
+        running.commit()
     with psycopg.connect(own_schema_url) as check:
-        assert _index_is_valid(check, "classifications_failed") is True
+        assert _index_is_valid(check, "classifications_failed") is not True
+    store = ClassificationStore(own_schema_url)
+    store.start()
+    try:
+        _wait_for_valid_index(own_schema_url, "classifications_failed")
+    finally:
+        store.stop()
 
 
-def test_two_replicas_starting_while_an_index_is_built_both_start(own_schema_url):
-    """The second replica waits for the schema's lock while the first builds the index concurrently. Waiting inside
-    pg_advisory_lock, its transaction kept a snapshot the build waits for: each waited for the other, and
-    PostgreSQL's deadlock check failed one of the two starts."""
+def test_two_replicas_starting_while_an_index_is_built_both_start_and_one_builds_it(own_schema_url, caplog):
+    """The second replica starts while the first builds the index concurrently. Waiting inside pg_advisory_lock, a
+    transaction kept a snapshot the build waits for: each waited for the other, and PostgreSQL's deadlock check
+    failed one of the two (now a logged error of the background build)."""
     import time
 
     import psycopg
@@ -446,20 +488,22 @@ def test_two_replicas_starting_while_an_index_is_built_both_start(own_schema_url
         try:
             _wait_until_waiting(own_schema_url, "CREATE INDEX")
             second, second_thread, second_failures = _start_in_thread(own_schema_url)
-            time.sleep(1.5)  # the second is waiting for the schema's lock
-            running.commit()
-            first_thread.join(30)
-            second_thread.join(30)
-            assert not first_thread.is_alive() and not second_thread.is_alive()
+            time.sleep(1.5)  # the second one's build waits for the index lock
+            first_thread.join(15)
+            second_thread.join(15)
+            assert not first_thread.is_alive() and not second_thread.is_alive(), "a start waited for the build"
             assert not first_failures and not second_failures, first_failures + second_failures
-            with psycopg.connect(own_schema_url) as check:
-                assert _index_is_valid(check, "classifications_failed") is True
+            running.commit()
+            _wait_for_valid_index(own_schema_url, "classifications_failed")
+            time.sleep(1.0)  # the second one's build finds it built
         finally:
             running.rollback()
             for store, thread in ((first, first_thread), (second, second_thread)):
                 if thread is not None:
                     thread.join(30)
                     store.stop()
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert not errors, errors
 
 
 def test_a_column_a_new_release_adds_beside_a_long_transaction_does_not_stop_other_writes(own_schema_url):
