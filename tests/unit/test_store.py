@@ -373,6 +373,15 @@ def _wait_for_valid_index(url: str, name: str, timeout_s: float = 30.0) -> None:
             time.sleep(0.1)
 
 
+def _a_start_builds_the_failures_index(url: str) -> None:
+    store = ClassificationStore(url)
+    store.start()
+    try:
+        _wait_for_valid_index(url, "classifications_failed")
+    finally:
+        store.stop()
+
+
 def test_an_index_a_new_release_adds_is_built_while_running_replicas_go_on_writing(own_schema_url, caplog):
     """A running replica's transaction has inserted and not committed when a new release starts and builds an index
     the table lacks. A plain CREATE INDEX waited for that transaction with the table's SHARE lock asked for, so the
@@ -437,15 +446,11 @@ def test_an_index_build_stopped_midway_is_built_again_by_the_next_start(own_sche
             running.commit()
         assert stopped, "the build was not stopped"
         assert _index_is_valid(admin, "classifications_failed") is False
-    store = ClassificationStore(own_schema_url)
-    store.start()
-    try:
-        _wait_for_valid_index(own_schema_url, "classifications_failed")
-    finally:
-        store.stop()
+    _a_start_builds_the_failures_index(own_schema_url)
 
 
 def test_a_replica_stopped_while_it_builds_an_index_stops_at_once_and_the_next_start_builds_it(own_schema_url):
+    """Its shutdown does not wait for the build (a rollout's grace period could not know how long it takes)."""
     import time
 
     import psycopg
@@ -463,12 +468,7 @@ def test_a_replica_stopped_while_it_builds_an_index_stops_at_once_and_the_next_s
         running.commit()
     with psycopg.connect(own_schema_url) as check:
         assert _index_is_valid(check, "classifications_failed") is not True
-    store = ClassificationStore(own_schema_url)
-    store.start()
-    try:
-        _wait_for_valid_index(own_schema_url, "classifications_failed")
-    finally:
-        store.stop()
+    _a_start_builds_the_failures_index(own_schema_url)
 
 
 def test_two_replicas_starting_while_an_index_is_built_both_start_and_one_builds_it(own_schema_url, caplog):
