@@ -66,6 +66,10 @@ END_TO_END_SECONDS = Histogram("product_classification_end_to_end_seconds",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 CLASSIFICATIONS = Counter("product_classification_classifications_total",
                           "classifications stored, by marketplace and outcome", ["marketplace", "outcome"])
+STORE_INDEXES_TO_BUILD = Gauge("product_classification_store_indexes_to_build",
+                               "indexes a new release added that this result replica has still to see built (it "
+                               "builds them in the background after its start; queries are right without them, "
+                               "only slower)")
 # 1, by the service's name and release: marks a scrape target as one of ours whatever the scraper named its job
 # (compose's job is the service's name, a cluster's pod discovery has one job for every pod), so the down alert can
 # say which service stopped answering; and shows which release each replica runs while a rollout goes on.

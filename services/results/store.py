@@ -266,6 +266,9 @@ class ClassificationStore:
         the running replicas go on writing. A failure is logged; the next start builds what is still missing."""
         import psycopg
 
+        from services.common.metrics import STORE_INDEXES_TO_BUILD
+
+        STORE_INDEXES_TO_BUILD.set(len(wanted))
         try:
             with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as connection:
                 self._index_connection = connection
@@ -280,6 +283,7 @@ class ClassificationStore:
                         "JOIN pg_namespace n ON n.oid = c.relnamespace "
                         "WHERE c.relname = %s AND n.nspname = current_schema()", (name,)).fetchone()
                     if row is not None and row[0]:
+                        STORE_INDEXES_TO_BUILD.dec()
                         continue  # another replica built it meanwhile
                     if row is not None:
                         log.warning("index %s was left invalid by a build stopped midway; building it again", name)
@@ -288,6 +292,7 @@ class ClassificationStore:
                     log.info("building index %s concurrently (writes go on meanwhile)", name)
                     connection.execute(statement.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
                     log.info("built index %s in %.1f s", name, time.monotonic() - began)
+                    STORE_INDEXES_TO_BUILD.dec()
         except Exception as error:  # noqa: BLE001  (the store works without the index, only slower)
             if not self._stopping.is_set():
                 log.error("building indexes %s failed, the next start builds them again: %s",

@@ -373,6 +373,21 @@ def _wait_for_valid_index(url: str, name: str, timeout_s: float = 30.0) -> None:
             time.sleep(0.1)
 
 
+def _indexes_to_build() -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("product_classification_store_indexes_to_build")
+
+
+def _wait_for(condition, what: str, timeout_s: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(0.05)
+
+
 def _a_start_builds_the_failures_index(url: str) -> None:
     store = ClassificationStore(url)
     store.start()
@@ -403,8 +418,10 @@ def test_an_index_a_new_release_adds_is_built_while_running_replicas_go_on_writi
                 _insert_row(other_replica)  # raises LockNotAvailable if it queued behind the build
                 other_replica.commit()
             starting.record(classification("written-while-the-index-is-built"))  # the new replica serves
+            assert _indexes_to_build() == 1
             running.commit()
             _wait_for_valid_index(own_schema_url, "classifications_failed")
+            _wait_for(lambda: _indexes_to_build() == 0, "the gauge of indexes to build back at 0")
             with psycopg.connect(own_schema_url) as check:
                 assert check.execute("SELECT COUNT(*) FROM classifications").fetchone()[0] == 3
         finally:
