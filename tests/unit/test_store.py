@@ -362,15 +362,10 @@ def _start_in_thread(url: str):
 
 
 def _wait_for_valid_index(url: str, name: str, timeout_s: float = 30.0) -> None:
-    import time
-
     import psycopg
 
-    deadline = time.monotonic() + timeout_s
     with psycopg.connect(url, autocommit=True) as watcher:
-        while not _index_is_valid(watcher, name):
-            assert time.monotonic() < deadline, f"index {name} not built within {timeout_s} s"
-            time.sleep(0.1)
+        _wait_for(lambda: _index_is_valid(watcher, name), f"index {name} built", timeout_s)
 
 
 def _indexes_to_build() -> float | None:
