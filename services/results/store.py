@@ -31,6 +31,9 @@ SCHEMA_LOCK_KEY = 0x70636C73  # "pcls"
 # The one a replica holds while it builds the indexes a new release added (in the background, after its start).
 INDEX_LOCK_KEY = 0x70636C69  # "pcli"
 ADVISORY_LOCK_PAUSE_S = 0.2
+# Each index of the schema and whether PostgreSQL uses it (false: a concurrent build stopped midway, or under way).
+_INDEXES_VALID = ("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                  "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()")
 # The table an index statement indexes.
 _INDEXED_TABLE = re.compile(r"CREATE INDEX IF NOT EXISTS \w+ ON (\w+)")
 # A column added by a new release: how long each try waits for the table, and the pause between tries.
@@ -243,10 +246,8 @@ class ClassificationStore:
     def _invalid_indexes(self) -> set[str]:
         """Indexes PostgreSQL keeps but never uses: a concurrent build stopped midway (or one under way)."""
         with self._transaction() as cursor:
-            cursor.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                           "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                           "WHERE n.nspname = current_schema() AND NOT i.indisvalid")
-            return {str(row[0]) for row in cursor.fetchall()}
+            cursor.execute(_INDEXES_VALID)
+            return {str(name) for name, valid in cursor.fetchall() if not valid}
 
     def _take_advisory_lock(self, key: int) -> None:
         """An advisory lock, asked for in short transactions until it is free. A transaction waiting in
@@ -278,11 +279,8 @@ class ClassificationStore:
                 for name, statement in wanted:  # the lock goes with the connection
                     if self._stopping.is_set():
                         return
-                    row = connection.execute(
-                        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE c.relname = %s AND n.nspname = current_schema()", (name,)).fetchone()
-                    if row is not None and row[0]:
+                    row = connection.execute(_INDEXES_VALID + " AND c.relname = %s", (name,)).fetchone()
+                    if row is not None and row[1]:
                         STORE_INDEXES_TO_BUILD.dec()
                         continue  # another replica built it meanwhile
                     if row is not None:
